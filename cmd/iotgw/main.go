@@ -1,0 +1,60 @@
+// Command iotgw is the SecureIoTGateway binary: the gateway (serve), device
+// registry and PKI tools, signing helpers, a device simulator and a sample
+// backend. Each subcommand lives in a file of its own.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// commands holds the subcommand constructors; each file registers its own.
+var commands []func() *cobra.Command
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	os.Exit(exitCode(err))
+}
+
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "iotgw",
+		Short:         "SecureIoTGateway: signed, replay-protected MQTT → HTTP",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	for _, c := range commands {
+		root.AddCommand(c())
+	}
+	return root
+}
+
+// exitCode prints err as one line and maps it to an exit status:
+// 0 success, 1 a verdict or runtime failure, 2 bad usage.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ue *usageError
+	fmt.Fprintln(os.Stderr, "iotgw: "+err.Error())
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+// usageError marks bad arguments (exit status 2).
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, a ...any) error { return &usageError{fmt.Errorf(format, a...)} }

@@ -1,0 +1,201 @@
+package envelope
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"hash"
+	"strconv"
+)
+
+// Defaults for Limits.
+const (
+	// DefaultMaxBytes is the default largest message accepted (64 KiB).
+	DefaultMaxBytes = 64 << 10
+	// DefaultMaxDepth is the default deepest nesting of objects and arrays,
+	// counting the envelope itself as depth 1.
+	DefaultMaxDepth = 32
+	// MaxDeviceIDLen is the longest device id.
+	MaxDeviceIDLen = 64
+	// SignatureLen is the length of a signature in hex characters.
+	SignatureLen = 64
+)
+
+// Limits bound what Parse accepts.
+type Limits struct {
+	// MaxBytes is the largest message, in bytes. Zero means DefaultMaxBytes.
+	MaxBytes int
+	// MaxDepth is the deepest nesting. Zero means DefaultMaxDepth.
+	MaxDepth int
+}
+
+// Envelope is one parsed message. Its byte slices alias the input given to
+// Parse; copy them if the input buffer is reused.
+type Envelope struct {
+	// DeviceID is the device id, 1-64 chars of [A-Za-z0-9_.-].
+	DeviceID string
+	// Timestamp is the message time in Unix seconds.
+	Timestamp int64
+	// TimestampRaw is the timestamp's digits exactly as sent.
+	TimestampRaw []byte
+	// MessageID is the canonical lowercase UUID text (36 bytes).
+	MessageID []byte
+	// Payload is the payload value's exact bytes, whitespace included.
+	Payload []byte
+	// Signature is the decoded HMAC-SHA256 tag.
+	Signature [sha256.Size]byte
+}
+
+// UUID returns the message id as 16 bytes. It is valid only for an Envelope
+// returned by Parse (or built by New).
+func (e *Envelope) UUID() [16]byte { return uuidBytes(e.MessageID) }
+
+// SigningBytes appends the bytes that are signed to dst and returns it:
+//
+//	device_id "\n" timestamp "\n" message_id "\n" payload
+func SigningBytes(dst []byte, deviceID string, timestamp []byte, messageID []byte, payload []byte) []byte {
+	dst = append(dst, deviceID...)
+	dst = append(dst, '\n')
+	dst = append(dst, timestamp...)
+	dst = append(dst, '\n')
+	dst = append(dst, messageID...)
+	dst = append(dst, '\n')
+	return append(dst, payload...)
+}
+
+// WriteSigned writes the signing bytes of e to h, without allocating.
+func WriteSigned(h hash.Hash, e *Envelope) {
+	var nl = []byte{'\n'}
+	h.Write([]byte(e.DeviceID)) //nolint:errcheck // hash writes never fail
+	h.Write(nl)
+	h.Write(e.TimestampRaw)
+	h.Write(nl)
+	h.Write(e.MessageID)
+	h.Write(nl)
+	h.Write(e.Payload)
+}
+
+// NewMAC returns an HMAC-SHA256 keyed with the UTF-8 bytes of secret.
+func NewMAC(secret []byte) hash.Hash { return hmac.New(sha256.New, secret) }
+
+// Sign computes the signature of e with secret.
+func Sign(secret []byte, e *Envelope) [sha256.Size]byte {
+	return SignWith(NewMAC(secret), e)
+}
+
+// SignWith computes the signature of e with mac, which must be an
+// HMAC-SHA256 from NewMAC. mac is Reset first, so it can be reused.
+func SignWith(mac hash.Hash, e *Envelope) [sha256.Size]byte {
+	mac.Reset()
+	WriteSigned(mac, e)
+	var out [sha256.Size]byte
+	mac.Sum(out[:0])
+	return out
+}
+
+// Verify reports whether e's signature is valid under mac, comparing in
+// constant time. mac is Reset first, so it can be reused.
+func Verify(mac hash.Hash, e *Envelope) bool {
+	want := SignWith(mac, e)
+	return hmac.Equal(want[:], e.Signature[:])
+}
+
+// New builds a signed envelope for deviceID with the given timestamp,
+// message id (canonical lowercase UUID text) and raw JSON payload. It does
+// not validate payload; callers pass JSON they produced.
+func New(secret []byte, deviceID string, timestamp int64, messageID string, payload []byte) Envelope {
+	e := Envelope{
+		DeviceID:     deviceID,
+		Timestamp:    timestamp,
+		TimestampRaw: strconv.AppendInt(nil, timestamp, 10),
+		MessageID:    []byte(messageID),
+		Payload:      payload,
+	}
+	e.Signature = Sign(secret, &e)
+	return e
+}
+
+// AppendJSON appends e as a wire message, fields in the documented order,
+// with the payload bytes copied verbatim.
+func AppendJSON(dst []byte, e *Envelope) []byte {
+	dst = append(dst, `{"device_id":"`...)
+	dst = append(dst, e.DeviceID...) // charset needs no escaping
+	dst = append(dst, `","timestamp":`...)
+	dst = append(dst, e.TimestampRaw...)
+	dst = append(dst, `,"message_id":"`...)
+	dst = append(dst, e.MessageID...)
+	dst = append(dst, `","payload":`...)
+	dst = append(dst, e.Payload...)
+	dst = append(dst, `,"signature":"`...)
+	dst = hex.AppendEncode(dst, e.Signature[:])
+	return append(dst, `"}`...)
+}
+
+// ValidDeviceID reports whether id is 1-64 chars of [A-Za-z0-9_.-].
+func ValidDeviceID(id string) bool {
+	if len(id) == 0 || len(id) > MaxDeviceIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if !deviceIDChar(id[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func deviceIDChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-'
+}
+
+// ValidMessageID reports whether id is a canonical lowercase UUID text.
+func ValidMessageID(id []byte) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i, c := range id {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !lowerHex(c) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func lowerHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }
+
+func uuidBytes(id []byte) [16]byte {
+	var out [16]byte
+	if len(id) != 36 {
+		return out
+	}
+	j := 0
+	for i := 0; i < 36 && j < 16; {
+		if id[i] == '-' {
+			i++
+			continue
+		}
+		out[j] = unhex(id[i])<<4 | unhex(id[i+1])
+		i += 2
+		j++
+	}
+	return out
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0'
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10
+	}
+	return 0
+}

@@ -1,0 +1,472 @@
+package envelope
+
+import (
+	"encoding/hex"
+	"strconv"
+	"unicode/utf16"
+	"unicode/utf8"
+)
+
+// ParseError says why a message is malformed. Field is the top-level field
+// concerned, or "" for the message as a whole. It is safe to log: it never
+// quotes payload content.
+type ParseError struct {
+	Field  string
+	Msg    string
+	Offset int
+}
+
+// Error returns a one-line description such as "timestamp: not an unsigned integer".
+func (e *ParseError) Error() string {
+	if e.Field == "" {
+		return e.Msg + " at byte " + strconv.Itoa(e.Offset)
+	}
+	return e.Field + ": " + e.Msg
+}
+
+const (
+	fDeviceID = 1 << iota
+	fTimestamp
+	fMessageID
+	fPayload
+	fSignature
+	fAll = fDeviceID | fTimestamp | fMessageID | fPayload | fSignature
+)
+
+// Parse parses one message strictly. It returns a *ParseError for anything
+// the contract calls malformed: invalid JSON or UTF-8, an unknown, missing or
+// duplicate top-level field, a field of the wrong form, nesting deeper than
+// lim.MaxDepth, or more than lim.MaxBytes bytes.
+func Parse(raw []byte, lim Limits) (Envelope, error) {
+	var e Envelope
+	maxBytes, maxDepth := lim.MaxBytes, lim.MaxDepth
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxBytes
+	}
+	if maxDepth <= 0 {
+		maxDepth = DefaultMaxDepth
+	}
+	if len(raw) > maxBytes {
+		return e, &ParseError{Msg: "message larger than " + strconv.Itoa(maxBytes) + " bytes", Offset: maxBytes}
+	}
+	s := scanner{b: raw, maxDepth: maxDepth}
+	s.ws()
+	if !s.eat('{') {
+		return e, s.fail("", "not a JSON object")
+	}
+	s.depth = 1
+	seen := 0
+	s.ws()
+	if s.eat('}') {
+		return e, s.fail("", "missing fields")
+	}
+	var keyBuf [16]byte
+	for {
+		s.ws()
+		key, err := s.str(keyBuf[:0], "")
+		if err != nil {
+			return e, err
+		}
+		s.ws()
+		if !s.eat(':') {
+			return e, s.fail("", "expected ':'")
+		}
+		s.ws()
+		var bit int
+		switch string(key) {
+		case "device_id":
+			bit = fDeviceID
+		case "timestamp":
+			bit = fTimestamp
+		case "message_id":
+			bit = fMessageID
+		case "payload":
+			bit = fPayload
+		case "signature":
+			bit = fSignature
+		default:
+			return e, s.fail("", "unknown field")
+		}
+		if seen&bit != 0 {
+			return e, s.fail(string(key), "duplicate field")
+		}
+		seen |= bit
+		if err := s.field(bit, &e); err != nil {
+			return e, err
+		}
+		s.ws()
+		if s.eat(',') {
+			continue
+		}
+		if s.eat('}') {
+			break
+		}
+		return e, s.fail("", "expected ',' or '}'")
+	}
+	s.ws()
+	if s.i != len(s.b) {
+		return e, s.fail("", "trailing data after the object")
+	}
+	if seen != fAll {
+		return e, &ParseError{Field: missingField(seen), Msg: "missing field", Offset: s.i}
+	}
+	return e, nil
+}
+
+func missingField(seen int) string {
+	for _, f := range []struct {
+		bit  int
+		name string
+	}{{fDeviceID, "device_id"}, {fTimestamp, "timestamp"}, {fMessageID, "message_id"}, {fPayload, "payload"}, {fSignature, "signature"}} {
+		if seen&f.bit == 0 {
+			return f.name
+		}
+	}
+	return ""
+}
+
+type scanner struct {
+	b        []byte
+	i        int
+	depth    int
+	maxDepth int
+}
+
+func (s *scanner) fail(field, msg string) *ParseError {
+	return &ParseError{Field: field, Msg: msg, Offset: s.i}
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+func (s *scanner) eat(c byte) bool {
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+func (s *scanner) field(bit int, e *Envelope) error {
+	switch bit {
+	case fDeviceID:
+		v, err := s.str(nil, "device_id")
+		if err != nil {
+			return err
+		}
+		if len(v) == 0 || len(v) > MaxDeviceIDLen {
+			return s.fail("device_id", "must be 1-64 characters")
+		}
+		for _, c := range v {
+			if !deviceIDChar(c) {
+				return s.fail("device_id", "must be characters of [A-Za-z0-9_.-]")
+			}
+		}
+		e.DeviceID = string(v)
+	case fTimestamp:
+		start := s.i
+		for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+			s.i++
+		}
+		digits := s.b[start:s.i]
+		if len(digits) == 0 || s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E') {
+			return s.fail("timestamp", "must be an unsigned integer of Unix seconds")
+		}
+		if len(digits) > 1 && digits[0] == '0' {
+			return s.fail("timestamp", "leading zero")
+		}
+		if len(digits) > 12 { // year 33658; anything longer is nonsense
+			return s.fail("timestamp", "out of range")
+		}
+		ts, _ := strconv.ParseInt(string(digits), 10, 64) // ≤12 digits: cannot fail
+		e.Timestamp, e.TimestampRaw = ts, digits
+	case fMessageID:
+		v, err := s.str(nil, "message_id")
+		if err != nil {
+			return err
+		}
+		if !ValidMessageID(v) {
+			return s.fail("message_id", "must be a canonical lowercase UUID")
+		}
+		e.MessageID = v
+	case fSignature:
+		v, err := s.str(nil, "signature")
+		if err != nil {
+			return err
+		}
+		if len(v) != SignatureLen {
+			return s.fail("signature", "must be 64 lowercase hex characters")
+		}
+		for _, c := range v {
+			if !lowerHex(c) {
+				return s.fail("signature", "must be 64 lowercase hex characters")
+			}
+		}
+		hex.Decode(e.Signature[:], v) //nolint:errcheck // checked above
+	case fPayload:
+		start := s.i
+		if err := s.value(); err != nil {
+			return err
+		}
+		e.Payload = s.b[start:s.i]
+	}
+	return nil
+}
+
+// str reads a JSON string at s.i. When the string has no escapes the result
+// aliases the input; otherwise it is decoded into dst.
+func (s *scanner) str(dst []byte, field string) ([]byte, error) {
+	if !s.eat('"') {
+		return nil, s.fail(field, "expected a string")
+	}
+	start := s.i
+	escaped := false
+	for {
+		if s.i >= len(s.b) {
+			return nil, s.fail(field, "unterminated string")
+		}
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			raw := s.b[start:s.i]
+			s.i++
+			if !escaped {
+				return raw, nil
+			}
+			return unescape(dst, raw), nil
+		case c == '\\':
+			escaped = true
+			if err := s.escape(field); err != nil {
+				return nil, err
+			}
+		case c < 0x20:
+			return nil, s.fail(field, "control character in string")
+		case c < utf8.RuneSelf:
+			s.i++
+		default:
+			r, n := utf8.DecodeRune(s.b[s.i:])
+			if r == utf8.RuneError && n <= 1 {
+				return nil, s.fail(field, "invalid UTF-8")
+			}
+			s.i += n
+		}
+	}
+}
+
+// escape validates one escape sequence starting at the backslash.
+func (s *scanner) escape(field string) error {
+	s.i++ // backslash
+	if s.i >= len(s.b) {
+		return s.fail(field, "unterminated string")
+	}
+	switch s.b[s.i] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		s.i++
+		return nil
+	case 'u':
+		if s.i+5 > len(s.b) {
+			return s.fail(field, "bad \\u escape")
+		}
+		for _, c := range s.b[s.i+1 : s.i+5] {
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return s.fail(field, "bad \\u escape")
+			}
+		}
+		s.i += 5
+		return nil
+	}
+	return s.fail(field, "bad escape")
+}
+
+// unescape decodes a validated JSON string body.
+func unescape(dst, raw []byte) []byte {
+	for i := 0; i < len(raw); {
+		c := raw[i]
+		if c != '\\' {
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		i++
+		switch raw[i] {
+		case 'b':
+			dst = append(dst, '\b')
+		case 'f':
+			dst = append(dst, '\f')
+		case 'n':
+			dst = append(dst, '\n')
+		case 'r':
+			dst = append(dst, '\r')
+		case 't':
+			dst = append(dst, '\t')
+		case 'u':
+			r := rune(hex4(raw[i+1 : i+5]))
+			i += 4
+			if utf16.IsSurrogate(r) {
+				// A pair is \uD8xx\uDCxx; the scanner checked both escapes.
+				r2 := utf8.RuneError
+				if i+7 <= len(raw) && raw[i+1] == '\\' && raw[i+2] == 'u' {
+					r2 = rune(hex4(raw[i+3 : i+7]))
+				}
+				if d := utf16.DecodeRune(r, r2); d != utf8.RuneError {
+					r = d
+					i += 6
+				} else {
+					r = utf8.RuneError
+				}
+			}
+			dst = utf8.AppendRune(dst, r)
+		default: // '"', '\\', '/'
+			dst = append(dst, raw[i])
+		}
+		i++
+	}
+	return dst
+}
+
+func hex4(b []byte) uint16 {
+	return uint16(unhex(b[0]))<<12 | uint16(unhex(b[1]))<<8 | uint16(unhex(b[2]))<<4 | uint16(unhex(b[3]))
+}
+
+// value validates any JSON value at s.i, tracking depth.
+func (s *scanner) value() error {
+	if s.i >= len(s.b) {
+		return s.fail("payload", "unexpected end of input")
+	}
+	switch c := s.b[s.i]; {
+	case c == '{':
+		return s.object()
+	case c == '[':
+		return s.array()
+	case c == '"':
+		_, err := s.str(nil, "payload")
+		return err
+	case c == '-' || c >= '0' && c <= '9':
+		return s.number()
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	}
+	return s.fail("payload", "invalid JSON value")
+}
+
+func (s *scanner) enter() error {
+	s.depth++
+	if s.depth > s.maxDepth {
+		return s.fail("payload", "nested deeper than "+strconv.Itoa(s.maxDepth))
+	}
+	return nil
+}
+
+func (s *scanner) object() error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	s.i++ // '{'
+	s.ws()
+	if s.eat('}') {
+		s.depth--
+		return nil
+	}
+	for {
+		s.ws()
+		if _, err := s.str(nil, "payload"); err != nil {
+			return err
+		}
+		s.ws()
+		if !s.eat(':') {
+			return s.fail("payload", "expected ':'")
+		}
+		s.ws()
+		if err := s.value(); err != nil {
+			return err
+		}
+		s.ws()
+		if s.eat(',') {
+			continue
+		}
+		if s.eat('}') {
+			s.depth--
+			return nil
+		}
+		return s.fail("payload", "expected ',' or '}'")
+	}
+}
+
+func (s *scanner) array() error {
+	if err := s.enter(); err != nil {
+		return err
+	}
+	s.i++ // '['
+	s.ws()
+	if s.eat(']') {
+		s.depth--
+		return nil
+	}
+	for {
+		s.ws()
+		if err := s.value(); err != nil {
+			return err
+		}
+		s.ws()
+		if s.eat(',') {
+			continue
+		}
+		if s.eat(']') {
+			s.depth--
+			return nil
+		}
+		return s.fail("payload", "expected ',' or ']'")
+	}
+}
+
+func (s *scanner) digits() int {
+	n := 0
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+		n++
+	}
+	return n
+}
+
+func (s *scanner) number() error {
+	s.eat('-')
+	if s.eat('0') {
+		if s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+			return s.fail("payload", "leading zero in number")
+		}
+	} else if s.digits() == 0 {
+		return s.fail("payload", "invalid number")
+	}
+	if s.eat('.') && s.digits() == 0 {
+		return s.fail("payload", "invalid number")
+	}
+	if s.eat('e') || s.eat('E') {
+		if !s.eat('+') {
+			s.eat('-')
+		}
+		if s.digits() == 0 {
+			return s.fail("payload", "invalid number")
+		}
+	}
+	return nil
+}
+
+func (s *scanner) literal(lit string) error {
+	if len(s.b)-s.i < len(lit) || string(s.b[s.i:s.i+len(lit)]) != lit {
+		return s.fail("payload", "invalid literal")
+	}
+	s.i += len(lit)
+	return nil
+}

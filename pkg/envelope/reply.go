@@ -1,0 +1,61 @@
+package envelope
+
+import (
+	"encoding/json"
+	"strconv"
+)
+
+// ReplyPayload returns the downlink payload sent after a forward:
+//
+//	{"in_reply_to":"<uplink message_id>","status":<HTTP status>,"body":<body>}
+//
+// body is embedded as JSON when it is one valid JSON value, and as a JSON
+// string otherwise (an empty body becomes "").
+func ReplyPayload(inReplyTo []byte, status int, body []byte) []byte {
+	out := make([]byte, 0, 64+len(body))
+	out = append(out, `{"in_reply_to":"`...)
+	out = append(out, inReplyTo...)
+	out = append(out, `","status":`...)
+	out = strconv.AppendInt(out, int64(status), 10)
+	out = append(out, `,"body":`...)
+	if len(body) > 0 && json.Valid(body) {
+		out = append(out, trimSpace(body)...)
+	} else {
+		s, _ := json.Marshal(string(body)) // invalid UTF-8 becomes U+FFFD
+		out = append(out, s...)
+	}
+	return append(out, '}')
+}
+
+// RejectionPayload returns the downlink payload sent after a rejection:
+//
+//	{"in_reply_to":"<id or null>","error":"<reason>"}
+//
+// inReplyTo is nil when the message id could not be parsed.
+func RejectionPayload(inReplyTo []byte, reason string) []byte {
+	out := make([]byte, 0, 96)
+	out = append(out, `{"in_reply_to":`...)
+	if inReplyTo == nil {
+		out = append(out, "null"...)
+	} else {
+		out = append(out, '"')
+		out = append(out, inReplyTo...)
+		out = append(out, '"')
+	}
+	out = append(out, `,"error":`...)
+	s, _ := json.Marshal(reason)
+	out = append(out, s...)
+	return append(out, '}')
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && isSpace(b[0]) {
+		b = b[1:]
+	}
+	for len(b) > 0 && isSpace(b[len(b)-1]) {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }

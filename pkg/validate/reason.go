@@ -1,0 +1,43 @@
+package validate
+
+// Reason is a stable rejection code. Logs, metrics and rejection notices
+// use these exact strings; never rename one.
+type Reason string
+
+// The reason codes, in the order the checks run.
+const (
+	// Malformed: not a well-formed envelope (see docs/PROTOCOL.md).
+	Malformed Reason = "malformed"
+	// IdentityMismatch: the topic's device id differs from device_id.
+	IdentityMismatch Reason = "identity_mismatch"
+	// UnknownDevice: the device is not in the registry.
+	UnknownDevice Reason = "unknown_device"
+	// Disabled: the device is registered but disabled.
+	Disabled Reason = "disabled"
+	// Stale: the timestamp is further than the allowed skew from now, past or future.
+	Stale Reason = "stale"
+	// BadSignature: the HMAC does not match.
+	BadSignature Reason = "bad_signature"
+	// Replay: the message id was already accepted inside the window.
+	Replay Reason = "replay"
+)
+
+// Reasons lists every reason code, in check order.
+var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, Stale, BadSignature, Replay}
+
+// Rejection is the verdict on a message that failed a check. It is not an
+// error: a rejected message is acked and counted, never retried.
+type Rejection struct {
+	// Reason is the stable code.
+	Reason Reason
+	// Detail is a one-line, log-safe explanation (never payload or secret).
+	Detail string
+}
+
+// String returns "reason: detail".
+func (r *Rejection) String() string {
+	if r.Detail == "" {
+		return string(r.Reason)
+	}
+	return string(r.Reason) + ": " + r.Detail
+}
