@@ -23,7 +23,11 @@ type Migration struct {
 
 // Open opens a SQLite file in WAL mode with a busy timeout, creating
 // it 0600 when missing, and failing clearly when its directory is missing.
-func Open(path string) (*sql.DB, error) {
+func Open(path string) (*sql.DB, error) { return OpenSync(path, "NORMAL") }
+
+// OpenSync is Open with the given PRAGMA synchronous level (NORMAL or FULL).
+// In WAL mode NORMAL survives a process crash; FULL also survives power loss.
+func OpenSync(path, synchronous string) (*sql.DB, error) {
 	dir := filepath.Dir(path)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("database directory %s does not exist", dir)
@@ -37,7 +41,7 @@ func Open(path string) (*sql.DB, error) {
 			f.Close()
 		}
 	}
-	dsn := "file:" + path + "?_journal_mode=WAL&_busy_timeout=5000&_synchronous=NORMAL&_txlock=immediate"
+	dsn := "file:" + path + "?_journal_mode=WAL&_busy_timeout=5000&_synchronous=" + synchronous + "&_txlock=immediate"
 	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)

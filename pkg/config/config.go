@@ -1,0 +1,148 @@
+// Package config loads iotgw's configuration: defaults, then a YAML file,
+// then IOTGW_<SECTION>_<KEY> environment variables, into each package's own
+// Config, and validates the result so a bad setting fails at start with one
+// line naming its key.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/spf13/viper"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/iotgw/iotgw/pkg/gateway"
+)
+
+// File is the whole configuration file.
+type File struct {
+	gateway.Config `mapstructure:",squash"`
+	// Log configures logging.
+	Log LogConfig `mapstructure:"log"`
+}
+
+// LogConfig configures the zap logger.
+type LogConfig struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `mapstructure:"level"`
+	// Format is json or console. Default json.
+	Format string `mapstructure:"format"`
+}
+
+// Defaults returns the built-in configuration.
+func Defaults() File {
+	return File{Config: gateway.DefaultConfig(), Log: LogConfig{Level: "info", Format: "json"}}
+}
+
+// Load reads path (optional: "" means defaults and environment only) and the
+// environment, and validates the result.
+func Load(path string) (File, error) {
+	f, err := load(path)
+	if err != nil {
+		return f, err
+	}
+	if err := f.Validate(); err != nil {
+		return f, err
+	}
+	return f, nil
+}
+
+// LoadUnvalidated is Load without Validate, for tools that need only a
+// section (the CLI reads registry.path).
+func LoadUnvalidated(path string) (File, error) { return load(path) }
+
+func load(path string) (File, error) {
+	v := viper.New()
+	def := Defaults()
+	setDefaults(v, "", reflect.ValueOf(def))
+	v.SetEnvPrefix("IOTGW")
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			return def, fmt.Errorf("config file %s: %w", path, errors.Unwrap(err))
+		}
+		v.SetConfigFile(path)
+		v.SetConfigType("yaml")
+		if err := v.ReadInConfig(); err != nil {
+			return def, fmt.Errorf("config file %s: %w", path, err)
+		}
+	}
+	var f File
+	if err := v.UnmarshalExact(&f); err != nil {
+		return def, fmt.Errorf("config: %s", oneLine(err))
+	}
+	return f, nil
+}
+
+// Validate checks every section.
+func (f File) Validate() error {
+	if err := f.Config.Validate(); err != nil {
+		return err
+	}
+	if _, err := zapcore.ParseLevel(f.Log.Level); err != nil {
+		return fmt.Errorf("log.level: %q is not debug, info, warn or error", f.Log.Level)
+	}
+	if f.Log.Format != "json" && f.Log.Format != "console" {
+		return fmt.Errorf("log.format: %q is not json or console", f.Log.Format)
+	}
+	return nil
+}
+
+// Logger builds the zap logger described by c.
+func (c LogConfig) Logger() (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	if c.Format == "console" {
+		zc = zap.NewDevelopmentConfig()
+	}
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Sampling = nil // a rejection log line per message is the contract
+	zc.DisableStacktrace = true
+	zc.EncoderConfig.TimeKey = "ts"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	return zc.Build()
+}
+
+// setDefaults registers every leaf of val under its mapstructure key, so
+// that environment variables bind to it (viper only binds known keys).
+func setDefaults(v *viper.Viper, prefix string, val reflect.Value) {
+	t := val.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("mapstructure"), ",")
+		fv := val.Field(i)
+		if len(tag) > 1 && tag[1] == "squash" {
+			setDefaults(v, prefix, fv)
+			continue
+		}
+		key := tag[0]
+		if key == "" || key == "-" {
+			continue
+		}
+		if prefix != "" {
+			key = prefix + "." + key
+		}
+		if fv.Kind() == reflect.Struct && fv.Type() != reflect.TypeOf(time.Time{}) {
+			setDefaults(v, key, fv)
+			continue
+		}
+		if d, ok := fv.Interface().(time.Duration); ok {
+			v.SetDefault(key, d.String())
+			continue
+		}
+		v.SetDefault(key, fv.Interface())
+	}
+}
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}

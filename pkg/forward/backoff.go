@@ -1,0 +1,86 @@
+package forward
+
+import (
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Backoff returns how long to wait before retry number attempt (1-based).
+type Backoff func(attempt int) time.Duration
+
+// ExponentialJitter doubles from initial up to max, then picks uniformly in
+// [d/2, d] ("equal jitter"), so retries from many devices spread out.
+func ExponentialJitter(initial, max time.Duration) Backoff {
+	return func(attempt int) time.Duration {
+		d := initial
+		for i := 1; i < attempt && d < max; i++ {
+			d *= 2
+		}
+		if d > max {
+			d = max
+		}
+		half := d / 2
+		return half + rand.N(half+1)
+	}
+}
+
+// Breaker is a consecutive-failure circuit breaker. Closed, it lets every
+// call through; after threshold failures in a row it opens for cooldown;
+// then it lets a single probe through (half-open), closing again on success.
+type Breaker struct {
+	mu        sync.Mutex
+	threshold int
+	cooldown  time.Duration
+	now       func() time.Time
+	failures  int
+	openUntil time.Time
+	probing   bool
+}
+
+// NewBreaker returns a closed breaker.
+func NewBreaker(threshold int, cooldown time.Duration, now func() time.Time) *Breaker {
+	return &Breaker{threshold: threshold, cooldown: cooldown, now: now}
+}
+
+// Allow reports whether a call may go now; if not, it says how long to wait.
+func (b *Breaker) Allow() (bool, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.failures < b.threshold {
+		return true, 0
+	}
+	if wait := b.openUntil.Sub(b.now()); wait > 0 {
+		return false, wait
+	}
+	if b.probing {
+		return false, b.cooldown / 4
+	}
+	b.probing = true
+	return true, 0
+}
+
+// Success records a successful call and closes the breaker.
+func (b *Breaker) Success() {
+	b.mu.Lock()
+	b.failures, b.probing = 0, false
+	b.mu.Unlock()
+}
+
+// Failure records a failed call, opening the breaker at the threshold.
+func (b *Breaker) Failure() {
+	b.mu.Lock()
+	b.failures++
+	b.probing = false
+	if b.failures >= b.threshold {
+		b.openUntil = b.now().Add(b.cooldown)
+	}
+	b.mu.Unlock()
+}
+
+// Open reports whether the breaker is refusing calls.
+func (b *Breaker) Open() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.failures >= b.threshold
+}

@@ -1,0 +1,85 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/mqttio"
+	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/replay"
+	"github.com/iotgw/iotgw/pkg/validate"
+)
+
+// Config is everything `iotgw serve` needs: each stage's own Config plus
+// the gateway's.
+type Config struct {
+	MQTT       mqttio.Config   `mapstructure:"mqtt"`
+	Registry   registry.Config `mapstructure:"registry"`
+	Validation validate.Config `mapstructure:"validation"`
+	Replay     replay.Config   `mapstructure:"replay"`
+	Outbox     outbox.Config   `mapstructure:"outbox"`
+	Backend    forward.Config  `mapstructure:"backend"`
+	HTTP       HTTPConfig      `mapstructure:"http"`
+	Pipeline   PipelineConfig  `mapstructure:"pipeline"`
+	// ShutdownGrace is how long SIGTERM waits for in-flight work. Default 10s.
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
+}
+
+// HTTPConfig is the operations endpoint.
+type HTTPConfig struct {
+	// Listen is the address serving /healthz, /readyz and /metrics; "" disables it. Default "127.0.0.1:9464".
+	Listen string `mapstructure:"listen"`
+}
+
+// PipelineConfig sizes the validation stage.
+type PipelineConfig struct {
+	// Workers is the number of validation workers; a device always maps to
+	// the same worker, which keeps its order. Default 4.
+	Workers int `mapstructure:"workers"`
+	// QueueDepth is each worker's queue. Keep Workers×QueueDepth above the
+	// broker's max_inflight_messages so Paho's router never blocks. Default 1024.
+	QueueDepth int `mapstructure:"queue_depth"`
+}
+
+// DefaultConfig returns every default.
+func DefaultConfig() Config {
+	return Config{
+		MQTT:          mqttio.DefaultConfig(),
+		Registry:      registry.DefaultConfig(),
+		Validation:    validate.DefaultConfig(),
+		Replay:        replay.DefaultConfig(),
+		Outbox:        outbox.DefaultConfig(),
+		Backend:       forward.DefaultConfig(),
+		HTTP:          HTTPConfig{Listen: "127.0.0.1:9464"},
+		Pipeline:      PipelineConfig{Workers: 4, QueueDepth: 1024},
+		ShutdownGrace: 10 * time.Second,
+	}
+}
+
+// Validate checks every section and returns the first problem, naming its key.
+func (c Config) Validate() error {
+	for _, v := range []interface{ Validate() error }{c.MQTT, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend} {
+		if err := v.Validate(); err != nil {
+			return err
+		}
+	}
+	if c.HTTP.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+			return fmt.Errorf("http.listen: %q is not host:port", c.HTTP.Listen)
+		}
+	}
+	if c.Pipeline.Workers < 1 || c.Pipeline.Workers > 256 {
+		return fmt.Errorf("pipeline.workers: must be 1..256, got %d", c.Pipeline.Workers)
+	}
+	if c.Pipeline.QueueDepth < 1 {
+		return errors.New("pipeline.queue_depth: must be at least 1")
+	}
+	if c.ShutdownGrace <= 0 {
+		return errors.New("shutdown_grace: must be positive")
+	}
+	return nil
+}

@@ -1,0 +1,521 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/iotgw/iotgw/pkg/envelope"
+	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/mqttio"
+	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/replay"
+	"github.com/iotgw/iotgw/pkg/validate"
+)
+
+// Gateway is a running iotgw serve.
+type Gateway struct {
+	cfg Config
+	log *zap.Logger
+	now func() time.Time
+
+	reg        *registry.Registry
+	keys       *registry.Cache
+	replay     *replay.Memory
+	inflight   *inflightReplay
+	validator  *validate.Validator
+	store      *outbox.Store
+	writer     *outbox.Writer
+	dispatcher *forward.Dispatcher
+	mqtt       *mqttio.Client
+	metrics    *metrics
+
+	seed      maphash.Seed
+	queues    []chan *mqttio.Message
+	stopping  atomic.Bool
+	deletes   chan int64
+	commitErr atomic.Pointer[string]
+	http      *http.Server
+	httpLn    net.Listener
+}
+
+// New opens the registry and the outbox, reloads the replay window and the
+// pending rows, and prepares every stage. It fails with one clear error on
+// bad config or unreadable files; a broker that is down is not an error
+// (Run retries it).
+func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	g := &Gateway{cfg: cfg, log: log, now: now, seed: maphash.MakeSeed(), deletes: make(chan int64, 4096)}
+	var err error
+	if g.reg, err = registry.Open(ctx, cfg.Registry.Path); err != nil {
+		return nil, fmt.Errorf("registry.path: %w", err)
+	}
+	if g.keys, err = registry.NewCache(ctx, g.reg); err != nil {
+		g.close()
+		return nil, err
+	}
+	if g.store, err = outbox.Open(ctx, cfg.Outbox); err != nil {
+		g.close()
+		return nil, fmt.Errorf("outbox.path: %w", err)
+	}
+	g.replay = replay.NewMemory(cfg.Replay.MaxEntries, now)
+	loaded := 0
+	err = g.store.Seen(ctx, now(), func(dev string, id [16]byte, exp time.Time) error {
+		loaded++
+		_, err := g.replay.Record(ctx, dev, id, exp)
+		return err
+	})
+	if err != nil {
+		g.close()
+		return nil, fmt.Errorf("reload replay window: %w", err)
+	}
+	g.inflight = newInflightReplay(g.replay)
+	if g.validator, err = validate.New(cfg.Validation, g.keys, g.inflight, now); err != nil {
+		g.close()
+		return nil, err
+	}
+	pending, err := g.store.Pending(ctx, 0)
+	if err != nil {
+		g.close()
+		return nil, err
+	}
+	var lastSeq int64
+	if len(pending) > 0 {
+		lastSeq = pending[len(pending)-1].Seq
+	}
+	g.writer = outbox.NewWriter(g.store, cfg.Outbox, lastSeq, len(pending), outbox.WriterHooks{
+		Committed: g.committed,
+		Foreign:   g.foreign,
+		Failed:    g.commitFailed,
+	})
+	poster := forward.NewClient(cfg.Backend)
+	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster,
+		forward.NewBreaker(cfg.Backend.BreakerThreshold, cfg.Backend.BreakerCooldown, now),
+		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now,
+		forward.Hooks{Settled: g.settled, Retry: g.retrying})
+	for _, r := range pending { // forwarded first, before any new message
+		g.dispatcher.Submit(job(r))
+	}
+	g.metrics = newMetrics(g)
+	g.queues = make([]chan *mqttio.Message, cfg.Pipeline.Workers)
+	for i := range g.queues {
+		g.queues[i] = make(chan *mqttio.Message, cfg.Pipeline.QueueDepth)
+	}
+	if g.mqtt, err = mqttio.New(cfg.MQTT, g.receive, log.With(zap.String("component", "mqtt"))); err != nil {
+		g.close()
+		return nil, err
+	}
+	if cfg.HTTP.Listen != "" {
+		if g.httpLn, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
+			g.close()
+			return nil, fmt.Errorf("http.listen: %w", err)
+		}
+	}
+	log.Info("gateway ready", zap.Int("devices", g.keys.Len()), zap.Int("replay_ids_loaded", loaded),
+		zap.Int("outbox_pending", len(pending)))
+	return g, nil
+}
+
+// HTTPAddr returns the operations endpoint's address, or "".
+func (g *Gateway) HTTPAddr() string {
+	if g.httpLn == nil {
+		return ""
+	}
+	return g.httpLn.Addr().String()
+}
+
+func job(r *outbox.Record) *forward.Job {
+	return &forward.Job{Seq: r.Seq, DeviceID: r.DeviceID, MessageID: r.MessageID, Timestamp: r.Timestamp, Payload: r.Payload, ReceivedAt: r.ReceivedAt}
+}
+
+// Run serves until ctx is cancelled, then drains within ShutdownGrace.
+func (g *Gateway) Run(ctx context.Context) error {
+	defer g.close()
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	var bgWG sync.WaitGroup
+	goBG := func(f func()) {
+		bgWG.Add(1)
+		go func() { defer bgWG.Done(); f() }()
+	}
+	if g.httpLn != nil {
+		g.http = &http.Server{Handler: g.routes(), ReadHeaderTimeout: 5 * time.Second}
+		goBG(func() {
+			if err := g.http.Serve(g.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				g.log.Error("http server stopped", zap.Error(err))
+			}
+		})
+	}
+	goBG(func() {
+		g.keys.Run(bg, g.cfg.Registry.Refresh, func(err error) {
+			g.log.Error("registry refresh failed; serving the last snapshot", zap.Error(err))
+		})
+	})
+	goBG(func() { g.prune(bg) })
+
+	// Stages, in the order they are stopped.
+	workCtx, stopWork := context.WithCancel(context.Background())
+	var workers sync.WaitGroup
+	for i := range g.queues {
+		workers.Add(1)
+		go func() { defer workers.Done(); g.work(workCtx, g.queues[i]) }()
+	}
+	writerCtx, stopWriter := context.WithCancel(context.Background())
+	writerDone := make(chan struct{})
+	go func() { g.writer.Run(writerCtx); close(writerDone) }()
+	dispCtx, stopDisp := context.WithCancel(context.Background())
+	dispDone := make(chan struct{})
+	go func() { g.dispatcher.Run(dispCtx); close(dispDone) }()
+	delDone := make(chan struct{})
+	go func() { g.deleter(); close(delDone) }()
+
+	if err := g.mqtt.Connect(ctx); err != nil && ctx.Err() == nil {
+		g.log.Error("broker connect stopped", zap.Error(err))
+	}
+	<-ctx.Done()
+
+	// Shutdown: stop taking messages (those not yet validated stay unacked
+	// and the broker redelivers them), commit and ack what was accepted,
+	// let in-flight POSTs finish within the grace, leave the rest stored.
+	g.log.Info("shutting down", zap.Duration("grace", g.cfg.ShutdownGrace))
+	deadline := time.Now().Add(g.cfg.ShutdownGrace)
+	g.stopping.Store(true)
+	stopWork()
+	workers.Wait()
+	g.writer.Close()
+	select {
+	case <-writerDone:
+	case <-time.After(time.Until(deadline)):
+		stopWriter()
+		<-writerDone
+	}
+	stopDisp()
+	select {
+	case <-dispDone:
+	case <-time.After(time.Until(deadline)):
+		g.log.Warn("grace period over; aborting in-flight POSTs (they stay in the outbox)")
+		g.dispatcher.Abort()
+		<-dispDone
+	}
+	close(g.deletes)
+	<-delDone
+	g.mqtt.Disconnect(250 * time.Millisecond)
+	if g.http != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		g.http.Shutdown(sctx) //nolint:errcheck // best effort at exit
+		cancel()
+	}
+	stopBG()
+	bgWG.Wait()
+	stopWriter()
+	g.log.Info("stopped", zap.Int("outbox_pending", g.dispatcher.Pending()))
+	return nil
+}
+
+func (g *Gateway) close() {
+	if g.mqtt == nil && g.httpLn != nil {
+		g.httpLn.Close()
+	}
+	if g.keys != nil {
+		g.keys.Close()
+	}
+	if g.reg != nil {
+		g.reg.Close()
+	}
+	if g.store != nil {
+		g.store.Close()
+	}
+}
+
+// receive is the Paho handler: it only hands the message to its device's
+// worker. It never blocks unless that worker's queue is full, which the
+// broker's in-flight bound prevents when QueueDepth is sized above it.
+func (g *Gateway) receive(m *mqttio.Message) {
+	if g.stopping.Load() {
+		return // unacked: redelivered after restart
+	}
+	g.metrics.received.Inc()
+	dev := topicDevice(m.Topic)
+	q := g.queues[maphash.String(g.seed, dev)%uint64(len(g.queues))]
+	select {
+	case q <- m:
+	default:
+		g.log.Warn("validation queue full; blocking the MQTT router", zap.String("device_id", dev))
+		q <- m
+	}
+}
+
+// topicDevice returns <id> from device/<id>/data, or "" for another shape.
+func topicDevice(topic string) string {
+	rest, ok := strings.CutPrefix(topic, "device/")
+	if !ok {
+		return ""
+	}
+	id, ok := strings.CutSuffix(rest, "/data")
+	if !ok || strings.Contains(id, "/") {
+		return ""
+	}
+	return id
+}
+
+func (g *Gateway) work(ctx context.Context, q chan *mqttio.Message) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-q:
+			g.handle(ctx, m)
+		}
+	}
+}
+
+// handle validates one message and either rejects it (ack now) or appends
+// it to the outbox (ack at commit). Infrastructure errors are retried with
+// the message unacked.
+func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
+	dev := topicDevice(m.Topic)
+	delay := 100 * time.Millisecond
+	var res validate.Result
+	for {
+		var err error
+		if res, err = g.validator.Check(ctx, dev, m.Payload); err == nil {
+			break
+		}
+		g.metrics.infraErrors.WithLabelValues("validate").Inc()
+		g.log.Error("cannot validate; will retry, message not acked", zap.String("device_id", dev), zap.Duration("retry_in", delay), zap.Error(err))
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+	env := &res.Envelope
+	if rej := res.Rejection; rej != nil {
+		if rej.Reason == validate.Replay && g.inflight.addAck(env.DeviceID, env.UUID(), m.Ack) {
+			g.metrics.redelivered.Inc()
+			return // our own redelivery: acked when the original commits
+		}
+		g.reject(ctx, m, dev, env, rej)
+		return
+	}
+	rec := &outbox.Record{DeviceID: env.DeviceID, MessageID: string(env.MessageID), Timestamp: string(env.TimestampRaw),
+		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires}
+	if !g.inflight.addAck(rec.DeviceID, rec.ID, m.Ack) {
+		m.Ack() // cannot happen: Record marked it in flight
+	}
+	if err := g.writer.Append(ctx, rec); err != nil {
+		// Shutting down while the outbox is full: forget the id so the
+		// redelivery after restart is accepted; the message stays unacked.
+		g.inflight.durable(rec.DeviceID, rec.ID)
+		g.replay.Forget(context.Background(), rec.DeviceID, rec.ID) //nolint:errcheck // memory store cannot fail
+	}
+}
+
+func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env *envelope.Envelope, rej *validate.Rejection) {
+	g.metrics.rejected.WithLabelValues(string(rej.Reason)).Inc()
+	fields := []zap.Field{zap.String("device_id", dev), zap.String("reason", string(rej.Reason))}
+	if env.MessageID != nil {
+		fields = append(fields, zap.ByteString("message_id", env.MessageID))
+	}
+	if rej.Detail != "" {
+		fields = append(fields, zap.String("detail", rej.Detail))
+	}
+	g.log.Info("rejected", fields...)
+	if g.cfg.Validation.RejectNotices && rej.Reason != validate.UnknownDevice && dev != "" {
+		g.notify(ctx, dev, envelope.RejectionPayload(env.MessageID, string(rej.Reason)))
+	}
+	m.Ack()
+}
+
+// notify signs payload for dev and publishes it to device/<dev>/response.
+// A device that is not registered gets nothing (there is no key).
+func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
+	e := envelope.Envelope{DeviceID: dev, Timestamp: g.now().Unix(), MessageID: newMessageID(), Payload: payload}
+	e.TimestampRaw = strconv.AppendInt(nil, e.Timestamp, 10)
+	if err := g.validator.Sign(ctx, &e); err != nil {
+		if !errors.Is(err, validate.ErrUnknownDevice) {
+			g.log.Warn("cannot sign reply", zap.String("device_id", dev), zap.Error(err))
+		}
+		return
+	}
+	g.mqtt.Publish("device/"+dev+"/response", envelope.AppendJSON(make([]byte, 0, 256+len(payload)), &e))
+}
+
+// newMessageID returns a random (version 4) UUID in canonical text.
+func newMessageID() []byte {
+	var b [16]byte
+	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	out := make([]byte, 36)
+	hex.Encode(out[0:8], b[0:4])
+	out[8] = '-'
+	hex.Encode(out[9:13], b[4:6])
+	out[13] = '-'
+	hex.Encode(out[14:18], b[6:8])
+	out[18] = '-'
+	hex.Encode(out[19:23], b[8:10])
+	out[23] = '-'
+	hex.Encode(out[24:], b[10:])
+	return out
+}
+
+// committed runs on the Writer's goroutine once a batch is durable.
+func (g *Gateway) committed(batch []*outbox.Record) {
+	g.metrics.commitBatch.Observe(float64(len(batch)))
+	g.metrics.accepted.Add(float64(len(batch)))
+	if p := g.commitErr.Load(); p != nil {
+		g.commitErr.Store(nil)
+		g.log.Info("outbox writable again")
+	}
+	for _, r := range batch {
+		for _, ack := range g.inflight.durable(r.DeviceID, r.ID) {
+			ack()
+		}
+		g.dispatcher.Submit(job(r))
+	}
+}
+
+func (g *Gateway) foreign(rows []*outbox.Record) {
+	g.writer.Reserve(len(rows))
+	for _, r := range rows {
+		g.log.Info("picked up a retried dead letter", zap.String("device_id", r.DeviceID), zap.String("message_id", r.MessageID))
+		g.dispatcher.Submit(job(r))
+	}
+}
+
+func (g *Gateway) commitFailed(err error, n int, delay time.Duration) {
+	g.metrics.infraErrors.WithLabelValues("outbox_commit").Inc()
+	msg := err.Error()
+	g.commitErr.Store(&msg)
+	g.log.Error("OUTBOX COMMIT FAILED: not acking; messages stay with the broker until it succeeds",
+		zap.Int("batch", n), zap.Duration("retry_in", delay), zap.Error(err))
+}
+
+func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
+	g.metrics.forwarded.WithLabelValues("retry").Inc()
+	g.log.Warn("forward failed; will retry", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID),
+		zap.Int("attempt", j.Attempts), zap.Duration("retry_in", delay), zap.Error(err))
+}
+
+// settled runs on a dispatcher worker once a Job is done, final or dead.
+func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
+	ctx := context.Background()
+	if o.Dead {
+		g.metrics.forwarded.WithLabelValues("dead").Inc()
+		g.log.Error("forward gave up; moved to the dead-letter table", zap.String("device_id", j.DeviceID),
+			zap.String("message_id", j.MessageID), zap.Int("attempts", j.Attempts), zap.Error(o.Err))
+		for delay := 100 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
+			err := g.store.Bury(ctx, j.Seq, j.Attempts, o.Err.Error(), g.now())
+			if err == nil {
+				break
+			}
+			g.metrics.infraErrors.WithLabelValues("deadletter").Inc()
+			g.log.Error("cannot move to dead letters; retrying", zap.String("message_id", j.MessageID), zap.Error(err))
+			time.Sleep(delay)
+		}
+		g.writer.Release(1)
+		return
+	}
+	result := "ok"
+	if o.Response.Status >= 300 {
+		result = "final"
+	}
+	g.metrics.forwarded.WithLabelValues(result).Inc()
+	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
+	g.notify(ctx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
+	g.deletes <- j.Seq
+}
+
+// deleter removes settled rows in batches until g.deletes is closed.
+func (g *Gateway) deleter() {
+	batch := make([]int64, 0, 1024)
+	for seq := range g.deletes {
+		batch = append(batch[:0], seq)
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case s, ok := <-g.deletes:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, s)
+			default:
+				break fill
+			}
+		}
+		for delay := 50 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
+			err := g.store.Delete(context.Background(), batch)
+			if err == nil {
+				break
+			}
+			g.metrics.infraErrors.WithLabelValues("outbox_delete").Inc()
+			g.log.Error("cannot delete settled rows; retrying (they would be forwarded again after a crash)", zap.Error(err))
+			time.Sleep(delay)
+		}
+		g.writer.Release(len(batch))
+	}
+}
+
+// prune deletes expired replay ids from the outbox database.
+func (g *Gateway) prune(ctx context.Context) {
+	t := time.NewTicker(g.cfg.Outbox.PruneInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := g.store.PruneSeen(ctx, g.now()); err != nil && ctx.Err() == nil {
+				g.log.Warn("cannot prune expired replay ids", zap.Error(err))
+			}
+		}
+	}
+}
+
+// routes serves /healthz, /readyz and /metrics.
+func (g *Gateway) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n")) //nolint:errcheck
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		var problems []string
+		if !g.mqtt.Connected() {
+			problems = append(problems, "broker: not connected")
+		}
+		if g.dispatcher.BreakerOpen() {
+			problems = append(problems, "backend: circuit breaker open")
+		}
+		if p := g.commitErr.Load(); p != nil {
+			problems = append(problems, "outbox: commit failing: "+*p)
+		}
+		if g.writer.Occupied() >= g.cfg.Outbox.MaxPending {
+			problems = append(problems, "outbox: full (backpressure)")
+		}
+		if len(problems) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte(strings.Join(problems, "\n") + "\n")) //nolint:errcheck
+			return
+		}
+		w.Write([]byte("ready\n")) //nolint:errcheck
+	})
+	mux.Handle("/metrics", promHandler(g.metrics.reg))
+	return mux
+}

@@ -1,0 +1,220 @@
+package mqttio
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"go.uber.org/zap"
+)
+
+// Config holds the broker connection settings.
+type Config struct {
+	// Broker is the broker URL, ssl://host:8883 (tls:// and mqtts:// also accepted). Required.
+	Broker string `mapstructure:"broker"`
+	// ClientID is the stable client id of the persistent session. Default "iotgw-gateway".
+	ClientID string `mapstructure:"client_id"`
+	// CAFile is the PEM CA bundle that signed the broker's certificate. Required.
+	CAFile string `mapstructure:"ca_file"`
+	// CertFile is the gateway's client certificate (CN gateway). Required.
+	CertFile string `mapstructure:"cert_file"`
+	// KeyFile is the gateway's private key. Required.
+	KeyFile string `mapstructure:"key_file"`
+	// Topic is the uplink subscription. Default "device/+/data".
+	Topic string `mapstructure:"topic"`
+	// ShareGroup, when set, subscribes as $share/<group>/<topic> so several gateways split the load.
+	ShareGroup string `mapstructure:"share_group"`
+	// KeepAlive is the MQTT keep-alive. Default 30s.
+	KeepAlive time.Duration `mapstructure:"keepalive"`
+	// ConnectTimeout bounds one connection attempt. Default 10s.
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+	// MaxReconnectInterval caps the reconnect backoff. Default 30s.
+	MaxReconnectInterval time.Duration `mapstructure:"max_reconnect_interval"`
+}
+
+// DefaultConfig returns the defaults (Broker and files empty).
+func DefaultConfig() Config {
+	return Config{ClientID: "iotgw-gateway", Topic: "device/+/data", KeepAlive: 30 * time.Second,
+		ConnectTimeout: 10 * time.Second, MaxReconnectInterval: 30 * time.Second}
+}
+
+// Validate checks the settings and that the TLS files load.
+func (c Config) Validate() error {
+	if c.Broker == "" {
+		return errors.New("mqtt.broker: required (ssl://host:8883)")
+	}
+	u, err := url.Parse(c.Broker)
+	if err != nil || u.Host == "" || u.Port() == "" {
+		return fmt.Errorf("mqtt.broker: %q is not a URL like ssl://host:8883", c.Broker)
+	}
+	switch u.Scheme {
+	case "ssl", "tls", "mqtts":
+	default:
+		return fmt.Errorf("mqtt.broker: scheme %q is not TLS; use ssl://", u.Scheme)
+	}
+	if c.ClientID == "" || strings.ContainsAny(c.ClientID, " \t\n+#/") {
+		return fmt.Errorf("mqtt.client_id: %q must be non-empty with no spaces, + # or /", c.ClientID)
+	}
+	if c.Topic == "" {
+		return errors.New("mqtt.topic: required")
+	}
+	if c.KeepAlive < time.Second || c.ConnectTimeout <= 0 || c.MaxReconnectInterval <= 0 {
+		return errors.New("mqtt.keepalive/connect_timeout/max_reconnect_interval: must be positive (keepalive ≥ 1s)")
+	}
+	_, err = c.TLSConfig()
+	return err
+}
+
+// TLSConfig loads the CA and client key pair.
+func (c Config) TLSConfig() (*tls.Config, error) {
+	for _, f := range []struct{ key, path string }{{"mqtt.ca_file", c.CAFile}, {"mqtt.cert_file", c.CertFile}, {"mqtt.key_file", c.KeyFile}} {
+		if f.path == "" {
+			return nil, fmt.Errorf("%s: required", f.key)
+		}
+	}
+	ca, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt.ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("mqtt.ca_file: %s holds no PEM certificate", c.CAFile)
+	}
+	pair, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt.cert_file/mqtt.key_file: %w", err)
+	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// Message is one received uplink.
+type Message struct {
+	Topic     string
+	Payload   []byte
+	Duplicate bool
+	ack       func()
+}
+
+// Ack acknowledges the message to the broker (PUBACK). It acts once; an
+// ack after the connection was lost is dropped and the broker redelivers.
+func (m *Message) Ack() { m.ack() }
+
+// NewMessage builds a Message with an ack callback, for tests.
+func NewMessage(topic string, payload []byte, ack func()) *Message {
+	return &Message{Topic: topic, Payload: payload, ack: ack}
+}
+
+// Handler receives each message. It is called from Paho's router
+// goroutine, one message at a time, and must not block: hand off and return.
+type Handler func(m *Message)
+
+// Client is a connected gateway session.
+type Client struct {
+	cfg       Config
+	log       *zap.Logger
+	c         mqtt.Client
+	connected atomic.Bool
+	onConnect func()
+}
+
+// New prepares a client; Run connects it.
+func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
+	tlsCfg, err := cfg.TLSConfig()
+	if err != nil {
+		return nil, err
+	}
+	broker := strings.Replace(strings.Replace(cfg.Broker, "mqtts://", "ssl://", 1), "tls://", "ssl://", 1)
+	cl := &Client{cfg: cfg, log: log}
+	handler := func(_ mqtt.Client, m mqtt.Message) {
+		h(&Message{Topic: m.Topic(), Payload: m.Payload(), Duplicate: m.Duplicate(), ack: m.Ack})
+	}
+	topic := cfg.Topic
+	if cfg.ShareGroup != "" {
+		topic = "$share/" + cfg.ShareGroup + "/" + cfg.Topic
+	}
+	opts := mqtt.NewClientOptions().
+		AddBroker(broker).
+		SetClientID(cfg.ClientID).
+		SetTLSConfig(tlsCfg).
+		SetCleanSession(false).
+		SetAutoAckDisabled(true).
+		SetOrderMatters(true).
+		SetKeepAlive(cfg.KeepAlive).
+		SetConnectTimeout(cfg.ConnectTimeout).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
+		SetWriteTimeout(10 * time.Second).
+		SetDefaultPublishHandler(handler). // session messages may arrive before Subscribe returns
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			cl.connected.Store(false)
+			log.Warn("broker connection lost; reconnecting", zap.Error(err))
+		}).
+		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
+			log.Info("reconnecting to broker")
+		}).
+		SetOnConnectHandler(func(c mqtt.Client) {
+			t := c.Subscribe(topic, 1, handler)
+			go func() {
+				if !t.WaitTimeout(cfg.ConnectTimeout) || t.Error() != nil {
+					log.Error("subscribe failed; reconnecting", zap.String("topic", topic), zap.Error(t.Error()))
+					return
+				}
+				cl.connected.Store(true)
+				log.Info("connected and subscribed", zap.String("broker", cfg.Broker), zap.String("topic", topic))
+				if cl.onConnect != nil {
+					cl.onConnect()
+				}
+			}()
+		})
+	cl.c = mqtt.NewClient(opts)
+	return cl, nil
+}
+
+// Connected reports whether the session is up and subscribed.
+func (c *Client) Connected() bool { return c.connected.Load() && c.c.IsConnectionOpen() }
+
+// Connect connects, retrying with backoff until it succeeds or ctx ends. A
+// broker that is down at start is retried, not fatal; Paho reconnects
+// after later losses by itself.
+func (c *Client) Connect(ctx context.Context) error {
+	delay := 500 * time.Millisecond
+	for {
+		t := c.c.Connect()
+		select {
+		case <-t.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if t.Error() == nil {
+			return nil
+		}
+		c.log.Warn("cannot connect to broker; retrying", zap.String("broker", c.cfg.Broker), zap.Duration("retry_in", delay), zap.Error(t.Error()))
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		delay = min(delay*2, c.cfg.MaxReconnectInterval)
+	}
+}
+
+// Publish sends payload to topic at QoS 1 without waiting for the broker's
+// PUBACK (never block a worker on a reply). Paho queues it while
+// reconnecting.
+func (c *Client) Publish(topic string, payload []byte) {
+	c.c.Publish(topic, 1, false, payload)
+}
+
+// Disconnect closes the session, waiting up to quiesce for queued work.
+func (c *Client) Disconnect(quiesce time.Duration) {
+	c.connected.Store(false)
+	c.c.Disconnect(uint(quiesce.Milliseconds()))
+}

@@ -1,0 +1,359 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/iotgw/iotgw/pkg/internal/sqlitex"
+)
+
+// Config holds the outbox settings.
+type Config struct {
+	// Path is the SQLite file. Default "iotgw-outbox.db".
+	Path string `mapstructure:"path"`
+	// MaxPending bounds rows waiting for the backend; past it new messages
+	// are not acked, so the broker holds them. Default 100000.
+	MaxPending int `mapstructure:"max_pending"`
+	// BatchMax is the most messages committed in one transaction. Default 512.
+	BatchMax int `mapstructure:"batch_max"`
+	// PruneInterval is how often expired seen ids are deleted. Default 30s.
+	PruneInterval time.Duration `mapstructure:"prune_interval"`
+	// Synchronous is SQLite's PRAGMA synchronous: "full" (default) makes a
+	// commit survive power loss; "normal" survives a process crash only.
+	Synchronous string `mapstructure:"synchronous"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, BatchMax: 512, PruneInterval: 30 * time.Second, Synchronous: "full"}
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	switch {
+	case c.Path == "":
+		return errors.New("outbox.path: required")
+	case c.MaxPending < 1:
+		return fmt.Errorf("outbox.max_pending: must be at least 1, got %d", c.MaxPending)
+	case c.BatchMax < 1 || c.BatchMax > 10000:
+		return fmt.Errorf("outbox.batch_max: must be 1..10000, got %d", c.BatchMax)
+	case c.PruneInterval <= 0:
+		return errors.New("outbox.prune_interval: must be positive")
+	case !strings.EqualFold(c.Synchronous, "full") && !strings.EqualFold(c.Synchronous, "normal"):
+		return fmt.Errorf("outbox.synchronous: must be full or normal, got %q", c.Synchronous)
+	}
+	return nil
+}
+
+var migrations = []sqlitex.Migration{
+	{Version: 1, SQL: `
+CREATE TABLE outbox (
+	seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+	device_id   TEXT NOT NULL,
+	message_id  TEXT NOT NULL,
+	timestamp   TEXT NOT NULL,
+	payload     BLOB NOT NULL,
+	received_at INTEGER NOT NULL
+);
+CREATE TABLE seen (
+	device_id  TEXT NOT NULL,
+	message_id BLOB NOT NULL,
+	expires    INTEGER NOT NULL,
+	PRIMARY KEY (device_id, message_id)
+) WITHOUT ROWID;
+CREATE INDEX seen_expires ON seen(expires);
+CREATE TABLE deadletter (
+	seq         INTEGER PRIMARY KEY,
+	device_id   TEXT NOT NULL,
+	message_id  TEXT NOT NULL,
+	timestamp   TEXT NOT NULL,
+	payload     BLOB NOT NULL,
+	received_at INTEGER NOT NULL,
+	attempts    INTEGER NOT NULL,
+	last_error  TEXT NOT NULL,
+	dead_at     INTEGER NOT NULL
+);`},
+}
+
+// Record is one accepted message.
+type Record struct {
+	// Seq is the row id, set by Insert.
+	Seq int64
+	// DeviceID, MessageID and Timestamp (raw digits) as received.
+	DeviceID, MessageID, Timestamp string
+	// ID is the message id as 16 bytes, for the seen table.
+	ID [16]byte
+	// Payload is the exact payload bytes.
+	Payload []byte
+	// ReceivedAt is when the gateway accepted it.
+	ReceivedAt time.Time
+	// Expires is when the id leaves the replay window.
+	Expires time.Time
+}
+
+// Dead is a dead-lettered message.
+type Dead struct {
+	Record
+	Attempts  int
+	LastError string
+	DeadAt    time.Time
+}
+
+// Store is the outbox database.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the outbox database and migrates it.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	path := cfg.Path
+	sync := strings.ToUpper(cfg.Synchronous)
+	if sync == "" {
+		sync = "FULL"
+	}
+	db, err := sqlitex.OpenSync(path, sync)
+	if err != nil {
+		return nil, err
+	}
+	if err := sqlitex.Migrate(ctx, db, migrations); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate outbox %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Insert stores recs and their ids in one transaction and sets each Seq.
+// Either all are durable or none is.
+func (s *Store) Insert(ctx context.Context, recs []*Record) error {
+	_, err := s.insert(ctx, recs, -1)
+	return err
+}
+
+// insert is Insert; when lastSeq ≥ 0 it also returns, read in the same
+// transaction, rows another process inserted after lastSeq and before recs
+// (a dead letter retried by the CLI).
+func (s *Store) insert(ctx context.Context, recs []*Record, lastSeq int64) ([]*Record, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after commit
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO outbox(device_id, message_id, timestamp, payload, received_at) VALUES(?,?,?,?,?)`)
+	if err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	defer ins.Close()
+	seen, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO seen(device_id, message_id, expires) VALUES(?,?,?)`)
+	if err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	defer seen.Close()
+	for _, r := range recs {
+		res, err := ins.ExecContext(ctx, r.DeviceID, r.MessageID, r.Timestamp, r.Payload, r.ReceivedAt.UnixMilli())
+		if err != nil {
+			return nil, fmt.Errorf("insert outbox: %w", err)
+		}
+		if r.Seq, err = res.LastInsertId(); err != nil {
+			return nil, fmt.Errorf("insert outbox: %w", err)
+		}
+		if _, err := seen.ExecContext(ctx, r.DeviceID, r.ID[:], r.Expires.Unix()); err != nil {
+			return nil, fmt.Errorf("insert seen: %w", err)
+		}
+	}
+	var foreign []*Record
+	if lastSeq >= 0 && len(recs) > 0 && recs[0].Seq != lastSeq+1 {
+		if foreign, err = pendingBetween(ctx, tx, lastSeq, recs[0].Seq); err != nil {
+			return nil, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return foreign, nil
+}
+
+// Delete removes settled rows in one transaction.
+func (s *Store) Delete(ctx context.Context, seqs []int64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck
+	for start := 0; start < len(seqs); start += 500 {
+		chunk := seqs[start:min(start+500, len(seqs))]
+		args := make([]any, len(chunk))
+		for i, s := range chunk {
+			args[i] = s
+		}
+		q := `DELETE FROM outbox WHERE seq IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("delete outbox: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// Bury moves a row to the dead-letter table.
+func (s *Store) Bury(ctx context.Context, seq int64, attempts int, lastErr string, now time.Time) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck
+	if _, err := tx.ExecContext(ctx, `INSERT INTO deadletter(seq, device_id, message_id, timestamp, payload, received_at, attempts, last_error, dead_at)
+		SELECT seq, device_id, message_id, timestamp, payload, received_at, ?, ?, ? FROM outbox WHERE seq = ?`,
+		attempts, lastErr, now.Unix(), seq); err != nil {
+		return fmt.Errorf("dead-letter: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM outbox WHERE seq = ?`, seq); err != nil {
+		return fmt.Errorf("dead-letter: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// Pending returns rows with seq > after, oldest first.
+func (s *Store) Pending(ctx context.Context, after int64) ([]*Record, error) {
+	return pendingBetween(ctx, s.db, after, math.MaxInt64)
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+}
+
+// pendingBetween returns rows with after < seq < before, oldest first.
+func pendingBetween(ctx context.Context, db querier, after, before int64) ([]*Record, error) {
+	rows, err := db.QueryContext(ctx, `SELECT seq, device_id, message_id, timestamp, payload, received_at FROM outbox WHERE seq > ? AND seq < ? ORDER BY seq`, after, before)
+	if err != nil {
+		return nil, fmt.Errorf("load outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []*Record
+	for rows.Next() {
+		r := &Record{}
+		var ms int64
+		if err := rows.Scan(&r.Seq, &r.DeviceID, &r.MessageID, &r.Timestamp, &r.Payload, &ms); err != nil {
+			return nil, fmt.Errorf("load outbox: %w", err)
+		}
+		r.ReceivedAt = time.UnixMilli(ms)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// Count returns how many rows wait in the outbox.
+func (s *Store) Count(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM outbox`).Scan(&n)
+	return n, err
+}
+
+// Seen calls fn for every id whose expiry is after now.
+func (s *Store) Seen(ctx context.Context, now time.Time, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
+	rows, err := s.db.QueryContext(ctx, `SELECT device_id, message_id, expires FROM seen WHERE expires >= ?`, now.Unix())
+	if err != nil {
+		return fmt.Errorf("load seen: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var dev string
+		var id []byte
+		var exp int64
+		if err := rows.Scan(&dev, &id, &exp); err != nil {
+			return fmt.Errorf("load seen: %w", err)
+		}
+		var k [16]byte
+		copy(k[:], id)
+		if err := fn(dev, k, time.Unix(exp, 0)); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// PruneSeen deletes ids that expired before now and returns how many.
+func (s *Store) PruneSeen(ctx context.Context, now time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE expires < ?`, now.Unix())
+	if err != nil {
+		return 0, fmt.Errorf("prune seen: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// DeadLetters lists dead-lettered messages, oldest first.
+func (s *Store) DeadLetters(ctx context.Context) ([]Dead, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, device_id, message_id, timestamp, payload, received_at, attempts, last_error, dead_at FROM deadletter ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("list dead letters: %w", err)
+	}
+	defer rows.Close()
+	var out []Dead
+	for rows.Next() {
+		var d Dead
+		var ms, dead int64
+		if err := rows.Scan(&d.Seq, &d.DeviceID, &d.MessageID, &d.Timestamp, &d.Payload, &ms, &d.Attempts, &d.LastError, &dead); err != nil {
+			return nil, fmt.Errorf("list dead letters: %w", err)
+		}
+		d.ReceivedAt, d.DeadAt = time.UnixMilli(ms), time.Unix(dead, 0)
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// RetryDead moves dead letters back into the outbox (all when seqs is
+// empty), as new rows that a running gateway picks up, and returns how many.
+func (s *Store) RetryDead(ctx context.Context, seqs []int64) (int, error) {
+	return s.deadOp(ctx, seqs, true)
+}
+
+// DropDead deletes dead letters for good (all when seqs is empty).
+func (s *Store) DropDead(ctx context.Context, seqs []int64) (int, error) {
+	return s.deadOp(ctx, seqs, false)
+}
+
+func (s *Store) deadOp(ctx context.Context, seqs []int64, retry bool) (int, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck
+	where, args := "", []any{}
+	if len(seqs) > 0 {
+		where = " WHERE seq IN (?" + strings.Repeat(",?", len(seqs)-1) + ")"
+		for _, s := range seqs {
+			args = append(args, s)
+		}
+	}
+	if retry {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO outbox(device_id, message_id, timestamp, payload, received_at)
+			SELECT device_id, message_id, timestamp, payload, ? FROM deadletter`+where+` ORDER BY seq`,
+			append([]any{time.Now().UnixMilli()}, args...)...); err != nil {
+			return 0, fmt.Errorf("retry dead letters: %w", err)
+		}
+	}
+	res, err := tx.ExecContext(ctx, `DELETE FROM deadletter`+where, args...)
+	if err != nil {
+		return 0, fmt.Errorf("remove dead letters: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	return int(n), nil
+}

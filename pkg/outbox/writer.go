@@ -1,0 +1,175 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrClosed is returned by Append after Close.
+var ErrClosed = errors.New("outbox writer closed")
+
+// WriterHooks are the Writer's callbacks, called from its one goroutine.
+type WriterHooks struct {
+	// Committed receives each batch once it is durable, Seqs set.
+	Committed func(batch []*Record)
+	// Foreign receives rows that another process (the CLI's dead-letter
+	// retry) added to the outbox, once each.
+	Foreign func(rows []*Record)
+	// Failed is called after each failed commit; the batch is retried
+	// after delay and nothing is acked meanwhile.
+	Failed func(err error, batchLen int, delay time.Duration)
+}
+
+// Writer group-commits records: whatever accumulates while one commit runs
+// goes into the next transaction, up to BatchMax, so throughput rises with
+// load and an idle gateway adds no latency.
+//
+// It also bounds the outbox: Append blocks while MaxPending rows wait for
+// the backend, until Release frees room. That is the gateway's backpressure.
+type Writer struct {
+	s       *Store
+	cfg     Config
+	hooks   WriterHooks
+	in      chan *Record
+	slots   chan struct{}
+	closed  chan struct{}
+	lastSeq int64
+	poll    time.Duration
+}
+
+// NewWriter returns a Writer. lastSeq is the highest seq already known to
+// the caller (from Store.Pending at start); rows above it that the Writer
+// did not insert are reported through Foreign. occupied is how many rows
+// already wait in the outbox.
+func NewWriter(s *Store, cfg Config, lastSeq int64, occupied int, hooks WriterHooks) *Writer {
+	w := &Writer{s: s, cfg: cfg, hooks: hooks, in: make(chan *Record, cfg.BatchMax*2),
+		slots: make(chan struct{}, cfg.MaxPending), closed: make(chan struct{}), lastSeq: lastSeq, poll: 2 * time.Second}
+	for range min(occupied, cfg.MaxPending) {
+		w.slots <- struct{}{}
+	}
+	return w
+}
+
+// Append queues rec for the next commit. It blocks while the outbox is full
+// (backpressure) and returns ctx's error if ctx ends first. It must not be
+// called after Close.
+func (w *Writer) Append(ctx context.Context, rec *Record) error {
+	select {
+	case w.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case w.in <- rec:
+		return nil
+	case <-ctx.Done():
+		<-w.slots
+		return ctx.Err()
+	}
+}
+
+// Reserve takes n slots for rows inserted by someone else (Foreign rows).
+// It never blocks: such rows already exist, so the bound may be exceeded.
+func (w *Writer) Reserve(n int) {
+	for range n {
+		select {
+		case w.slots <- struct{}{}:
+		default:
+			return
+		}
+	}
+}
+
+// Release frees n slots once n rows left the outbox.
+func (w *Writer) Release(n int) {
+	for range n {
+		select {
+		case <-w.slots:
+		default:
+			return
+		}
+	}
+}
+
+// Occupied returns how many rows are in the outbox or on their way in.
+func (w *Writer) Occupied() int { return len(w.slots) }
+
+// Close stops input: Run commits what was appended, then returns.
+func (w *Writer) Close() { close(w.in) }
+
+// Run commits batches until Close has been called and the input drained,
+// or until ctx ends (then an uncommitted batch is dropped unacked, and the
+// broker will redeliver it).
+func (w *Writer) Run(ctx context.Context) {
+	batch := make([]*Record, 0, w.cfg.BatchMax)
+	tick := time.NewTicker(w.poll)
+	defer tick.Stop()
+	for {
+		batch = batch[:0]
+		select {
+		case rec, ok := <-w.in:
+			if !ok {
+				return
+			}
+			batch = append(batch, rec)
+		case <-tick.C:
+			w.pollForeign(ctx)
+			continue
+		case <-ctx.Done():
+			return
+		}
+	fill:
+		for len(batch) < w.cfg.BatchMax {
+			select {
+			case rec, ok := <-w.in:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, rec)
+			default:
+				break fill
+			}
+		}
+		if !w.commit(ctx, batch) {
+			return
+		}
+	}
+}
+
+func (w *Writer) commit(ctx context.Context, batch []*Record) bool {
+	delay := 50 * time.Millisecond
+	for {
+		foreign, err := w.s.insert(ctx, batch, w.lastSeq)
+		if err == nil {
+			w.lastSeq = batch[len(batch)-1].Seq
+			if len(foreign) > 0 && w.hooks.Foreign != nil {
+				w.hooks.Foreign(foreign)
+			}
+			if w.hooks.Committed != nil {
+				w.hooks.Committed(batch)
+			}
+			return true
+		}
+		if w.hooks.Failed != nil {
+			w.hooks.Failed(err, len(batch), delay)
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return false
+		}
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+func (w *Writer) pollForeign(ctx context.Context) {
+	rows, err := w.s.Pending(ctx, w.lastSeq)
+	if err != nil || len(rows) == 0 {
+		return
+	}
+	w.lastSeq = rows[len(rows)-1].Seq
+	if w.hooks.Foreign != nil {
+		w.hooks.Foreign(rows)
+	}
+}
