@@ -39,7 +39,11 @@ type fixture struct {
 	broker  *harness.Broker
 	backend *recorder
 	secrets map[string]string
+	// outboxPath overrides the outbox database location (disk-full test).
+	outboxPath string
 }
+
+var httpClient = &http.Client{Timeout: 5 * time.Second}
 
 func newFixture(t *testing.T, devices ...string) *fixture {
 	t.Helper()
@@ -108,7 +112,14 @@ http:
 shutdown_grace: %s
 log:
   level: debug
-`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, filepath.Join(f.dir, "outbox.db"), backend, o.timeoutOr("5s"), httpPort, grace)
+`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), httpPort, grace)
+}
+
+func (f *fixture) outbox() string {
+	if f.outboxPath != "" {
+		return f.outboxPath
+	}
+	return filepath.Join(f.dir, "outbox.db")
 }
 
 type gatewayOpts struct {
@@ -182,7 +193,7 @@ func (g *gatewayProc) waitReady(timeout time.Duration) {
 			g.t.Fatalf("gateway exited early: %v\n%s", g.waitErr, b)
 		default:
 		}
-		resp, err := http.Get("http://" + g.http + "/readyz")
+		resp, err := httpClient.Get("http://" + g.http + "/readyz")
 		if err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
@@ -220,7 +231,7 @@ func (g *gatewayProc) kill() {
 // `iotgw_messages_rejected_total{reason="replay"}`.
 func (g *gatewayProc) metric(series string) float64 {
 	g.t.Helper()
-	resp, err := http.Get("http://" + g.http + "/metrics")
+	resp, err := httpClient.Get("http://" + g.http + "/metrics")
 	if err != nil {
 		g.t.Fatalf("metrics: %v", err)
 	}
