@@ -107,12 +107,13 @@ backend:
   backoff_initial: 50ms
   backoff_max: 1s
   breaker_cooldown: 500ms
+  max_attempts: %d
 http:
   listen: 127.0.0.1:%d
 shutdown_grace: %s
 log:
   level: debug
-`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), httpPort, grace)
+`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), httpPort, grace)
 }
 
 func (f *fixture) outbox() string {
@@ -123,9 +124,17 @@ func (f *fixture) outbox() string {
 }
 
 type gatewayOpts struct {
-	backendURL string
-	timeout    string
-	grace      string
+	maxAttempts int
+	backendURL  string
+	timeout     string
+	grace       string
+}
+
+func (o gatewayOpts) attemptsOr(n int) int {
+	if o.maxAttempts > 0 {
+		return o.maxAttempts
+	}
+	return n
 }
 
 func (o gatewayOpts) timeoutOr(d string) string {

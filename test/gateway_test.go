@@ -295,3 +295,46 @@ func TestSIGTERMExitsZero(t *testing.T) {
 		t.Fatalf("exit code after SIGTERM = %d, want 0", code)
 	}
 }
+
+// TestDeadLetters: a message the backend keeps refusing moves to the
+// dead-letter table after backend.max_attempts; `iotgw deadletter retry`
+// puts it back and the running gateway forwards it.
+func TestDeadLetters(t *testing.T) {
+	f := newFixture(t, "sensor_001")
+	var mu sync.Mutex
+	failing := true
+	f.backend.setBehave(func(recorded) (int, string, time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if failing {
+			return 500, `{"error":"boom"}`, 0
+		}
+		return 200, `{"ok":true}`, 0
+	})
+	g := f.startGateway(gatewayOpts{maxAttempts: 3})
+	d := f.device("sensor_001")
+	raw, msgID := d.signed(`{"x":1}`, time.Now().Unix())
+	d.publish("", raw)
+	g.waitMetric(`iotgw_forward_total{result="dead"}`, 1, 20*time.Second)
+	out, err := runCLI(f.bin, "", "deadletter", "list", "--outbox", f.outbox())
+	if err != nil || !strings.Contains(out, msgID) || !strings.Contains(out, "500") {
+		t.Fatalf("deadletter list: %v\n%s", err, out)
+	}
+	if out, err := runCLI(f.bin, "", "deadletter", "retry"); err == nil {
+		t.Fatalf("retry without ids or --all should fail:\n%s", out)
+	}
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	if out, err := runCLI(f.bin, "", "deadletter", "retry", "--all", "--outbox", f.outbox()); err != nil || !strings.Contains(out, "1 dead letter(s) moved back") {
+		t.Fatalf("deadletter retry: %v\n%s", err, out)
+	}
+	req := f.backend.waitCount(t, 1, 15*time.Second)[0]
+	if req.Header.Get("X-Message-ID") != msgID {
+		t.Fatalf("forwarded %s, want %s", req.Header.Get("X-Message-ID"), msgID)
+	}
+	out, _ = runCLI(f.bin, "", "deadletter", "list", "--outbox", f.outbox())
+	if strings.Contains(out, msgID) {
+		t.Fatalf("dead letter still listed after retry:\n%s", out)
+	}
+}
