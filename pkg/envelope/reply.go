@@ -3,14 +3,15 @@ package envelope
 import (
 	"encoding/json"
 	"strconv"
+	"unicode/utf8"
 )
 
 // ReplyPayload returns the downlink payload sent after a forward:
 //
 //	{"in_reply_to":"<uplink message_id>","status":<HTTP status>,"body":<body>}
 //
-// body is embedded as JSON when it is one valid JSON value, and as a JSON
-// string otherwise (an empty body becomes "").
+// body is embedded as JSON when it is one valid JSON value in valid UTF-8,
+// and as a JSON string otherwise (an empty body becomes "").
 func ReplyPayload(inReplyTo []byte, status int, body []byte) []byte {
 	out := make([]byte, 0, 64+len(body))
 	out = append(out, `{"in_reply_to":"`...)
@@ -18,7 +19,9 @@ func ReplyPayload(inReplyTo []byte, status int, body []byte) []byte {
 	out = append(out, `","status":`...)
 	out = strconv.AppendInt(out, int64(status), 10)
 	out = append(out, `,"body":`...)
-	if len(body) > 0 && json.Valid(body) {
+	// json.Valid lets invalid UTF-8 through inside strings; devices' strict
+	// parsers would reject the whole reply, so such a body goes as text.
+	if len(body) > 0 && utf8.Valid(body) && json.Valid(body) {
 		out = append(out, trimSpace(body)...)
 	} else {
 		s, _ := json.Marshal(string(body)) // invalid UTF-8 becomes U+FFFD

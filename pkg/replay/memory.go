@@ -82,6 +82,9 @@ func (m *Memory) Record(_ context.Context, deviceID string, id [16]byte, expires
 	if m.count.Load() >= m.max {
 		m.pruneLocked(s, now)
 		if m.count.Load() >= m.max {
+			m.pruneOthers(s, now)
+		}
+		if m.count.Load() >= m.max {
 			m.full.Add(1)
 			return false, validate.ErrReplayFull
 		}
@@ -135,6 +138,23 @@ func (m *Memory) pruneLocked(s *memShard, now uint32) {
 	}
 	m.count.Add(-n)
 	s.nextPrune = now + 1
+}
+
+// pruneOthers prunes every shard but held that is due (each at most once a
+// second) and not busy. It runs only when the store is full, so that
+// expired ids in any shard make room; TryLock keeps the rule that a
+// goroutine waits for one shard lock at a time.
+func (m *Memory) pruneOthers(held *memShard, now uint32) {
+	for i := range m.shards {
+		o := &m.shards[i]
+		if o == held || !o.mu.TryLock() {
+			continue
+		}
+		if now >= o.nextPrune {
+			m.pruneLocked(o, now)
+		}
+		o.mu.Unlock()
+	}
 }
 
 func expSeconds(t time.Time) uint32 {

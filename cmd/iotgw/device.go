@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/iotgw/iotgw/pkg/envelope"
+	"github.com/iotgw/iotgw/pkg/registry"
+)
+
+func init() { commands = append(commands, newDeviceCmd) }
+
+// defaultRegistryPath is the registry file when neither --db nor
+// IOTGW_REGISTRY_PATH names one.
+const defaultRegistryPath = "iotgw.db"
+
+func newDeviceCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "device",
+		Short: "Manage the device registry: add, list, show, disable, enable, remove",
+		Long: `device manages the SQLite device registry the gateway reads its devices and
+shared secrets from. A running gateway picks up every change within its
+registry refresh interval.
+
+The registry file is --db, else $IOTGW_REGISTRY_PATH, else ./iotgw.db. Its
+directory must exist. list and show never print secrets; add prints a
+generated secret exactly once.`,
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
+	cmd.PersistentFlags().String("db", "", "registry SQLite file (default $IOTGW_REGISTRY_PATH, else "+defaultRegistryPath+")")
+	cmd.AddCommand(newDeviceAddCmd(), newDeviceListCmd(), newDeviceShowCmd(),
+		newDeviceSetEnabledCmd(false), newDeviceSetEnabledCmd(true), newDeviceRemoveCmd())
+	return cmd
+}
+
+// registryPath returns the registry file for cmd: --db, else
+// $IOTGW_REGISTRY_PATH, else defaultRegistryPath.
+func registryPath(cmd *cobra.Command) string {
+	if f := cmd.Flags().Lookup("db"); f != nil && f.Changed {
+		return f.Value.String()
+	}
+	if p := os.Getenv("IOTGW_REGISTRY_PATH"); p != "" {
+		return p
+	}
+	return defaultRegistryPath
+}
+
+// withRegistry opens the registry, runs fn and closes it. Unless create is
+// set, a missing registry file is an error rather than a new empty registry.
+func withRegistry(cmd *cobra.Command, create bool, fn func(context.Context, *registry.Registry) error) error {
+	path := registryPath(cmd)
+	if !create && path != "" {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("registry %s does not exist (iotgw device add creates it)", path)
+		}
+	}
+	r, err := registry.Open(cmd.Context(), path)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(cmd.Context(), r)
+}
+
+// deviceIDArg accepts exactly one argument, a valid device id.
+func deviceIDArg(cmd *cobra.Command, args []string) error {
+	if len(args) != 1 {
+		return usagef("%s: want exactly one device id, got %d arguments", cmd.CommandPath(), len(args))
+	}
+	if !envelope.ValidDeviceID(args[0]) {
+		return usagef("bad device id %q: %v", args[0], registry.ErrBadID)
+	}
+	return nil
+}
+
+// noArguments refuses positional arguments.
+func noArguments(cmd *cobra.Command, args []string) error {
+	if len(args) != 0 {
+		return usagef("%s: unexpected argument %q", cmd.CommandPath(), args[0])
+	}
+	return nil
+}
+
+// readSecretLine reads the first line of r as a secret. Only the line end
+// ("\n" or "\r\n") is removed. It returns a reader positioned after that
+// line, for callers that read more from the same stream.
+func readSecretLine(r io.Reader) (string, *bufio.Reader, error) {
+	br := bufio.NewReader(r)
+	line, err := br.ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", nil, fmt.Errorf("read secret from stdin: %w", err)
+	}
+	line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
+	if line == "" {
+		return "", nil, usagef("no secret on the first line of stdin")
+	}
+	return line, br, nil
+}
+
+func newDeviceAddCmd() *cobra.Command {
+	var fromStdin bool
+	cmd := &cobra.Command{
+		Use:   "add ID",
+		Short: "Register a new, enabled device and print its new secret once",
+		Long: `add registers a device. Without --secret-stdin it generates a secret (32
+random bytes as 64 hex characters) and prints it once on stdout: store it
+in the device now, it will not be shown again. With --secret-stdin the
+secret is the first line of stdin (16-1024 printable characters, no
+surrounding whitespace; only the line end is removed).`,
+		Example: `  iotgw device add sensor_001 --db /var/lib/iotgw/registry.db
+  SECRET=$(iotgw device add sensor_002)
+  iotgw device add sensor_003 --secret-stdin < sensor_003.secret`,
+		Args: deviceIDArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			secret, generated := "", !fromStdin
+			var err error
+			if fromStdin {
+				if secret, _, err = readSecretLine(cmd.InOrStdin()); err != nil {
+					return err
+				}
+				if !registry.ValidSecret(secret) {
+					return usagef("%v", registry.ErrBadSecret)
+				}
+			} else if secret, err = registry.NewSecret(); err != nil {
+				return err
+			}
+			err = withRegistry(cmd, true, func(ctx context.Context, r *registry.Registry) error {
+				return r.Add(ctx, id, secret)
+			})
+			if err != nil {
+				return err
+			}
+			if !generated {
+				fmt.Fprintf(cmd.ErrOrStderr(), "added device %s\n", id)
+				return nil
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "added device %s; its secret follows and will not be shown again:\n", id)
+			_, err = fmt.Fprintln(cmd.OutOrStdout(), secret)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&fromStdin, "secret-stdin", false, "read the secret from the first line of stdin instead of generating one")
+	return cmd
+}
+
+func newDeviceListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List devices (never their secrets)",
+		Args:  noArguments,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
+				devices, err := r.List(ctx)
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "DEVICE\tSTATE\tCREATED")
+				for _, d := range devices {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", d.ID, stateWord(d.Enabled), d.CreatedAt.Format(time.RFC3339))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+}
+
+func newDeviceShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one device (never its secret)",
+		Args:  deviceIDArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
+				d, err := r.Get(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "device:  %s\nstate:   %s\ncreated: %s\n",
+					d.ID, stateWord(d.Enabled), d.CreatedAt.Format(time.RFC3339))
+				return err
+			})
+		},
+	}
+}
+
+func stateWord(enabled bool) string {
+	if enabled {
+		return "enabled"
+	}
+	return "disabled"
+}
+
+// newDeviceSetEnabledCmd returns "enable" or "disable".
+func newDeviceSetEnabledCmd(enabled bool) *cobra.Command {
+	verb := map[bool]string{true: "enable", false: "disable"}[enabled]
+	return &cobra.Command{
+		Use:   verb + " ID",
+		Short: strings.ToUpper(verb[:1]) + verb[1:] + " a device; a disabled device's messages are rejected as \"disabled\"",
+		Args:  deviceIDArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
+				if err := r.SetEnabled(ctx, args[0], enabled); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%sd device %s\n", verb, args[0])
+				return err
+			})
+		},
+	}
+}
+
+func newDeviceRemoveCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove ID",
+		Short: "Remove a device and its secret; its messages become \"unknown_device\"",
+		Args:  deviceIDArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
+				if err := r.Remove(ctx, args[0]); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "removed device %s\n", args[0])
+				return err
+			})
+		},
+	}
+}

@@ -1,0 +1,198 @@
+package replay_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/iotgw/iotgw/pkg/replay"
+	"github.com/iotgw/iotgw/pkg/validate"
+)
+
+var t0 = time.Unix(1727712000, 0)
+
+// clock is a settable test clock.
+type clock struct{ now atomic.Int64 }
+
+func newClock(t time.Time) *clock {
+	c := &clock{}
+	c.now.Store(t.Unix())
+	return c
+}
+
+func (c *clock) Now() time.Time      { return time.Unix(c.now.Load(), 0) }
+func (c *clock) Set(t time.Time)     { c.now.Store(t.Unix()) }
+func (c *clock) Add(d time.Duration) { c.now.Add(int64(d / time.Second)) }
+func idN(n uint64) (id [16]byte)     { binary.BigEndian.PutUint64(id[8:], n); return id }
+func sec(n int) time.Duration        { return time.Duration(n) * time.Second }
+func at(c *clock, d int) time.Time   { return c.Now().Add(sec(d)) }
+func ctx() context.Context           { return context.Background() }
+func record(t *testing.T, m *replay.Memory, dev string, id [16]byte, exp time.Time) bool {
+	t.Helper()
+	dup, err := m.Record(ctx(), dev, id, exp)
+	if err != nil {
+		t.Fatalf("Record(%s, %x): %v", dev, id, err)
+	}
+	return dup
+}
+
+func TestMemoryRecord(t *testing.T) {
+	type step struct {
+		advance int // seconds to move the clock first
+		dev     string
+		id      uint64
+		expires int // seconds after the (advanced) clock
+		dup     bool
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"first time is new", []step{{0, "a", 1, 300, false}}},
+		{"second time is a duplicate", []step{{0, "a", 1, 300, false}, {0, "a", 1, 300, true}}},
+		{"other id is new", []step{{0, "a", 1, 300, false}, {0, "a", 2, 300, false}}},
+		{"same id on another device is new", []step{{0, "a", 1, 300, false}, {0, "b", 1, 300, false}, {0, "b", 1, 300, true}}},
+		{"still a duplicate at expiry", []step{{0, "a", 1, 10, false}, {10, "a", 1, 300, true}}},
+		{"new again one second after expiry", []step{{0, "a", 1, 10, false}, {11, "a", 1, 300, false}, {0, "a", 1, 300, true}}},
+		{"expired id re-recorded with a new expiry", []step{{0, "a", 1, 10, false}, {11, "a", 1, 100, false}, {99, "a", 1, 0, true}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClock(t0)
+			m := replay.NewMemory(100, c.Now)
+			for i, s := range tc.steps {
+				c.Add(sec(s.advance))
+				if got := record(t, m, s.dev, idN(s.id), at(c, s.expires)); got != s.dup {
+					t.Fatalf("step %d: dup = %v, want %v", i, got, s.dup)
+				}
+			}
+		})
+	}
+}
+
+func TestMemoryFullNeverEvictsLiveIDs(t *testing.T) {
+	c := newClock(t0)
+	m := replay.NewMemory(3, c.Now)
+	for i := range 3 {
+		record(t, m, "a", idN(uint64(i)), at(c, 300))
+	}
+	for i := range 5 {
+		_, err := m.Record(ctx(), "a", idN(uint64(100+i)), at(c, 300))
+		if !errors.Is(err, validate.ErrReplayFull) {
+			t.Fatalf("Record into a full store = %v, want ErrReplayFull", err)
+		}
+	}
+	if m.FullRejections() != 5 || m.Len() != 3 {
+		t.Fatalf("FullRejections = %d, Len = %d; want 5, 3", m.FullRejections(), m.Len())
+	}
+	for i := range 3 { // every live id is still remembered
+		if !record(t, m, "a", idN(uint64(i)), at(c, 300)) {
+			t.Fatalf("live id %d was forgotten", i)
+		}
+	}
+	// A duplicate is still detected while full, and is not a full rejection.
+	if m.FullRejections() != 5 {
+		t.Fatalf("FullRejections = %d after duplicates", m.FullRejections())
+	}
+}
+
+// TestMemoryFullOfExpiredIDs checks that expired ids make room, whichever
+// shard they sit in.
+func TestMemoryFullOfExpiredIDs(t *testing.T) {
+	for n := range uint64(64) { // ids landing in many different shards
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			c := newClock(t0)
+			m := replay.NewMemory(2, c.Now)
+			record(t, m, "a", idN(1000+n), at(c, 10))
+			record(t, m, "b", idN(2000+n), at(c, 10))
+			c.Add(sec(11))
+			if record(t, m, "c", idN(n), at(c, 10)) {
+				t.Fatal("new id reported as a duplicate")
+			}
+			if m.FullRejections() != 0 {
+				t.Fatalf("FullRejections = %d", m.FullRejections())
+			}
+		})
+	}
+}
+
+func TestMemoryForget(t *testing.T) {
+	c := newClock(t0)
+	m := replay.NewMemory(10, c.Now)
+	record(t, m, "a", idN(1), at(c, 300))
+	record(t, m, "b", idN(1), at(c, 300))
+	if err := m.Forget(ctx(), "a", idN(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Forget(ctx(), "a", idN(99)); err != nil {
+		t.Fatalf("Forget of an unknown id: %v", err)
+	}
+	if m.Len() != 1 {
+		t.Fatalf("Len = %d, want 1", m.Len())
+	}
+	if record(t, m, "a", idN(1), at(c, 300)) {
+		t.Fatal("forgotten id is still a duplicate")
+	}
+	if !record(t, m, "b", idN(1), at(c, 300)) {
+		t.Fatal("Forget on device a forgot device b's id")
+	}
+}
+
+func TestMemoryPrune(t *testing.T) {
+	c := newClock(t0)
+	m := replay.NewMemory(100, c.Now)
+	for i := range 10 {
+		record(t, m, "a", idN(uint64(i)), at(c, i)) // expires i seconds from now
+	}
+	m.Prune(at(c, 5)) // ids 0-4 expired; 5 expires exactly now and stays
+	if m.Len() != 5 {
+		t.Fatalf("Len after Prune = %d, want 5", m.Len())
+	}
+	c.Add(sec(5))
+	if !record(t, m, "a", idN(5), at(c, 1)) {
+		t.Fatal("id expiring this second was pruned")
+	}
+}
+
+func TestMemoryDefaults(t *testing.T) {
+	m := replay.NewMemory(0, nil) // DefaultMaxEntries, time.Now
+	if record(t, m, "a", idN(1), time.Now().Add(time.Minute)) {
+		t.Fatal("fresh store reported a duplicate")
+	}
+	if !record(t, m, "a", idN(1), time.Now().Add(time.Minute)) {
+		t.Fatal("duplicate not detected with the real clock")
+	}
+}
+
+// TestMemoryConcurrent records the same ids from many goroutines: each is
+// new exactly once.
+func TestMemoryConcurrent(t *testing.T) {
+	c := newClock(t0)
+	m := replay.NewMemory(0, c.Now)
+	const ids, workers = 500, 8
+	var news atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := range ids {
+				dup, err := m.Record(ctx(), "dev", idN(uint64(i)), at(c, 300))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !dup {
+					news.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if news.Load() != ids || m.Len() != ids {
+		t.Fatalf("new = %d, Len = %d, want %d", news.Load(), m.Len(), ids)
+	}
+}
