@@ -1,0 +1,285 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func init() { commands = append(commands, newBackendCmd) }
+
+// backendOptions are the flags of "iotgw backend".
+type backendOptions struct {
+	listen     string
+	logPath    string
+	failStatus int
+	failFor    time.Duration
+	delay      time.Duration
+}
+
+func newBackendCmd() *cobra.Command {
+	var o backendOptions
+	cmd := &cobra.Command{
+		Use:   "backend [--listen ADDR] [--log FILE] [--fail-status N --fail-for D] [--delay D]",
+		Short: "Run a sample HTTP backend that records what the gateway forwards",
+		Long: `backend is a small HTTP server standing in for the real backend, for the
+demo and the end-to-end tests.
+
+POST to any path (the gateway uses /ingest/{device_id}) is recorded and
+answered 200 {"ok":true,"received":"<X-Message-ID>"}. With --log, each
+request appends one JSON line to FILE:
+
+  {"time":"<RFC 3339>","path_device_id":"<last path segment>","device_id":"<X-Device-ID>",
+   "message_id":"<X-Message-ID>","timestamp":"<X-Device-Timestamp>",
+   "idempotency_key":"<Idempotency-Key>","status":200,"body":<request body>}
+
+"status" is what the backend answered, so count lines with status 200 to
+count deliveries. "body" is the request body embedded as JSON (as a string
+when it is not valid JSON).
+
+GET /stats returns counters as JSON: requests, ok, failed, unique_messages,
+duplicates (200s for a message id already answered 200) and by_device;
+GET /stats?message_id=ID adds "message_ok", that id's 200 count.
+
+Fault simulation: --fail-for D answers --fail-status (default 503) to every
+POST for D after start; POST /fail?for=D[&status=N] starts such an outage
+at run time (for=0 ends it). --delay D waits D before answering each POST.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.failStatus < 100 || o.failStatus > 599 {
+				return usagef("backend: --fail-status must be an HTTP status 100..599, got %d", o.failStatus)
+			}
+			if o.failFor < 0 || o.delay < 0 {
+				return usagef("backend: --fail-for and --delay must not be negative")
+			}
+			return runBackend(cmd.Context(), o, cmd.OutOrStdout())
+		},
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free one; the address is printed)")
+	f.StringVar(&o.logPath, "log", "", "append one JSON line per request to this file")
+	f.IntVar(&o.failStatus, "fail-status", http.StatusServiceUnavailable, "status answered during a simulated outage")
+	f.DurationVar(&o.failFor, "fail-for", 0, "simulate an outage for this long after start (0: none)")
+	f.DurationVar(&o.delay, "delay", 0, "wait this long before answering each POST")
+	return cmd
+}
+
+func runBackend(ctx context.Context, o backendOptions, out io.Writer) error {
+	b := &backend{delay: o.delay, now: time.Now, seen: map[string]int{}, byDevice: map[string]int{}}
+	if o.logPath != "" {
+		f, err := os.OpenFile(o.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return fmt.Errorf("backend log: %w", err)
+		}
+		defer f.Close()
+		b.log = f
+	}
+	if o.failFor > 0 {
+		b.failUntil, b.failStatus = b.now().Add(o.failFor), o.failStatus
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("backend: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           b.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      o.delay + 30*time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	fmt.Fprintf(out, "backend listening on http://%s\n", ln.Addr())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("backend: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("backend shutdown: %w", err)
+	}
+	return nil
+}
+
+// maxBackendBody bounds a request body; the gateway sends at most 64 KiB.
+const maxBackendBody = 1 << 20
+
+// backend is the state of "iotgw backend". Its handlers are safe for
+// concurrent use.
+type backend struct {
+	delay time.Duration
+	now   func() time.Time
+
+	mu         sync.Mutex
+	log        io.Writer // nil: no request log
+	failUntil  time.Time
+	failStatus int
+	requests   int
+	ok         int
+	failed     int
+	dups       int
+	seen       map[string]int // message id → 200s answered
+	byDevice   map[string]int // X-Device-ID → 200s answered
+}
+
+// backendRecord is one line of the --log file.
+type backendRecord struct {
+	Time           string          `json:"time"`
+	PathDeviceID   string          `json:"path_device_id"`
+	DeviceID       string          `json:"device_id"`
+	MessageID      string          `json:"message_id"`
+	Timestamp      string          `json:"timestamp"`
+	IdempotencyKey string          `json:"idempotency_key"`
+	Status         int             `json:"status"`
+	Body           json.RawMessage `json:"body"`
+}
+
+// backendStats is the body of GET /stats.
+type backendStats struct {
+	Requests       int            `json:"requests"`
+	OK             int            `json:"ok"`
+	Failed         int            `json:"failed"`
+	UniqueMessages int            `json:"unique_messages"`
+	Duplicates     int            `json:"duplicates"`
+	ByDevice       map[string]int `json:"by_device"`
+	MessageOK      *int           `json:"message_ok,omitempty"`
+}
+
+func (b *backend) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /stats", b.stats)
+	mux.HandleFunc("POST /fail", b.fail)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n") //nolint:errcheck
+	})
+	mux.HandleFunc("/", b.ingest)
+	return mux
+}
+
+// ingest records one forwarded message and answers it.
+func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "POST only", http.StatusMethodNotAllowed)
+		return
+	}
+	arrived := b.now()
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBackendBody))
+	r.Body.Close()
+	if err != nil {
+		http.Error(w, "cannot read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if b.delay > 0 {
+		select {
+		case <-time.After(b.delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	pathDev, _ := url.PathUnescape(path.Base(r.URL.EscapedPath()))
+	rec := backendRecord{
+		Time:           arrived.UTC().Format(time.RFC3339Nano),
+		PathDeviceID:   pathDev,
+		DeviceID:       r.Header.Get("X-Device-ID"),
+		MessageID:      r.Header.Get("X-Message-ID"),
+		Timestamp:      r.Header.Get("X-Device-Timestamp"),
+		IdempotencyKey: r.Header.Get("Idempotency-Key"),
+		Body:           body,
+	}
+	if !json.Valid(body) {
+		rec.Body, _ = json.Marshal(string(body))
+	}
+
+	b.mu.Lock()
+	b.requests++
+	rec.Status = http.StatusOK
+	if arrived.Before(b.failUntil) {
+		rec.Status = b.failStatus
+		b.failed++
+	} else {
+		b.ok++
+		if b.seen[rec.MessageID] > 0 {
+			b.dups++
+		}
+		b.seen[rec.MessageID]++
+		b.byDevice[rec.DeviceID]++
+	}
+	var logErr error
+	if b.log != nil {
+		line, _ := json.Marshal(rec) // fields are strings, an int and valid JSON
+		_, logErr = b.log.Write(append(line, '\n'))
+	}
+	b.mu.Unlock()
+
+	if logErr != nil {
+		// A delivery the log cannot show would mislead a test: fail it, so
+		// the gateway retries.
+		http.Error(w, "cannot write request log: "+logErr.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(rec.Status)
+	if rec.Status != http.StatusOK {
+		io.WriteString(w, `{"ok":false,"error":"simulated outage"}`) //nolint:errcheck
+		return
+	}
+	reply, _ := json.Marshal(struct {
+		OK       bool   `json:"ok"`
+		Received string `json:"received"`
+	}{true, rec.MessageID})
+	w.Write(reply) //nolint:errcheck
+}
+
+// stats serves the counters.
+func (b *backend) stats(w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	s := backendStats{Requests: b.requests, OK: b.ok, Failed: b.failed, UniqueMessages: len(b.seen),
+		Duplicates: b.dups, ByDevice: make(map[string]int, len(b.byDevice))}
+	for k, v := range b.byDevice {
+		s.ByDevice[k] = v
+	}
+	if id := r.URL.Query().Get("message_id"); id != "" {
+		n := b.seen[id]
+		s.MessageOK = &n
+	}
+	b.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(s) //nolint:errcheck
+}
+
+// fail starts (or, with for=0, ends) a simulated outage.
+func (b *backend) fail(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	d, err := time.ParseDuration(q.Get("for"))
+	if err != nil || d < 0 {
+		http.Error(w, "want ?for=DURATION (e.g. 10s; 0 ends an outage)", http.StatusBadRequest)
+		return
+	}
+	status := http.StatusServiceUnavailable
+	if s := q.Get("status"); s != "" {
+		if status, err = strconv.Atoi(s); err != nil || status < 100 || status > 599 {
+			http.Error(w, "status must be 100..599", http.StatusBadRequest)
+			return
+		}
+	}
+	b.mu.Lock()
+	b.failUntil, b.failStatus = b.now().Add(d), status
+	b.mu.Unlock()
+	io.WriteString(w, "ok\n") //nolint:errcheck
+}

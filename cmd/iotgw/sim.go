@@ -1,0 +1,430 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	_ "github.com/mattn/go-sqlite3" // the registry is read directly, read-only
+	"github.com/spf13/cobra"
+
+	"github.com/iotgw/iotgw/pkg/envelope"
+	"github.com/iotgw/iotgw/pkg/pki"
+)
+
+func init() { commands = append(commands, newSimCmd) }
+
+// simOptions are the flags shared by every "iotgw sim" subcommand.
+type simOptions struct {
+	broker         string
+	certs          string
+	db             string
+	secretsFile    string
+	connectTimeout time.Duration
+}
+
+func newSimCmd() *cobra.Command {
+	var o simOptions
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Simulated devices: the attack demo and a load generator, over real MQTT with mutual TLS",
+		Long: `sim plays devices against a running broker and gateway. Each simulated device
+connects with its own certificate (--certs DIR/devices/<id>.crt and .key,
+trusting DIR/ca.crt) and signs its messages with its shared secret, read
+from the registry (--db, opened read-only) or from --secrets-file (lines
+"<id> <secret>"; blank lines and lines starting with # are ignored).
+
+  iotgw sim demo   valid readings, then one attack at a time, with a verdict table
+  iotgw sim load   many devices publishing signed QoS 1 messages, with a summary`,
+	}
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
+	f := cmd.PersistentFlags()
+	f.StringVar(&o.broker, "broker", "ssl://127.0.0.1:8883", "broker URL (ssl://, tls:// or mqtts://)")
+	f.StringVar(&o.certs, "certs", "certs", "PKI directory from \"iotgw pki init\" (ca.crt, devices/<id>.crt|.key)")
+	f.StringVar(&o.db, "db", "", "device registry SQLite file to read the secrets from (read-only)")
+	f.StringVar(&o.secretsFile, "secrets-file", "", "file of \"<id> <secret>\" lines, instead of --db")
+	f.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second, "bound on each MQTT connection attempt")
+	cmd.AddCommand(newSimDemoCmd(&o), newSimLoadCmd(&o))
+	return cmd
+}
+
+// check validates the shared flags.
+func (o *simOptions) check() error {
+	if (o.db == "") == (o.secretsFile == "") {
+		return usagef("sim: give exactly one of --db and --secrets-file")
+	}
+	if !strings.HasPrefix(o.broker, "ssl://") && !strings.HasPrefix(o.broker, "tls://") && !strings.HasPrefix(o.broker, "mqtts://") {
+		return usagef("sim: --broker %q is not a TLS URL like ssl://127.0.0.1:8883", o.broker)
+	}
+	if o.connectTimeout <= 0 {
+		return usagef("sim: --connect-timeout must be positive")
+	}
+	return nil
+}
+
+// brokerURL returns the broker URL in the scheme Paho understands.
+func (o *simOptions) brokerURL() string {
+	for _, p := range []string{"tls://", "mqtts://"} {
+		if s, ok := strings.CutPrefix(o.broker, p); ok {
+			return "ssl://" + s
+		}
+	}
+	return o.broker
+}
+
+// fleet is what every simulated device shares: the CA and the secrets.
+type fleet struct {
+	opts    *simOptions
+	roots   *x509.CertPool
+	secrets map[string][]byte
+}
+
+// openFleet loads the CA certificate and the secrets of ids (all of them
+// must be found).
+func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error) {
+	caFile := pki.Paths(o.certs).CACert
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("load CA: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("load CA: no PEM certificate in %s", caFile)
+	}
+	var secrets map[string][]byte
+	if o.db != "" {
+		secrets, err = secretsFromDB(ctx, o.db)
+	} else {
+		secrets, err = secretsFromFile(o.secretsFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, id := range ids {
+		if _, ok := secrets[id]; !ok {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		src := o.db
+		if src == "" {
+			src = o.secretsFile
+		}
+		more := ""
+		if len(missing) > 5 {
+			more = fmt.Sprintf(" and %d more", len(missing)-5)
+			missing = missing[:5]
+		}
+		return nil, fmt.Errorf("no secret in %s for %s%s", src, strings.Join(missing, ", "), more)
+	}
+	return &fleet{opts: o, roots: roots, secrets: secrets}, nil
+}
+
+// secretsFromDB reads every device's secret from the registry file, opened
+// read-only so a running gateway is not disturbed.
+func secretsFromDB(ctx context.Context, path string) (map[string][]byte, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=5000")
+	if err != nil {
+		return nil, fmt.Errorf("open registry %s: %w", path, err)
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `SELECT device_id, secret FROM devices`)
+	if err != nil {
+		return nil, fmt.Errorf("read registry %s: %w", path, err)
+	}
+	defer rows.Close()
+	out := map[string][]byte{}
+	for rows.Next() {
+		var id, secret string
+		if err := rows.Scan(&id, &secret); err != nil {
+			return nil, fmt.Errorf("read registry %s: %w", path, err)
+		}
+		out[id] = []byte(secret)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read registry %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// secretsFromFile reads "<id> <secret>" lines.
+func secretsFromFile(path string) (map[string][]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("secrets file: %w", err)
+	}
+	defer f.Close()
+	out := map[string][]byte{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.IndexAny(line, " \t")
+		if i < 0 {
+			i = len(line)
+		}
+		id, secret := line[:i], strings.TrimSpace(line[i:])
+		if secret == "" || !envelope.ValidDeviceID(id) {
+			return nil, fmt.Errorf("secrets file %s:%d: want \"<device id> <secret>\"", path, n)
+		}
+		out[id] = []byte(secret)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("secrets file %s: %w", path, err)
+	}
+	return out, nil
+}
+
+// tlsConfig returns the client TLS configuration of device id, or one
+// with no client certificate when id is "".
+func (f *fleet) tlsConfig(id string) (*tls.Config, error) {
+	cfg := &tls.Config{RootCAs: f.roots, MinVersion: tls.VersionTLS12}
+	if id == "" {
+		return cfg, nil
+	}
+	crt, key := pki.DeviceCert(f.opts.certs, id)
+	pair, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		return nil, fmt.Errorf("load certificate of %s (iotgw pki issue %s --dir %s): %w", id, id, f.opts.certs, err)
+	}
+	cfg.Certificates = []tls.Certificate{pair}
+	return cfg, nil
+}
+
+// signer signs messages for one device. It is not safe for concurrent use.
+type signer struct {
+	id     string
+	secret []byte
+	mac    hash.Hash
+}
+
+func newSigner(id string, secret []byte) *signer {
+	return &signer{id: id, secret: secret, mac: envelope.NewMAC(secret)}
+}
+
+// message returns a new signed message with timestamp ts and payload, and
+// its message id.
+func (s *signer) message(ts int64, payload []byte) (id string, raw []byte) {
+	id = newUUID()
+	e := envelope.Envelope{DeviceID: s.id, Timestamp: ts, TimestampRaw: strconv.AppendInt(nil, ts, 10),
+		MessageID: []byte(id), Payload: payload}
+	e.Signature = envelope.SignWith(s.mac, &e)
+	return id, envelope.AppendJSON(make([]byte, 0, 192+len(payload)), &e)
+}
+
+// newUUID returns a random (version 4) UUID in canonical lowercase text.
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// reply is a downlink message from the gateway on device/<id>/response.
+type reply struct {
+	// Verified is true when the envelope parsed, names the device and
+	// carries a valid signature under the device's secret.
+	Verified bool
+	// Problem says why Verified is false.
+	Problem string
+	// InReplyTo is the uplink message id, "" for null.
+	InReplyTo string
+	// Status is the backend's HTTP status after a forward, 0 otherwise.
+	Status int
+	// Body is the backend's body after a forward.
+	Body json.RawMessage
+	// Error is the rejection reason after a rejection, "" otherwise.
+	Error string
+	// At is when it arrived.
+	At time.Time
+}
+
+// parseReply parses and verifies a downlink for device id.
+func parseReply(id string, mac hash.Hash, raw []byte, at time.Time) reply {
+	r := reply{At: at}
+	e, err := envelope.Parse(raw, envelope.Limits{})
+	if err != nil {
+		r.Problem = "malformed reply: " + err.Error()
+		return r
+	}
+	if e.DeviceID != id {
+		r.Problem = "reply names device " + e.DeviceID
+		return r
+	}
+	var p struct {
+		InReplyTo *string         `json:"in_reply_to"`
+		Status    int             `json:"status"`
+		Body      json.RawMessage `json:"body"`
+		Error     string          `json:"error"`
+	}
+	if err := json.Unmarshal(e.Payload, &p); err != nil {
+		r.Problem = "reply payload: " + err.Error()
+		return r
+	}
+	if p.InReplyTo != nil {
+		r.InReplyTo = *p.InReplyTo
+	}
+	r.Status, r.Body, r.Error = p.Status, p.Body, p.Error
+	if !envelope.Verify(mac, &e) {
+		r.Problem = "reply signature invalid"
+		return r
+	}
+	r.Verified = true
+	return r
+}
+
+// connectOptions configures dial.
+type connectOptions struct {
+	// ClientID is the MQTT client id.
+	ClientID string
+	// TLS is the client TLS configuration.
+	TLS *tls.Config
+	// Reconnect makes Paho reconnect by itself after a lost connection.
+	Reconnect bool
+	// Subscribe, when set, is subscribed at QoS 1 with OnMessage on every
+	// (re)connection; dial returns once the first SUBACK granted it.
+	Subscribe string
+	// OnMessage receives the subscription's messages; it must not block.
+	OnMessage mqtt.MessageHandler
+}
+
+// dial connects one client with a clean session.
+func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, error) {
+	subscribed := make(chan error, 1)
+	opts := mqtt.NewClientOptions().
+		AddBroker(o.brokerURL()).
+		SetClientID(co.ClientID).
+		SetTLSConfig(co.TLS).
+		SetProtocolVersion(4). // MQTT 3.1.1, without Paho's fallback to 3.1 and a second attempt
+		SetCleanSession(true).
+		SetOrderMatters(false).
+		SetKeepAlive(30 * time.Second).
+		SetConnectTimeout(o.connectTimeout).
+		SetWriteTimeout(o.connectTimeout).
+		SetAutoReconnect(co.Reconnect).
+		SetMaxReconnectInterval(2 * time.Second).
+		SetConnectRetry(false)
+	if co.Subscribe != "" {
+		opts.SetOnConnectHandler(func(c mqtt.Client) {
+			t := c.Subscribe(co.Subscribe, 1, co.OnMessage)
+			go func() {
+				var err error
+				switch {
+				case !t.WaitTimeout(o.connectTimeout):
+					err = fmt.Errorf("subscribe %s: no SUBACK after %v", co.Subscribe, o.connectTimeout)
+				case t.Error() != nil:
+					err = fmt.Errorf("subscribe %s: %w", co.Subscribe, t.Error())
+				case t.(*mqtt.SubscribeToken).Result()[co.Subscribe] == 0x80:
+					err = fmt.Errorf("subscribe %s: refused by the broker", co.Subscribe)
+				}
+				select {
+				case subscribed <- err:
+				default:
+				}
+			}()
+		})
+	}
+	c := mqtt.NewClient(opts)
+	t := c.Connect()
+	select {
+	case <-t.Done():
+	case <-ctx.Done():
+		c.Disconnect(0)
+		return nil, ctx.Err()
+	}
+	if err := t.Error(); err != nil {
+		return nil, err
+	}
+	if co.Subscribe == "" {
+		return c, nil
+	}
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			c.Disconnect(0)
+			return nil, err
+		}
+		return c, nil
+	case <-ctx.Done():
+		c.Disconnect(0)
+		return nil, ctx.Err()
+	}
+}
+
+// clientID returns a client id for device id that no other run uses, so
+// two runs never knock each other off the broker.
+func clientID(id, role string) string {
+	var b [4]byte
+	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
+	return id + "-" + role + "-" + hex.EncodeToString(b[:])
+}
+
+// splitIDs parses a comma-separated list of device ids.
+func splitIDs(flag, s string) ([]string, error) {
+	var ids []string
+	seen := map[string]bool{}
+	for _, id := range strings.Split(s, ",") {
+		id = strings.TrimSpace(id)
+		if id == "" {
+			continue
+		}
+		if !envelope.ValidDeviceID(id) {
+			return nil, usagef("sim: %s: %q is not a device id (1-64 characters of [A-Za-z0-9_.-])", flag, id)
+		}
+		if seen[id] {
+			return nil, usagef("sim: %s: %q given twice", flag, id)
+		}
+		seen[id] = true
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// waitToken waits for t within d; a timeout is an error.
+func waitToken(t mqtt.Token, d time.Duration) error {
+	if !t.WaitTimeout(d) {
+		return fmt.Errorf("no acknowledgement after %v", d)
+	}
+	return t.Error()
+}
+
+// errSimFailed is returned when the simulation ran but its checks failed
+// (exit status 1).
+var errSimFailed = errors.New("sim: checks failed")
+
+// percentiles returns the p-th percentiles (0-100) of sorted d in
+// milliseconds.
+func percentiles(d []time.Duration, ps ...float64) []float64 {
+	out := make([]float64, len(ps))
+	if len(d) == 0 {
+		return out
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	for i, p := range ps {
+		k := int(p / 100 * float64(len(d)-1))
+		out[i] = float64(d[k].Microseconds()) / 1000
+	}
+	return out
+}

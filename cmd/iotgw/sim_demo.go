@@ -1,0 +1,748 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"math/big"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/spf13/cobra"
+
+	"github.com/iotgw/iotgw/pkg/envelope"
+)
+
+// demoOptions are the flags of "iotgw sim demo".
+type demoOptions struct {
+	devices      string
+	intruder     string
+	readings     int
+	timeout      time.Duration
+	quiet        time.Duration
+	backendLog   string
+	backendStats string
+	metrics      string
+	json         bool
+}
+
+func newSimDemoCmd(so *simOptions) *cobra.Command {
+	var o demoOptions
+	cmd := &cobra.Command{
+		Use:   "demo --db FILE|--secrets-file FILE [--devices A,B] [--intruder ID] [--backend-log FILE|--backend-stats URL] [--metrics URL]",
+		Short: "Send valid readings, then each attack one at a time, and print a verdict table",
+		Long: `demo connects the first two --devices (their certificates and registered
+secrets are needed), sends --readings valid readings from each, then runs
+each attack one at a time and waits, for at most --timeout, for its outcome
+on the device's own device/<id>/response, checking every reply's signature
+with the device's secret. Scenarios that expect silence wait until a later
+valid message from the same device has been answered, then --quiet more.
+
+With --backend-log (the file of "iotgw backend --log") or --backend-stats
+(its /stats URL) every row also checks what reached the backend; with
+--metrics (the gateway's /metrics URL) the unregistered-device row checks
+iotgw_messages_rejected_total{reason="unknown_device"}.
+
+It prints scenario | expected | observed | result and exits 1 if any row
+fails. docs/DEMO.md explains each row.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := so.check(); err != nil {
+				return err
+			}
+			ids, err := splitIDs("--devices", o.devices)
+			if err != nil {
+				return err
+			}
+			if len(ids) != 2 {
+				return usagef("sim demo: --devices wants two device ids, got %d", len(ids))
+			}
+			if o.readings < 1 || o.timeout <= 0 || o.quiet < 0 {
+				return usagef("sim demo: --readings ≥ 1, --timeout > 0 and --quiet ≥ 0 are required")
+			}
+			if o.backendLog != "" && o.backendStats != "" {
+				return usagef("sim demo: give at most one of --backend-log and --backend-stats")
+			}
+			if o.intruder != "" && !envelope.ValidDeviceID(o.intruder) {
+				return usagef("sim demo: --intruder %q is not a device id", o.intruder)
+			}
+			return runDemo(cmd.Context(), so, o, ids, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.devices, "devices", "sensor_001,sensor_002", "the two registered devices that play the scenarios")
+	f.StringVar(&o.intruder, "intruder", "intruder", "a device with a certificate but no registry entry (\"\" skips that row)")
+	f.IntVar(&o.readings, "readings", 3, "valid readings sent by each device first")
+	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "longest wait for each outcome")
+	f.DurationVar(&o.quiet, "quiet", time.Second, "extra wait for scenarios that expect no reply")
+	f.StringVar(&o.backendLog, "backend-log", "", "request log of \"iotgw backend --log\", to check what reached the backend")
+	f.StringVar(&o.backendStats, "backend-stats", "", "URL of the sample backend's /stats, instead of --backend-log")
+	f.StringVar(&o.metrics, "metrics", "", "URL of the gateway's /metrics, to confirm unknown_device rejections")
+	f.BoolVar(&o.json, "json", false, "print the rows as one JSON object instead of a table")
+	return cmd
+}
+
+// demoRow is one line of the verdict table.
+type demoRow struct {
+	Scenario string `json:"scenario"`
+	Expected string `json:"expected"`
+	Observed string `json:"observed"`
+	Pass     bool   `json:"pass"`
+}
+
+// demoDevice is a connected device that records its replies.
+type demoDevice struct {
+	*signer
+	client mqtt.Client
+
+	mu      sync.Mutex // guards replies and verify
+	replies []reply
+	verify  hash.Hash
+	notify  chan struct{}
+}
+
+// demo runs the scenarios.
+type demo struct {
+	so   *simOptions
+	o    demoOptions
+	f    *fleet
+	a, b *demoDevice
+	rows []demoRow
+	http *http.Client
+}
+
+func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, out io.Writer) error {
+	f, err := openFleet(ctx, so, ids)
+	if err != nil {
+		return err
+	}
+	d := &demo{so: so, o: o, f: f, http: &http.Client{Timeout: 5 * time.Second}}
+	if d.a, err = d.connect(ctx, ids[0], f.secrets[ids[0]]); err != nil {
+		return err
+	}
+	defer d.a.client.Disconnect(100)
+	if d.b, err = d.connect(ctx, ids[1], f.secrets[ids[1]]); err != nil {
+		return err
+	}
+	defer d.b.client.Disconnect(100)
+
+	accepted := d.valid(ctx)
+	steps := []func(context.Context) demoRow{
+		func(ctx context.Context) demoRow { return d.replay(ctx, accepted) },
+		d.tampered,
+		d.stale,
+		d.identity,
+		d.crossTopic,
+		d.noCert,
+		d.future,
+		d.wrongSecret,
+		d.intruder,
+		d.malformed,
+		d.foreignCA,
+	}
+	for _, step := range steps {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		d.rows = append(d.rows, step(ctx))
+	}
+	failed := 0
+	for _, r := range d.rows {
+		if !r.Pass {
+			failed++
+		}
+	}
+	if o.json {
+		err = json.NewEncoder(out).Encode(struct {
+			Rows   []demoRow `json:"rows"`
+			Failed int       `json:"failed"`
+		}{d.rows, failed})
+	} else {
+		err = printTable(out, d.rows)
+	}
+	if err != nil {
+		return fmt.Errorf("print: %w", err)
+	}
+	if failed > 0 {
+		return fmt.Errorf("%w: %d of %d scenarios did not behave as expected", errSimFailed, failed, len(d.rows))
+	}
+	return nil
+}
+
+// connect connects id with its certificate and subscribes to its replies,
+// which it verifies with secret.
+func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevice, error) {
+	cfg, err := d.f.tlsConfig(id)
+	if err != nil {
+		return nil, err
+	}
+	dev := &demoDevice{signer: newSigner(id, secret), notify: make(chan struct{}, 1)}
+	dev.verify = envelope.NewMAC(dev.secret)
+	dev.client, err = d.so.dial(ctx, connectOptions{
+		ClientID:  clientID(id, "demo"),
+		TLS:       cfg,
+		Subscribe: "device/" + id + "/response",
+		OnMessage: func(_ mqtt.Client, m mqtt.Message) { dev.received(m.Payload()) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect %s to %s: %w", id, d.so.broker, err)
+	}
+	return dev, nil
+}
+
+func (dev *demoDevice) received(raw []byte) {
+	at := time.Now()
+	dev.mu.Lock()
+	dev.replies = append(dev.replies, parseReply(dev.id, dev.verify, raw, at))
+	dev.mu.Unlock()
+	select {
+	case dev.notify <- struct{}{}:
+	default:
+	}
+}
+
+// mark returns a position in the reply history; replyTo only looks after it.
+func (dev *demoDevice) mark() int {
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	return len(dev.replies)
+}
+
+// replyTo waits up to d for a reply after mark whose in_reply_to is id
+// ("" matches a null in_reply_to).
+func (dev *demoDevice) replyTo(ctx context.Context, mark int, id string, d time.Duration) (reply, bool) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		dev.mu.Lock()
+		for _, r := range dev.replies[mark:] {
+			if r.InReplyTo == id {
+				dev.mu.Unlock()
+				return r, true
+			}
+		}
+		dev.mu.Unlock()
+		select {
+		case <-dev.notify:
+		case <-deadline.C:
+			return reply{}, false
+		case <-ctx.Done():
+			return reply{}, false
+		}
+	}
+}
+
+// since returns the replies after mark.
+func (dev *demoDevice) since(mark int) []reply {
+	dev.mu.Lock()
+	defer dev.mu.Unlock()
+	return append([]reply(nil), dev.replies[mark:]...)
+}
+
+// publish sends raw on topic at QoS 1 and waits for the broker's PUBACK.
+func (d *demo) publish(dev *demoDevice, topic string, raw []byte) error {
+	return waitToken(dev.client.Publish(topic, 1, false, raw), d.o.timeout)
+}
+
+func dataTopic(id string) string { return "device/" + id + "/data" }
+
+func reading(seq int) []byte {
+	return fmt.Appendf(nil, `{"temperature":%.1f,"humidity":%d,"seq":%d}`, 21.5+float64(seq)/10, 40+seq, seq)
+}
+
+// valid sends the readings from both devices, adds one row per device and
+// returns one accepted message of the first device, for the replay.
+func (d *demo) valid(ctx context.Context) []byte {
+	var first []byte
+	for _, dev := range []*demoDevice{d.a, d.b} {
+		row := demoRow{Scenario: "(a) valid readings from " + dev.id,
+			Expected: fmt.Sprintf("%d forwarded, status 200", d.o.readings)}
+		mark := dev.mark()
+		var ids []string
+		var err error
+		for i := 1; i <= d.o.readings && err == nil; i++ {
+			id, raw := dev.message(time.Now().Unix(), reading(i))
+			if err = d.publish(dev, dataTopic(dev.id), raw); err == nil {
+				ids = append(ids, id)
+				if first == nil {
+					first = raw
+				}
+			}
+		}
+		ok, seen, problems := 0, 0, []string(nil)
+		for _, id := range ids {
+			r, got := dev.replyTo(ctx, mark, id, d.o.timeout)
+			switch {
+			case !got:
+				problems = append(problems, "no reply")
+			case !r.Verified:
+				problems = append(problems, r.Problem)
+			case r.Status != 200:
+				problems = append(problems, "got "+describe(r))
+			default:
+				ok++
+			}
+			if n, err := d.backendCount(ctx, id); err == nil && n > 0 {
+				seen++
+			}
+		}
+		row.Observed = fmt.Sprintf("%d/%d status 200", ok, d.o.readings)
+		if d.hasBackend() {
+			row.Observed += fmt.Sprintf(", backend got %d/%d", seen, d.o.readings)
+		}
+		if err != nil {
+			problems = append(problems, "publish: "+err.Error())
+		}
+		if len(problems) > 0 {
+			row.Observed += " (" + problems[0] + ")"
+		}
+		row.Pass = ok == d.o.readings && len(problems) == 0 && (!d.hasBackend() || seen == d.o.readings)
+		d.rows = append(d.rows, row)
+	}
+	return first
+}
+
+// expectRejection publishes raw from dev on topic and expects the signed
+// rejection reason for message id (in_reply_to null when id is "").
+func (d *demo) expectRejection(ctx context.Context, name string, dev *demoDevice, topic string, id string, raw []byte, reason string) demoRow {
+	return d.expectRejectionN(ctx, name, dev, topic, id, raw, reason, 0)
+}
+
+// expectRejectionN is expectRejection where the backend must hold
+// backendWant deliveries of id afterwards.
+func (d *demo) expectRejectionN(ctx context.Context, name string, dev *demoDevice, topic string, id string, raw []byte, reason string, backendWant int) demoRow {
+	row := demoRow{Scenario: name, Expected: "rejected: " + reason}
+	mark := dev.mark()
+	if err := d.publish(dev, topic, raw); err != nil {
+		row.Observed = "publish failed: " + err.Error()
+		return row
+	}
+	r, got := dev.replyTo(ctx, mark, id, d.o.timeout)
+	switch {
+	case !got:
+		row.Observed = fmt.Sprintf("no reply in %v", d.o.timeout)
+	case !r.Verified:
+		row.Observed = r.Problem
+	default:
+		row.Observed = describe(r)
+		row.Pass = r.Error == reason
+	}
+	if id != "" {
+		row.Observed, row.Pass = d.checkBackend(ctx, row.Observed, row.Pass, id, backendWant)
+	}
+	return row
+}
+
+// describe summarizes a verified reply.
+func describe(r reply) string {
+	if r.Error != "" {
+		return "rejected: " + r.Error
+	}
+	return "forwarded, status " + strconv.Itoa(r.Status)
+}
+
+// replay re-publishes an accepted message byte for byte.
+func (d *demo) replay(ctx context.Context, accepted []byte) demoRow {
+	const name = "(b) replay of an accepted message"
+	if accepted == nil {
+		return demoRow{Scenario: name, Expected: "rejected: replay", Observed: "skipped: no message was accepted in (a)"}
+	}
+	e, err := envelope.Parse(accepted, envelope.Limits{})
+	if err != nil {
+		return demoRow{Scenario: name, Expected: "rejected: replay", Observed: err.Error()}
+	}
+	return d.expectRejectionN(ctx, name, d.a, dataTopic(d.a.id), string(e.MessageID), accepted, "replay", 1)
+}
+
+// tampered changes the payload after signing.
+func (d *demo) tampered(ctx context.Context) demoRow {
+	id, raw := d.a.message(time.Now().Unix(), []byte(`{"temperature":22.0}`))
+	raw = []byte(strings.Replace(string(raw), `{"temperature":22.0}`, `{"temperature":99.0}`, 1))
+	return d.expectRejection(ctx, "(c) tampered payload (22.0 → 99.0), old signature", d.a, dataTopic(d.a.id), id, raw, "bad_signature")
+}
+
+func (d *demo) stale(ctx context.Context) demoRow {
+	id, raw := d.a.message(time.Now().Unix()-600, reading(90))
+	return d.expectRejection(ctx, "(d) stale timestamp (now - 600 s)", d.a, dataTopic(d.a.id), id, raw, "stale")
+}
+
+// identity: the second device's message, correctly signed with its own
+// secret, published on the first device's topic by the first device.
+func (d *demo) identity(ctx context.Context) demoRow {
+	id, raw := d.b.message(time.Now().Unix(), reading(91))
+	return d.expectRejection(ctx, fmt.Sprintf("(e) %s's message on %s's topic", d.b.id, d.a.id), d.a, dataTopic(d.a.id), id, raw, "identity_mismatch")
+}
+
+func (d *demo) future(ctx context.Context) demoRow {
+	id, raw := d.a.message(time.Now().Unix()+600, reading(92))
+	return d.expectRejection(ctx, "(h) future timestamp (now + 600 s)", d.a, dataTopic(d.a.id), id, raw, "stale")
+}
+
+func (d *demo) wrongSecret(ctx context.Context) demoRow {
+	id, raw := newSigner(d.a.id, []byte(newUUID())).message(time.Now().Unix(), reading(93))
+	return d.expectRejection(ctx, "(i) signed with a wrong secret", d.a, dataTopic(d.a.id), id, raw, "bad_signature")
+}
+
+func (d *demo) malformed(ctx context.Context) demoRow {
+	raw := fmt.Appendf(nil, `{"device_id":%q,"timestamp":%d,"payload":{"temperature":1}}`, d.a.id, time.Now().Unix())
+	return d.expectRejection(ctx, "(k) malformed envelope (fields missing)", d.a, dataTopic(d.a.id), "", raw, "malformed")
+}
+
+// crossTopic: the first device publishes, on the second device's topic, a
+// message correctly signed for the second device (as if it had stolen the
+// secret). Only the broker's ACL stands in the way.
+func (d *demo) crossTopic(ctx context.Context) demoRow {
+	row := demoRow{Scenario: fmt.Sprintf("(f) %s publishes on %s's topic", d.a.id, d.b.id),
+		Expected: "no reply, not forwarded (broker ACL)"}
+	markA, markB := d.a.mark(), d.b.mark()
+	id, raw := d.b.message(time.Now().Unix(), reading(94))
+	if err := d.publish(d.a, dataTopic(d.b.id), raw); err != nil {
+		// A broker may also refuse the PUBLISH outright; that blocks it too.
+		row.Observed = "publish refused: " + err.Error()
+	}
+	obs, pass := d.silence(ctx, d.b, markB, id)
+	if strays := replyIDs(d.a.since(markA), id); strays > 0 && pass {
+		obs, pass = fmt.Sprintf("%s got %d replies about it", d.a.id, strays), false
+	}
+	if row.Observed != "" {
+		obs = row.Observed + "; " + obs
+	}
+	row.Observed, row.Pass = d.checkBackend(ctx, obs, pass, id, 0)
+	return row
+}
+
+// silence checks that dev gets no reply to id: it sends dev a valid probe
+// on its own topic and waits for the probe's reply (the gateway handles a
+// device's messages in order), then --quiet more.
+func (d *demo) silence(ctx context.Context, dev *demoDevice, mark int, id string) (string, bool) {
+	probeMark := dev.mark()
+	probe, raw := dev.message(time.Now().Unix(), reading(99))
+	if err := d.publish(dev, dataTopic(dev.id), raw); err != nil {
+		return "probe publish failed: " + err.Error(), false
+	}
+	if r, ok := dev.replyTo(ctx, probeMark, probe, d.o.timeout); !ok || !r.Verified || r.Status != 200 {
+		return fmt.Sprintf("probe from %s not answered with 200 in %v", dev.id, d.o.timeout), false
+	}
+	if ok := sleepCtx(ctx, d.o.quiet); !ok {
+		return ctx.Err().Error(), false
+	}
+	if n := replyIDs(dev.since(mark), id); n > 0 {
+		r, _ := dev.replyTo(ctx, mark, id, 0)
+		return "got a reply: " + describe(r), false
+	}
+	return "no reply", true
+}
+
+// replyIDs counts the replies to id.
+func replyIDs(rs []reply, id string) int {
+	n := 0
+	for _, r := range rs {
+		if r.InReplyTo == id {
+			n++
+		}
+	}
+	return n
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// noCert connects with no client certificate.
+func (d *demo) noCert(ctx context.Context) demoRow {
+	cfg, _ := d.f.tlsConfig("") // cannot fail without a certificate
+	return d.expectRefused(ctx, "(g) client with no certificate", cfg)
+}
+
+// foreignCA connects with a self-signed certificate for the first device's
+// id: right name, wrong CA.
+func (d *demo) foreignCA(ctx context.Context) demoRow {
+	name := fmt.Sprintf("(l) self-signed certificate claiming %s", d.a.id)
+	cfg, _ := d.f.tlsConfig("")
+	cert, err := selfSigned(d.a.id)
+	if err != nil {
+		return demoRow{Scenario: name, Expected: "TLS handshake refused", Observed: err.Error()}
+	}
+	cfg.Certificates = []tls.Certificate{cert}
+	return d.expectRefused(ctx, name, cfg)
+}
+
+func (d *demo) expectRefused(ctx context.Context, name string, cfg *tls.Config) demoRow {
+	row := demoRow{Scenario: name, Expected: "TLS handshake refused"}
+	c, err := d.so.dial(ctx, connectOptions{ClientID: clientID("nocert", "demo"), TLS: cfg})
+	if err == nil {
+		c.Disconnect(0)
+		row.Observed = "connected"
+		return row
+	}
+	row.Observed, row.Pass = "refused: "+shortErr(err), true
+	return row
+}
+
+// shortErr keeps the most telling part of a connection error.
+func shortErr(err error) string {
+	s := err.Error()
+	switch {
+	case strings.Contains(s, "tls: "):
+		s = s[strings.LastIndex(s, "tls: "):]
+	case strings.Contains(s, "broken pipe"), strings.Contains(s, "connection reset"), strings.Contains(s, "EOF"):
+		s = "connection closed by the broker"
+	}
+	if len(s) > 60 {
+		s = s[:57] + "..."
+	}
+	return s
+}
+
+func selfSigned(cn string) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: cn},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("self-signed certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// intruder connects with a valid certificate for an unregistered id and
+// sends a message signed with a made-up secret.
+func (d *demo) intruder(ctx context.Context) demoRow {
+	id := d.o.intruder
+	row := demoRow{Scenario: fmt.Sprintf("(j) unregistered device %q with a valid certificate", id),
+		Expected: "no reply, not forwarded (unknown_device)"}
+	if id == "" {
+		row.Observed, row.Pass = "skipped (--intruder \"\")", true
+		return row
+	}
+	before, metricErr := d.unknownDevices(ctx)
+	// It has no secret the gateway knows: any will do.
+	dev, err := d.connect(ctx, id, []byte(newUUID()))
+	if err != nil {
+		row.Observed = err.Error()
+		return row
+	}
+	defer dev.client.Disconnect(100)
+	msgID, raw := dev.message(time.Now().Unix(), reading(95))
+	if err := d.publish(dev, dataTopic(id), raw); err != nil {
+		row.Observed = "publish failed: " + err.Error()
+		return row
+	}
+	counted := ""
+	if d.o.metrics != "" && metricErr == nil {
+		// Wait until the gateway has judged it, then a moment for a reply.
+		deadline := time.Now().Add(d.o.timeout)
+		for {
+			after, err := d.unknownDevices(ctx)
+			if err == nil && after > before {
+				counted = fmt.Sprintf("; gateway counted unknown_device +%g", after-before)
+				break
+			}
+			if time.Now().After(deadline) || !sleepCtx(ctx, 100*time.Millisecond) {
+				counted = fmt.Sprintf("; unknown_device not counted in %v", d.o.timeout)
+				break
+			}
+		}
+	}
+	// A valid probe from the first device shows the gateway is alive and
+	// waits --quiet for a late reply.
+	obs, pass := d.silence(ctx, d.a, d.a.mark(), msgID)
+	if pass {
+		obs += counted
+		pass = counted == "" || strings.HasPrefix(counted, "; gateway counted")
+	}
+	if rs := dev.since(0); len(rs) > 0 {
+		obs, pass = fmt.Sprintf("got %d replies", len(rs)), false
+	}
+	if metricErr != nil {
+		obs += "; metrics: " + metricErr.Error()
+		pass = false
+	}
+	row.Observed, row.Pass = d.checkBackend(ctx, obs, pass, msgID, 0)
+	return row
+}
+
+// unknownDevices reads the gateway's unknown_device rejection counter.
+func (d *demo) unknownDevices(ctx context.Context) (float64, error) {
+	if d.o.metrics == "" {
+		return 0, nil
+	}
+	body, err := d.get(ctx, d.o.metrics)
+	if err != nil {
+		return 0, err
+	}
+	const series = `iotgw_messages_rejected_total{reason="unknown_device"} `
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, errors.New("no unknown_device series in " + d.o.metrics)
+}
+
+func (d *demo) get(ctx context.Context, u string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := d.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return body, nil
+}
+
+func (d *demo) hasBackend() bool { return d.o.backendLog != "" || d.o.backendStats != "" }
+
+// checkBackend adds what the backend saw of id to an observation: it must
+// have answered id with 200 exactly want times.
+func (d *demo) checkBackend(ctx context.Context, obs string, pass bool, id string, want int) (string, bool) {
+	if !d.hasBackend() {
+		return obs, pass
+	}
+	n, err := d.backendCount(ctx, id)
+	switch {
+	case err != nil:
+		return obs + "; backend: " + err.Error(), false
+	case n == want && want == 0:
+		return obs + ", backend: not seen", pass
+	case n == want:
+		return obs + fmt.Sprintf(", backend: still %d", n), pass
+	default:
+		return obs + fmt.Sprintf(", backend got it %d times", n), false
+	}
+}
+
+// backendCount returns how many times the backend answered id with 200.
+func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
+	if d.o.backendStats != "" {
+		u, err := url.Parse(d.o.backendStats)
+		if err != nil {
+			return 0, err
+		}
+		q := u.Query()
+		q.Set("message_id", id)
+		u.RawQuery = q.Encode()
+		body, err := d.get(ctx, u.String())
+		if err != nil {
+			return 0, err
+		}
+		var s backendStats
+		if err := json.Unmarshal(body, &s); err != nil || s.MessageOK == nil {
+			return 0, fmt.Errorf("%s is not the sample backend's /stats", d.o.backendStats)
+		}
+		return *s.MessageOK, nil
+	}
+	if d.o.backendLog == "" {
+		return 0, errors.New("no backend given")
+	}
+	f, err := os.Open(d.o.backendLog)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+	for sc.Scan() {
+		if !strings.Contains(sc.Text(), id) {
+			continue
+		}
+		var rec backendRecord
+		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.MessageID == id && rec.Status == http.StatusOK {
+			n++
+		}
+	}
+	return n, sc.Err()
+}
+
+// printTable prints the rows as an aligned text table.
+func printTable(w io.Writer, rows []demoRow) error {
+	head := []string{"scenario", "expected", "observed", "result"}
+	width := make([]int, len(head))
+	cells := make([][]string, 0, len(rows))
+	for _, r := range rows {
+		res := "PASS"
+		if !r.Pass {
+			res = "FAIL"
+		}
+		cells = append(cells, []string{r.Scenario, r.Expected, r.Observed, res})
+	}
+	for i, h := range head {
+		width[i] = len([]rune(h))
+		for _, c := range cells {
+			width[i] = max(width[i], len([]rune(c[i])))
+		}
+	}
+	var b strings.Builder
+	line := func(c []string) {
+		for i, s := range c {
+			if i > 0 {
+				b.WriteString(" | ")
+			}
+			b.WriteString(s)
+			if i < len(c)-1 {
+				b.WriteString(strings.Repeat(" ", width[i]-len([]rune(s))))
+			}
+		}
+		b.WriteByte('\n')
+	}
+	line(head)
+	for i, wd := range width {
+		if i > 0 {
+			b.WriteString("-+-")
+		}
+		b.WriteString(strings.Repeat("-", wd))
+	}
+	b.WriteByte('\n')
+	passed := 0
+	for _, c := range cells {
+		line(c)
+		if c[3] == "PASS" {
+			passed++
+		}
+	}
+	fmt.Fprintf(&b, "\n%d of %d scenarios behaved as expected.\n", passed, len(rows))
+	_, err := io.WriteString(w, b.String())
+	return err
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iotgw/iotgw/pkg/envelope"
+)
+
+func TestSecretsFromFile(t *testing.T) {
+	tests := []struct {
+		name    string
+		content string
+		want    map[string]string
+		wantErr string
+	}{
+		{"ids and secrets", "# comment\n\nsensor_001\t0123456789abcdef\n  sensor_002   s3cret with spaces  \n",
+			map[string]string{"sensor_001": "0123456789abcdef", "sensor_002": "s3cret with spaces"}, ""},
+		{"no secret", "sensor_001\n", nil, ":1: want"},
+		{"bad id", "sensor/1 abc\n", nil, ":1: want"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "secrets")
+			if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := secretsFromFile(path)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %d secrets, want %d", len(got), len(tc.want))
+			}
+			for id, s := range tc.want {
+				if string(got[id]) != s {
+					t.Errorf("secret of %s = %q, want %q", id, got[id], s)
+				}
+			}
+		})
+	}
+}
+
+func TestParseReply(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	const id = "sensor_001"
+	signed := func(dev string, key []byte, payload string) []byte {
+		e := envelope.New(key, dev, 1700000000, newUUID(), []byte(payload))
+		return envelope.AppendJSON(nil, &e)
+	}
+	tests := []struct {
+		name    string
+		raw     []byte
+		want    reply
+		problem string
+	}{
+		{"forwarded", signed(id, secret, `{"in_reply_to":"m1","status":200,"body":{"ok":true}}`),
+			reply{Verified: true, InReplyTo: "m1", Status: 200}, ""},
+		{"rejected, null id", signed(id, secret, `{"in_reply_to":null,"error":"malformed"}`),
+			reply{Verified: true, Error: "malformed"}, ""},
+		{"wrong key", signed(id, []byte("another-secret-of-16+"), `{"in_reply_to":"m1","error":"stale"}`),
+			reply{InReplyTo: "m1", Error: "stale"}, "signature invalid"},
+		{"other device", signed("sensor_002", secret, `{"in_reply_to":"m1","error":"stale"}`), reply{}, "names device sensor_002"},
+		{"not an envelope", []byte(`{"in_reply_to":"m1"}`), reply{}, "malformed reply"},
+		{"payload not a reply", signed(id, secret, `[1,2]`), reply{}, "reply payload"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := parseReply(id, envelope.NewMAC(secret), tc.raw, time.Time{})
+			if !strings.Contains(got.Problem, tc.problem) || (tc.problem == "") != (got.Problem == "") {
+				t.Errorf("Problem = %q, want one containing %q", got.Problem, tc.problem)
+			}
+			if got.Verified != tc.want.Verified || got.InReplyTo != tc.want.InReplyTo || got.Status != tc.want.Status || got.Error != tc.want.Error {
+				t.Errorf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestSignerRoundTrip checks that sim's messages pass the gateway's parser
+// and verifier.
+func TestSignerRoundTrip(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	s := newSigner("sensor_001", secret)
+	for i := range 3 {
+		id, raw := s.message(1700000000+int64(i), reading(i))
+		e, err := envelope.Parse(raw, envelope.Limits{})
+		if err != nil {
+			t.Fatalf("Parse(%s): %v", raw, err)
+		}
+		if string(e.MessageID) != id || !envelope.ValidMessageID(e.MessageID) || e.DeviceID != "sensor_001" {
+			t.Errorf("parsed %+v from %s", e, raw)
+		}
+		if !envelope.Verify(envelope.NewMAC(secret), &e) {
+			t.Errorf("signature of %s does not verify", raw)
+		}
+	}
+}
+
+func TestLoadIDs(t *testing.T) {
+	tests := []struct {
+		name    string
+		o       loadOptions
+		want    string
+		wantErr string
+	}{
+		{"count", loadOptions{devices: 3, idPrefix: "sim-"}, "sim-1,sim-2,sim-3", ""},
+		{"list", loadOptions{deviceIDs: "a, b,,c"}, "a,b,c", ""},
+		{"both", loadOptions{devices: 1, deviceIDs: "a"}, "", "exactly one"},
+		{"neither", loadOptions{}, "", "exactly one"},
+		{"duplicate", loadOptions{deviceIDs: "a,a"}, "", "given twice"},
+		{"bad prefix", loadOptions{devices: 2, idPrefix: "a/"}, "", "not a device id"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ids, err := tc.o.ids()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(ids, ","); got != tc.want {
+				t.Errorf("ids = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPrintTable(t *testing.T) {
+	var b strings.Builder
+	err := printTable(&b, []demoRow{
+		{Scenario: "(a) ok", Expected: "x", Observed: "x", Pass: true},
+		{Scenario: "(b) longer name", Expected: "rejected: replay", Observed: "no reply in 5s"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `scenario        | expected         | observed       | result
+----------------+------------------+----------------+-------
+(a) ok          | x                | x              | PASS
+(b) longer name | rejected: replay | no reply in 5s | FAIL
+
+1 of 2 scenarios behaved as expected.
+`
+	if b.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestPercentiles(t *testing.T) {
+	d := []time.Duration{5 * time.Millisecond, time.Millisecond, 3 * time.Millisecond, 2 * time.Millisecond, 4 * time.Millisecond}
+	got := percentiles(d, 0, 50, 100)
+	if got[0] != 1 || got[1] != 3 || got[2] != 5 {
+		t.Errorf("percentiles = %v, want [1 3 5]", got)
+	}
+	if got := percentiles(nil, 50); got[0] != 0 {
+		t.Errorf("percentiles(nil) = %v", got)
+	}
+}
