@@ -110,6 +110,7 @@ backend:
   max_attempts: %d
 http:
   listen: 127.0.0.1:%d
+  pprof: true
 shutdown_grace: %s
 log:
   level: debug

@@ -3,15 +3,16 @@ package envelope
 import (
 	"encoding/json"
 	"strconv"
-	"unicode/utf8"
 )
 
 // ReplyPayload returns the downlink payload sent after a forward:
 //
 //	{"in_reply_to":"<uplink message_id>","status":<HTTP status>,"body":<body>}
 //
-// body is embedded as JSON when it is one valid JSON value in valid UTF-8,
-// and as a JSON string otherwise (an empty body becomes "").
+// body is embedded as JSON when it is one valid JSON value in valid UTF-8
+// that a device's parser with the default limits accepts (nesting at most
+// DefaultMaxDepth once inside the reply envelope), and as a JSON string
+// otherwise (an empty body becomes "").
 func ReplyPayload(inReplyTo []byte, status int, body []byte) []byte {
 	out := make([]byte, 0, 64+len(body))
 	out = append(out, `{"in_reply_to":"`...)
@@ -19,9 +20,9 @@ func ReplyPayload(inReplyTo []byte, status int, body []byte) []byte {
 	out = append(out, `","status":`...)
 	out = strconv.AppendInt(out, int64(status), 10)
 	out = append(out, `,"body":`...)
-	// json.Valid lets invalid UTF-8 through inside strings; devices' strict
-	// parsers would reject the whole reply, so such a body goes as text.
-	if len(body) > 0 && utf8.Valid(body) && json.Valid(body) {
+	// The same strict scanner as Parse: json.Valid would let invalid UTF-8
+	// or deep nesting through, and the device would reject the whole reply.
+	if len(body) > 0 && validValue(trimSpace(body), DefaultMaxDepth-2) {
 		out = append(out, trimSpace(body)...)
 	} else {
 		s, _ := json.Marshal(string(body)) // invalid UTF-8 becomes U+FFFD
@@ -49,6 +50,13 @@ func RejectionPayload(inReplyTo []byte, reason string) []byte {
 	s, _ := json.Marshal(reason)
 	out = append(out, s...)
 	return append(out, '}')
+}
+
+// validValue reports whether b is exactly one JSON value, strictly valid,
+// nested at most maxDepth deep.
+func validValue(b []byte, maxDepth int) bool {
+	s := scanner{b: b, maxDepth: maxDepth}
+	return s.value() == nil && s.i == len(b)
 }
 
 func trimSpace(b []byte) []byte {

@@ -33,6 +33,9 @@ type Config struct {
 type HTTPConfig struct {
 	// Listen is the address serving /healthz, /readyz and /metrics; "" disables it. Default "127.0.0.1:9464".
 	Listen string `mapstructure:"listen"`
+	// Pprof serves /debug/pprof/ on the same address. Default false: keep
+	// it off where the address is reachable by others.
+	Pprof bool `mapstructure:"pprof"`
 }
 
 // PipelineConfig sizes the validation stage.

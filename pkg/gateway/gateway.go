@@ -9,6 +9,7 @@ import (
 	"hash/maphash"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,7 +47,6 @@ type Gateway struct {
 	seed      maphash.Seed
 	queues    []chan *mqttio.Message
 	stopping  atomic.Bool
-	deletes   chan int64
 	commitErr atomic.Pointer[string]
 	http      *http.Server
 	httpLn    net.Listener
@@ -60,7 +60,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	g := &Gateway{cfg: cfg, log: log, now: now, seed: maphash.MakeSeed(), deletes: make(chan int64, 4096)}
+	g := &Gateway{cfg: cfg, log: log, now: now, seed: maphash.MakeSeed()}
 	var err error
 	if g.reg, err = registry.Open(ctx, cfg.Registry.Path); err != nil {
 		return nil, fmt.Errorf("registry.path: %w", err)
@@ -181,8 +181,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	dispCtx, stopDisp := context.WithCancel(context.Background())
 	dispDone := make(chan struct{})
 	go func() { g.dispatcher.Run(dispCtx); close(dispDone) }()
-	delDone := make(chan struct{})
-	go func() { g.deleter(); close(delDone) }()
 
 	if err := g.mqtt.Connect(ctx); err != nil && ctx.Err() == nil {
 		g.log.Error("broker connect stopped", zap.Error(err))
@@ -197,13 +195,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	g.stopping.Store(true)
 	stopWork()
 	workers.Wait()
-	g.writer.Close()
-	select {
-	case <-writerDone:
-	case <-time.After(time.Until(deadline)):
-		stopWriter()
-		<-writerDone
-	}
 	stopDisp()
 	select {
 	case <-dispDone:
@@ -212,8 +203,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.dispatcher.Abort()
 		<-dispDone
 	}
-	close(g.deletes)
-	<-delDone
+	g.writer.Close() // commits what was accepted (and acks it) and the last deletions
+	select {
+	case <-writerDone:
+	case <-time.After(max(time.Until(deadline), time.Second)):
+		stopWriter()
+		<-writerDone
+	}
 	g.mqtt.Disconnect(250 * time.Millisecond)
 	if g.http != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -440,37 +436,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	g.metrics.forwarded.WithLabelValues(result).Inc()
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
 	g.notify(ctx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
-	g.deletes <- j.Seq
-}
-
-// deleter removes settled rows in batches until g.deletes is closed.
-func (g *Gateway) deleter() {
-	batch := make([]int64, 0, 1024)
-	for seq := range g.deletes {
-		batch = append(batch[:0], seq)
-	fill:
-		for len(batch) < cap(batch) {
-			select {
-			case s, ok := <-g.deletes:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, s)
-			default:
-				break fill
-			}
-		}
-		for delay := 50 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
-			err := g.store.Delete(context.Background(), batch)
-			if err == nil {
-				break
-			}
-			g.metrics.infraErrors.WithLabelValues("outbox_delete").Inc()
-			g.log.Error("cannot delete settled rows; retrying (they would be forwarded again after a crash)", zap.Error(err))
-			time.Sleep(delay)
-		}
-		g.writer.Release(len(batch))
-	}
+	g.writer.Settle(j.Seq)
 }
 
 // prune deletes expired replay ids from the outbox database.
@@ -517,5 +483,11 @@ func (g *Gateway) routes() http.Handler {
 		w.Write([]byte("ready\n")) //nolint:errcheck
 	})
 	mux.Handle("/metrics", promHandler(g.metrics.reg))
+	if g.cfg.HTTP.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }

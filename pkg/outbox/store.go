@@ -120,6 +120,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	// One connection: every write is serialized in Go, so the writer never
+	// sleeps in SQLite's busy handler behind another of our own writes.
+	db.SetMaxOpenConns(1)
 	if err := sqlitex.Migrate(ctx, db, migrations); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate outbox %s: %w", path, err)
@@ -133,14 +136,15 @@ func (s *Store) Close() error { return s.db.Close() }
 // Insert stores recs and their ids in one transaction and sets each Seq.
 // Either all are durable or none is.
 func (s *Store) Insert(ctx context.Context, recs []*Record) error {
-	_, err := s.insert(ctx, recs, -1)
+	_, err := s.write(ctx, recs, nil, -1)
 	return err
 }
 
-// insert is Insert; when lastSeq ≥ 0 it also returns, read in the same
-// transaction, rows another process inserted after lastSeq and before recs
-// (a dead letter retried by the CLI).
-func (s *Store) insert(ctx context.Context, recs []*Record, lastSeq int64) ([]*Record, error) {
+// write inserts recs and deletes the settled rows dels in one transaction.
+// When lastSeq ≥ 0 it also returns, read in the same transaction, rows
+// another process inserted after lastSeq and before recs (a dead letter
+// retried by the CLI).
+func (s *Store) write(ctx context.Context, recs []*Record, dels []int64, lastSeq int64) ([]*Record, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
@@ -168,6 +172,9 @@ func (s *Store) insert(ctx context.Context, recs []*Record, lastSeq int64) ([]*R
 			return nil, fmt.Errorf("insert seen: %w", err)
 		}
 	}
+	if err := deleteSeqs(ctx, tx, dels); err != nil {
+		return nil, err
+	}
 	var foreign []*Record
 	if lastSeq >= 0 && len(recs) > 0 && recs[0].Seq != lastSeq+1 {
 		if foreign, err = pendingBetween(ctx, tx, lastSeq, recs[0].Seq); err != nil {
@@ -190,6 +197,16 @@ func (s *Store) Delete(ctx context.Context, seqs []int64) error {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck
+	if err := deleteSeqs(ctx, tx, seqs); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+func deleteSeqs(ctx context.Context, tx *sql.Tx, seqs []int64) error {
 	for start := 0; start < len(seqs); start += 500 {
 		chunk := seqs[start:min(start+500, len(seqs))]
 		args := make([]any, len(chunk))
@@ -200,9 +217,6 @@ func (s *Store) Delete(ctx context.Context, seqs []int64) error {
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("delete outbox: %w", err)
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
 	}
 	return nil
 }

@@ -23,7 +23,8 @@ type WriterHooks struct {
 
 // Writer group-commits records: whatever accumulates while one commit runs
 // goes into the next transaction, up to BatchMax, so throughput rises with
-// load and an idle gateway adds no latency.
+// load and an idle gateway adds no latency. Deletions of settled rows ride
+// in the same transactions, so one fsync serves both.
 //
 // It also bounds the outbox: Append blocks while MaxPending rows wait for
 // the backend, until Release frees room. That is the gateway's backpressure.
@@ -32,6 +33,7 @@ type Writer struct {
 	cfg     Config
 	hooks   WriterHooks
 	in      chan *Record
+	del     chan int64
 	slots   chan struct{}
 	closed  chan struct{}
 	lastSeq int64
@@ -43,7 +45,7 @@ type Writer struct {
 // did not insert are reported through Foreign. occupied is how many rows
 // already wait in the outbox.
 func NewWriter(s *Store, cfg Config, lastSeq int64, occupied int, hooks WriterHooks) *Writer {
-	w := &Writer{s: s, cfg: cfg, hooks: hooks, in: make(chan *Record, cfg.BatchMax*2),
+	w := &Writer{s: s, cfg: cfg, hooks: hooks, in: make(chan *Record, cfg.BatchMax*2), del: make(chan int64, 8192),
 		slots: make(chan struct{}, cfg.MaxPending), closed: make(chan struct{}), lastSeq: lastSeq, poll: 2 * time.Second}
 	for range min(occupied, cfg.MaxPending) {
 		w.slots <- struct{}{}
@@ -68,6 +70,10 @@ func (w *Writer) Append(ctx context.Context, rec *Record) error {
 		return ctx.Err()
 	}
 }
+
+// Settle queues a settled row for deletion in the next transaction; its
+// slot is released once that commits. It must not be called after Close.
+func (w *Writer) Settle(seq int64) { w.del <- seq }
 
 // Reserve takes n slots for rows inserted by someone else (Foreign rows).
 // It never blocks: such rows already exist, so the bound may be exceeded.
@@ -102,17 +108,22 @@ func (w *Writer) Close() { close(w.in) }
 // or until ctx ends (then an uncommitted batch is dropped unacked, and the
 // broker will redeliver it).
 func (w *Writer) Run(ctx context.Context) {
-	batch := make([]*Record, 0, w.cfg.BatchMax)
+	recs := make([]*Record, 0, w.cfg.BatchMax)
+	dels := make([]int64, 0, 1024)
 	tick := time.NewTicker(w.poll)
 	defer tick.Stop()
+	in, closed := w.in, false
 	for {
-		batch = batch[:0]
+		recs, dels = recs[:0], dels[:0]
 		select {
-		case rec, ok := <-w.in:
-			if !ok {
-				return
+		case rec, ok := <-in:
+			if ok {
+				recs = append(recs, rec)
+			} else {
+				in, closed = nil, true
 			}
-			batch = append(batch, rec)
+		case seq := <-w.del:
+			dels = append(dels, seq)
 		case <-tick.C:
 			w.pollForeign(ctx)
 			continue
@@ -120,39 +131,48 @@ func (w *Writer) Run(ctx context.Context) {
 			return
 		}
 	fill:
-		for len(batch) < w.cfg.BatchMax {
+		for len(recs) < w.cfg.BatchMax && len(dels) < cap(dels) {
 			select {
-			case rec, ok := <-w.in:
+			case rec, ok := <-in:
 				if !ok {
-					break fill
+					in, closed = nil, true
+					continue
 				}
-				batch = append(batch, rec)
+				recs = append(recs, rec)
+			case seq := <-w.del:
+				dels = append(dels, seq)
 			default:
 				break fill
 			}
 		}
-		if !w.commit(ctx, batch) {
+		if (len(recs) > 0 || len(dels) > 0) && !w.commit(ctx, recs, dels) {
+			return
+		}
+		if closed && len(in) == 0 && len(w.del) == 0 {
 			return
 		}
 	}
 }
 
-func (w *Writer) commit(ctx context.Context, batch []*Record) bool {
+func (w *Writer) commit(ctx context.Context, recs []*Record, dels []int64) bool {
 	delay := 50 * time.Millisecond
 	for {
-		foreign, err := w.s.insert(ctx, batch, w.lastSeq)
+		foreign, err := w.s.write(ctx, recs, dels, w.lastSeq)
 		if err == nil {
-			w.lastSeq = batch[len(batch)-1].Seq
+			if len(recs) > 0 {
+				w.lastSeq = recs[len(recs)-1].Seq
+			}
 			if len(foreign) > 0 && w.hooks.Foreign != nil {
 				w.hooks.Foreign(foreign)
 			}
-			if w.hooks.Committed != nil {
-				w.hooks.Committed(batch)
+			if len(recs) > 0 && w.hooks.Committed != nil {
+				w.hooks.Committed(recs)
 			}
+			w.Release(len(dels))
 			return true
 		}
 		if w.hooks.Failed != nil {
-			w.hooks.Failed(err, len(batch), delay)
+			w.hooks.Failed(err, len(recs), delay)
 		}
 		select {
 		case <-time.After(delay):

@@ -135,7 +135,9 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	if !dev.Enabled {
 		return reject(env, Disabled, ""), nil
 	}
-	now := v.now()
+	// Whole seconds on both sides: the timestamp has no fraction, so a
+	// message exactly max_clock_skew old is inside the window all second long.
+	now := v.now().Truncate(time.Second)
 	msgTime := time.Unix(env.Timestamp, 0)
 	if d := now.Sub(msgTime); d > v.cfg.MaxClockSkew || d < -v.cfg.MaxClockSkew {
 		return reject(env, Stale, fmt.Sprintf("timestamp is %s from now", d.Truncate(time.Second))), nil
