@@ -58,18 +58,27 @@ done
 # test/harness/mosquitto.go.
 conf_certs=/etc/iotgw/certs/
 conf_acl=/etc/iotgw/mosquitto/acl
+conf_data=/var/lib/iotgw/mosquitto/
 conf=$(cat "$here/mosquitto.conf")
 case "$conf" in *"$conf_certs"*) ;; *) die "$conf_certs not found in mosquitto.conf" ;; esac
 case "$conf" in *"$conf_acl"*) ;; *) die "$conf_acl not found in mosquitto.conf" ;; esac
+case "$conf" in *"$conf_data"*) ;; *) die "$conf_data not found in mosquitto.conf" ;; esac
 n=$(grep -c '^listener 8883[[:space:]]*$' "$here/mosquitto.conf" || true)
 [ "$n" = 1 ] || die "want one \"listener 8883\" line in mosquitto.conf, found $n"
 
 conf=${conf//"$conf_certs"/"$certs/"}
 conf=${conf//"$conf_acl"/"$dir/acl"}
+conf=${conf//"$conf_data"/"$dir/data/"}
+# The persistence directory: Mosquitto writes its database here after
+# dropping root, so it must be writable by the mosquitto user.
+mkdir -p "$dir/data"
+if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then
+  chown mosquitto "$dir/data"
+fi
 printf '%s\n' "$conf" | sed "s/^listener 8883[[:space:]]*\$/listener $port $bind/" > "$dir/mosquitto.conf"
 [ -z "$debug" ] || printf 'log_type all\n' >> "$dir/mosquitto.conf"
-if grep -v '^[[:space:]]*#' "$dir/mosquitto.conf" | grep -q '/etc/iotgw/'; then
-  die "mosquitto.conf has an /etc/iotgw/ path this script does not handle"
+if grep -v '^[[:space:]]*#' "$dir/mosquitto.conf" | grep -Eq '/etc/iotgw/|/var/lib/iotgw/'; then
+  die "mosquitto.conf has an /etc/iotgw/ or /var/lib/iotgw/ path this script does not handle"
 fi
 cp "$here/acl" "$dir/acl"
 chmod 0644 "$dir/mosquitto.conf" "$dir/acl"

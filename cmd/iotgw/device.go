@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iotgw/iotgw/pkg/envelope"
+	"github.com/iotgw/iotgw/pkg/pki"
 	"github.com/iotgw/iotgw/pkg/registry"
 )
 
@@ -107,7 +108,11 @@ func readSecretLine(r io.Reader) (string, *bufio.Reader, error) {
 }
 
 func newDeviceAddCmd() *cobra.Command {
-	var fromStdin bool
+	var (
+		fromStdin bool
+		issueCert bool
+		certsDir  string
+	)
 	cmd := &cobra.Command{
 		Use:   "add ID",
 		Short: "Register a new, enabled device and print its new secret once",
@@ -115,13 +120,39 @@ func newDeviceAddCmd() *cobra.Command {
 random bytes as 64 hex characters) and prints it once on stdout: store it
 in the device now, it will not be shown again. With --secret-stdin the
 secret is the first line of stdin (16-1024 printable characters, no
-surrounding whitespace; only the line end is removed).`,
+surrounding whitespace; only the line end is removed).
+
+With --issue-cert it also issues the device's client certificate (CN = the
+device id) from the CA in --certs, as "iotgw pki issue" does, so one
+command provisions a device. If the certificate cannot be issued, the
+device is not registered either.
+
+The id "gateway" is reserved: it is the gateway's own identity at the
+broker.`,
 		Example: `  iotgw device add sensor_001 --db /var/lib/iotgw/registry.db
   SECRET=$(iotgw device add sensor_002)
-  iotgw device add sensor_003 --secret-stdin < sensor_003.secret`,
+  iotgw device add sensor_003 --secret-stdin < sensor_003.secret
+  iotgw device add sensor_004 --issue-cert --certs /etc/iotgw/certs`,
 		Args: deviceIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
+			if id == pki.GatewayIdentity {
+				return usagef("device id %q is reserved: it is the gateway's identity at the broker", id)
+			}
+			if !issueCert && cmd.Flags().Changed("certs") {
+				return usagef("--certs needs --issue-cert")
+			}
+			if issueCert {
+				crt, key := pki.DeviceCert(certsDir, id)
+				for _, p := range []string{crt, key} {
+					if _, err := os.Lstat(p); err == nil {
+						return fmt.Errorf("%s already exists; remove it or use another device id", p)
+					}
+				}
+				if _, err := os.Stat(pki.Paths(certsDir).CACert); err != nil {
+					return fmt.Errorf("no CA in %s (run: iotgw pki init --dir %s)", certsDir, certsDir)
+				}
+			}
 			secret, generated := "", !fromStdin
 			var err error
 			if fromStdin {
@@ -135,7 +166,21 @@ surrounding whitespace; only the line end is removed).`,
 				return err
 			}
 			err = withRegistry(cmd, true, func(ctx context.Context, r *registry.Registry) error {
-				return r.Add(ctx, id, secret)
+				if err := r.Add(ctx, id, secret); err != nil {
+					return err
+				}
+				if !issueCert {
+					return nil
+				}
+				if err := pki.Issue(certsDir, id, time.Now()); err != nil {
+					if rerr := r.Remove(ctx, id); rerr != nil {
+						return fmt.Errorf("%w; and undoing the registration failed: %v", err, rerr)
+					}
+					return fmt.Errorf("%w; device not registered", err)
+				}
+				crt, key := pki.DeviceCert(certsDir, id)
+				fmt.Fprintf(cmd.ErrOrStderr(), "issued %s and %s\n", crt, key)
+				return nil
 			})
 			if err != nil {
 				return err
@@ -150,6 +195,8 @@ surrounding whitespace; only the line end is removed).`,
 		},
 	}
 	cmd.Flags().BoolVar(&fromStdin, "secret-stdin", false, "read the secret from the first line of stdin instead of generating one")
+	cmd.Flags().BoolVar(&issueCert, "issue-cert", false, "also issue the device's client certificate from the CA in --certs")
+	cmd.Flags().StringVar(&certsDir, "certs", "certs", "PKI directory made by \"iotgw pki init\" (with --issue-cert)")
 	return cmd
 }
 

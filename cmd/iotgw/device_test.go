@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/iotgw/pkg/pki"
 	"github.com/iotgw/iotgw/pkg/registry"
 )
 
@@ -159,5 +162,64 @@ func TestDeviceUsesEnvironmentRegistry(t *testing.T) {
 	}
 	if r := runCLI(t, "", "device", "show", "sensor_001", "--db", db); r.code != 0 {
 		t.Fatalf("show via --db: %v", r.err)
+	}
+}
+
+// TestDeviceAddIssueCert: one command registers a device and issues its
+// certificate; a failure to issue leaves no registration behind.
+func TestDeviceAddIssueCert(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "registry.db")
+	certs := filepath.Join(dir, "certs")
+
+	r := runCLI(t, "", "device", "add", "sensor_001", "--issue-cert", "--certs", certs, "--db", db)
+	if r.code != 1 || !strings.Contains(r.err.Error(), "no CA in") {
+		t.Fatalf("without a CA: code %d, err %v; want 1 and \"no CA in\"", r.code, r.err)
+	}
+	if r := runCLI(t, "", "pki", "init", "--dir", certs); r.code != 0 {
+		t.Fatalf("pki init: %v", r.err)
+	}
+	r = runCLI(t, "", "device", "add", "sensor_001", "--issue-cert", "--certs", certs, "--db", db)
+	if r.code != 0 || !hex64.MatchString(r.stdout) {
+		t.Fatalf("add --issue-cert: code %d, err %v, stdout %q", r.code, r.err, r.stdout)
+	}
+	crt, key := pki.DeviceCert(certs, "sensor_001")
+	pair, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		t.Fatalf("issued pair: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil || leaf.Subject.CommonName != "sensor_001" {
+		t.Fatalf("issued certificate CN = %q (%v), want sensor_001", leaf.Subject.CommonName, err)
+	}
+	if r := runCLI(t, "", "device", "show", "sensor_001", "--db", db); r.code != 0 {
+		t.Fatalf("show after add --issue-cert: %v", r.err)
+	}
+
+	// A certificate already on disk: refused before anything is registered.
+	r = runCLI(t, "", "device", "add", "sensor_002", "--issue-cert", "--certs", certs, "--db", db)
+	if r.code != 0 {
+		t.Fatalf("add sensor_002: %v", r.err)
+	}
+	r = runCLI(t, "", "device", "add", "sensor_002", "--issue-cert", "--certs", certs, "--db", filepath.Join(dir, "other.db"))
+	if r.code != 1 || !strings.Contains(r.err.Error(), "already exists") {
+		t.Fatalf("existing cert: code %d, err %v", r.code, r.err)
+	}
+	if r := runCLI(t, "", "device", "show", "sensor_002", "--db", filepath.Join(dir, "other.db")); r.code == 0 {
+		t.Fatalf("device registered although its certificate was refused")
+	}
+
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		errText string
+	}{
+		{"reserved id", []string{"device", "add", "gateway", "--db", db}, "reserved"},
+		{"--certs without --issue-cert", []string{"device", "add", "sensor_003", "--certs", certs, "--db", db}, "needs --issue-cert"},
+	} {
+		r := runCLI(t, "", tc.args...)
+		if r.code != 2 || r.err == nil || !strings.Contains(r.err.Error(), tc.errText) {
+			t.Errorf("%s: code %d, err %v; want 2 and %q", tc.name, r.code, r.err, tc.errText)
+		}
 	}
 }

@@ -17,7 +17,7 @@ func TestMosquittoConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := "listener 8883\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\n"
+	good := "listener 8883\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n"
 	tests := []struct {
 		name     string
 		conf     string
@@ -26,18 +26,20 @@ func TestMosquittoConfig(t *testing.T) {
 		want     []string
 	}{
 		{name: "project file", conf: string(project), certsDir: "/c",
-			want: []string{"\nlistener 4321 127.0.0.1\n", "cafile /c/ca.crt\n", "certfile /c/broker.crt\n", "keyfile /c/broker.key\n", "acl_file /a/acl\n"}},
+			want: []string{"\nlistener 4321 127.0.0.1\n", "cafile /c/ca.crt\n", "certfile /c/broker.crt\n", "keyfile /c/broker.key\n", "acl_file /a/acl\n", "persistence true\n", "persistence_location /d/\n"}},
 		{name: "trailing slash", conf: good, certsDir: "/c/", want: []string{"cafile /c/ca.crt\n"}},
-		{name: "no listener", conf: "cafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\n", certsDir: "/c", wantErr: "listener 8883"},
+		{name: "no listener", conf: "cafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "listener 8883"},
 		{name: "two listeners", conf: good + "listener 8883\n", certsDir: "/c", wantErr: "found 2"},
-		{name: "no certs", conf: "listener 8883\nacl_file /etc/iotgw/mosquitto/acl\n", certsDir: "/c", wantErr: "/etc/iotgw/certs/"},
-		{name: "no acl", conf: "listener 8883\ncafile /etc/iotgw/certs/ca.crt\n", certsDir: "/c", wantErr: "/etc/iotgw/mosquitto/acl"},
+		{name: "no certs", conf: "listener 8883\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "/etc/iotgw/certs/"},
+		{name: "no acl", conf: "listener 8883\ncafile /etc/iotgw/certs/ca.crt\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "/etc/iotgw/mosquitto/acl"},
+		{name: "no data dir", conf: "listener 8883\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\n", certsDir: "/c", wantErr: "/var/lib/iotgw/mosquitto/"},
+		{name: "unknown data path", conf: good + "persistence_file /var/lib/iotgw/other.db\n", certsDir: "/c", wantErr: "unhandled path"},
 		{name: "unknown path", conf: good + "persistence_location /etc/iotgw/db/\n", certsDir: "/c", wantErr: "unhandled path"},
 		{name: "space in path", conf: good, certsDir: "/my certs", wantErr: "white space"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := harness.MosquittoConfig([]byte(tc.conf), tc.certsDir, "/a/acl", 4321)
+			got, err := harness.MosquittoConfig([]byte(tc.conf), tc.certsDir, "/a/acl", "/d", 4321)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)

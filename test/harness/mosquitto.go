@@ -22,7 +22,9 @@ import (
 const (
 	confCertsDir = "/etc/iotgw/certs/"
 	confACLFile  = "/etc/iotgw/mosquitto/acl"
+	confDataDir  = "/var/lib/iotgw/mosquitto/"
 	confPrefix   = "/etc/iotgw/"
+	dataPrefix   = "/var/lib/iotgw/"
 )
 
 // confListener matches the listener line of mosquitto/mosquitto.conf.
@@ -34,18 +36,19 @@ const startTimeout = 10 * time.Second
 
 // MosquittoConfig returns the project's mosquitto.conf (conf) made runnable
 // elsewhere: the certificate directory /etc/iotgw/certs/ becomes certsDir,
-// the ACL /etc/iotgw/mosquitto/acl becomes aclFile, and "listener 8883"
+// the ACL /etc/iotgw/mosquitto/acl becomes aclFile, the persistence
+// directory /var/lib/iotgw/mosquitto/ becomes dataDir, and "listener 8883"
 // becomes a listener on 127.0.0.1:port. It fails if any of these is
-// missing from conf, if another /etc/iotgw/ path remains, or if a path
-// holds white space (Mosquitto cannot read it).
-func MosquittoConfig(conf []byte, certsDir, aclFile string, port int) ([]byte, error) {
-	for _, p := range []string{certsDir, aclFile} {
+// missing from conf, if another /etc/iotgw/ or /var/lib/iotgw/ path
+// remains, or if a path holds white space (Mosquitto cannot read it).
+func MosquittoConfig(conf []byte, certsDir, aclFile, dataDir string, port int) ([]byte, error) {
+	for _, p := range []string{certsDir, aclFile, dataDir} {
 		if strings.ContainsAny(p, " \t\r\n") {
 			return nil, fmt.Errorf("mosquitto config: path %q contains white space", p)
 		}
 	}
 	s := string(conf)
-	for _, old := range []string{confCertsDir, confACLFile} {
+	for _, old := range []string{confCertsDir, confACLFile, confDataDir} {
 		if !strings.Contains(s, old) {
 			return nil, fmt.Errorf("mosquitto config: %q not found; update test/harness to match mosquitto.conf", old)
 		}
@@ -55,9 +58,10 @@ func MosquittoConfig(conf []byte, certsDir, aclFile string, port int) ([]byte, e
 	}
 	s = strings.ReplaceAll(s, confCertsDir, strings.TrimSuffix(certsDir, "/")+"/")
 	s = strings.ReplaceAll(s, confACLFile, aclFile)
+	s = strings.ReplaceAll(s, confDataDir, strings.TrimSuffix(dataDir, "/")+"/")
 	s = confListener.ReplaceAllLiteralString(s, "listener "+strconv.Itoa(port)+" 127.0.0.1")
 	for _, line := range strings.Split(s, "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(line), "#") && strings.Contains(line, confPrefix) {
+		if !strings.HasPrefix(strings.TrimSpace(line), "#") && (strings.Contains(line, confPrefix) || strings.Contains(line, dataPrefix)) {
 			return nil, fmt.Errorf("mosquitto config: unhandled path in %q; update test/harness to match mosquitto.conf", line)
 		}
 	}
@@ -115,8 +119,17 @@ func StartMosquitto(t testing.TB, certsDir string) *Broker {
 	if err := os.WriteFile(aclFile, acl, 0o644); err != nil {
 		t.Fatalf("harness: %v", err)
 	}
+	// The persistence directory: Mosquitto, having dropped root, writes
+	// its database here.
+	dataDir := filepath.Join(dir, "data")
+	if err := os.Mkdir(dataDir, 0o755); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	if err := os.Chmod(dataDir, 0o777); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
 	port := FreePort(t)
-	conf, err := MosquittoConfig(projectConf, certsDir, aclFile, port)
+	conf, err := MosquittoConfig(projectConf, certsDir, aclFile, dataDir, port)
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
@@ -161,8 +174,9 @@ func (b *Broker) Stop() {
 }
 
 // Restart stops the broker if it is running and starts it again on the
-// same port, waiting until it accepts TLS connections. With persistence
-// off (the project default) sessions and queued messages are lost.
+// same port, waiting until it accepts TLS connections. The project's
+// config has persistence on, so sessions and queued messages survive a
+// Restart (Mosquitto saves them on SIGTERM).
 func (b *Broker) Restart() {
 	b.t.Helper()
 	if err := b.stop(); err != nil {
