@@ -346,14 +346,22 @@ func (r *recorder) up(t *testing.T) {
 	go srv.Serve(ln)
 }
 
-// down stops the backend: connections are refused until up.
+// down stops the backend: connections are refused until up. Requests
+// already being handled are answered first (a graceful stop), so no
+// request is recorded whose answer the gateway never got; a backend that
+// dies mid-answer is the at-least-once window of docs/RELIABILITY.md,
+// which TestFaultKill9 covers from the gateway's side.
 func (r *recorder) down() {
 	r.mu.Lock()
 	srv := r.srv
 	r.srv = nil
 	r.mu.Unlock()
 	if srv != nil {
-		srv.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if srv.Shutdown(ctx) != nil {
+			srv.Close()
+		}
 	}
 }
 

@@ -133,6 +133,7 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 	}
 	broker := strings.Replace(strings.Replace(cfg.Broker, "mqtts://", "ssl://", 1), "tls://", "ssl://", 1)
 	cl := &Client{cfg: cfg, log: log}
+	const writeTimeout = 10 * time.Second
 	handler := func(_ mqtt.Client, m mqtt.Message) {
 		h(&Message{Topic: m.Topic(), Payload: m.Payload(), Duplicate: m.Duplicate(), ack: m.Ack})
 	}
@@ -151,7 +152,8 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
-		SetWriteTimeout(10 * time.Second).
+		SetWriteTimeout(writeTimeout).
+		SetCustomOpenConnectionFn(OpenTLS(tlsCfg, writeTimeout)).
 		SetDefaultPublishHandler(handler). // session messages may arrive before Subscribe returns
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			cl.connected.Store(false)
