@@ -108,13 +108,13 @@ backend:
   backoff_max: 1s
   breaker_cooldown: 500ms
   max_attempts: %d
-http:
+%shttp:
   listen: 127.0.0.1:%d
   pprof: true
 shutdown_grace: %s
 log:
   level: debug
-`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), httpPort, grace)
+`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), o.backendExtra, httpPort, grace)
 }
 
 func (f *fixture) outbox() string {
@@ -125,7 +125,9 @@ func (f *fixture) outbox() string {
 }
 
 type gatewayOpts struct {
-	maxAttempts int
+	// backendExtra is appended to the backend section: indented YAML lines.
+	backendExtra string
+	maxAttempts  int
 	backendURL  string
 	timeout     string
 	grace       string
@@ -294,6 +296,10 @@ type recorded struct {
 func newRecorder(t *testing.T) *recorder {
 	rec := &recorder{port: harness.FreePort(t)}
 	rec.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/batch" {
+			rec.batch(w, r)
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		req := recorded{Path: r.URL.Path, Header: r.Header.Clone(), Body: body, At: time.Now()}
 		rec.mu.Lock()
@@ -323,6 +329,37 @@ func newRecorder(t *testing.T) *recorder {
 	rec.up(t)
 	t.Cleanup(rec.down)
 	return rec
+}
+
+// batch answers the gateway's batch mode: each item is recorded as if it
+// had been POSTed alone (headers rebuilt from the item, Body the exact
+// payload bytes) and answered 200 with {"item":<index>}.
+func (rec *recorder) batch(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	var items []struct {
+		DeviceID  string          `json:"device_id"`
+		MessageID string          `json:"message_id"`
+		Timestamp json.Number     `json:"timestamp"`
+		Payload   json.RawMessage `json:"payload"`
+	}
+	if err := json.Unmarshal(body, &items); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	out := make([]string, len(items))
+	rec.mu.Lock()
+	for i, it := range items {
+		h := http.Header{}
+		h.Set("X-Device-ID", it.DeviceID)
+		h.Set("X-Message-ID", it.MessageID)
+		h.Set("X-Device-Timestamp", it.Timestamp.String())
+		h.Set("X-Batch-Size", r.Header.Get("X-Batch-Size"))
+		rec.reqs = append(rec.reqs, recorded{Path: r.URL.Path, Header: h, Body: it.Payload, At: time.Now()})
+		out[i] = fmt.Sprintf(`{"status":200,"body":{"item":%d}}`, i)
+	}
+	rec.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	io.WriteString(w, "["+strings.Join(out, ",")+"]")
 }
 
 // up starts serving on the recorder's port (again, after down).

@@ -338,3 +338,77 @@ func TestDeadLetters(t *testing.T) {
 		t.Fatalf("dead letter still listed after retry:\n%s", out)
 	}
 }
+
+// TestBatchMode: with backend.batch_max > 1 messages from several devices
+// share POSTs to batch_url, each arrives once with its exact bytes, and
+// each device gets its own signed reply with its item's answer.
+func TestBatchMode(t *testing.T) {
+	ids := []string{"bat_a", "bat_b", "bat_c", "bat_d"}
+	f := newFixture(t, ids...)
+	f.startGateway(gatewayOpts{backendExtra: "  batch_max: 16\n  batch_linger: 5ms\n  batch_url: " + f.backend.URL + "/batch\n  workers: 1\n"})
+	const per = 25
+	want := map[string]string{} // message id → payload
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	devs := make([]*device, len(ids))
+	for i, id := range ids {
+		devs[i] = f.device(id)
+	}
+	for _, d := range devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				payload := fmt.Sprintf(`{ "seq" : %d, "dev": "%s" }`, i, d.id)
+				raw, id := d.signed(payload, time.Now().Unix())
+				mu.Lock()
+				want[id] = payload
+				mu.Unlock()
+				tok := d.c.Publish("device/"+d.id+"/data", 1, false, raw)
+				if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+					t.Errorf("publish: %v", tok.Error())
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	f.backend.waitCount(t, len(want), 30*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	reqs := f.backend.requests()
+	if len(reqs) != len(want) {
+		t.Errorf("backend got %d items for %d messages", len(reqs), len(want))
+	}
+	shared := 0
+	for _, r := range reqs {
+		id := r.Header.Get("X-Message-ID")
+		if r.Path != "/batch" {
+			t.Errorf("message %s posted to %s, want /batch", id, r.Path)
+		}
+		if string(r.Body) != want[id] {
+			t.Errorf("message %s: body %q, want exact %q", id, r.Body, want[id])
+		}
+		delete(want, id)
+		if r.Header.Get("X-Batch-Size") != "1" {
+			shared++
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("%d messages never arrived", len(want))
+	}
+	if shared == 0 {
+		t.Error("no POST carried more than one message")
+	}
+	for _, d := range devs {
+		for i := range per {
+			r, ok := d.nextReply(10 * time.Second)
+			if !ok || !r.valid {
+				t.Fatalf("%s: reply %d missing or unsigned", d.id, i)
+			}
+			p := replyPayload(t, r)
+			if body, _ := p["body"].(map[string]any); p["status"] != float64(200) || body == nil || body["item"] == nil {
+				t.Fatalf("%s: reply payload %v, want status 200 and the item's body", d.id, p)
+			}
+		}
+	}
+}

@@ -52,6 +52,10 @@ GET /stats returns counters as JSON: requests, ok, failed, unique_messages,
 duplicates (200s for a message id already answered 200) and by_device;
 GET /stats?message_id=ID adds "message_ok", that id's 200 count.
 
+POST /batch takes the gateway's batch mode (backend.batch_max > 1,
+backend.batch_url = http://ADDR/batch): each item is recorded as above and
+answered in a JSON array of {"status","body"}.
+
 Fault simulation: --fail-for D answers --fail-status (default 503) to every
 POST for D after start; POST /fail?for=D[&status=N] starts such an outage
 at run time (for=0 ends it). --delay D waits D before answering each POST.`,
@@ -167,6 +171,7 @@ func (b *backend) routes() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n") //nolint:errcheck
 	})
+	mux.HandleFunc("POST /batch", b.ingestBatch)
 	mux.HandleFunc("/", b.ingest)
 	return mux
 }
@@ -206,27 +211,7 @@ func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
 		rec.Body, _ = json.Marshal(string(body))
 	}
 
-	b.mu.Lock()
-	b.requests++
-	rec.Status = http.StatusOK
-	if arrived.Before(b.failUntil) {
-		rec.Status = b.failStatus
-		b.failed++
-	} else {
-		b.ok++
-		if b.seen[rec.MessageID] > 0 {
-			b.dups++
-		}
-		b.seen[rec.MessageID]++
-		b.byDevice[rec.DeviceID]++
-	}
-	var logErr error
-	if b.log != nil {
-		line, _ := json.Marshal(rec) // fields are strings, an int and valid JSON
-		_, logErr = b.log.Write(append(line, '\n'))
-	}
-	b.mu.Unlock()
-
+	logErr := b.record(&rec, arrived)
 	if logErr != nil {
 		// A delivery the log cannot show would mislead a test: fail it, so
 		// the gateway retries.
@@ -244,6 +229,79 @@ func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
 		Received string `json:"received"`
 	}{true, rec.MessageID})
 	w.Write(reply) //nolint:errcheck
+}
+
+// record counts rec (one delivered message), sets its Status (200, or the
+// simulated outage's) and appends it to the log.
+func (b *backend) record(rec *backendRecord, arrived time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.requests++
+	rec.Status = http.StatusOK
+	if arrived.Before(b.failUntil) {
+		rec.Status = b.failStatus
+		b.failed++
+	} else {
+		b.ok++
+		if b.seen[rec.MessageID] > 0 {
+			b.dups++
+		}
+		b.seen[rec.MessageID]++
+		b.byDevice[rec.DeviceID]++
+	}
+	if b.log == nil {
+		return nil
+	}
+	line, _ := json.Marshal(rec) // fields are strings, an int and valid JSON
+	_, err := b.log.Write(append(line, '\n'))
+	return err
+}
+
+// ingestBatch answers the gateway's batch mode (backend.batch_max > 1): a
+// JSON array of {"device_id","message_id","timestamp","payload"}, answered
+// with an array of {"status","body"} in the same order. Each item is
+// recorded as ingest records one message (path_device_id is empty).
+func (b *backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
+	arrived := b.now()
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64*maxBackendBody))
+	r.Body.Close()
+	if err != nil {
+		http.Error(w, "cannot read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	var items []struct {
+		DeviceID  string          `json:"device_id"`
+		MessageID string          `json:"message_id"`
+		Timestamp json.Number     `json:"timestamp"`
+		Payload   json.RawMessage `json:"payload"`
+	}
+	if err := json.Unmarshal(body, &items); err != nil {
+		http.Error(w, "want a JSON array of {device_id, message_id, timestamp, payload}: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if b.delay > 0 {
+		select {
+		case <-time.After(b.delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	type result struct {
+		Status int `json:"status"`
+		Body   any `json:"body"`
+	}
+	out := make([]result, len(items))
+	for i, it := range items {
+		rec := backendRecord{Time: arrived.UTC().Format(time.RFC3339Nano), DeviceID: it.DeviceID, MessageID: it.MessageID,
+			Timestamp: it.Timestamp.String(), IdempotencyKey: it.MessageID, Body: it.Payload}
+		if err := b.record(&rec, arrived); err != nil {
+			http.Error(w, "cannot write request log: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		out[i] = result{Status: rec.Status, Body: map[string]any{"ok": rec.Status == http.StatusOK, "received": it.MessageID}}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(out) //nolint:errcheck
 }
 
 // stats serves the counters.

@@ -3,12 +3,14 @@ package forward
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -35,13 +37,23 @@ type Config struct {
 	BreakerCooldown time.Duration `mapstructure:"breaker_cooldown"`
 	// MaxResponseBytes caps how much of a response body is read and relayed. Default 16 KiB.
 	MaxResponseBytes int64 `mapstructure:"max_response_bytes"`
+	// BatchMax, above 1, turns on batch mode: up to this many messages (at
+	// most one per device, so per-device order holds) go in one POST to
+	// BatchURL as a JSON array; see docs/PROTOCOL.md. Default 1: one POST
+	// per message.
+	BatchMax int `mapstructure:"batch_max"`
+	// BatchLinger is how long a batch waits for more messages before it is
+	// sent when it is not full. Default 0: send what is ready at once.
+	BatchLinger time.Duration `mapstructure:"batch_linger"`
+	// BatchURL is the batch endpoint, required when BatchMax > 1.
+	BatchURL string `mapstructure:"batch_url"`
 }
 
 // DefaultConfig returns the defaults (URL empty).
 func DefaultConfig() Config {
 	return Config{Timeout: 10 * time.Second, Workers: 64, MaxAttempts: 50, MaxAge: 24 * time.Hour,
 		BackoffInitial: 200 * time.Millisecond, BackoffMax: 30 * time.Second,
-		BreakerThreshold: 5, BreakerCooldown: 5 * time.Second, MaxResponseBytes: 16 << 10}
+		BreakerThreshold: 5, BreakerCooldown: 5 * time.Second, MaxResponseBytes: 16 << 10, BatchMax: 1}
 }
 
 // Validate checks the settings.
@@ -68,6 +80,19 @@ func (c Config) Validate() error {
 		return errors.New("backend.breaker_threshold/breaker_cooldown: must be positive")
 	case c.MaxResponseBytes < 0:
 		return errors.New("backend.max_response_bytes: must not be negative")
+	case c.BatchMax < 1 || c.BatchMax > 1000:
+		return fmt.Errorf("backend.batch_max: must be 1..1000, got %d", c.BatchMax)
+	case c.BatchLinger < 0 || c.BatchLinger > time.Second:
+		return fmt.Errorf("backend.batch_linger: must be 0..1s, got %s", c.BatchLinger)
+	}
+	if c.BatchMax > 1 {
+		u, err := url.Parse(c.BatchURL)
+		if c.BatchURL == "" {
+			return errors.New("backend.batch_url: required when backend.batch_max > 1")
+		}
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.Contains(c.BatchURL, "{device_id}") {
+			return fmt.Errorf("backend.batch_url: %q is not an http(s) URL without {device_id}", c.BatchURL)
+		}
 	}
 	return nil
 }
@@ -126,6 +151,11 @@ func NewClient(cfg Config) *Client {
 	return &Client{cfg: cfg, http: &http.Client{Transport: tr, Timeout: cfg.Timeout}}
 }
 
+// retryableStatus reports whether a backend status is worth retrying.
+func retryableStatus(status int) bool {
+	return status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout
+}
+
 // Post makes one attempt. It returns the response for a 2xx or a final
 // 4xx, and a *RetryableError otherwise. The body is always read and closed.
 func (c *Client) Post(ctx context.Context, j *Job) (Response, error) {
@@ -147,11 +177,96 @@ func (c *Client) Post(ctx context.Context, j *Job) (Response, error) {
 	body, rerr := io.ReadAll(io.LimitReader(resp.Body, c.cfg.MaxResponseBytes))
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) //nolint:errcheck // drain for keep-alive
 	resp.Body.Close()
-	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout {
+	if retryableStatus(resp.StatusCode) {
 		return Response{Status: resp.StatusCode}, &RetryableError{Status: resp.StatusCode}
 	}
 	if rerr != nil {
 		return Response{}, &RetryableError{Err: fmt.Errorf("read response: %w", rerr)}
 	}
 	return Response{Status: resp.StatusCode, Body: body}, nil
+}
+
+// batchResult is one element of a batch response.
+type batchResult struct {
+	Status int             `json:"status"`
+	Body   json.RawMessage `json:"body"`
+}
+
+// PostBatch makes one attempt for jobs in one POST to BatchURL: a JSON
+// array of {"device_id","message_id","timestamp","payload"} with each
+// payload's exact bytes. A 2xx answer must be a JSON array of
+// {"status":N,"body":<any JSON>}, one per job in the same order; it
+// returns those. A whole-request failure is a *RetryableError (transport,
+// 5xx, 429, 408, or a 2xx whose body is not such an array); another 4xx is
+// final for every job and is returned as each job's Response.
+func (c *Client) PostBatch(ctx context.Context, jobs []*Job) ([]Response, error) {
+	// Built by hand: json.Marshal would compact each payload, and the
+	// backend must get the exact bytes the device signed. device_id,
+	// message_id and timestamp were validated by the parser ([A-Za-z0-9_.-],
+	// a UUID, digits), so they need no escaping.
+	var buf bytes.Buffer
+	buf.WriteByte('[')
+	for i, j := range jobs {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.WriteString(`{"device_id":"`)
+		buf.WriteString(j.DeviceID)
+		buf.WriteString(`","message_id":"`)
+		buf.WriteString(j.MessageID)
+		buf.WriteString(`","timestamp":`)
+		buf.WriteString(j.Timestamp)
+		buf.WriteString(`,"payload":`)
+		buf.Write(j.Payload)
+		buf.WriteByte('}')
+	}
+	buf.WriteByte(']')
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.BatchURL, &buf)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	req.Header["Content-Type"] = []string{"application/json"}
+	req.Header["X-Batch-Size"] = []string{strconv.Itoa(len(jobs))}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, &RetryableError{Err: err}
+	}
+	// A batch answer carries up to MaxResponseBytes per job.
+	limit := c.cfg.MaxResponseBytes*int64(len(jobs)) + 64*int64(len(jobs)) + 2
+	body, rerr := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) //nolint:errcheck // drain for keep-alive
+	resp.Body.Close()
+	if retryableStatus(resp.StatusCode) {
+		return nil, &RetryableError{Status: resp.StatusCode}
+	}
+	if rerr != nil {
+		return nil, &RetryableError{Err: fmt.Errorf("read batch response: %w", rerr)}
+	}
+	out := make([]Response, len(jobs))
+	if resp.StatusCode >= 300 {
+		for i := range out {
+			out[i] = Response{Status: resp.StatusCode, Body: body}
+		}
+		return out, nil
+	}
+	var results []batchResult
+	switch {
+	case int64(len(body)) > limit:
+		return nil, &RetryableError{Err: fmt.Errorf("batch response larger than %d bytes", limit)}
+	case json.Unmarshal(body, &results) != nil:
+		return nil, &RetryableError{Err: errors.New("batch response is not a JSON array of {status, body}")}
+	case len(results) != len(jobs):
+		return nil, &RetryableError{Err: fmt.Errorf("batch response has %d results for %d messages", len(results), len(jobs))}
+	}
+	for i, r := range results {
+		if r.Status < 100 || r.Status > 599 {
+			return nil, &RetryableError{Err: fmt.Errorf("batch response item %d: status %d", i, r.Status)}
+		}
+		b := []byte(r.Body)
+		if int64(len(b)) > c.cfg.MaxResponseBytes {
+			b = b[:c.cfg.MaxResponseBytes]
+		}
+		out[i] = Response{Status: r.Status, Body: b}
+	}
+	return out, nil
 }

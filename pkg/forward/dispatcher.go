@@ -12,6 +12,14 @@ type Poster interface {
 	Post(ctx context.Context, j *Job) (Response, error)
 }
 
+// BatchPoster makes one delivery attempt for several Jobs at once (batch
+// mode, Config.BatchMax > 1). It returns one Response per Job, in order, or
+// a whole-batch error as Poster.Post does. A Response with a retryable
+// status (5xx, 429, 408) retries that Job alone. *Client implements it.
+type BatchPoster interface {
+	PostBatch(ctx context.Context, jobs []*Job) ([]Response, error)
+}
+
 // Outcome is how a Job settled.
 type Outcome struct {
 	// Response is the backend's answer: a 2xx or a final 4xx. Zero when Dead.
@@ -165,6 +173,10 @@ func (d *Dispatcher) Run(ctx context.Context) {
 func (d *Dispatcher) Abort() { d.abort() }
 
 func (d *Dispatcher) work(ctx context.Context) {
+	if bp, ok := d.post.(BatchPoster); ok && d.cfg.BatchMax > 1 {
+		d.workBatch(ctx, bp)
+		return
+	}
 	for {
 		j, ok := d.next(ctx)
 		if !ok {
@@ -185,20 +197,115 @@ func (d *Dispatcher) work(ctx context.Context) {
 				continue
 			}
 			d.breaker.Failure()
-			j.Attempts++
-			if j.Attempts >= d.cfg.MaxAttempts || d.now().Sub(j.ReceivedAt) >= d.cfg.MaxAge {
-				d.settle(j, Outcome{Dead: true, Err: err})
-				continue
-			}
-			delay := d.backoff(j.Attempts)
-			if d.hooks.Retry != nil {
-				d.hooks.Retry(j, err, delay)
-			}
-			d.later(ctx, j.DeviceID, delay)
+			d.retry(ctx, j, err)
 		default: // a request we cannot even build will never succeed
 			d.settle(j, Outcome{Dead: true, Err: err})
 		}
 	}
+}
+
+// workBatch is work in batch mode: each POST carries up to BatchMax ready
+// Jobs, at most one per device, so per-device order holds as before.
+func (d *Dispatcher) workBatch(ctx context.Context, bp BatchPoster) {
+	for {
+		jobs, ok := d.nextBatch(ctx)
+		if !ok {
+			return
+		}
+		if ok, wait := d.breaker.Allow(); !ok {
+			for _, j := range jobs {
+				d.later(ctx, j.DeviceID, wait)
+			}
+			continue
+		}
+		resps, err := bp.PostBatch(d.postCtx, jobs)
+		var re *RetryableError
+		switch {
+		case err == nil:
+			d.breaker.Success()
+			for i, j := range jobs {
+				if retryableStatus(resps[i].Status) {
+					d.retry(ctx, j, &RetryableError{Status: resps[i].Status})
+					continue
+				}
+				d.settle(j, Outcome{Response: resps[i]})
+			}
+		case errors.As(err, &re):
+			if d.postCtx.Err() != nil {
+				continue
+			}
+			d.breaker.Failure()
+			for _, j := range jobs {
+				d.retry(ctx, j, err)
+			}
+		default:
+			for _, j := range jobs {
+				d.settle(j, Outcome{Dead: true, Err: err})
+			}
+		}
+	}
+}
+
+// nextBatch waits for a ready device, then takes up to BatchMax ready
+// devices' head Jobs, lingering up to BatchLinger for more when the batch
+// is not full.
+func (d *Dispatcher) nextBatch(ctx context.Context) ([]*Job, bool) {
+	j, ok := d.next(ctx)
+	if !ok {
+		return nil, false
+	}
+	jobs := []*Job{j}
+	var linger <-chan time.Time
+	for {
+		jobs = d.takeReady(jobs)
+		if len(jobs) >= d.cfg.BatchMax || d.cfg.BatchLinger <= 0 {
+			return jobs, true
+		}
+		if linger == nil {
+			t := time.NewTimer(d.cfg.BatchLinger)
+			defer t.Stop()
+			linger = t.C
+		}
+		select {
+		case <-linger:
+			return d.takeReady(jobs), true
+		case <-ctx.Done():
+			return jobs, true
+		case <-d.wake:
+		}
+	}
+}
+
+// takeReady appends ready devices' head Jobs to jobs, up to BatchMax, and
+// wakes another worker if some are left.
+func (d *Dispatcher) takeReady(jobs []*Job) []*Job {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for len(jobs) < d.cfg.BatchMax && len(d.ready) > 0 {
+		dev := d.ready[0]
+		d.ready[0] = ""
+		d.ready = d.ready[1:]
+		jobs = append(jobs, d.queues[dev].jobs[0])
+	}
+	if len(d.ready) > 0 {
+		d.signal()
+	}
+	return jobs
+}
+
+// retry counts a failed attempt of j and schedules the next one, or
+// dead-letters j when it ran out of attempts or age.
+func (d *Dispatcher) retry(ctx context.Context, j *Job, err error) {
+	j.Attempts++
+	if j.Attempts >= d.cfg.MaxAttempts || d.now().Sub(j.ReceivedAt) >= d.cfg.MaxAge {
+		d.settle(j, Outcome{Dead: true, Err: err})
+		return
+	}
+	delay := d.backoff(j.Attempts)
+	if d.hooks.Retry != nil {
+		d.hooks.Retry(j, err, delay)
+	}
+	d.later(ctx, j.DeviceID, delay)
 }
 
 func (d *Dispatcher) later(ctx context.Context, dev string, delay time.Duration) {
@@ -216,4 +323,7 @@ func (d *Dispatcher) settle(j *Job, o Outcome) {
 	d.done(j)
 }
 
-var _ Poster = (*Client)(nil)
+var (
+	_ Poster      = (*Client)(nil)
+	_ BatchPoster = (*Client)(nil)
+)
