@@ -128,9 +128,9 @@ type gatewayOpts struct {
 	// backendExtra is appended to the backend section: indented YAML lines.
 	backendExtra string
 	maxAttempts  int
-	backendURL  string
-	timeout     string
-	grace       string
+	backendURL   string
+	timeout      string
+	grace        string
 }
 
 func (o gatewayOpts) attemptsOr(n int) int {

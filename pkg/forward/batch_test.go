@@ -231,4 +231,3 @@ func TestDispatcherBatches(t *testing.T) {
 		t.Error("the scripted 503 never happened")
 	}
 }
-
