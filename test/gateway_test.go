@@ -231,31 +231,11 @@ func TestThousandMessagesExactlyOnce(t *testing.T) {
 	f := newFixture(t, ids...)
 	g := f.startGateway(gatewayOpts{})
 	const per = 200
-	want := map[string]bool{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
 	devs := make([]*device, len(ids))
 	for i, id := range ids {
 		devs[i] = f.device(id)
 	}
-	for _, d := range devs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range per {
-				raw, id := d.signed(fmt.Sprintf(`{"seq":%d}`, i), time.Now().Unix())
-				mu.Lock()
-				want[id] = true
-				mu.Unlock()
-				tok := d.c.Publish("device/"+d.id+"/data", 1, false, raw)
-				if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-					t.Errorf("publish: %v", tok.Error())
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	want := publishConcurrently(t, devs, per, func(d *device, i int) string { return fmt.Sprintf(`{"seq":%d}`, i) })
 	reqs := f.backend.waitCount(t, len(ids)*per, 60*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	reqs = f.backend.requests()
@@ -347,32 +327,13 @@ func TestBatchMode(t *testing.T) {
 	f := newFixture(t, ids...)
 	f.startGateway(gatewayOpts{backendExtra: "  batch_max: 16\n  batch_linger: 5ms\n  batch_url: " + f.backend.URL + "/batch\n  workers: 1\n"})
 	const per = 25
-	want := map[string]string{} // message id → payload
-	var mu sync.Mutex
-	var wg sync.WaitGroup
 	devs := make([]*device, len(ids))
 	for i, id := range ids {
 		devs[i] = f.device(id)
 	}
-	for _, d := range devs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range per {
-				payload := fmt.Sprintf(`{ "seq" : %d, "dev": "%s" }`, i, d.id)
-				raw, id := d.signed(payload, time.Now().Unix())
-				mu.Lock()
-				want[id] = payload
-				mu.Unlock()
-				tok := d.c.Publish("device/"+d.id+"/data", 1, false, raw)
-				if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-					t.Errorf("publish: %v", tok.Error())
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	want := publishConcurrently(t, devs, per, func(d *device, i int) string {
+		return fmt.Sprintf(`{ "seq" : %d, "dev": "%s" }`, i, d.id)
+	})
 	f.backend.waitCount(t, len(want), 30*time.Second)
 	time.Sleep(300 * time.Millisecond)
 	reqs := f.backend.requests()
@@ -411,4 +372,34 @@ func TestBatchMode(t *testing.T) {
 			}
 		}
 	}
+}
+
+// publishConcurrently has every device publish per signed messages (QoS 1,
+// waiting for each PUBACK) at the same time, with the payloads payload
+// makes, and returns message id → payload.
+func publishConcurrently(t *testing.T, devs []*device, per int, payload func(d *device, i int) string) map[string]string {
+	t.Helper()
+	want := map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, d := range devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				p := payload(d, i)
+				raw, id := d.signed(p, time.Now().Unix())
+				mu.Lock()
+				want[id] = p
+				mu.Unlock()
+				tok := d.c.Publish("device/"+d.id+"/data", 1, false, raw)
+				if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+					t.Errorf("publish: %v", tok.Error())
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return want
 }
