@@ -3,8 +3,6 @@ package test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -482,7 +480,7 @@ func (d *device) signed(payload string, ts int64) (raw []byte, msgID string) {
 }
 
 func signAs(id, secret, payload string, ts int64) ([]byte, string) {
-	msgID := newUUID()
+	msgID := string(envelope.NewMessageID())
 	e := envelope.New([]byte(secret), id, ts, msgID, []byte(payload))
 	return envelope.AppendJSON(nil, &e), msgID
 }
@@ -505,15 +503,6 @@ func replyPayload(t *testing.T, r reply) map[string]any {
 		t.Fatalf("reply payload %q: %v", r.env.Payload, err)
 	}
 	return m
-}
-
-func newUUID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
 // runCLI runs the iotgw binary with stdin and returns its combined output.

@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"os"
@@ -83,7 +81,7 @@ defaults to now and the message id to a random UUID. See docs/PROTOCOL.md.`,
 				return usagef("--timestamp: want Unix seconds from 0 to 999999999999, got %d", timestamp)
 			}
 			if messageID == "" {
-				messageID = randomMessageID()
+				messageID = string(envelope.NewMessageID())
 			} else if !envelope.ValidMessageID([]byte(messageID)) {
 				return usagef("--message-id: want a canonical lowercase UUID such as 550e8400-e29b-41d4-a716-446655440000")
 			}
@@ -110,14 +108,4 @@ defaults to now and the message id to a random UUID. See docs/PROTOCOL.md.`,
 	f.StringVar(&messageID, "message-id", "", "message id, a lowercase UUID (default a random one)")
 	secret.addFlags(cmd, "read the secret from the first line of stdin")
 	return cmd
-}
-
-// randomMessageID returns a random (version 4) UUID in canonical lowercase text.
-func randomMessageID() string {
-	var b [16]byte
-	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }

@@ -226,21 +226,11 @@ func newSigner(id string, secret []byte) *signer {
 // message returns a new signed message with timestamp ts and payload, and
 // its message id.
 func (s *signer) message(ts int64, payload []byte) (id string, raw []byte) {
-	id = newUUID()
+	id = string(envelope.NewMessageID())
 	e := envelope.Envelope{DeviceID: s.id, Timestamp: ts, TimestampRaw: strconv.AppendInt(nil, ts, 10),
 		MessageID: []byte(id), Payload: payload}
 	e.Signature = envelope.SignWith(s.mac, &e)
 	return id, envelope.AppendJSON(make([]byte, 0, 192+len(payload)), &e)
-}
-
-// newUUID returns a random (version 4) UUID in canonical lowercase text.
-func newUUID() string {
-	var b [16]byte
-	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := hex.EncodeToString(b[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
 
 // reply is a downlink message from the gateway on device/<id>/response.

@@ -395,7 +395,7 @@ func (d *demo) future(ctx context.Context) demoRow {
 }
 
 func (d *demo) wrongSecret(ctx context.Context) demoRow {
-	id, raw := newSigner(d.a.id, []byte(newUUID())).message(time.Now().Unix(), reading(93))
+	id, raw := newSigner(d.a.id, envelope.NewMessageID()).message(time.Now().Unix(), reading(93))
 	return d.expectRejection(ctx, "(i) signed with a wrong secret", d.a, dataTopic(d.a.id), id, raw, "bad_signature")
 }
 
@@ -549,7 +549,7 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 	}
 	before, metricErr := d.unknownDevices(ctx)
 	// It has no secret the gateway knows: any will do.
-	dev, err := d.connect(ctx, id, []byte(newUUID()))
+	dev, err := d.connect(ctx, id, envelope.NewMessageID())
 	if err != nil {
 		row.Observed = err.Error()
 		return row

@@ -54,7 +54,7 @@ func TestParseReply(t *testing.T) {
 	secret := []byte("0123456789abcdef0123456789abcdef")
 	const id = "sensor_001"
 	signed := func(dev string, key []byte, payload string) []byte {
-		e := envelope.New(key, dev, 1700000000, newUUID(), []byte(payload))
+		e := envelope.New(key, dev, 1700000000, string(envelope.NewMessageID()), []byte(payload))
 		return envelope.AppendJSON(nil, &e)
 	}
 	tests := []struct {

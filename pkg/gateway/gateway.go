@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -342,7 +340,7 @@ func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env
 // notify signs payload for dev and publishes it to device/<dev>/response.
 // A device that is not registered gets nothing (there is no key).
 func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
-	e := envelope.Envelope{DeviceID: dev, Timestamp: g.now().Unix(), MessageID: newMessageID(), Payload: payload}
+	e := envelope.Envelope{DeviceID: dev, Timestamp: g.now().Unix(), MessageID: envelope.NewMessageID(), Payload: payload}
 	e.TimestampRaw = strconv.AppendInt(nil, e.Timestamp, 10)
 	if err := g.validator.Sign(ctx, &e); err != nil {
 		if !errors.Is(err, validate.ErrUnknownDevice) {
@@ -351,25 +349,6 @@ func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
 		return
 	}
 	g.mqtt.Publish("device/"+dev+"/response", envelope.AppendJSON(make([]byte, 0, 256+len(payload)), &e))
-}
-
-// newMessageID returns a random (version 4) UUID in canonical text.
-func newMessageID() []byte {
-	var b [16]byte
-	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	out := make([]byte, 36)
-	hex.Encode(out[0:8], b[0:4])
-	out[8] = '-'
-	hex.Encode(out[9:13], b[4:6])
-	out[13] = '-'
-	hex.Encode(out[14:18], b[6:8])
-	out[18] = '-'
-	hex.Encode(out[19:23], b[8:10])
-	out[23] = '-'
-	hex.Encode(out[24:], b[10:])
-	return out
 }
 
 // committed runs on the Writer's goroutine once a batch is durable.
