@@ -127,12 +127,14 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	dev, err := v.keys.Device(ctx, env.DeviceID)
 	if errors.Is(err, ErrUnknownDevice) {
 		v.dummy.verify(&env) // same cost as a known device
+		v.macs.Delete(env.DeviceID) // a removed device's key leaves memory
 		return reject(env, UnknownDevice, ""), nil
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("look up device: %w", err)
 	}
 	if !dev.Enabled {
+		v.macs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
 	}
 	// Whole seconds on both sides: the timestamp has no fraction, so a
