@@ -42,12 +42,14 @@ type Gateway struct {
 	mqtt       *mqttio.Client
 	metrics    *metrics
 
-	seed      maphash.Seed
-	queues    []chan *mqttio.Message
-	stopping  atomic.Bool
-	commitErr atomic.Pointer[string]
-	http      *http.Server
-	httpLn    net.Listener
+	seed     maphash.Seed
+	queues   []chan *mqttio.Message
+	stopping atomic.Bool
+	// queueFullLogged is when (Unix ns) a full validation queue was last logged.
+	queueFullLogged atomic.Int64
+	commitErr       atomic.Pointer[string]
+	http            *http.Server
+	httpLn          net.Listener
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
@@ -249,10 +251,19 @@ func (g *Gateway) receive(m *mqttio.Message) {
 	select {
 	case q <- m:
 	default:
-		g.log.Warn("validation queue full; blocking the MQTT router", zap.String("device_id", dev))
+		// Backpressure, not an error: counted always, logged at most every
+		// queueFullLogEvery so a burst cannot flood the log.
+		g.metrics.queueFull.Inc()
+		now := time.Now().UnixNano()
+		if last := g.queueFullLogged.Load(); now-last >= int64(queueFullLogEvery) && g.queueFullLogged.CompareAndSwap(last, now) {
+			g.log.Warn("validation queue full; the MQTT receive path waits (see iotgw_validation_queue_full_total)", zap.String("device_id", dev))
+		}
 		q <- m
 	}
 }
+
+// queueFullLogEvery bounds how often a full validation queue is logged.
+const queueFullLogEvery = 5 * time.Second
 
 // topicDevice returns <id> from device/<id>/data, or "" for another shape.
 func topicDevice(topic string) string {
