@@ -107,3 +107,27 @@ func TestBackendOutageFromFlags(t *testing.T) {
 		t.Errorf("after --fail-for: %d, want 200", got)
 	}
 }
+
+// TestBackendBatch: POST /batch records each item and answers them in order.
+func TestBackendBatch(t *testing.T) {
+	var log bytes.Buffer
+	b := &backend{now: time.Now, log: &log, seen: map[string]int{}, byDevice: map[string]int{}}
+	h := b.routes()
+	post := func(body string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("POST", "/batch", strings.NewReader(body)))
+		return w
+	}
+	w := post(`[{"device_id":"d2","message_id":"b1","timestamp":1700000000,"payload":{"t": 1}},` +
+		`{"device_id":"d3","message_id":"b2","timestamp":1700000001,"payload":"x"}]`)
+	want := `[{"status":200,"body":{"ok":true,"received":"b1"}},{"status":200,"body":{"ok":true,"received":"b2"}}]`
+	if w.Code != 200 || strings.TrimSpace(w.Body.String()) != want {
+		t.Fatalf("batch = %d %s, want 200 %s", w.Code, w.Body, want)
+	}
+	if b.ok != 2 || b.byDevice["d2"] != 1 || b.byDevice["d3"] != 1 || strings.Count(log.String(), "\n") != 2 {
+		t.Errorf("recorded ok=%d by_device=%v, log:\n%s", b.ok, b.byDevice, log.String())
+	}
+	if w := post(`{"device_id":"d2"}`); w.Code != 400 || !strings.Contains(w.Body.String(), "JSON array") {
+		t.Errorf("not an array = %d %s, want 400", w.Code, w.Body)
+	}
+}
