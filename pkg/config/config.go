@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -74,7 +75,7 @@ func load(path string) (File, error) {
 		}
 	}
 	var f File
-	if err := v.UnmarshalExact(&f); err != nil {
+	if err := v.UnmarshalExact(&f, viper.DecodeHook(decodeHook)); err != nil {
 		return def, fmt.Errorf("config: %s", oneLine(err))
 	}
 	return f, nil
@@ -143,6 +144,25 @@ func setDefaults(v *viper.Viper, prefix string, val reflect.Value) {
 	}
 }
 
+// decodeHook is viper's default (durations and lists from strings) with one
+// change: a bare number is refused for a duration. YAML "timeout: 10" would
+// otherwise be 10 ns, valid and silently wrong.
+var decodeHook = mapstructure.ComposeDecodeHookFunc(
+	func(from, to reflect.Type, data any) (any, error) {
+		if to != reflect.TypeOf(time.Duration(0)) {
+			return data, nil
+		}
+		switch from.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+			return nil, fmt.Errorf("a bare number (%v) is not a duration; write it with a unit, e.g. \"%vs\"", data, data)
+		}
+		return data, nil
+	},
+	mapstructure.StringToTimeDurationHookFunc(),
+	mapstructure.StringToSliceHookFunc(","),
+)
+
 // oneLine flattens mapstructure's multi-line error into one line.
 func oneLine(err error) string {
 	msg := strings.TrimPrefix(err.Error(), "decoding failed due to the following error(s):")
@@ -152,5 +172,5 @@ func oneLine(err error) string {
 			parts = append(parts, l)
 		}
 	}
-	return strings.Join(parts, "; ")
+	return strings.ReplaceAll(strings.Join(parts, "; "), "'' has invalid keys:", "unknown top-level keys:")
 }

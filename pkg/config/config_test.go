@@ -196,6 +196,16 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{"mqtt.keepalive"},
 		},
 		{
+			name: "bare number as a duration",
+			yaml: "backend:\n  timeout: 10\n",
+			want: []string{"backend.timeout", "bare number", `"10s"`},
+		},
+		{
+			name: "unknown top-level key is named as such",
+			yaml: "nope: 1\n",
+			want: []string{"unknown top-level keys: nope"},
+		},
+		{
 			name: "bad integer",
 			yaml: "outbox:\n  max_pending: lots\n",
 			want: []string{"outbox.max_pending"},

@@ -78,6 +78,15 @@ func (b *Breaker) Failure() {
 	b.mu.Unlock()
 }
 
+// Abandon ends a call that says nothing about the backend's health (the
+// request could not even be built): a probe it held is released, so the
+// next call may probe, and the failure count is left as it was.
+func (b *Breaker) Abandon() {
+	b.mu.Lock()
+	b.probing = false
+	b.mu.Unlock()
+}
+
 // Open reports whether the breaker is refusing calls.
 func (b *Breaker) Open() bool {
 	b.mu.Lock()

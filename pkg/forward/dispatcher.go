@@ -109,6 +109,9 @@ func (d *Dispatcher) signal() {
 // next pops a ready device, waiting until there is one or ctx is done.
 func (d *Dispatcher) next(ctx context.Context) (*Job, bool) {
 	for {
+		if ctx.Err() != nil { // stopping: start no new POST
+			return nil, false
+		}
 		d.mu.Lock()
 		if len(d.ready) > 0 {
 			dev := d.ready[0]
@@ -199,6 +202,7 @@ func (d *Dispatcher) work(ctx context.Context) {
 			d.breaker.Failure()
 			d.retry(ctx, j, err)
 		default: // a request we cannot even build will never succeed
+			d.breaker.Abandon()
 			d.settle(j, Outcome{Dead: true, Err: err})
 		}
 	}
@@ -239,6 +243,7 @@ func (d *Dispatcher) workBatch(ctx context.Context, bp BatchPoster) {
 				d.retry(ctx, j, err)
 			}
 		default:
+			d.breaker.Abandon()
 			for _, j := range jobs {
 				d.settle(j, Outcome{Dead: true, Err: err})
 			}

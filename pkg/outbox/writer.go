@@ -2,12 +2,8 @@ package outbox
 
 import (
 	"context"
-	"errors"
 	"time"
 )
-
-// ErrClosed is returned by Append after Close.
-var ErrClosed = errors.New("outbox writer closed")
 
 // WriterHooks are the Writer's callbacks, called from its one goroutine.
 type WriterHooks struct {
@@ -76,7 +72,11 @@ func (w *Writer) Append(ctx context.Context, rec *Record) error {
 func (w *Writer) Settle(seq int64) { w.del <- seq }
 
 // Reserve takes n slots for rows inserted by someone else (Foreign rows).
-// It never blocks: such rows already exist, so the bound may be exceeded.
+// It never blocks: such rows already exist. Slots beyond MaxPending are not
+// taken, so while such rows are pending the outbox holds more than
+// MaxPending rows by that many and Occupied counts that many too few; the
+// excess drains as they settle (their Release frees slots other rows
+// would have freed).
 func (w *Writer) Reserve(n int) {
 	for range n {
 		select {

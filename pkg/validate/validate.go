@@ -126,7 +126,7 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	}
 	dev, err := v.keys.Device(ctx, env.DeviceID)
 	if errors.Is(err, ErrUnknownDevice) {
-		v.dummy.verify(&env) // same cost as a known device
+		v.dummy.verify(&env)        // same cost as a known device
 		v.macs.Delete(env.DeviceID) // a removed device's key leaves memory
 		return reject(env, UnknownDevice, ""), nil
 	}
