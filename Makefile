@@ -29,9 +29,11 @@ unit:
 e2e: deps
 	@GO=$(GO) scripts/e2e.sh
 
+# bench: the packages' micro-benchmarks, then the end-to-end benchmark
+# (test/perf, about 5 minutes): markdown tables on stdout, results in
+# bench/results/<date>.json; see docs/PERFORMANCE.md.
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem ./pkg/...
-	@scripts/bench.sh
+	@GO=$(GO) scripts/bench.sh
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./pkg/envelope
