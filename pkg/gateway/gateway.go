@@ -239,8 +239,11 @@ func (g *Gateway) close() {
 }
 
 // receive is the Paho handler: it only hands the message to its device's
-// worker. It never blocks unless that worker's queue is full, which the
-// broker's in-flight bound prevents when QueueDepth is sized above it.
+// worker. It blocks only when that worker's queue is full; that is
+// backpressure, not loss: Paho stops reading, TCP fills and the broker
+// holds the messages. (Mosquitto's max_inflight_messages should keep the
+// unacked total below pipeline.queue_depth, but under load we have seen
+// full queues anyway, so the wait is counted and logged, rate-limited.)
 func (g *Gateway) receive(m *mqttio.Message) {
 	if g.stopping.Load() {
 		return // unacked: redelivered after restart
