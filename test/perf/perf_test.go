@@ -1,0 +1,222 @@
+package perf
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iotgw/iotgw/test/harness"
+)
+
+// BenchmarkEndToEnd is `make bench`'s end-to-end benchmark (issue 5). Run
+// it once:
+//
+//	go test -run '^$' -bench EndToEnd -benchtime 1x -timeout 15m ./test/perf
+//
+// It prints progress, then the markdown tables, and writes the results as
+// JSON to $IOTGW_BENCH_OUT (default bench/results/<YYYY-MM-DD>.json) and
+// the tables next to it (.md). $IOTGW_BENCH_MICRO names a file of
+// `go test -bench ./pkg/...` output whose bytes-per-id figures the memory
+// table cites. IOTGW_BENCH_PLAN=smoke runs the tiny plan of TestSmoke.
+func BenchmarkEndToEnd(b *testing.B) {
+	plan := DefaultPlan()
+	if os.Getenv("IOTGW_BENCH_PLAN") == "smoke" {
+		plan = SmokePlan()
+	}
+	var micro []Micro
+	if path := os.Getenv("IOTGW_BENCH_MICRO"); path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		micro = ParseMicro(f)
+		f.Close()
+	}
+	out := os.Getenv("IOTGW_BENCH_OUT")
+	if out == "" {
+		out = filepath.Join(harness.RepoRoot(b), "bench", "results", time.Now().Format(time.DateOnly)+".json")
+	}
+	plain, _ := json.Marshal(plan)
+	os.Stdout.WriteString("plan: " + string(plain) + "\n")
+
+	res := RunSuite(b, plan, os.Stdout)
+	res.Micro = micro
+	res.Targets = evaluate(res)
+	md := res.Markdown()
+	if err := res.WriteJSON(out); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(strings.TrimSuffix(out, ".json")+".md", []byte(md), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	os.Stdout.WriteString("\n" + md + "results: " + out + "\n")
+	b.ReportMetric(res.GatewayUnpaced.RepliedThroughput, "gateway-msg/s")
+	b.ReportMetric(res.BrokerLimit.Throughput, "broker-msg/s")
+	b.ReportMetric(res.Ratio(), "ratio")
+	b.ReportMetric(res.Memory.HeapPerID, "heap-B/id")
+}
+
+// TestSmoke runs every measurement of the benchmark at a tiny scale and
+// checks the counts, so the benchmark's code keeps working between runs.
+// It asserts no timing.
+func TestSmoke(t *testing.T) {
+	var progress bytes.Buffer
+	res := RunSuite(t, SmokePlan(), &progress)
+	t.Log("\n" + progress.String())
+	p := SmokePlan()
+
+	want := func(name string, r Run, messages int64, replies bool) {
+		t.Helper()
+		if r.Counts.Want != messages || r.Counts.Unique != messages || r.Counts.Duplicates != 0 || r.Counts.Unexpected != 0 {
+			t.Errorf("%s: counts %+v, want %d exactly once", name, r.Counts, messages)
+		}
+		if got := len(r.Loads); got != r.Chunks {
+			t.Errorf("%s: %d load summaries, want %d", name, got, r.Chunks)
+		}
+		for _, l := range r.Loads {
+			if replies && (l.Replies == nil || l.Replies.OK != int64(l.Planned)) {
+				t.Errorf("%s: replies %+v, want %d ok", name, l.Replies, l.Planned)
+			}
+		}
+		if r.Latency.Samples != int(messages) {
+			t.Errorf("%s: %d latency samples, want %d", name, r.Latency.Samples, messages)
+		}
+	}
+	unpaced := int64(p.UnpacedMessages())
+	want("broker limit", res.BrokerLimit, unpaced, false)
+	want("gateway unpaced", res.GatewayUnpaced, unpaced, true)
+	for _, pc := range res.Paced {
+		n := int64(pc.Rate * p.Paced[0].Seconds)
+		want("broker paced", pc.Broker, n, false)
+		want("gateway paced", pc.Gateway, n, true)
+	}
+	if got := res.Memory.After.IDs - res.Memory.Before.IDs; got != unpaced {
+		t.Errorf("replay ids grew by %d over the unpaced run, want %d", got, unpaced)
+	}
+	if len(res.Scaling) != len(p.ScaleDevices) || len(res.Idle) != 2 {
+		t.Fatalf("%d scaling and %d idle points, want %d and 2", len(res.Scaling), len(res.Idle), len(p.ScaleDevices))
+	}
+	for i, sc := range res.Scaling {
+		n := int64(p.ScaleDevices[i] * (p.ScaleMessages / p.ScaleDevices[i]))
+		want("scaling", sc.Run, n, true)
+	}
+	for _, sc := range res.Idle {
+		want("idle", sc.Run, int64(p.IdleActive*p.IdleMessages), true)
+	}
+	for _, pr := range res.Problems { // reported, not judged: a tiny run can still log a warning
+		t.Logf("problem: %s", pr)
+	}
+
+	md := res.Markdown()
+	for _, h := range []string{"### 1. Broker limit", "### 2. Gateway, unpaced", "### 3. Latency, paced", "### 4. Memory", "### 5. Scaling", "### Targets"} {
+		if !strings.Contains(md, h) {
+			t.Errorf("markdown lacks %q", h)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "r.json")
+	if err := res.WriteJSON(path); err != nil {
+		t.Fatal(err)
+	}
+	var back Results
+	if b, err := os.ReadFile(path); err != nil || json.Unmarshal(b, &back) != nil || back.GatewayUnpaced.Messages != unpaced {
+		t.Errorf("results JSON does not round-trip: %v", err)
+	}
+}
+
+func TestRecorder(t *testing.T) {
+	msg := func(seq, sent int) []byte {
+		return []byte(`{"payload":{"seq":` + strconv.Itoa(seq) + `,"sent_ns":` + strconv.Itoa(sent) + `}}`)
+	}
+	tests := []struct {
+		name   string
+		record func(r *Recorder)
+		want   Counts
+		ok     bool
+	}{
+		{"all once", func(r *Recorder) {
+			for d := 1; d <= 2; d++ {
+				for s := 1; s <= 3; s++ {
+					r.Record(DeviceID(d), msg(s, 100), 150)
+				}
+			}
+		}, Counts{Want: 6, Received: 6, Unique: 6}, true},
+		{"duplicate and missing", func(r *Recorder) {
+			r.Record(DeviceID(1), msg(1, 100), 150)
+			r.Record(DeviceID(1), msg(1, 100), 160)
+		}, Counts{Want: 6, Received: 2, Unique: 1, Duplicates: 1, Missing: 5}, false},
+		{"unexpected", func(r *Recorder) {
+			r.Record(DeviceID(3), msg(1, 100), 150)     // no such device
+			r.Record(DeviceID(1), msg(4, 100), 150)     // seq out of range
+			r.Record("other-1", msg(1, 100), 150)       // other prefix
+			r.Record(DeviceID(1), []byte(`{"x":1}`), 1) // no seq
+		}, Counts{Want: 6, Received: 4, Unexpected: 4, Missing: 6}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewRecorder(DevicePrefix, 2, 3)
+			tc.record(r)
+			got := r.Snapshot().Counts
+			got.FirstUnexpected = ""
+			if got != tc.want {
+				t.Errorf("counts = %+v, want %+v", got, tc.want)
+			}
+			if err := got.ExactlyOnce(); (err == nil) != tc.ok {
+				t.Errorf("ExactlyOnce() = %v, want ok %v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestNewLatency(t *testing.T) {
+	ns := make([]int64, 1000)
+	for i := range ns {
+		ns[i] = int64(1000-i) * 1e6 // 1..1000 ms, reversed
+	}
+	got := NewLatency(ns)
+	want := Latency{Samples: 1000, P50: 500, P90: 900, P99: 990, P999: 999, Max: 1000}
+	if got != want {
+		t.Errorf("NewLatency = %+v, want %+v", got, want)
+	}
+	if (NewLatency(nil) != Latency{}) {
+		t.Errorf("NewLatency(nil) is not zero")
+	}
+}
+
+func TestParseMicro(t *testing.T) {
+	out := `goos: linux
+BenchmarkMemoryRecord/windowed-2  	 2934156	       421.4 ns/op	      60 B/op	       0 allocs/op
+BenchmarkMemoryBytesPerID/windowed-2       	      14	  92361175 ns/op	        37.22 B/id	22326272 B/op	    2593 allocs/op
+BenchmarkMemoryBytesPerID/golang-lru-2     	       6	 170178051 ns/op	       126.6 B/id	51960520 B/op	  302074 allocs/op
+`
+	got := ParseMicro(strings.NewReader(out))
+	want := []Micro{{"BenchmarkMemoryBytesPerID/windowed", 37.22, "B/id"}, {"BenchmarkMemoryBytesPerID/golang-lru", 126.6, "B/id"}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("ParseMicro = %v, want %v", got, want)
+	}
+}
+
+func TestProcfs(t *testing.T) {
+	pid := os.Getpid()
+	if _, err := procCPU(pid); err != nil {
+		t.Error(err)
+	}
+	if n, err := procRSS(pid); err != nil || n <= 0 {
+		t.Errorf("procRSS = %d, %v", n, err)
+	}
+}
+
+func TestNum(t *testing.T) {
+	for _, tc := range []struct {
+		in   float64
+		want string
+	}{{0, "0"}, {999.4, "999"}, {1000, "1,000"}, {43459.2, "43,459"}, {1234567, "1,234,567"}, {-11580, "-11,580"}} {
+		if got := num(tc.in); got != tc.want {
+			t.Errorf("num(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
