@@ -104,17 +104,35 @@ func (w *Writer) Occupied() int { return len(w.slots) }
 // Close stops input: Run commits what was appended, then returns.
 func (w *Writer) Close() { close(w.in) }
 
+// Settled rows are deleted in the next commit of new rows. When none comes,
+// their deletion waits up to delFlushDelay (or until delFlushCount have
+// gathered) so that a quiet gateway does not pay a transaction, and with
+// synchronous=full an fsync, for every delete: under a steady trickle that
+// halved the commits and most of the latency of the next accepted message,
+// which would otherwise wait behind a delete-only commit. A crash loses
+// only deletes (the rows are posted again: the at-least-once window of
+// docs/RELIABILITY.md, widened by at most delFlushDelay).
+const (
+	delFlushDelay = 100 * time.Millisecond
+	delFlushCount = 512
+)
+
 // Run commits batches until Close has been called and the input drained,
 // or until ctx ends (then an uncommitted batch is dropped unacked, and the
 // broker will redeliver it).
 func (w *Writer) Run(ctx context.Context) {
 	recs := make([]*Record, 0, w.cfg.BatchMax)
-	dels := make([]int64, 0, 1024)
+	held := make([]int64, 0, 2*delFlushCount) // settled seqs not yet deleted
 	tick := time.NewTicker(w.poll)
 	defer tick.Stop()
+	flush := time.NewTimer(delFlushDelay)
+	flush.Stop()
+	defer flush.Stop()
+	var flushC <-chan time.Time // non-nil while flush is armed
 	in, closed := w.in, false
 	for {
-		recs, dels = recs[:0], dels[:0]
+		recs = recs[:0]
+		due := false
 		select {
 		case rec, ok := <-in:
 			if ok {
@@ -123,7 +141,9 @@ func (w *Writer) Run(ctx context.Context) {
 				in, closed = nil, true
 			}
 		case seq := <-w.del:
-			dels = append(dels, seq)
+			held = append(held, seq)
+		case <-flushC:
+			flushC, due = nil, true
 		case <-tick.C:
 			w.pollForeign(ctx)
 			continue
@@ -131,7 +151,7 @@ func (w *Writer) Run(ctx context.Context) {
 			return
 		}
 	fill:
-		for len(recs) < w.cfg.BatchMax && len(dels) < cap(dels) {
+		for len(recs) < w.cfg.BatchMax && len(held) < cap(held) {
 			select {
 			case rec, ok := <-in:
 				if !ok {
@@ -140,15 +160,27 @@ func (w *Writer) Run(ctx context.Context) {
 				}
 				recs = append(recs, rec)
 			case seq := <-w.del:
-				dels = append(dels, seq)
+				held = append(held, seq)
 			default:
 				break fill
 			}
 		}
-		if (len(recs) > 0 || len(dels) > 0) && !w.commit(ctx, recs, dels) {
-			return
+		due = due || closed || len(held) >= delFlushCount
+		switch {
+		case len(recs) > 0 || (due && len(held) > 0):
+			if !w.commit(ctx, recs, held) {
+				return
+			}
+			held = held[:0]
+			if flushC != nil {
+				flush.Stop()
+				flushC = nil
+			}
+		case len(held) > 0 && flushC == nil:
+			flush.Reset(delFlushDelay)
+			flushC = flush.C
 		}
-		if closed && len(in) == 0 && len(w.del) == 0 {
+		if closed && len(in) == 0 && len(w.del) == 0 && len(held) == 0 {
 			return
 		}
 	}
