@@ -71,7 +71,7 @@ outbox:
   synchronous: full
 backend:
   url: %s
-http:
+%shttp:
   listen: 127.0.0.1:%d
   pprof: true
 log:
@@ -84,6 +84,13 @@ log:
 // log printed if the test failed.
 func (r *Rig) StartGateway(t testing.TB, registered int, backend string) *Gateway {
 	t.Helper()
+	return r.StartGatewayWith(t, registered, backend, "")
+}
+
+// StartGatewayWith is StartGateway with backendExtra (indented YAML lines)
+// added to the backend section, e.g. batch mode's keys.
+func (r *Rig) StartGatewayWith(t testing.TB, registered int, backend, backendExtra string) *Gateway {
+	t.Helper()
 	dir, err := os.MkdirTemp(r.Dir, "gateway-")
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +98,7 @@ func (r *Rig) StartGateway(t testing.TB, registered int, backend string) *Gatewa
 	port := harness.FreePort(t)
 	files := pki.Paths(r.Certs)
 	cfg := fmt.Sprintf(gatewayConfig, r.Broker.Addr, gatewayClientID, files.CACert, files.GatewayCert, files.GatewayKey,
-		r.Registry(t, registered), filepath.Join(dir, "outbox.db"), backend, port)
+		r.Registry(t, registered), filepath.Join(dir, "outbox.db"), backend, backendExtra, port)
 	cfgPath := filepath.Join(dir, "iotgw.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

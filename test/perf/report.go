@@ -207,6 +207,17 @@ func (r *Results) Markdown() string {
 	w("Chunks at the sink: %s msg/s. CPU over %.0f s of measurement on %d cores: gateway %.1f s, broker %.1f s, sink %.1f s, load generator %.1f s, other processes %.1f s.\n\n",
 		rates(gu.ChunkThroughput), gu.CPU.WallSeconds, m.NProc, gu.CPU.Gateway, gu.CPU.Broker, gu.CPU.Bench, gu.CPU.LoadGenerator, gu.CPU.Other)
 
+	if gb := r.GatewayBatch; gb.Messages > 0 {
+		ratio := 0.0
+		if bl.Throughput > 0 {
+			ratio = gb.RepliedThroughput / bl.Throughput
+		}
+		w("Optional batch mode (not the default; `%s`), one chunk on a new gateway:\n\n", strings.ReplaceAll(strings.TrimSpace(fmt.Sprintf(BatchConfig, "<sink>/batch")), "\n  ", ", "))
+		w("| devices | messages | msg/s replied | msg/s at sink | ratio to (1) | gateway CPU s / 1,000 msg | broker CPU s / 1,000 msg | sink CPU s / 1,000 msg | other load (cores) |\n|---|---|---|---|---|---|---|---|---|\n")
+		w("| %s | %s | **%s** | %s | **%.2f×** | **%.3f** | %.3f | %.3f | %.2f |\n\n", num(gb.Devices), num(gb.Messages), num(gb.RepliedThroughput), num(gb.Throughput), ratio,
+			Per1000(gb.CPU.Gateway, gb.Messages), Per1000(gb.CPU.Broker, gb.Messages), Per1000(gb.CPU.Bench, gb.Messages), gb.CPU.OtherCores())
+	}
+
 	w("### 3. Latency, paced\n\n")
 	w("Device send (`sent_ns`) → arrival: at the bare subscriber (broker only) and at the sink backend (through the gateway). \"Added\" is gateway minus broker, percentile by percentile (a difference of percentiles, not a percentile of differences). Milliseconds.\n\n")
 	w("| rate | path | messages | p50 | p99 | p99.9 | max | gateway CPU s / 1,000 msg | other load (cores) |\n|---|---|---|---|---|---|---|---|---|\n")

@@ -1,7 +1,9 @@
 package perf
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +21,9 @@ import (
 type Sink struct {
 	// URL is the gateway's backend.url: http://127.0.0.1:PORT/ingest/{device_id}.
 	URL string
+	// BatchURL is backend.batch_url for the gateway's batch mode:
+	// http://127.0.0.1:PORT/batch. Each item is recorded as one message.
+	BatchURL string
 
 	srv    *http.Server
 	rec    atomic.Pointer[Recorder]
@@ -34,7 +39,7 @@ func StartSink(t testing.TB) *Sink {
 	if err != nil {
 		t.Fatalf("sink: %v", err)
 	}
-	s := &Sink{URL: "http://" + ln.Addr().String() + "/ingest/{device_id}"}
+	s := &Sink{URL: "http://" + ln.Addr().String() + "/ingest/{device_id}", BatchURL: "http://" + ln.Addr().String() + "/batch"}
 	s.bufs.New = func() any { b := make([]byte, 0, 512); return &b }
 	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	go s.srv.Serve(ln) //nolint:errcheck // returns ErrServerClosed at cleanup
@@ -65,6 +70,11 @@ func (s *Sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if r.URL.Path == "/batch" {
+		s.batch(w, body, at)
+		s.bufs.Put(bp)
+		return
+	}
 	if rec := s.rec.Load(); rec != nil {
 		rec.Record(strings.TrimPrefix(r.URL.Path, "/ingest/"), body, at)
 	} else {
@@ -93,4 +103,33 @@ func readAll(r io.Reader, b []byte) ([]byte, error) {
 			return b, err
 		}
 	}
+}
+
+// batch records each item of a batch-mode POST and answers them all 200.
+func (s *Sink) batch(w http.ResponseWriter, body []byte, at int64) {
+	var items []struct {
+		DeviceID string          `json:"device_id"`
+		Payload  json.RawMessage `json:"payload"`
+	}
+	if err := json.Unmarshal(body, &items); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	rec := s.rec.Load()
+	var out bytes.Buffer
+	out.WriteByte('[')
+	for i, it := range items {
+		if rec != nil {
+			rec.Record(it.DeviceID, it.Payload, at)
+		} else {
+			s.strays.Add(1)
+		}
+		if i > 0 {
+			out.WriteByte(',')
+		}
+		out.WriteString(`{"status":200,"body":{"ok":true}}`)
+	}
+	out.WriteByte(']')
+	w.Header()["Content-Type"] = []string{"application/json"}
+	w.Write(out.Bytes()) //nolint:errcheck // the gateway's problem if it went away
 }

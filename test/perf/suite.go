@@ -104,14 +104,17 @@ type Results struct {
 	// Gateway describes the gateway's configuration in every run.
 	Gateway string `json:"gateway_config"`
 
-	BrokerLimit    Run      `json:"broker_limit"`
-	GatewayUnpaced Run      `json:"gateway_unpaced"`
-	Paced          []Paced  `json:"paced"`
-	Memory         Memory   `json:"memory"`
-	Scaling        []Scale  `json:"scaling"`
-	Idle           []Scale  `json:"idle"`
-	Micro          []Micro  `json:"micro,omitempty"`
-	Targets        []Target `json:"targets"`
+	BrokerLimit    Run `json:"broker_limit"`
+	GatewayUnpaced Run `json:"gateway_unpaced"`
+	// GatewayBatch is the unpaced run with the optional backend batch mode
+	// (BatchConfig), one chunk, measured separately: not the default.
+	GatewayBatch Run      `json:"gateway_unpaced_batch_mode"`
+	Paced        []Paced  `json:"paced"`
+	Memory       Memory   `json:"memory"`
+	Scaling      []Scale  `json:"scaling"`
+	Idle         []Scale  `json:"idle"`
+	Micro        []Micro  `json:"micro,omitempty"`
+	Targets      []Target `json:"targets"`
 	// Problems lists what looked wrong without failing the run: gateway
 	// warnings or errors, counters that should not move, strays.
 	Problems []string `json:"problems"`
@@ -211,6 +214,7 @@ func RunSuite(t testing.TB, p Plan, out io.Writer) *Results {
 	s.brokerRuns()
 	s.sink = StartSink(t)
 	s.unpacedAndMemory()
+	s.batchUnpaced()
 	s.pacedGateway()
 	s.scaling()
 	s.idle()
@@ -333,6 +337,22 @@ func (s *suite) unpacedAndMemory() {
 	s.logf("memory: %d → %d ids; RSS %.1f → %.1f MiB (%.1f B/id); live heap %.1f → %.1f MiB (%.1f B/id)",
 		m.Before.IDs, m.After.IDs, mib(m.Before.RSS), mib(m.After.RSS), m.RSSPerID, mib(m.Before.Heap), mib(m.After.Heap), m.HeapPerID)
 	s.stop(gw, "gateway unpaced")
+}
+
+// BatchConfig is the backend section's batch-mode keys of the batch run.
+const BatchConfig = "  batch_max: 64\n  workers: 2\n  batch_url: %s\n"
+
+// batchUnpaced is table 2's second row: the optional batch mode, one chunk,
+// on a new gateway.
+func (s *suite) batchUnpaced() {
+	p := s.plan
+	large := p.issued()
+	reg := s.rig.Registry(s.t, large)
+	gw := s.rig.StartGatewayWith(s.t, large, s.sink.URL, fmt.Sprintf(BatchConfig, s.sink.BatchURL))
+	s.warmup(gw, reg)
+	s.res.GatewayBatch = s.measure(RunSpec{Name: "gateway unpaced, batch mode",
+		Load: LoadSpec{Devices: p.Devices, Messages: p.Messages, Replies: true, Registry: reg}}, s.sink, gw)
+	s.stop(gw, "gateway unpaced, batch mode")
 }
 
 // pacedGateway is table 3's gateway side, on a new gateway.
