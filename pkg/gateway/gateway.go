@@ -47,9 +47,11 @@ type Gateway struct {
 	stopping atomic.Bool
 	// queueFullLogged is when (Unix ns) a full validation queue was last logged.
 	queueFullLogged atomic.Int64
-	commitErr       atomic.Pointer[string]
-	http            *http.Server
-	httpLn          net.Listener
+	// replyErrLogged is when (Unix ns) a failed reply publish was last logged.
+	replyErrLogged atomic.Int64
+	commitErr      atomic.Pointer[string]
+	http           *http.Server
+	httpLn         net.Listener
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
@@ -362,7 +364,13 @@ func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
 		}
 		return
 	}
-	g.mqtt.Publish("device/"+dev+"/response", envelope.AppendJSON(make([]byte, 0, 256+len(payload)), &e))
+	if err := g.mqtt.Publish("device/"+dev+"/response", envelope.AppendJSON(make([]byte, 0, 256+len(payload)), &e)); err != nil {
+		g.metrics.replyErrors.Inc()
+		now := time.Now().UnixNano()
+		if last := g.replyErrLogged.Load(); now-last >= int64(queueFullLogEvery) && g.replyErrLogged.CompareAndSwap(last, now) {
+			g.log.Warn("reply not published (see iotgw_reply_publish_errors_total)", zap.String("device_id", dev), zap.Error(err))
+		}
+	}
 }
 
 // committed runs on the Writer's goroutine once a batch is durable.

@@ -20,6 +20,7 @@ type metrics struct {
 	forwarded   *prometheus.CounterVec
 	redelivered prometheus.Counter
 	queueFull   prometheus.Counter
+	replyErrors prometheus.Counter
 	commitBatch prometheus.Histogram
 	latency     prometheus.Histogram
 }
@@ -38,6 +39,8 @@ func newMetrics(g *Gateway) *metrics {
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_redelivered_inflight_total", Help: "Broker redeliveries of messages still being processed, acked with the original."}),
 		queueFull: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_validation_queue_full_total",
 			Help: "Times a validation queue was full and the MQTT receive path waited for it (backpressure)."}),
+		replyErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_reply_publish_errors_total",
+			Help: "Replies and notices the MQTT client refused to send (not connected, no message id, queue timeout)."}),
 		commitBatch: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotgw_outbox_commit_batch_size", Help: "Messages per outbox transaction.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12)}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "iotgw_forward_latency_seconds", Help: "Acceptance to backend answer.",
@@ -52,8 +55,15 @@ func newMetrics(g *Gateway) *metrics {
 	gauge := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f)
 	}
-	reg.MustRegister(m.received, m.accepted, m.rejected, m.infraErrors, m.forwarded, m.redelivered, m.queueFull, m.commitBatch, m.latency,
+	reg.MustRegister(m.received, m.accepted, m.rejected, m.infraErrors, m.forwarded, m.redelivered, m.queueFull, m.replyErrors, m.commitBatch, m.latency,
 		gauge("iotgw_outbox_pending", "Rows in the outbox or on their way in (bounded by outbox.max_pending).", func() float64 { return float64(g.writer.Occupied()) }),
+		gauge("iotgw_validation_queue", "Messages received and waiting for validation (bounded by pipeline.workers × pipeline.queue_depth).", func() float64 {
+			n := 0
+			for _, q := range g.queues {
+				n += len(q)
+			}
+			return float64(n)
+		}),
 		gauge("iotgw_forward_queue", "Messages queued or in flight to the backend.", func() float64 { return float64(g.dispatcher.Pending()) }),
 		gauge("iotgw_replay_ids", "Message ids remembered by the replay store.", func() float64 { return float64(g.replay.Len()) }),
 		gauge("iotgw_replay_full_total", "Ids refused because the replay store was full (fail closed; message retried).", func() float64 { return float64(g.replay.FullRejections()) }),

@@ -116,14 +116,25 @@ func NewMessage(topic string, payload []byte, ack func()) *Message {
 // goroutine, one message at a time, and must not block: hand off and return.
 type Handler func(m *Message)
 
-// Client is a connected gateway session.
+// Client is the gateway's two broker connections. c holds the persistent
+// session (clean_session=false, cfg.ClientID) that receives device/+/data
+// with manual acks. pub (cfg.ClientID + "-replies", clean session)
+// publishes the replies. They are apart because the receive path may block
+// for backpressure (a full validation queue stops Paho's reader): on a
+// shared connection that would also stop the PUBACKs of the replies from
+// being read, Paho would run out of message ids after 65,535 unacknowledged
+// replies, and replies would be refused. Seen under a 100,000-message burst.
 type Client struct {
 	cfg       Config
 	log       *zap.Logger
 	c         mqtt.Client
+	pub       mqtt.Client
 	connected atomic.Bool
 	onConnect func()
 }
+
+// ReplyClientSuffix is appended to mqtt.client_id for the reply connection.
+const ReplyClientSuffix = "-replies"
 
 // New prepares a client; Run connects it.
 func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
@@ -177,19 +188,46 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 			}()
 		})
 	cl.c = mqtt.NewClient(opts)
+	cl.pub = mqtt.NewClient(mqtt.NewClientOptions().
+		AddBroker(broker).
+		SetClientID(cfg.ClientID + ReplyClientSuffix).
+		SetTLSConfig(tlsCfg).
+		SetCleanSession(true).
+		SetOrderMatters(false).
+		SetKeepAlive(cfg.KeepAlive).
+		SetConnectTimeout(cfg.ConnectTimeout).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
+		SetWriteTimeout(writeTimeout).
+		SetCustomOpenConnectionFn(OpenTLS(tlsCfg, writeTimeout)).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			log.Warn("reply connection lost; reconnecting", zap.Error(err))
+		}))
 	return cl, nil
 }
 
-// Connected reports whether the session is up and subscribed.
-func (c *Client) Connected() bool { return c.connected.Load() && c.c.IsConnectionOpen() }
+// Connected reports whether the session is up and subscribed and the reply
+// connection is up.
+func (c *Client) Connected() bool {
+	return c.connected.Load() && c.c.IsConnectionOpen() && c.pub.IsConnectionOpen()
+}
 
 // Connect connects, retrying with backoff until it succeeds or ctx ends. A
 // broker that is down at start is retried, not fatal; Paho reconnects
 // after later losses by itself.
 func (c *Client) Connect(ctx context.Context) error {
+	// Replies first, so that the first messages of the session can be
+	// answered.
+	if err := c.connectLoop(ctx, c.pub, "reply connection"); err != nil {
+		return err
+	}
+	return c.connectLoop(ctx, c.c, "session")
+}
+
+func (c *Client) connectLoop(ctx context.Context, mc mqtt.Client, what string) error {
 	delay := 500 * time.Millisecond
 	for {
-		t := c.c.Connect()
+		t := mc.Connect()
 		select {
 		case <-t.Done():
 		case <-ctx.Done():
@@ -198,7 +236,8 @@ func (c *Client) Connect(ctx context.Context) error {
 		if t.Error() == nil {
 			return nil
 		}
-		c.log.Warn("cannot connect to broker; retrying", zap.String("broker", c.cfg.Broker), zap.Duration("retry_in", delay), zap.Error(t.Error()))
+		c.log.Warn("cannot connect to broker; retrying", zap.String("connection", what), zap.String("broker", c.cfg.Broker),
+			zap.Duration("retry_in", delay), zap.Error(t.Error()))
 		select {
 		case <-time.After(delay):
 		case <-ctx.Done():
@@ -211,12 +250,23 @@ func (c *Client) Connect(ctx context.Context) error {
 // Publish sends payload to topic at QoS 1 without waiting for the broker's
 // PUBACK (never block a worker on a reply). Paho queues it while
 // reconnecting.
-func (c *Client) Publish(topic string, payload []byte) {
-	c.c.Publish(topic, 1, false, payload)
+//
+// It returns an error when Paho refused the message outright (not
+// connected, no free message id, or its outgoing queue stayed full for the
+// write timeout); the broker's PUBACK is not waited for.
+func (c *Client) Publish(topic string, payload []byte) error {
+	t := c.pub.Publish(topic, 1, false, payload)
+	select {
+	case <-t.Done():
+		return t.Error()
+	default:
+		return nil
+	}
 }
 
 // Disconnect closes the session, waiting up to quiesce for queued work.
 func (c *Client) Disconnect(quiesce time.Duration) {
 	c.connected.Store(false)
 	c.c.Disconnect(uint(quiesce.Milliseconds()))
+	c.pub.Disconnect(uint(quiesce.Milliseconds()))
 }

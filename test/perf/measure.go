@@ -281,7 +281,7 @@ func (g *GatewayStats) Anomalies() []string {
 		name, _, _ := strings.Cut(k, "{")
 		switch {
 		case name == "iotgw_messages_rejected_total", name == "iotgw_infra_errors_total", name == "iotgw_redelivered_inflight_total",
-			name == "iotgw_replay_full_total",
+			name == "iotgw_replay_full_total", name == "iotgw_reply_publish_errors_total",
 			name == "iotgw_forward_total" && !strings.Contains(k, `"ok"`):
 			out = append(out, fmt.Sprintf("%s = %g", k, v))
 		}
