@@ -152,19 +152,24 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 	if cfg.ShareGroup != "" {
 		topic = "$share/" + cfg.ShareGroup + "/" + cfg.Topic
 	}
-	opts := mqtt.NewClientOptions().
-		AddBroker(broker).
-		SetClientID(cfg.ClientID).
-		SetTLSConfig(tlsCfg).
+	// What both connections share: broker, TLS with write coalescing,
+	// keep-alive, reconnection.
+	base := func(clientID string) *mqtt.ClientOptions {
+		return mqtt.NewClientOptions().
+			AddBroker(broker).
+			SetClientID(clientID).
+			SetTLSConfig(tlsCfg).
+			SetKeepAlive(cfg.KeepAlive).
+			SetConnectTimeout(cfg.ConnectTimeout).
+			SetAutoReconnect(true).
+			SetMaxReconnectInterval(cfg.MaxReconnectInterval).
+			SetWriteTimeout(writeTimeout).
+			SetCustomOpenConnectionFn(OpenTLS(tlsCfg, writeTimeout))
+	}
+	opts := base(cfg.ClientID).
 		SetCleanSession(false).
 		SetAutoAckDisabled(true).
 		SetOrderMatters(true).
-		SetKeepAlive(cfg.KeepAlive).
-		SetConnectTimeout(cfg.ConnectTimeout).
-		SetAutoReconnect(true).
-		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
-		SetWriteTimeout(writeTimeout).
-		SetCustomOpenConnectionFn(OpenTLS(tlsCfg, writeTimeout)).
 		SetDefaultPublishHandler(handler). // session messages may arrive before Subscribe returns
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			cl.connected.Store(false)
@@ -188,18 +193,9 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 			}()
 		})
 	cl.c = mqtt.NewClient(opts)
-	cl.pub = mqtt.NewClient(mqtt.NewClientOptions().
-		AddBroker(broker).
-		SetClientID(cfg.ClientID + ReplyClientSuffix).
-		SetTLSConfig(tlsCfg).
+	cl.pub = mqtt.NewClient(base(cfg.ClientID + ReplyClientSuffix).
 		SetCleanSession(true).
 		SetOrderMatters(false).
-		SetKeepAlive(cfg.KeepAlive).
-		SetConnectTimeout(cfg.ConnectTimeout).
-		SetAutoReconnect(true).
-		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
-		SetWriteTimeout(writeTimeout).
-		SetCustomOpenConnectionFn(OpenTLS(tlsCfg, writeTimeout)).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			log.Warn("reply connection lost; reconnecting", zap.Error(err))
 		}))
