@@ -44,6 +44,10 @@ type memShard struct {
 
 // NewMemory returns a store that remembers at most maxEntries ids
 // (DefaultMaxEntries when maxEntries ≤ 0). now is the clock (time.Now).
+// The bound is checked per shard under that shard's lock against a shared
+// count, so concurrent callers recording in different shards can overshoot
+// it by at most their number (the gateway's pipeline.workers); it never
+// evicts a live id to stay under it.
 func NewMemory(maxEntries int, now func() time.Time) *Memory {
 	if maxEntries <= 0 {
 		maxEntries = DefaultMaxEntries
