@@ -45,10 +45,8 @@ type Gateway struct {
 	seed     maphash.Seed
 	queues   []chan *mqttio.Message
 	stopping atomic.Bool
-	// queueFullLogged is when (Unix ns) a full validation queue was last logged.
-	queueFullLogged atomic.Int64
-	// replyErrLogged is when (Unix ns) a failed reply publish was last logged.
-	replyErrLogged atomic.Int64
+	// Rate limits for warnings that a burst could repeat per message.
+	queueFullLog, replyErrLog logEvery
 	commitErr      atomic.Pointer[string]
 	http           *http.Server
 	httpLn         net.Listener
@@ -257,18 +255,26 @@ func (g *Gateway) receive(m *mqttio.Message) {
 	case q <- m:
 	default:
 		// Backpressure, not an error: counted always, logged at most every
-		// queueFullLogEvery so a burst cannot flood the log.
+		// warnEvery so a burst cannot flood the log.
 		g.metrics.queueFull.Inc()
-		now := time.Now().UnixNano()
-		if last := g.queueFullLogged.Load(); now-last >= int64(queueFullLogEvery) && g.queueFullLogged.CompareAndSwap(last, now) {
+		if g.queueFullLog.allow() {
 			g.log.Warn("validation queue full; the MQTT receive path waits (see iotgw_validation_queue_full_total)", zap.String("device_id", dev))
 		}
 		q <- m
 	}
 }
 
-// queueFullLogEvery bounds how often a full validation queue is logged.
-const queueFullLogEvery = 5 * time.Second
+// logEvery lets a repeated warning through at most once per
+// warnEvery; the metric beside it counts every occurrence.
+type logEvery struct{ last atomic.Int64 } // Unix ns of the last one let through
+
+const warnEvery = 5 * time.Second
+
+func (l *logEvery) allow() bool {
+	now := time.Now().UnixNano()
+	last := l.last.Load()
+	return now-last >= int64(warnEvery) && l.last.CompareAndSwap(last, now)
+}
 
 // topicDevice returns <id> from device/<id>/data, or "" for another shape.
 func topicDevice(topic string) string {
@@ -366,8 +372,7 @@ func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
 	}
 	if err := g.mqtt.Publish("device/"+dev+"/response", envelope.AppendJSON(make([]byte, 0, 256+len(payload)), &e)); err != nil {
 		g.metrics.replyErrors.Inc()
-		now := time.Now().UnixNano()
-		if last := g.replyErrLogged.Load(); now-last >= int64(queueFullLogEvery) && g.replyErrLogged.CompareAndSwap(last, now) {
+		if g.replyErrLog.allow() {
 			g.log.Warn("reply not published (see iotgw_reply_publish_errors_total)", zap.String("device_id", dev), zap.Error(err))
 		}
 	}
