@@ -47,9 +47,9 @@ type Gateway struct {
 	stopping atomic.Bool
 	// Rate limits for warnings that a burst could repeat per message.
 	queueFullLog, replyErrLog logEvery
-	commitErr      atomic.Pointer[string]
-	http           *http.Server
-	httpLn         net.Listener
+	commitErr                 atomic.Pointer[string]
+	http                      *http.Server
+	httpLn                    net.Listener
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
