@@ -117,6 +117,20 @@ func (c CPU) OtherCores() float64 {
 }
 
 // Per1000 returns seconds per 1,000 messages.
+// WithoutGateway is an upper bound on a gateway run's throughput had the
+// gateway used no CPU at all: the CPU the broker, the sink and the load
+// generator spent per message in that run, spread over all cores with
+// nothing else running. It shows how much of the machine the rest of the
+// path leaves to the gateway, and so which throughput targets this machine
+// can reach at all. 0 when the run has no CPU figures.
+func (r Run) WithoutGateway(cores int) float64 {
+	rest := r.CPU.Broker + r.CPU.Bench + r.CPU.LoadGenerator
+	if rest <= 0 || r.Messages == 0 || cores < 1 {
+		return 0
+	}
+	return float64(r.Messages) / (rest / float64(cores))
+}
+
 func Per1000(seconds float64, messages int64) float64 {
 	if messages == 0 {
 		return 0

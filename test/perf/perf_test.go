@@ -192,10 +192,12 @@ func TestParseMicro(t *testing.T) {
 BenchmarkMemoryRecord/windowed-2  	 2934156	       421.4 ns/op	      60 B/op	       0 allocs/op
 BenchmarkMemoryBytesPerID/windowed-2       	      14	  92361175 ns/op	        37.22 B/id	22326272 B/op	    2593 allocs/op
 BenchmarkMemoryBytesPerID/golang-lru-2     	       6	 170178051 ns/op	       126.6 B/id	51960520 B/op	  302074 allocs/op
+BenchmarkCacheBytesPerDevice-2   	      72	  14156044 ns/op	       171.8 B/device
 `
 	got := ParseMicro(strings.NewReader(out))
-	want := []Micro{{"BenchmarkMemoryBytesPerID/windowed", 37.22, "B/id"}, {"BenchmarkMemoryBytesPerID/golang-lru", 126.6, "B/id"}}
-	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+	want := []Micro{{"BenchmarkMemoryBytesPerID/windowed", 37.22, "B/id"}, {"BenchmarkMemoryBytesPerID/golang-lru", 126.6, "B/id"},
+		{"BenchmarkCacheBytesPerDevice", 171.8, "B/device"}}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
 		t.Errorf("ParseMicro = %v, want %v", got, want)
 	}
 }
@@ -217,6 +219,27 @@ func TestNum(t *testing.T) {
 	}{{0, "0"}, {999.4, "999"}, {1000, "1,000"}, {43459.2, "43,459"}, {1234567, "1,234,567"}, {-11580, "-11,580"}} {
 		if got := num(tc.in); got != tc.want {
 			t.Errorf("num(%v) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestWithoutGateway(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		run   Run
+		cores int
+		want  float64
+	}{
+		// 10,000 messages; the other three used 2 CPU-s in all: 0.2 ms each,
+		// so 2 cores pass at most 10,000 msg/s. The gateway's own CPU is not
+		// counted.
+		{"two cores", Run{Messages: 10000, CPU: CPU{Gateway: 9, Broker: 1, Bench: 0.5, LoadGenerator: 0.5}}, 2, 10000},
+		{"one core", Run{Messages: 10000, CPU: CPU{Broker: 1, Bench: 0.5, LoadGenerator: 0.5}}, 1, 5000},
+		{"no CPU figures", Run{Messages: 10000}, 2, 0},
+		{"no messages", Run{CPU: CPU{Broker: 1}}, 2, 0},
+	} {
+		if got := tc.run.WithoutGateway(tc.cores); got != tc.want {
+			t.Errorf("%s: WithoutGateway(%d) = %v, want %v", tc.name, tc.cores, got, tc.want)
 		}
 	}
 }

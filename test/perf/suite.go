@@ -108,13 +108,16 @@ type Results struct {
 	GatewayUnpaced Run `json:"gateway_unpaced"`
 	// GatewayBatch is the unpaced run with the optional backend batch mode
 	// (BatchConfig), one chunk, measured separately: not the default.
-	GatewayBatch Run      `json:"gateway_unpaced_batch_mode"`
-	Paced        []Paced  `json:"paced"`
-	Memory       Memory   `json:"memory"`
-	Scaling      []Scale  `json:"scaling"`
-	Idle         []Scale  `json:"idle"`
-	Micro        []Micro  `json:"micro,omitempty"`
-	Targets      []Target `json:"targets"`
+	GatewayBatch Run     `json:"gateway_unpaced_batch_mode"`
+	Paced        []Paced `json:"paced"`
+	Memory       Memory  `json:"memory"`
+	Scaling      []Scale `json:"scaling"`
+	Idle         []Scale `json:"idle"`
+	Micro        []Micro `json:"micro,omitempty"`
+	// WithoutGateway is GatewayUnpaced.WithoutGateway: the throughput a
+	// gateway costing no CPU could reach on this machine in this run.
+	WithoutGateway float64  `json:"ceiling_without_gateway"`
+	Targets        []Target `json:"targets"`
 	// Problems lists what looked wrong without failing the run: gateway
 	// warnings or errors, counters that should not move, strays.
 	Problems []string `json:"problems"`
@@ -223,6 +226,7 @@ func RunSuite(t testing.TB, p Plan, out io.Writer) *Results {
 	}
 	s.res.WallSeconds = time.Since(s.t0).Seconds()
 	s.res.LoadAvgEnd = readTrim("/proc/loadavg")
+	s.res.WithoutGateway = s.res.GatewayUnpaced.WithoutGateway(s.res.Machine.NProc)
 	s.res.Targets = evaluate(s.res)
 	return s.res
 }
