@@ -116,7 +116,6 @@ func (c CPU) OtherCores() float64 {
 	return max(0, c.Other/c.WallSeconds)
 }
 
-// Per1000 returns seconds per 1,000 messages.
 // WithoutGateway is an upper bound on a gateway run's throughput had the
 // gateway used no CPU at all: the CPU the broker, the sink and the load
 // generator spent per message in that run, spread over all cores with
@@ -131,6 +130,7 @@ func (r Run) WithoutGateway(cores int) float64 {
 	return float64(r.Messages) / (rest / float64(cores))
 }
 
+// Per1000 returns seconds per 1,000 messages.
 func Per1000(seconds float64, messages int64) float64 {
 	if messages == 0 {
 		return 0
