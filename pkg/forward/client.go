@@ -133,6 +133,42 @@ func (e *RetryableError) Error() string {
 
 func (e *RetryableError) Unwrap() error { return e.Err }
 
+// RedirectError is a 3xx answer. The Client never follows a redirect: a
+// 301/302/303 would turn the POST into a GET with no body, and a 307/308
+// would re-send the payload, the device headers and the credentials to
+// whatever host the Location names. It is final: the Dispatcher
+// dead-letters the Job at once, with Error() as the reason.
+type RedirectError struct {
+	// Status is the 3xx status.
+	Status int
+	// Host is the host the Location header named, "" when none or relative.
+	// Only the host is kept: a Location's path or query may carry tokens.
+	Host string
+}
+
+func (e *RedirectError) Error() string {
+	where := "no Location"
+	if e.Host != "" {
+		where = fmt.Sprintf("Location host %q", e.Host)
+	}
+	return fmt.Sprintf("backend answered %d, a redirect (%s); redirects are never followed: fix backend.url", e.Status, where)
+}
+
+// redirectError builds the RedirectError for resp.
+func redirectError(resp *http.Response) *RedirectError {
+	e := &RedirectError{Status: resp.StatusCode}
+	if u, err := url.Parse(resp.Header.Get("Location")); err == nil {
+		e.Host = u.Host
+		if len(e.Host) > 100 {
+			e.Host = e.Host[:100]
+		}
+	}
+	return e
+}
+
+// isRedirect reports whether status is a 3xx.
+func isRedirect(status int) bool { return status >= 300 && status < 400 }
+
 // Client POSTs jobs to the backend over one keep-alive transport.
 type Client struct {
 	cfg  Config
@@ -148,8 +184,11 @@ func NewClient(cfg Config) *Client {
 	tr.MaxConnsPerHost = 0
 	tr.IdleConnTimeout = 90 * time.Second
 	tr.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	return &Client{cfg: cfg, http: &http.Client{Transport: tr, Timeout: cfg.Timeout}}
+	return &Client{cfg: cfg, http: &http.Client{Transport: tr, Timeout: cfg.Timeout, CheckRedirect: noRedirects}}
 }
+
+// noRedirects makes the http.Client return a 3xx as it is: never follow.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // retryableStatus reports whether a backend status is worth retrying.
 func retryableStatus(status int) bool {
@@ -157,7 +196,8 @@ func retryableStatus(status int) bool {
 }
 
 // Post makes one attempt. It returns the response for a 2xx or a final
-// 4xx, and a *RetryableError otherwise. The body is always read and closed.
+// 4xx, a *RedirectError for a 3xx (never followed), and a *RetryableError
+// otherwise. The body is always read and closed.
 func (c *Client) Post(ctx context.Context, j *Job) (Response, error) {
 	u := strings.ReplaceAll(c.cfg.URL, "{device_id}", url.PathEscape(j.DeviceID))
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(j.Payload))
@@ -180,6 +220,9 @@ func (c *Client) Post(ctx context.Context, j *Job) (Response, error) {
 	if retryableStatus(resp.StatusCode) {
 		return Response{Status: resp.StatusCode}, &RetryableError{Status: resp.StatusCode}
 	}
+	if isRedirect(resp.StatusCode) {
+		return Response{Status: resp.StatusCode}, redirectError(resp)
+	}
 	if rerr != nil {
 		return Response{}, &RetryableError{Err: fmt.Errorf("read response: %w", rerr)}
 	}
@@ -197,8 +240,9 @@ type batchResult struct {
 // payload's exact bytes. A 2xx answer must be a JSON array of
 // {"status":N,"body":<any JSON>}, one per job in the same order; it
 // returns those. A whole-request failure is a *RetryableError (transport,
-// 5xx, 429, 408, or a 2xx whose body is not such an array); another 4xx is
-// final for every job and is returned as each job's Response.
+// 5xx, 429, 408, or a 2xx whose body is not such an array); a 3xx is a
+// *RedirectError (never followed); another 4xx is final for every job and
+// is returned as each job's Response.
 func (c *Client) PostBatch(ctx context.Context, jobs []*Job) ([]Response, error) {
 	// Built by hand: json.Marshal would compact each payload, and the
 	// backend must get the exact bytes the device signed. device_id,
@@ -238,6 +282,9 @@ func (c *Client) PostBatch(ctx context.Context, jobs []*Job) ([]Response, error)
 	resp.Body.Close()
 	if retryableStatus(resp.StatusCode) {
 		return nil, &RetryableError{Status: resp.StatusCode}
+	}
+	if isRedirect(resp.StatusCode) {
+		return nil, redirectError(resp)
 	}
 	if rerr != nil {
 		return nil, &RetryableError{Err: fmt.Errorf("read batch response: %w", rerr)}

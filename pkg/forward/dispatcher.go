@@ -24,7 +24,8 @@ type BatchPoster interface {
 type Outcome struct {
 	// Response is the backend's answer: a 2xx or a final 4xx. Zero when Dead.
 	Response Response
-	// Dead is true when the Job ran out of attempts or age.
+	// Dead is true when the Job ran out of attempts or age, or was answered
+	// with a redirect (a *RedirectError, never followed).
 	Dead bool
 	// Err is the last failure, set when Dead.
 	Err error
@@ -191,10 +192,15 @@ func (d *Dispatcher) work(ctx context.Context) {
 		}
 		resp, err := d.post.Post(d.postCtx, j)
 		var re *RetryableError
+		var rd *RedirectError
 		switch {
 		case err == nil:
 			d.breaker.Success()
 			d.settle(j, Outcome{Response: resp})
+		case errors.As(err, &rd): // final: dead-lettered at once, with the reason
+			d.breaker.Abandon()
+			j.Attempts++
+			d.settle(j, Outcome{Dead: true, Err: err})
 		case errors.As(err, &re):
 			if d.postCtx.Err() != nil { // aborted at shutdown: leave it in the outbox
 				continue
@@ -224,6 +230,7 @@ func (d *Dispatcher) workBatch(ctx context.Context, bp BatchPoster) {
 		}
 		resps, err := bp.PostBatch(d.postCtx, jobs)
 		var re *RetryableError
+		var rd *RedirectError
 		switch {
 		case err == nil:
 			d.breaker.Success()
@@ -232,7 +239,18 @@ func (d *Dispatcher) workBatch(ctx context.Context, bp BatchPoster) {
 					d.retry(ctx, j, &RetryableError{Status: resps[i].Status})
 					continue
 				}
+				if isRedirect(resps[i].Status) { // an item answered 3xx was not delivered either
+					j.Attempts++
+					d.settle(j, Outcome{Dead: true, Err: &RedirectError{Status: resps[i].Status}})
+					continue
+				}
 				d.settle(j, Outcome{Response: resps[i]})
+			}
+		case errors.As(err, &rd):
+			d.breaker.Abandon()
+			for _, j := range jobs {
+				j.Attempts++
+				d.settle(j, Outcome{Dead: true, Err: err})
 			}
 		case errors.As(err, &re):
 			if d.postCtx.Err() != nil {
