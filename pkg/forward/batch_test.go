@@ -80,7 +80,10 @@ func TestPostBatch(t *testing.T) {
 				io.WriteString(w, tc.answer)
 			}))
 			defer srv.Close()
-			c := NewClient(batchConfig(srv.URL + "/batch"))
+			c, err := NewClient(batchConfig(srv.URL + "/batch"))
+			if err != nil {
+				t.Fatal(err)
+			}
 			resps, err := c.PostBatch(context.Background(), jobs)
 			wantBody := `[{"device_id":"d1","message_id":"m1","timestamp":1727712000,"payload":{"t": 22.5 }},` +
 				`{"device_id":"d2","message_id":"m2","timestamp":1727712001,"payload":"ü"}]`

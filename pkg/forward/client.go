@@ -47,6 +47,28 @@ type Config struct {
 	BatchLinger time.Duration `mapstructure:"batch_linger"`
 	// BatchURL is the batch endpoint, required when BatchMax > 1.
 	BatchURL string `mapstructure:"batch_url"`
+
+	// Backend trust (docs/PROTOCOL.md 4b). Secret files must be readable
+	// by their owner only (chmod 600); their contents never appear in a
+	// log line, an error or a metric.
+
+	// BearerTokenFile, if set, names a file holding one line, the token,
+	// sent as "Authorization: Bearer <token>" on every POST. One trailing
+	// newline is dropped; an empty or multi-line file is refused. Default "".
+	BearerTokenFile string `mapstructure:"bearer_token_file"`
+	// CAFile, if set, is the only CA trusted for the backend's https
+	// certificate (PEM); unset, the system's roots are. Default "".
+	CAFile string `mapstructure:"ca_file"`
+	// CertFile and KeyFile, set together, are the client certificate (PEM)
+	// and its key presented to an https backend that asks for one (mutual
+	// TLS). The key file must be chmod 600. Default "".
+	CertFile string `mapstructure:"cert_file"`
+	KeyFile  string `mapstructure:"key_file"`
+	// SigningKeyFile, if set, names a file holding one line of at least 32
+	// bytes (openssl rand -hex 32), the HMAC-SHA256 key of the
+	// X-Iotgw-Signature header on every POST. Use this key for nothing
+	// else. Default "".
+	SigningKeyFile string `mapstructure:"signing_key_file"`
 }
 
 // DefaultConfig returns the defaults (URL empty).
@@ -94,7 +116,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("backend.batch_url: %q is not an http(s) URL without {device_id}", c.BatchURL)
 		}
 	}
-	return nil
+	_, err = c.loadCredentials()
+	return err
 }
 
 // Job is one stored message to deliver.
@@ -118,7 +141,7 @@ type Response struct {
 }
 
 // RetryableError marks a failure worth retrying: a transport error, a
-// timeout, a 5xx or a 429.
+// timeout, a 5xx, a 429, a 408 or a 401.
 type RetryableError struct {
 	Status int // 0 for transport errors
 	Err    error
@@ -173,18 +196,27 @@ func isRedirect(status int) bool { return status >= 300 && status < 400 }
 type Client struct {
 	cfg  Config
 	http *http.Client
+	cred credentials
+	now  func() time.Time // the signature timestamp
 }
 
 // NewClient returns a Client whose transport keeps enough idle connections
-// for every worker.
-func NewClient(cfg Config) *Client {
+// for every worker. It reads the trust settings' files (token, keys,
+// certificates) once, and fails, naming the key, as Validate does.
+func NewClient(cfg Config) (*Client, error) {
+	cred, err := cfg.loadCredentials()
+	if err != nil {
+		return nil, err
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cred.tls
 	tr.MaxIdleConns = cfg.Workers * 2
 	tr.MaxIdleConnsPerHost = cfg.Workers * 2
 	tr.MaxConnsPerHost = 0
 	tr.IdleConnTimeout = 90 * time.Second
 	tr.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	return &Client{cfg: cfg, http: &http.Client{Transport: tr, Timeout: cfg.Timeout, CheckRedirect: noRedirects}}
+	return &Client{cfg: cfg, cred: cred, now: time.Now,
+		http: &http.Client{Transport: tr, Timeout: cfg.Timeout, CheckRedirect: noRedirects}}, nil
 }
 
 // noRedirects makes the http.Client return a 3xx as it is: never follow.
@@ -192,7 +224,23 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 
 // retryableStatus reports whether a backend status is worth retrying.
 func retryableStatus(status int) bool {
-	return status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout
+	// A 401 refuses the gateway's credentials (token, signature, clock),
+	// not the message: retried, so a fixed configuration still delivers it.
+	return status >= 500 || status == http.StatusTooManyRequests || status == http.StatusRequestTimeout ||
+		status == http.StatusUnauthorized
+}
+
+// authenticate adds the bearer token and the signature to req, whose body
+// is body. For a batch, deviceID and idempotencyKey are "".
+func (c *Client) authenticate(req *http.Request, deviceID, idempotencyKey string, body []byte) {
+	if c.cred.authorization != "" {
+		req.Header["Authorization"] = []string{c.cred.authorization}
+	}
+	if c.cred.signingKey != nil {
+		ts := c.now().Unix()
+		req.Header[TimestampHeader] = []string{strconv.FormatInt(ts, 10)}
+		req.Header[SignatureHeader] = []string{Sign(c.cred.signingKey, req.Method, req.URL.RequestURI(), deviceID, idempotencyKey, ts, body)}
+	}
 }
 
 // Post makes one attempt. It returns the response for a 2xx or a final
@@ -210,6 +258,7 @@ func (c *Client) Post(ctx context.Context, j *Job) (Response, error) {
 	h["X-Message-Id"] = []string{j.MessageID}
 	h["X-Device-Timestamp"] = []string{j.Timestamp}
 	h["Idempotency-Key"] = []string{j.MessageID}
+	c.authenticate(req, j.DeviceID, j.MessageID, j.Payload)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return Response{}, &RetryableError{Err: err}
@@ -265,12 +314,13 @@ func (c *Client) PostBatch(ctx context.Context, jobs []*Job) ([]Response, error)
 		buf.WriteByte('}')
 	}
 	buf.WriteByte(']')
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.BatchURL, &buf)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.cfg.BatchURL, bytes.NewReader(buf.Bytes()))
 	if err != nil {
 		return nil, fmt.Errorf("build request: %w", err)
 	}
 	req.Header["Content-Type"] = []string{"application/json"}
 	req.Header["X-Batch-Size"] = []string{strconv.Itoa(len(jobs))}
+	c.authenticate(req, "", "", buf.Bytes())
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, &RetryableError{Err: err}

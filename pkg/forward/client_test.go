@@ -52,7 +52,11 @@ func clientFor(url string, edit func(*forward.Config)) *forward.Client {
 	if edit != nil {
 		edit(&cfg)
 	}
-	return forward.NewClient(cfg)
+	c, err := forward.NewClient(cfg)
+	if err != nil {
+		panic(err) // the tests' configs are valid
+	}
+	return c
 }
 
 func testJob() *forward.Job {
@@ -71,7 +75,7 @@ func TestClientPostClassifiesStatus(t *testing.T) {
 		{202, "", false},
 		{204, "", false},
 		{400, `{"error":"bad"}`, false},
-		{401, "no", false},
+		{401, "no", true}, // the backend refused the gateway's credentials, not the message
 		{404, "not found", false},
 		{409, "duplicate", false},
 		{422, "unprocessable", false},

@@ -103,7 +103,14 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		Foreign:   g.foreign,
 		Failed:    g.commitFailed,
 	})
-	poster := forward.NewClient(cfg.Backend)
+	poster, err := forward.NewClient(cfg.Backend)
+	if err != nil {
+		g.close()
+		return nil, err
+	}
+	if w := cfg.Backend.PlaintextWarning(); w != "" {
+		log.Warn(w)
+	}
 	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster,
 		forward.NewBreaker(cfg.Backend.BreakerThreshold, cfg.Backend.BreakerCooldown, now),
 		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now,
