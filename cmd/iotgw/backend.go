@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/iotgw/iotgw/pkg/forward"
 )
 
 func init() { commands = append(commands, newBackendCmd) }
@@ -26,12 +30,16 @@ type backendOptions struct {
 	failStatus int
 	failFor    time.Duration
 	delay      time.Duration
+	// Backend trust (docs/PROTOCOL.md 4b).
+	bearerTokenFile string
+	signingKeyFile  string
+	signingMaxSkew  time.Duration
 }
 
 func newBackendCmd() *cobra.Command {
 	var o backendOptions
 	cmd := &cobra.Command{
-		Use:   "backend [--listen ADDR] [--log FILE] [--fail-status N --fail-for D] [--delay D]",
+		Use:   "backend [--listen ADDR] [--log FILE] [--fail-status N --fail-for D] [--delay D] [--bearer-token-file F] [--signing-key-file F]",
 		Short: "Run a sample HTTP backend that records what the gateway forwards",
 		Long: `backend is a small HTTP server standing in for the real backend, for the
 demo and the end-to-end tests.
@@ -58,16 +66,24 @@ answered in a JSON array of {"status","body"}.
 
 Fault simulation: --fail-for D answers --fail-status (default 503) to every
 POST for D after start; POST /fail?for=D[&status=N] starts such an outage
-at run time (for=0 ends it). --delay D waits D before answering each POST.`,
+at run time (for=0 ends it). --delay D waits D before answering each POST.
+
+Backend trust (docs/PROTOCOL.md 4b): with --bearer-token-file every POST
+must carry "Authorization: Bearer <the file's token>"; with
+--signing-key-file every POST must carry a valid X-Iotgw-Signature (v1)
+whose X-Iotgw-Timestamp is within --signing-max-skew of now. Anything else
+is answered 401, counted in /stats as "unauthorized", not recorded, and
+logged as one line on stderr naming the reason. The files must be chmod
+600, as the gateway's (backend.bearer_token_file, backend.signing_key_file).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.failStatus < 100 || o.failStatus > 599 {
 				return usagef("backend: --fail-status must be an HTTP status 100..599, got %d", o.failStatus)
 			}
-			if o.failFor < 0 || o.delay < 0 {
-				return usagef("backend: --fail-for and --delay must not be negative")
+			if o.failFor < 0 || o.delay < 0 || o.signingMaxSkew <= 0 {
+				return usagef("backend: --fail-for and --delay must not be negative, --signing-max-skew must be positive")
 			}
-			return runBackend(cmd.Context(), o, cmd.OutOrStdout())
+			return runBackend(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
@@ -77,11 +93,40 @@ at run time (for=0 ends it). --delay D waits D before answering each POST.`,
 	f.IntVar(&o.failStatus, "fail-status", http.StatusServiceUnavailable, "status answered during a simulated outage")
 	f.DurationVar(&o.failFor, "fail-for", 0, "simulate an outage for this long after start (0: none)")
 	f.DurationVar(&o.delay, "delay", 0, "wait this long before answering each POST")
+	f.StringVar(&o.bearerTokenFile, "bearer-token-file", "", "require Authorization: Bearer <token in this file> (chmod 600)")
+	f.StringVar(&o.signingKeyFile, "signing-key-file", "", "require a valid X-Iotgw-Signature made with the key in this file (chmod 600)")
+	f.DurationVar(&o.signingMaxSkew, "signing-max-skew", 5*time.Minute, "how far X-Iotgw-Timestamp may be from now")
 	return cmd
 }
 
-func runBackend(ctx context.Context, o backendOptions, out io.Writer) error {
-	b := &backend{delay: o.delay, now: time.Now, seen: map[string]int{}, byDevice: map[string]int{}}
+// newBackend returns a backend for o (without its request log), reading
+// the token and key files the gateway's way.
+func newBackend(o backendOptions) (*backend, error) {
+	b := &backend{delay: o.delay, now: time.Now, seen: map[string]int{}, byDevice: map[string]int{}, maxSkew: o.signingMaxSkew}
+	if o.bearerTokenFile != "" {
+		tok, err := forward.ReadBearerToken(o.bearerTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("backend: --bearer-token-file: %w", err)
+		}
+		h := sha256.Sum256([]byte("Bearer " + tok))
+		b.wantAuth = h[:]
+	}
+	if o.signingKeyFile != "" {
+		key, err := forward.ReadSigningKey(o.signingKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("backend: --signing-key-file: %w", err)
+		}
+		b.signingKey = key
+	}
+	return b, nil
+}
+
+func runBackend(ctx context.Context, o backendOptions, out, errOut io.Writer) error {
+	b, err := newBackend(o)
+	if err != nil {
+		return err
+	}
+	b.errOut = errOut
 	if o.logPath != "" {
 		f, err := os.OpenFile(o.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
@@ -128,17 +173,25 @@ const maxBackendBody = 1 << 20
 type backend struct {
 	delay time.Duration
 	now   func() time.Time
+	// Trust: wantAuth is SHA-256 of the expected Authorization value (nil:
+	// none required); signingKey checks X-Iotgw-Signature (nil: none
+	// required) within maxSkew. errOut gets one line per refused request.
+	wantAuth   []byte
+	signingKey []byte
+	maxSkew    time.Duration
+	errOut     io.Writer
 
-	mu         sync.Mutex
-	log        io.Writer // nil: no request log
-	failUntil  time.Time
-	failStatus int
-	requests   int
-	ok         int
-	failed     int
-	dups       int
-	seen       map[string]int // message id → 200s answered
-	byDevice   map[string]int // X-Device-ID → 200s answered
+	mu           sync.Mutex
+	log          io.Writer // nil: no request log
+	failUntil    time.Time
+	failStatus   int
+	requests     int
+	ok           int
+	failed       int
+	dups         int
+	unauthorized int
+	seen         map[string]int // message id → 200s answered
+	byDevice     map[string]int // X-Device-ID → 200s answered
 }
 
 // backendRecord is one line of the --log file.
@@ -160,6 +213,7 @@ type backendStats struct {
 	Failed         int            `json:"failed"`
 	UniqueMessages int            `json:"unique_messages"`
 	Duplicates     int            `json:"duplicates"`
+	Unauthorized   int            `json:"unauthorized"`
 	ByDevice       map[string]int `json:"by_device"`
 	MessageOK      *int           `json:"message_ok,omitempty"`
 }
@@ -188,6 +242,9 @@ func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
 	r.Body.Close()
 	if err != nil {
 		http.Error(w, "cannot read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !b.authorized(w, r, body) {
 		return
 	}
 	if b.delay > 0 {
@@ -231,6 +288,35 @@ func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
 	w.Write(reply) //nolint:errcheck
 }
 
+// authorized checks the bearer token and the signature required, if any.
+// When one fails it answers 401, counts it and logs one line naming the
+// reason (never the credentials), and returns false.
+func (b *backend) authorized(w http.ResponseWriter, r *http.Request, body []byte) bool {
+	var reason string
+	if b.wantAuth != nil {
+		got := sha256.Sum256([]byte(r.Header.Get("Authorization")))
+		if subtle.ConstantTimeCompare(got[:], b.wantAuth) != 1 {
+			reason = "missing or wrong bearer token"
+		}
+	}
+	if reason == "" && b.signingKey != nil {
+		if err := forward.VerifyRequest(b.signingKey, r, body, b.now(), b.maxSkew); err != nil {
+			reason = err.Error()
+		}
+	}
+	if reason == "" {
+		return true
+	}
+	b.mu.Lock()
+	b.unauthorized++
+	b.mu.Unlock()
+	if b.errOut != nil {
+		fmt.Fprintf(b.errOut, "backend: 401 %s %q from %s (X-Device-Id %q): %s\n", r.Method, r.URL.Path, r.RemoteAddr, r.Header.Get("X-Device-Id"), reason)
+	}
+	http.Error(w, "unauthorized: "+reason, http.StatusUnauthorized)
+	return false
+}
+
 // record counts rec (one delivered message), sets its Status (200, or the
 // simulated outage's) and appends it to the log.
 func (b *backend) record(rec *backendRecord, arrived time.Time) error {
@@ -267,6 +353,9 @@ func (b *backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
 	r.Body.Close()
 	if err != nil {
 		http.Error(w, "cannot read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !b.authorized(w, r, body) {
 		return
 	}
 	var items []struct {
@@ -308,7 +397,7 @@ func (b *backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
 func (b *backend) stats(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	s := backendStats{Requests: b.requests, OK: b.ok, Failed: b.failed, UniqueMessages: len(b.seen),
-		Duplicates: b.dups, ByDevice: make(map[string]int, len(b.byDevice))}
+		Duplicates: b.dups, Unauthorized: b.unauthorized, ByDevice: make(map[string]int, len(b.byDevice))}
 	for k, v := range b.byDevice {
 		s.ByDevice[k] = v
 	}
