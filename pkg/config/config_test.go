@@ -112,6 +112,12 @@ log:
 				"IOTGW_HTTP_PPROF":                "true",
 				"IOTGW_SHUTDOWN_GRACE":            "3s",
 				"IOTGW_LOG_LEVEL":                 "warn",
+				// Backend trust (issue 9).
+				"IOTGW_BACKEND_BEARER_TOKEN_FILE": "/run/secrets/backend-token",
+				"IOTGW_BACKEND_CA_FILE":           "/run/backend-ca.pem",
+				"IOTGW_BACKEND_CERT_FILE":         "/run/gw.pem",
+				"IOTGW_BACKEND_KEY_FILE":          "/run/secrets/gw.key",
+				"IOTGW_BACKEND_SIGNING_KEY_FILE":  "/run/secrets/backend-signing.key",
 			},
 			want: func(f *config.File) {
 				f.Backend.URL = "http://env.example/in"
@@ -123,6 +129,11 @@ log:
 				f.HTTP.Pprof = true
 				f.ShutdownGrace = 3 * time.Second
 				f.Log.Level = "warn"
+				f.Backend.BearerTokenFile = "/run/secrets/backend-token"
+				f.Backend.CAFile = "/run/backend-ca.pem"
+				f.Backend.CertFile = "/run/gw.pem"
+				f.Backend.KeyFile = "/run/secrets/gw.key"
+				f.Backend.SigningKeyFile = "/run/secrets/backend-signing.key"
 			},
 		},
 		{
@@ -295,6 +306,8 @@ func TestLoadValidates(t *testing.T) {
 		{name: "bad log format", env: map[string]string{"IOTGW_LOG_FORMAT": "xml"}, wantErr: "log.format"},
 		{name: "section validation runs", env: map[string]string{"IOTGW_OUTBOX_SYNCHRONOUS": "sometimes"}, wantErr: "outbox.synchronous"},
 		{name: "unreadable CA file", env: map[string]string{"IOTGW_MQTT_CA_FILE": "/nonexistent/ca.crt"}, wantErr: "mqtt.ca_file"},
+		{name: "unreadable backend token file", env: map[string]string{"IOTGW_BACKEND_BEARER_TOKEN_FILE": "/nonexistent/token"}, wantErr: "backend.bearer_token_file"},
+		{name: "backend client cert without key", env: map[string]string{"IOTGW_BACKEND_URL": "https://127.0.0.1/in", "IOTGW_BACKEND_CERT_FILE": "/x.pem"}, wantErr: "backend.cert_file and backend.key_file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
