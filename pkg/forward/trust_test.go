@@ -479,3 +479,35 @@ func TestPlaintextWarning(t *testing.T) {
 		})
 	}
 }
+
+// FuzzVerifyRequest: VerifyRequest never panics, and it accepts only a
+// request whose signature is exactly Sign over what it received.
+func FuzzVerifyRequest(f *testing.F) {
+	f.Add("/ingest/sensor_001", "sensor_001", "550e8400-e29b-41d4-a716-446655440000", "1727712005",
+		"v1=08b194b1616266afd6734c288244579cea3e437cc2f2ce2868bae66744b5c66f", []byte(`{"temperature":22.5}`))
+	f.Add("/batch", "", "", "1727712005", "v1=b29420544fa28c15df27096d91328189c9f1f444b1ebb958d20aacc2ca9d5dae", []byte(`[]`))
+	f.Add("/x?y=1", "d", "k", "01", "v1=", []byte{})
+	key := []byte("6b2f0f4e1c9a8d7e5b3a29f1c0d4e8b7a6f5e4d3c2b1a09f8e7d6c5b4a392817")
+	f.Fuzz(func(t *testing.T, target, dev, idem, ts, sig string, body []byte) {
+		if !strings.HasPrefix(target, "/") || strings.ContainsAny(target, " \r\n#") {
+			return
+		}
+		r, err := http.NewRequest("POST", "http://127.0.0.1"+target, nil)
+		if err != nil {
+			return
+		}
+		for k, v := range map[string]string{"X-Device-Id": dev, "Idempotency-Key": idem, forward.TimestampHeader: ts, forward.SignatureHeader: sig} {
+			if v != "" {
+				r.Header[k] = []string{v}
+			}
+		}
+		if forward.VerifyRequest(key, r, body, time.Unix(1727712005, 0), 100*365*24*time.Hour) != nil {
+			return
+		}
+		var n int64
+		fmt.Sscan(ts, &n)
+		if want := forward.Sign(key, "POST", r.URL.RequestURI(), dev, idem, n, body); sig != want {
+			t.Fatalf("accepted %q, Sign gives %q", sig, want)
+		}
+	})
+}
