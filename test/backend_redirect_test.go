@@ -31,7 +31,11 @@ func TestBackendRedirectNotFollowed(t *testing.T) {
 			}))
 			t.Cleanup(thief.Close)
 			// The payload says which redirect to answer: {"code":N}.
+			var wrongPath atomic.Int32 // batch mode posting elsewhere than /batch, or the reverse
 			redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if batch != (r.URL.Path == "/batch") {
+					wrongPath.Add(1)
+				}
 				body, _ := io.ReadAll(r.Body)
 				var p struct{ Code int }
 				if batch {
@@ -72,6 +76,9 @@ func TestBackendRedirectNotFollowed(t *testing.T) {
 			}
 			if n := stolen.Load(); n != 0 {
 				t.Errorf("the redirect target received %d requests, want 0", n)
+			}
+			if n := wrongPath.Load(); n != 0 {
+				t.Errorf("%d requests to the wrong endpoint for batch=%v", n, batch)
 			}
 			for _, r := range []string{"ok", "final", "retry"} {
 				if v := g.metric(`iotgw_forward_total{result="` + r + `"}`); v != 0 {
