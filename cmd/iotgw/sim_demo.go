@@ -193,7 +193,7 @@ func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevi
 		return nil, err
 	}
 	dev := &demoDevice{signer: newSigner(id, secret), notify: make(chan struct{}, 1)}
-	dev.verify = envelope.NewMAC(dev.secret)
+	dev.verify = envelope.NewDownlinkMAC(dev.secret)
 	dev.client, err = d.so.dial(ctx, connectOptions{
 		ClientID:  clientID(id, "demo"),
 		TLS:       cfg,
