@@ -250,12 +250,14 @@ type reply struct {
 	Error string
 	// At is when it arrived.
 	At time.Time
+	// Raw is the downlink exactly as received.
+	Raw []byte
 }
 
 // parseReply parses and verifies a downlink for device id; mac is
 // envelope.NewDownlinkMAC of the device's secret.
 func parseReply(id string, mac hash.Hash, raw []byte, at time.Time) reply {
-	r := reply{At: at}
+	r := reply{At: at, Raw: raw}
 	e, err := envelope.Parse(raw, envelope.Limits{})
 	if err != nil {
 		r.Problem = "malformed reply: " + err.Error()

@@ -3,6 +3,8 @@ package envelope_test
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -155,5 +157,34 @@ func TestReplyPayloadBounded(t *testing.T) {
 				t.Fatalf("body shortened to %d bytes without the marker", len(s))
 			}
 		})
+	}
+}
+
+// TestMaxReplyBytesFitsBroker ties MaxReplyBytes to the shipped broker
+// config: the largest reply, with the longest response topic and the MQTT
+// header, is within max_packet_size, and its payload within
+// message_size_limit.
+func TestMaxReplyBytesFitsBroker(t *testing.T) {
+	b, err := os.ReadFile("../../mosquitto/mosquitto.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limits := map[string]int{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && (f[0] == "max_packet_size" || f[0] == "message_size_limit") {
+			n, err := strconv.Atoi(f[1])
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			limits[f[0]] = n
+		}
+	}
+	topic := len("device/" + strings.Repeat("d", envelope.MaxDeviceIDLen) + "/response")
+	packet := 5 + 2 + topic + 2 + envelope.MaxReplyBytes // fixed header, topic length, topic, packet id, payload
+	if max, ok := limits["max_packet_size"]; !ok || packet > max {
+		t.Fatalf("largest reply packet %d bytes, max_packet_size %d (set: %v)", packet, max, ok)
+	}
+	if max, ok := limits["message_size_limit"]; ok && envelope.MaxReplyBytes > max {
+		t.Fatalf("largest reply %d bytes, message_size_limit %d", envelope.MaxReplyBytes, max)
 	}
 }
