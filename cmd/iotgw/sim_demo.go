@@ -51,7 +51,7 @@ func newSimDemoCmd(so *simOptions) *cobra.Command {
 secrets are needed), sends --readings valid readings from each, then runs
 each attack one at a time and waits, for at most --timeout, for its outcome
 on the device's own device/<id>/response, checking every reply's signature
-with the device's secret. Scenarios that expect silence wait until a later
+with the device's downlink key. Scenarios that expect silence wait until a later
 valid message from the same device has been answered, then --quiet more.
 
 With --backend-log (the file of "iotgw backend --log") or --backend-stats
