@@ -32,6 +32,8 @@ func TestReplyPayload(t *testing.T) {
 		{"whitespace body", 204, "  ", `{"in_reply_to":"` + uplinkID + `","status":204,"body":"  "}`},
 		{"truncated json is text", 502, `{"ok":`, `{"in_reply_to":"` + uplinkID + `","status":502,"body":"{\"ok\":"}`},
 		{"invalid UTF-8 text", 200, "caf\xff", `{"in_reply_to":"` + uplinkID + `","status":200,"body":"caf` + "\uFFFD" + `"}`},
+		{"json with a lone surrogate is text", 200, `{"a":"\ud800"}`, `{"in_reply_to":"` + uplinkID + `","status":200,"body":"{\"a\":\"\\ud800\"}"}`},
+		{"json with a surrogate pair is kept", 200, `{"a":"\ud83d\ude00"}`, `{"in_reply_to":"` + uplinkID + `","status":200,"body":{"a":"\ud83d\ude00"}}`},
 		{"json with invalid UTF-8 is text", 200, "\"caf\xff\"", `{"in_reply_to":"` + uplinkID + `","status":200,"body":"\"caf` + "\uFFFD" + `\""}`},
 	}
 	for _, tc := range tests {
