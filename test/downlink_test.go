@@ -144,3 +144,43 @@ func TestOversizeReplyTruncated(t *testing.T) {
 		t.Errorf("reply publish errors = %v, want 0", v)
 	}
 }
+
+// TestOneSpellingE2E is finding 8 of issue 9 end to end: a message whose
+// member name or device_id is spelled with an escape (and so verifies with
+// the plain message's signature), or whose payload holds an unpaired
+// surrogate escape, is malformed, answered with a signed notice and never
+// reaches the backend.
+func TestOneSpellingE2E(t *testing.T) {
+	f := newFixture(t, "sensor_001")
+	f.startGateway(gatewayOpts{})
+	d := f.device("sensor_001")
+	now := time.Now().Unix()
+	signed := func(payload string) string { raw, _ := d.signed(payload, now); return string(raw) }
+	cases := []struct{ name, raw string }{
+		{"escaped device_id", strings.Replace(signed(`{"t":1}`), `"device_id":"sensor_001"`, `"device_id":"sensor\u005f001"`, 1)},
+		{"escaped member name", strings.Replace(signed(`{"t":2}`), `"device_id"`, `"device\u005fid"`, 1)},
+		{"lone high surrogate", signed(`{"note":"\ud800"}`)},
+		{"lone low surrogate", signed(`{"note":"x\udc00"}`)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d.publish("", []byte(tc.raw))
+			r, ok := d.nextReply(10 * time.Second)
+			if !ok || !r.valid {
+				t.Fatalf("no valid notice")
+			}
+			if p := replyPayload(t, r); p["error"] != "malformed" {
+				t.Fatalf("answer %v, want error malformed", p)
+			}
+		})
+	}
+	raw, _ := d.signed(`{"t":3}`, time.Now().Unix())
+	d.publish("", raw)
+	f.backend.waitCount(t, 1, 10*time.Second)
+	if r, ok := d.nextReply(10 * time.Second); !ok || replyPayload(t, r)["status"] != float64(200) {
+		t.Fatal("no status 200 reply to the valid message")
+	}
+	if reqs := f.backend.requests(); len(reqs) != 1 || string(reqs[0].Body) != `{"t":3}` {
+		t.Fatalf("backend got %d requests, want only the valid one", len(reqs))
+	}
+}
