@@ -439,7 +439,7 @@ type device struct {
 
 type reply struct {
 	env   envelope.Envelope
-	valid bool // signature verified with the device's secret
+	valid bool // signature verified with the device's downlink key
 	raw   []byte
 }
 
@@ -452,7 +452,7 @@ func (f *fixture) device(id string) *device {
 		e, err := envelope.Parse(raw, envelope.Limits{})
 		r := reply{env: e, raw: raw}
 		if err == nil && d.secret != "" {
-			r.valid = envelope.Verify(envelope.NewMAC([]byte(d.secret)), &e)
+			r.valid = envelope.Verify(envelope.NewDownlinkMAC([]byte(d.secret)), &e)
 		}
 		d.replies <- r
 	})

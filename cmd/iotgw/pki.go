@@ -62,8 +62,8 @@ func newPKIIssueCmd() *cobra.Command {
 		Use:   "issue DEVICE_ID --dir DIR",
 		Short: "Create a device's client certificate, signed by the CA in DIR",
 		Long: `issue writes DIR/devices/DEVICE_ID.crt and .key, a client certificate whose
-Common Name is DEVICE_ID (1-64 characters of [A-Za-z0-9_.-]; "gateway" is
-reserved). It refuses to overwrite an existing device certificate.`,
+Common Name is DEVICE_ID (1-64 characters of [A-Za-z0-9_.-], not starting
+with a dot; "gateway" is reserved). It refuses to overwrite an existing device certificate.`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usagef("pki issue: want exactly one DEVICE_ID, got %d arguments", len(args))

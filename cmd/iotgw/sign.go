@@ -55,20 +55,25 @@ func newSignCmd() *cobra.Command {
 		device, payload, messageID string
 		timestamp                  int64
 		secret                     secretSource
+		reply                      bool
 	)
 	cmd := &cobra.Command{
-		Use:   "sign --device ID (--secret-stdin | --secret-file PATH) [--payload JSON] [--timestamp N] [--message-id UUID]",
+		Use:   "sign --device ID (--secret-stdin | --secret-file PATH) [--reply] [--payload JSON] [--timestamp N] [--message-id UUID]",
 		Short: "Print a signed uplink message, as a device would publish it",
 		Long: `sign prints one signed message on one line, ready to publish (QoS 1) on
 device/<ID>/data. The payload is signed and sent byte for byte as given
 (surrounding whitespace removed); it must be valid JSON. The timestamp
-defaults to now and the message id to a random UUID. See docs/PROTOCOL.md.`,
+defaults to now and the message id to a random UUID. See docs/PROTOCOL.md.
+
+--reply signs a downlink instead, as the gateway signs replies and notices
+(with the downlink key derived from the secret), for testing a device's
+reply verifier.`,
 		Example: `  iotgw sign --device sensor_001 --payload '{"temperature":22.5}' --secret-stdin < sensor_001.secret
   printf '%s\n' "$SECRET" | iotgw sign --device sensor_001 --secret-stdin | iotgw verify --secret-file sensor_001.secret`,
 		Args: noArguments,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !envelope.ValidDeviceID(device) {
-				return usagef("--device: bad device id %q: want 1-64 characters of [A-Za-z0-9_.-]", device)
+				return usagef("--device: bad device id %q: want 1-64 characters of [A-Za-z0-9_.-], not starting with a dot", device)
 			}
 			body := bytes.Trim([]byte(payload), " \t\r\n")
 			if !json.Valid(body) {
@@ -89,6 +94,9 @@ defaults to now and the message id to a random UUID. See docs/PROTOCOL.md.`,
 			if err != nil {
 				return err
 			}
+			if reply {
+				key = envelope.DownlinkKey(key)
+			}
 			e := envelope.New(key, device, timestamp, messageID, body)
 			raw := envelope.AppendJSON(nil, &e)
 			// The strict parser catches what json.Valid allows (invalid UTF-8);
@@ -107,5 +115,6 @@ defaults to now and the message id to a random UUID. See docs/PROTOCOL.md.`,
 	f.Int64Var(&timestamp, "timestamp", 0, "timestamp in Unix seconds (default now)")
 	f.StringVar(&messageID, "message-id", "", "message id, a lowercase UUID (default a random one)")
 	secret.addFlags(cmd, "read the secret from the first line of stdin")
+	f.BoolVar(&reply, "reply", false, "sign a downlink (reply or notice) with the downlink key, as the gateway does")
 	return cmd
 }

@@ -45,6 +45,9 @@ func TestSign(t *testing.T) {
 		{"invalid UTF-8 payload", cliSecret, append(fixed, "--secret-stdin", "--payload", "\"\xff\""), 2, "", "invalid UTF-8"},
 		{"no device", cliSecret, []string{"--secret-stdin"}, 2, "", "bad device id"},
 		{"bad device", cliSecret, []string{"--secret-stdin", "--device", "a/b"}, 2, "", "bad device id"},
+		{"device dot dot", cliSecret, []string{"--secret-stdin", "--device", ".."}, 2, "", "bad device id"},
+		{"device dot", cliSecret, []string{"--secret-stdin", "--device", "."}, 2, "", "bad device id"},
+		{"device leading dot", cliSecret, []string{"--secret-stdin", "--device", ".sensor"}, 2, "", "bad device id"},
 		{"uppercase message id", cliSecret, []string{"--secret-stdin", "--device", "d", "--message-id", "550E8400-E29B-41D4-A716-446655440000"}, 2, "", "lowercase UUID"},
 		{"negative timestamp", cliSecret, []string{"--secret-stdin", "--device", "d", "--timestamp", "-1"}, 2, "", "--timestamp"},
 		{"milliseconds timestamp", cliSecret, []string{"--secret-stdin", "--device", "d", "--timestamp", "1727712000000"}, 2, "", "--timestamp"},
@@ -191,5 +194,56 @@ func TestVerifyVectors(t *testing.T) {
 	}
 	if ran < 40 {
 		t.Fatalf("only %d vectors ran", ran)
+	}
+}
+
+// TestVerifyReplyVectors runs the downlink vectors through iotgw verify
+// --reply (valid) and plain verify (bad_signature: a reflected downlink).
+func TestVerifyReplyVectors(t *testing.T) {
+	b, err := os.ReadFile("../../testdata/vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Replies []struct {
+			Name, Secret, Message string
+			Now                   int64 `json:"now"`
+		}
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Replies) == 0 {
+		t.Fatal("no reply vectors")
+	}
+	for _, v := range f.Replies {
+		t.Run(v.Name, func(t *testing.T) {
+			now := strconv.FormatInt(v.Now, 10)
+			if r := runCLI(t, v.Secret+"\n"+v.Message, "verify", "--reply", "--secret-stdin", "--now", now); r.code != 0 || r.stdout != "valid\n" {
+				t.Fatalf("verify --reply: exit %d, %q (%v)", r.code, r.stdout, r.err)
+			}
+			if r := runCLI(t, v.Secret+"\n"+v.Message, "verify", "--secret-stdin", "--now", now); r.code != 1 || r.stdout != "bad_signature\n" {
+				t.Fatalf("verify (as an uplink): exit %d, %q; want bad_signature", r.code, r.stdout)
+			}
+		})
+	}
+}
+
+// TestSignReply checks sign --reply against verify --reply and the vector
+// reply_forwarded.
+func TestSignReply(t *testing.T) {
+	const payload = `{"in_reply_to":"550e8400-e29b-41d4-a716-446655440000","status":200,"body":{"ok":true}}`
+	r := runCLI(t, cliSecret+"\n", "sign", "--reply", "--secret-stdin", "--device", "sensor_001", "--timestamp", "1727712000",
+		"--message-id", "7d3f1c2a-8e4b-4d5c-9e6f-0a1b2c3d4e5f", "--payload", payload)
+	if r.code != 0 {
+		t.Fatal(r.err)
+	}
+	const want = `{"device_id":"sensor_001","timestamp":1727712000,"message_id":"7d3f1c2a-8e4b-4d5c-9e6f-0a1b2c3d4e5f","payload":` + payload +
+		`,"signature":"3ab259e72207cd523bf1e15e5aeb0ddd4798d42cd5840aaed63eacd32b106db1"}` + "\n"
+	if r.stdout != want {
+		t.Fatalf("sign --reply printed\n%s\nwant (vector reply_forwarded)\n%s", r.stdout, want)
+	}
+	if v := runCLI(t, cliSecret+"\n"+r.stdout, "verify", "--reply", "--secret-stdin", "--now", "1727712000"); v.stdout != "valid\n" {
+		t.Fatalf("verify --reply: %q", v.stdout)
 	}
 }

@@ -236,7 +236,7 @@ func (s *signer) message(ts int64, payload []byte) (id string, raw []byte) {
 // reply is a downlink message from the gateway on device/<id>/response.
 type reply struct {
 	// Verified is true when the envelope parsed, names the device and
-	// carries a valid signature under the device's secret.
+	// carries a valid signature under the device's downlink key.
 	Verified bool
 	// Problem says why Verified is false.
 	Problem string
@@ -250,11 +250,14 @@ type reply struct {
 	Error string
 	// At is when it arrived.
 	At time.Time
+	// Raw is the downlink exactly as received.
+	Raw []byte
 }
 
-// parseReply parses and verifies a downlink for device id.
+// parseReply parses and verifies a downlink for device id; mac is
+// envelope.NewDownlinkMAC of the device's secret.
 func parseReply(id string, mac hash.Hash, raw []byte, at time.Time) reply {
-	r := reply{At: at}
+	r := reply{At: at, Raw: raw}
 	e, err := envelope.Parse(raw, envelope.Limits{})
 	if err != nil {
 		r.Problem = "malformed reply: " + err.Error()

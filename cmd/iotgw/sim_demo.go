@@ -51,7 +51,7 @@ func newSimDemoCmd(so *simOptions) *cobra.Command {
 secrets are needed), sends --readings valid readings from each, then runs
 each attack one at a time and waits, for at most --timeout, for its outcome
 on the device's own device/<id>/response, checking every reply's signature
-with the device's secret. Scenarios that expect silence wait until a later
+with the device's downlink key. Scenarios that expect silence wait until a later
 valid message from the same device has been answered, then --quiet more.
 
 With --backend-log (the file of "iotgw backend --log") or --backend-stats
@@ -155,6 +155,8 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 		d.intruder,
 		d.malformed,
 		d.foreignCA,
+		d.reflectedNotice,
+		d.reflectedReply,
 	}
 	for _, step := range steps {
 		if ctx.Err() != nil {
@@ -193,7 +195,7 @@ func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevi
 		return nil, err
 	}
 	dev := &demoDevice{signer: newSigner(id, secret), notify: make(chan struct{}, 1)}
-	dev.verify = envelope.NewMAC(dev.secret)
+	dev.verify = envelope.NewDownlinkMAC(dev.secret)
 	dev.client, err = d.so.dial(ctx, connectOptions{
 		ClientID:  clientID(id, "demo"),
 		TLS:       cfg,
@@ -745,4 +747,38 @@ func printTable(w io.Writer, rows []demoRow) error {
 	fmt.Fprintf(&b, "\n%d of %d scenarios behaved as expected.\n", passed, len(rows))
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// reflectedNotice republishes the signed notice of a malformed message as
+// an uplink: an attacker needs only the device's TLS credentials for it.
+// Downlinks are signed with the downlink key, so it is a bad_signature.
+func (d *demo) reflectedNotice(ctx context.Context) demoRow {
+	return d.reflect(ctx, "(m) signed notice reflected as an uplink", []byte("not an envelope"), "")
+}
+
+// reflectedReply republishes the signed reply to a valid reading as an
+// uplink.
+func (d *demo) reflectedReply(ctx context.Context) demoRow {
+	id, raw := d.a.message(time.Now().Unix(), reading(95))
+	return d.reflect(ctx, "(n) signed backend reply reflected as an uplink", raw, id)
+}
+
+// reflect sends trigger from the first device, takes the signed downlink
+// answering it (in_reply_to id), and publishes that downlink on the
+// device's data topic: it must be rejected as bad_signature and never
+// reach the backend.
+func (d *demo) reflect(ctx context.Context, name string, trigger []byte, id string) demoRow {
+	mark := d.a.mark()
+	if err := d.publish(d.a, dataTopic(d.a.id), trigger); err != nil {
+		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: "publish failed: " + err.Error()}
+	}
+	r, got := d.a.replyTo(ctx, mark, id, d.o.timeout)
+	if !got || !r.Verified {
+		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: "no signed downlink to reflect"}
+	}
+	e, err := envelope.Parse(r.Raw, envelope.Limits{})
+	if err != nil {
+		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: err.Error()}
+	}
+	return d.expectRejection(ctx, name, d.a, dataTopic(d.a.id), string(e.MessageID), r.Raw, "bad_signature")
 }

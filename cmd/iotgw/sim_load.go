@@ -294,7 +294,7 @@ func (l *load) dial(ctx context.Context, id string) (*loadDevice, error) {
 	d := &loadDevice{signer: newSigner(id, l.f.secrets[id])}
 	co := connectOptions{ClientID: clientID(id, "load"), TLS: cfg, Reconnect: true}
 	if l.o.expectReplies {
-		d.verify = envelope.NewMAC(d.secret)
+		d.verify = envelope.NewDownlinkMAC(d.secret)
 		d.sent = map[string]time.Time{}
 		co.Subscribe = "device/" + id + "/response"
 		co.OnMessage = func(_ mqtt.Client, m mqtt.Message) { l.reply(d, m.Payload()) }

@@ -53,10 +53,13 @@ func TestSecretsFromFile(t *testing.T) {
 func TestParseReply(t *testing.T) {
 	secret := []byte("0123456789abcdef0123456789abcdef")
 	const id = "sensor_001"
+	// signed returns a downlink as the gateway signs it, with the
+	// downlink key of the device secret key.
 	signed := func(dev string, key []byte, payload string) []byte {
-		e := envelope.New(key, dev, 1700000000, string(envelope.NewMessageID()), []byte(payload))
+		e := envelope.New(envelope.DownlinkKey(key), dev, 1700000000, string(envelope.NewMessageID()), []byte(payload))
 		return envelope.AppendJSON(nil, &e)
 	}
+	uplinkKey := envelope.New(secret, id, 1700000000, string(envelope.NewMessageID()), []byte(`{"in_reply_to":"m1","error":"stale"}`))
 	tests := []struct {
 		name    string
 		raw     []byte
@@ -69,13 +72,14 @@ func TestParseReply(t *testing.T) {
 			reply{Verified: true, Error: "malformed"}, ""},
 		{"wrong key", signed(id, []byte("another-secret-of-16+"), `{"in_reply_to":"m1","error":"stale"}`),
 			reply{InReplyTo: "m1", Error: "stale"}, "signature invalid"},
+		{"uplink key, not the downlink key", envelope.AppendJSON(nil, &uplinkKey), reply{InReplyTo: "m1", Error: "stale"}, "signature invalid"},
 		{"other device", signed("sensor_002", secret, `{"in_reply_to":"m1","error":"stale"}`), reply{}, "names device sensor_002"},
 		{"not an envelope", []byte(`{"in_reply_to":"m1"}`), reply{}, "malformed reply"},
 		{"payload not a reply", signed(id, secret, `[1,2]`), reply{}, "reply payload"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := parseReply(id, envelope.NewMAC(secret), tc.raw, time.Time{})
+			got := parseReply(id, envelope.NewDownlinkMAC(secret), tc.raw, time.Time{})
 			if !strings.Contains(got.Problem, tc.problem) || (tc.problem == "") != (got.Problem == "") {
 				t.Errorf("Problem = %q, want one containing %q", got.Problem, tc.problem)
 			}

@@ -39,11 +39,12 @@ func newVerifyCmd() *cobra.Command {
 		device string
 		now    int64
 		secret secretSource
+		reply  bool
 	)
 	cfg := validate.DefaultConfig()
 	cmd := &cobra.Command{
-		Use:   "verify (--secret-stdin | --secret-file PATH) [--device ID] [--max-clock-skew 5m] [--now UNIX] < message.json",
-		Short: "Check one uplink message as the gateway would, with one device's secret",
+		Use:   "verify (--secret-stdin | --secret-file PATH) [--reply] [--device ID] [--max-clock-skew 5m] [--now UNIX] < message.json",
+		Short: "Check one uplink message as the gateway would (or, with --reply, one downlink as a device would)",
 		Long: `verify runs the gateway's checks on one message: shape, identity, freshness,
 signature (replay cannot happen with a single message). It prints "valid"
 and exits 0, or prints the reason code and detail and exits 1. Bad usage
@@ -57,9 +58,15 @@ Where the secret comes from:
 
 One trailing newline after the message is ignored. --device is the device
 id of the topic the message arrived on (device/<ID>/data); by default it is
-the message's own device_id, which skips the identity check.`,
+the message's own device_id, which skips the identity check.
+
+--reply checks a downlink (a reply or notice from device/<ID>/response)
+instead: the same checks, with the signature keyed by the downlink key
+derived from the secret (docs/PROTOCOL.md, section 4). A downlink checked
+without --reply, or an uplink checked with it, is bad_signature.`,
 		Example: `  iotgw verify --secret-file sensor_001.secret < message.json
-  { cat sensor_001.secret; cat message.json; } | iotgw verify --secret-stdin --device sensor_001`,
+  { cat sensor_001.secret; cat message.json; } | iotgw verify --secret-stdin --device sensor_001
+  iotgw verify --reply --secret-file sensor_001.secret < reply.json`,
 		Args: noArguments,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cfg.Validate(); err != nil {
@@ -68,6 +75,9 @@ the message's own device_id, which skips the identity check.`,
 			key, rest, err := secret.read(cmd)
 			if err != nil {
 				return err
+			}
+			if reply {
+				key = envelope.DownlinkKey(key)
 			}
 			raw, err := io.ReadAll(io.LimitReader(rest, int64(cfg.MaxMessageBytes)+2))
 			if err != nil {
@@ -105,6 +115,7 @@ the message's own device_id, which skips the identity check.`,
 	f := cmd.Flags()
 	secret.addFlags(cmd, "read the secret from the first line of stdin; the message follows it")
 	f.StringVar(&device, "device", "", "device id of the topic (default the message's device_id)")
+	f.BoolVar(&reply, "reply", false, "check a downlink (reply or notice), signed with the downlink key")
 	f.DurationVar(&cfg.MaxClockSkew, "max-clock-skew", cfg.MaxClockSkew, "largest allowed |now - timestamp|")
 	f.Int64Var(&now, "now", 0, "check freshness against this Unix time instead of the clock")
 	f.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", cfg.MaxMessageBytes, "largest message accepted, in bytes")

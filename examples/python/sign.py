@@ -40,6 +40,20 @@ def sign(secret: str, data: bytes) -> str:
     return hmac.new(secret.encode("utf-8"), data, hashlib.sha256).hexdigest()
 
 
+DOWNLINK_LABEL = b"iotgw/v1/downlink"
+
+
+def downlink_key(secret: str) -> str:
+    """Return K_down, the key that signs every downlink (replies and notices).
+
+    K_down = HMAC-SHA256(key = the UTF-8 bytes of secret, message = "iotgw/v1/downlink"),
+    as 64 lowercase hex characters. A downlink is signed exactly like an
+    uplink with this hex string in place of the secret, so a reply can never
+    be replayed as an uplink.
+    """
+    return hmac.new(secret.encode("utf-8"), DOWNLINK_LABEL, hashlib.sha256).hexdigest()
+
+
 def build_message(secret: str, device_id: str, payload: bytes, timestamp: int = None, message_id: str = None) -> bytes:
     """Return a signed uplink message.
 
@@ -73,6 +87,8 @@ def split_message(raw: bytes) -> dict:
     i = _skip_ws(raw, i + 1)
     while True:
         end = _end_of_string(raw, i)
+        if b"\\" in raw[i:end]:
+            raise ValueError("escape in a member name at byte %d" % i)
         key = json.loads(raw[i:end])
         if key in fields:
             raise ValueError("duplicate key %r" % key)
@@ -89,21 +105,38 @@ def split_message(raw: bytes) -> dict:
 
 
 def message_signing_bytes(fields: dict) -> bytes:
-    """Return the signing bytes of a message split by split_message."""
+    """Return the signing bytes of a message split by split_message.
+
+    device_id and message_id have one spelling only: an escape in either
+    raises ValueError (the gateway calls such a message malformed).
+    """
+    for name in ("device_id", "message_id"):
+        if b"\\" in fields[name]:
+            raise ValueError("escape in %s" % name)
     return signing_bytes(json.loads(fields["device_id"]), fields["timestamp"],
                          json.loads(fields["message_id"]), fields["payload"])
 
 
 def verify_message(secret: str, raw: bytes) -> bool:
-    """Report whether raw carries a valid signature under secret.
+    """Report whether the uplink raw carries a valid signature under secret.
 
-    Devices use it on downlink replies from device/<id>/response, which are
-    signed the same way with the same secret. It checks only the signature;
-    check the timestamp and message id yourself if replies matter.
+    This is the gateway's check. For a downlink use verify_reply.
     """
     fields = split_message(raw)
     want = sign(secret, message_signing_bytes(fields))
+    if b"\\" in fields["signature"]:
+        raise ValueError("escape in signature")
     return hmac.compare_digest(want, json.loads(fields["signature"]))
+
+
+def verify_reply(secret: str, raw: bytes) -> bool:
+    """Report whether the downlink raw (a reply or a notice from
+    device/<id>/response) carries a valid signature for the device whose
+    secret is secret: signed like an uplink, keyed with downlink_key(secret).
+    It checks only the signature; check device_id, the timestamp and
+    in_reply_to yourself if replies matter.
+    """
+    return verify_message(downlink_key(secret), raw)
 
 
 def _skip_ws(b: bytes, i: int) -> int:
@@ -158,7 +191,7 @@ def _end_of_value(b: bytes, i: int) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="Print a signed iotgw message. The secret is the first line of stdin.")
-    ap.add_argument("--device", required=True, help="device id, 1-64 chars of [A-Za-z0-9_.-]")
+    ap.add_argument("--device", required=True, help="device id, 1-64 chars of [A-Za-z0-9_.-], not starting with a dot")
     ap.add_argument("--payload", default="{}", help="payload JSON, signed and sent byte for byte (default {})")
     ap.add_argument("--timestamp", type=int, help="Unix seconds (default now)")
     ap.add_argument("--message-id", help="lowercase UUID (default a random one)")

@@ -32,7 +32,7 @@ type Limits struct {
 // Envelope is one parsed message. Its byte slices alias the input given to
 // Parse; copy them if the input buffer is reused.
 type Envelope struct {
-	// DeviceID is the device id, 1-64 chars of [A-Za-z0-9_.-].
+	// DeviceID is the device id, 1-64 chars of [A-Za-z0-9_.-], not starting with a dot.
 	DeviceID string
 	// Timestamp is the message time in Unix seconds.
 	Timestamp int64
@@ -133,9 +133,11 @@ func AppendJSON(dst []byte, e *Envelope) []byte {
 	return append(dst, `"}`...)
 }
 
-// ValidDeviceID reports whether id is 1-64 chars of [A-Za-z0-9_.-].
+// ValidDeviceID reports whether id is 1-64 chars of [A-Za-z0-9_.-] that
+// does not start with a dot. The id becomes a path segment (backend URL,
+// certificate file, topic), so "." and ".." and hidden names are refused.
 func ValidDeviceID(id string) bool {
-	if len(id) == 0 || len(id) > MaxDeviceIDLen {
+	if len(id) == 0 || len(id) > MaxDeviceIDLen || id[0] == '.' {
 		return false
 	}
 	for i := 0; i < len(id); i++ {

@@ -135,6 +135,13 @@ func TestValidDeviceID(t *testing.T) {
 		{"a+b", false},
 		{"a#", false},
 		{"sensör", false},
+		{".", false},
+		{"..", false},
+		{"...", false},
+		{".hidden", false},
+		{"a.", true},
+		{"a..b", true},
+		{"-a", true},
 	}
 	for _, tc := range tests {
 		if got := envelope.ValidDeviceID(tc.id); got != tc.want {

@@ -78,3 +78,21 @@ func ExampleRejectionPayload() {
 	// {"in_reply_to":"550e8400-e29b-41d4-a716-446655440000","error":"stale"}
 	// {"in_reply_to":null,"error":"malformed"}
 }
+
+// A device verifies a downlink (reply or notice) with the downlink key
+// derived from its secret; the uplink key does not verify it.
+func ExampleNewDownlinkMAC() {
+	fmt.Println(string(envelope.DownlinkKey([]byte(exampleSecret))))
+	raw := []byte(`{"device_id":"sensor_001","timestamp":1727712000,"message_id":"7d3f1c2a-8e4b-4d5c-9e6f-0a1b2c3d4e5f","payload":{"in_reply_to":"550e8400-e29b-41d4-a716-446655440000","status":200,"body":{"ok":true}},"signature":"3ab259e72207cd523bf1e15e5aeb0ddd4798d42cd5840aaed63eacd32b106db1"}`)
+	e, err := envelope.Parse(raw, envelope.Limits{})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println("downlink key verifies:", envelope.Verify(envelope.NewDownlinkMAC([]byte(exampleSecret)), &e))
+	fmt.Println("uplink key verifies:", envelope.Verify(envelope.NewMAC([]byte(exampleSecret)), &e))
+	// Output:
+	// 5ad2af93196d1b64e220393f7a740bc23d970d35234992d89734ee93a064a32b
+	// downlink key verifies: true
+	// uplink key verifies: false
+}

@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/hex"
 	"strconv"
 	"unicode/utf16"
@@ -63,7 +64,7 @@ func Parse(raw []byte, lim Limits) (Envelope, error) {
 	var keyBuf [16]byte
 	for {
 		s.ws()
-		key, err := s.str(keyBuf[:0], "")
+		key, err := s.plainStr(keyBuf[:0], "")
 		if err != nil {
 			return e, err
 		}
@@ -158,7 +159,7 @@ func (s *scanner) eat(c byte) bool {
 func (s *scanner) field(bit int, e *Envelope) error {
 	switch bit {
 	case fDeviceID:
-		v, err := s.str(nil, "device_id")
+		v, err := s.plainStr(nil, "device_id")
 		if err != nil {
 			return err
 		}
@@ -169,6 +170,9 @@ func (s *scanner) field(bit int, e *Envelope) error {
 			if !deviceIDChar(c) {
 				return s.fail("device_id", "must be characters of [A-Za-z0-9_.-]")
 			}
+		}
+		if v[0] == '.' {
+			return s.fail("device_id", "must not start with a dot")
 		}
 		e.DeviceID = string(v)
 	case fTimestamp:
@@ -189,7 +193,7 @@ func (s *scanner) field(bit int, e *Envelope) error {
 		ts, _ := strconv.ParseInt(string(digits), 10, 64) // ≤12 digits: cannot fail
 		e.Timestamp, e.TimestampRaw = ts, digits
 	case fMessageID:
-		v, err := s.str(nil, "message_id")
+		v, err := s.plainStr(nil, "message_id")
 		if err != nil {
 			return err
 		}
@@ -198,7 +202,7 @@ func (s *scanner) field(bit int, e *Envelope) error {
 		}
 		e.MessageID = v
 	case fSignature:
-		v, err := s.str(nil, "signature")
+		v, err := s.plainStr(nil, "signature")
 		if err != nil {
 			return err
 		}
@@ -261,7 +265,29 @@ func (s *scanner) str(dst []byte, field string) ([]byte, error) {
 	}
 }
 
-// escape validates one escape sequence starting at the backslash.
+// plainStr reads a JSON string that must not contain any escape: member
+// names, device_id, message_id and signature have one spelling only, so
+// one signature never verifies two different messages.
+func (s *scanner) plainStr(dst []byte, field string) ([]byte, error) {
+	start := s.i
+	v, err := s.str(dst, field)
+	if err != nil {
+		return nil, err
+	}
+	if bytes.IndexByte(s.b[start:s.i], '\\') >= 0 {
+		s.i = start
+		if field == "" {
+			return nil, s.fail("", "escape in a member name")
+		}
+		return nil, s.fail(field, "must not contain escapes")
+	}
+	return v, nil
+}
+
+// escape validates one escape sequence starting at the backslash. A \u
+// escape of a UTF-16 high surrogate must be followed at once by the escape
+// of a low surrogate; any other surrogate escape is unpaired and refused
+// (it decodes to no character, and strict backends refuse it).
 func (s *scanner) escape(field string) error {
 	s.i++ // backslash
 	if s.i >= len(s.b) {
@@ -272,18 +298,36 @@ func (s *scanner) escape(field string) error {
 		s.i++
 		return nil
 	case 'u':
-		if s.i+5 > len(s.b) {
+		r, ok := s.hexEscape(s.i - 1)
+		if !ok {
 			return s.fail(field, "bad \\u escape")
 		}
-		for _, c := range s.b[s.i+1 : s.i+5] {
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
-				return s.fail(field, "bad \\u escape")
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return s.fail(field, "unpaired surrogate escape")
+		case r >= 0xD800 && r <= 0xDBFF:
+			if lo, ok := s.hexEscape(s.i + 5); !ok || lo < 0xDC00 || lo > 0xDFFF {
+				return s.fail(field, "unpaired surrogate escape")
 			}
+			s.i += 6
 		}
 		s.i += 5
 		return nil
 	}
 	return s.fail(field, "bad escape")
+}
+
+// hexEscape decodes the \uXXXX escape at s.b[at:], if there is one.
+func (s *scanner) hexEscape(at int) (uint16, bool) {
+	if at+6 > len(s.b) || s.b[at] != '\\' || s.b[at+1] != 'u' {
+		return 0, false
+	}
+	for _, c := range s.b[at+2 : at+6] {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return 0, false
+		}
+	}
+	return hex4(s.b[at+2 : at+6]), true
 }
 
 // unescape decodes a validated JSON string body.

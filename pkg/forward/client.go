@@ -35,7 +35,10 @@ type Config struct {
 	BreakerThreshold int `mapstructure:"breaker_threshold"`
 	// BreakerCooldown is how long the circuit stays open before one probe. Default 5s.
 	BreakerCooldown time.Duration `mapstructure:"breaker_cooldown"`
-	// MaxResponseBytes caps how much of a response body is read and relayed. Default 16 KiB.
+	// MaxResponseBytes caps how much of a response body is read and relayed.
+	// Default 16 KiB, at most MaxResponseBytesLimit. The signed reply carries
+	// at most envelope.MaxReplyPayloadBytes of it; a longer body is cut and
+	// marked "truncated":true (docs/PROTOCOL.md, section 4).
 	MaxResponseBytes int64 `mapstructure:"max_response_bytes"`
 	// BatchMax, above 1, turns on batch mode: up to this many messages (at
 	// most one per device, so per-device order holds) go in one POST to
@@ -71,6 +74,9 @@ type Config struct {
 	SigningKeyFile string `mapstructure:"signing_key_file"`
 }
 
+// MaxResponseBytesLimit is the largest backend.max_response_bytes: 1 MiB.
+const MaxResponseBytesLimit = 1 << 20
+
 // DefaultConfig returns the defaults (URL empty).
 func DefaultConfig() Config {
 	return Config{Timeout: 10 * time.Second, Workers: 64, MaxAttempts: 50, MaxAge: 24 * time.Hour,
@@ -100,8 +106,8 @@ func (c Config) Validate() error {
 		return errors.New("backend.backoff_initial/backoff_max: need 0 < initial ≤ max")
 	case c.BreakerThreshold < 1 || c.BreakerCooldown <= 0:
 		return errors.New("backend.breaker_threshold/breaker_cooldown: must be positive")
-	case c.MaxResponseBytes < 0:
-		return errors.New("backend.max_response_bytes: must not be negative")
+	case c.MaxResponseBytes < 0 || c.MaxResponseBytes > MaxResponseBytesLimit:
+		return fmt.Errorf("backend.max_response_bytes: must be 0..%d, got %d", MaxResponseBytesLimit, c.MaxResponseBytes)
 	case c.BatchMax < 1 || c.BatchMax > 1000:
 		return fmt.Errorf("backend.batch_max: must be 1..1000, got %d", c.BatchMax)
 	case c.BatchLinger < 0 || c.BatchLinger > time.Second:

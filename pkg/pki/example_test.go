@@ -52,5 +52,5 @@ func ExampleIssue() {
 	// Output:
 	// devices/sensor-1.crt <nil>
 	// devices/sensor-1.key <nil>
-	// issue device certificate "bad id": device id must be 1-64 characters of [A-Za-z0-9_.-]
+	// issue device certificate "bad id": device id must be 1-64 characters of [A-Za-z0-9_.-], not starting with a dot
 }

@@ -40,8 +40,8 @@ var (
 	// ErrNoCA means the directory holds no usable CA; run Init first.
 	ErrNoCA = errors.New("no CA")
 	// ErrInvalidDeviceID means a device id is not 1-64 characters of
-	// [A-Za-z0-9_.-].
-	ErrInvalidDeviceID = errors.New("device id must be 1-64 characters of [A-Za-z0-9_.-]")
+	// [A-Za-z0-9_.-] or starts with a dot.
+	ErrInvalidDeviceID = errors.New("device id must be 1-64 characters of [A-Za-z0-9_.-], not starting with a dot")
 	// ErrReservedDeviceID means a device id would collide with another
 	// identity at the broker (GatewayIdentity).
 	ErrReservedDeviceID = errors.New("device id is reserved")
@@ -151,7 +151,8 @@ func Init(dir string, hosts []string, now time.Time) error {
 // the broker uses as the device's MQTT username. now is the issue time.
 //
 // Issue fails with an error wrapping ErrNoCA if dir holds no CA,
-// ErrInvalidDeviceID if deviceID is not 1-64 characters of [A-Za-z0-9_.-],
+// ErrInvalidDeviceID if deviceID is not 1-64 characters of [A-Za-z0-9_.-]
+// or starts with a dot (".." would write outside dir/devices),
 // ErrReservedDeviceID if deviceID is GatewayIdentity (a device with that
 // CN would get the gateway's rights at the broker), and ErrExists if the
 // device's certificate or key already exists.

@@ -299,7 +299,10 @@ func TestIssueErrors(t *testing.T) {
 		{"64 chars", dir, strings.Repeat("a", 64), nil},
 		{"ca", dir, "ca", nil},
 		{"broker", dir, "broker", nil},
-		{"dots", dir, "..", nil},
+		{"dot dot", dir, "..", pki.ErrInvalidDeviceID},
+		{"dot", dir, ".", pki.ErrInvalidDeviceID},
+		{"leading dot", dir, ".hidden", pki.ErrInvalidDeviceID},
+		{"inner dots", dir, "a..b.", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

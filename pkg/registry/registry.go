@@ -20,7 +20,7 @@ import (
 var (
 	ErrNotFound  = errors.New("device not found")
 	ErrExists    = errors.New("device already exists")
-	ErrBadID     = errors.New("device id must be 1-64 characters of [A-Za-z0-9_.-]")
+	ErrBadID     = errors.New("device id must be 1-64 characters of [A-Za-z0-9_.-], not starting with a dot")
 	ErrBadSecret = errors.New("secret must be 16-1024 bytes of printable UTF-8 with no surrounding whitespace")
 )
 

@@ -99,6 +99,8 @@ type Validator struct {
 	now    func() time.Time
 	macs   sync.Map // device id → *macPool
 	dummy  *macPool
+
+	downMacs sync.Map // device id → *downPool: downlink keys, derived once
 }
 
 // New returns a Validator. now is the clock (time.Now in production).
@@ -128,6 +130,7 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	if errors.Is(err, ErrUnknownDevice) {
 		v.dummy.verify(&env)        // same cost as a known device
 		v.macs.Delete(env.DeviceID) // a removed device's key leaves memory
+		v.downMacs.Delete(env.DeviceID)
 		return reject(env, UnknownDevice, ""), nil
 	}
 	if err != nil {
@@ -135,6 +138,7 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	}
 	if !dev.Enabled {
 		v.macs.Delete(env.DeviceID)
+		v.downMacs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
 	}
 	// Whole seconds on both sides: the timestamp has no fraction, so a
@@ -158,13 +162,19 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	return Result{Envelope: env, Expires: expires}, nil
 }
 
-// Sign signs e in place with deviceID's secret, for replies.
+// Sign signs e in place for a downlink (reply or notice) to e.DeviceID:
+// with the downlink key derived from the device's secret
+// (envelope.DownlinkKey), never with the uplink key, so a reflected
+// downlink is a bad_signature.
 func (v *Validator) Sign(ctx context.Context, e *envelope.Envelope) error {
 	dev, err := v.keys.Device(ctx, e.DeviceID)
 	if err != nil {
+		if errors.Is(err, ErrUnknownDevice) {
+			v.downMacs.Delete(e.DeviceID)
+		}
 		return fmt.Errorf("look up device: %w", err)
 	}
-	p := v.macFor(e.DeviceID, dev.Secret)
+	p := v.downMACFor(e.DeviceID, dev.Secret)
 	m := p.get()
 	e.Signature = envelope.SignWith(m, e)
 	p.put(m)

@@ -30,8 +30,21 @@ const vectorsPath = "../../testdata/vectors.json"
 // generator below, is the source of truth: tests read it, and -update only
 // rewrites it when the generator changed on purpose.
 type vectorFile struct {
-	About   []string `json:"about"`
-	Vectors []vector `json:"vectors"`
+	About   []string      `json:"about"`
+	Vectors []vector      `json:"vectors"`
+	Replies []replyVector `json:"replies"`
+}
+
+// replyVector is one signed downlink (reply or notice) as the gateway
+// publishes it; docs/PROTOCOL.md describes every field.
+type replyVector struct {
+	Name        string `json:"name"`
+	Note        string `json:"note,omitempty"`
+	Secret      string `json:"secret"`
+	DownlinkKey string `json:"downlink_key"`
+	Now         int64  `json:"now"`
+	Message     string `json:"message"`
+	Signature   string `json:"signature"`
 }
 
 // vector is one golden vector; docs/PROTOCOL.md describes every field.
@@ -62,7 +75,9 @@ func (v vector) raw(t testing.TB) []byte {
 	return b
 }
 
-func loadVectors(t testing.TB) []vector {
+func loadVectors(t testing.TB) []vector { return loadVectorFile(t).Vectors }
+
+func loadVectorFile(t testing.TB) vectorFile {
 	t.Helper()
 	b, err := os.ReadFile(vectorsPath)
 	if err != nil {
@@ -74,7 +89,7 @@ func loadVectors(t testing.TB) []vector {
 	if err := dec.Decode(&f); err != nil {
 		t.Fatalf("decode vectors: %v", err)
 	}
-	return f.Vectors
+	return f
 }
 
 // fakeKeys is a KeyStore over a map.
@@ -272,6 +287,7 @@ func specs() []vecSpec {
 		{name: "accepted_unicode_secret", want: "accepted", note: "The HMAC key is the UTF-8 bytes of the secret string.",
 			secret: "pässwörd-für-sensor_001-✓"},
 		{name: "accepted_device_id_64_chars", want: "accepted", device: id64},
+		{name: "accepted_device_id_inner_dots", want: "accepted", note: "Dots are allowed anywhere but first.", device: "a..b."},
 		{name: "accepted_depth_at_limit", want: "accepted", note: "Envelope depth 1 + 31 nested arrays = depth 32, the default limit.",
 			payload: nested(31)},
 		{name: "accepted_size_at_limit", want: "accepted", note: "Exactly max_message_bytes (256 here) bytes.",
@@ -321,6 +337,24 @@ func specs() []vecSpec {
 		{name: "malformed_payload_trailing_comma", want: "malformed", payload: `{"temperature":22.5,}`},
 		{name: "malformed_payload_nan", want: "malformed", payload: `{"temperature":NaN}`},
 		{name: "malformed_payload_control_char", want: "malformed", note: "A raw tab inside a JSON string.", payload: "{\"note\":\"a\tb\"}"},
+		{name: "malformed_escaped_member_name", want: "malformed", note: "Member names have one spelling: no escapes (device\\u005fid would verify with device_id's signature).",
+			tmpl: strings.Replace(compact, `"device_id"`, `"device\u005fid"`, 1)},
+		{name: "malformed_escaped_member_name_payload", want: "malformed", tmpl: strings.Replace(compact, `"payload"`, `"p\u0061yload"`, 1)},
+		{name: "malformed_escaped_device_id", want: "malformed", note: "device_id has one spelling: no escapes (sensor\\u005f001 would verify with sensor_001's signature).",
+			tmpl: strings.Replace(compact, `"{device}"`, `"sensor\u005f001"`, 1)},
+		{name: "malformed_escaped_message_id", want: "malformed", note: "message_id has one spelling: no escapes.",
+			tmpl: strings.Replace(compact, `"{mid}"`, `"550e8400\u002de29b-41d4-a716-446655440000"`, 1)},
+		{name: "malformed_escaped_signature", want: "malformed", note: "signature has one spelling: no escapes.",
+			sig: func(s string) string { return `\u00` + hex.EncodeToString([]byte{s[0]}) + s[1:] }},
+		{name: "malformed_lone_high_surrogate", want: "malformed", note: "An escaped high surrogate with no low one after it.", payload: `{"note":"\ud800"}`},
+		{name: "malformed_lone_low_surrogate", want: "malformed", note: "An escaped low surrogate with no high one before it.", payload: `{"note":"\udc00"}`},
+		{name: "malformed_high_surrogate_then_non_low", want: "malformed", note: "A high surrogate followed by an escape that is not a low surrogate.", payload: `{"note":"\ud800\u0041"}`},
+		{name: "malformed_high_surrogate_then_text", want: "malformed", payload: `{"note":"\ud83dx"}`},
+		{name: "malformed_reversed_surrogate_pair", want: "malformed", payload: `{"note":"\ude00\ud83d"}`},
+		{name: "malformed_lone_surrogate_in_payload_name", want: "malformed", payload: `{"\ud800":1}`},
+		{name: "malformed_device_id_dot", want: "malformed", note: "A device id must not start with a dot: it is a path segment.", device: "."},
+		{name: "malformed_device_id_dot_dot", want: "malformed", note: "'..' would make the backend URL /ingest/../ and a certificate outside devices/.", device: ".."},
+		{name: "malformed_device_id_leading_dot", want: "malformed", device: ".sensor_001"},
 
 		// identity_mismatch
 		{name: "identity_mismatch_other_device", want: "identity_mismatch", topic: "sensor_002"},
@@ -345,6 +379,8 @@ func specs() []vecSpec {
 			payload: `{"city":"Z\u00fcrich"}`, signedPayload: `{"city":"Zürich"}`},
 		{name: "bad_signature_tampered_timestamp", want: "bad_signature", ts: "1727712001", signedTS: defTS},
 		{name: "bad_signature_zeros", want: "bad_signature", sig: func(string) string { return strings.Repeat("0", 64) }},
+		{name: "bad_signature_reflected_downlink", want: "bad_signature", note: "Signed with the downlink key, as a gateway reply or notice is: never valid as an uplink.",
+			signKey: string(envelope.DownlinkKey([]byte(defSecret))), payload: `{"in_reply_to":null,"error":"malformed"}`},
 
 		// replay
 		{name: "replay_redelivery", want: "replay", note: "The same message a second time.", earlier: &vecSpec{}},
@@ -353,10 +389,53 @@ func specs() []vecSpec {
 	}
 }
 
+// replySpecs are the downlink vectors: payloads as the gateway builds them.
+func replySpecs() []struct{ name, note, secret, mid, payload string } {
+	return []struct{ name, note, secret, mid, payload string }{
+		{"reply_forwarded", "The reply after a forward: the backend answered 200 {\"ok\":true}.", defSecret,
+			"7d3f1c2a-8e4b-4d5c-9e6f-0a1b2c3d4e5f", string(envelope.ReplyPayload([]byte(defMID), 200, []byte(`{"ok":true}`)))},
+		{"reply_text_body", "A non-JSON backend body is sent as a JSON string.", defSecret,
+			"7d3f1c2a-8e4b-4d5c-9e6f-0a1b2c3d4e60", string(envelope.ReplyPayload([]byte(defMID), 503, []byte("try <later>")))},
+		{"notice_malformed", "The notice after a message so malformed that no message_id was read.", defSecret,
+			"7d3f1c2a-8e4b-4d5c-9e6f-0a1b2c3d4e61", string(envelope.RejectionPayload(nil, "malformed"))},
+		{"notice_stale_unicode_secret", "K_down is keyed with the UTF-8 bytes of the secret string.", "pässwörd-für-sensor_001-✓",
+			"7d3f1c2a-8e4b-4d5c-9e6f-0a1b2c3d4e62", string(envelope.RejectionPayload([]byte(defMID), "stale"))},
+	}
+}
+
+// TestReplyVectors checks every downlink vector: K_down, the signature
+// (which the message carries), and that the message, republished as an
+// uplink, is a bad_signature.
+func TestReplyVectors(t *testing.T) {
+	f := loadVectorFile(t)
+	if len(f.Replies) == 0 {
+		t.Fatal("no reply vectors")
+	}
+	for _, r := range f.Replies {
+		t.Run(r.Name, func(t *testing.T) {
+			if got := string(envelope.DownlinkKey([]byte(r.Secret))); got != r.DownlinkKey {
+				t.Fatalf("DownlinkKey = %s, want %s", got, r.DownlinkKey)
+			}
+			env, err := envelope.Parse([]byte(r.Message), envelope.Limits{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sig := envelope.SignDownlink([]byte(r.Secret), &env)
+			if got := hex.EncodeToString(sig[:]); got != r.Signature || sig != env.Signature {
+				t.Fatalf("SignDownlink = %s, want %s (the message carries %x)", got, r.Signature, env.Signature)
+			}
+			up := vector{Name: r.Name, Secret: r.Secret, TopicDevice: env.DeviceID, DeviceState: "enabled", Now: r.Now, Message: &r.Message}
+			if got := checkVector(t, up); got != string(validate.BadSignature) {
+				t.Fatalf("the reply as an uplink: %s, want bad_signature", got)
+			}
+		})
+	}
+}
+
 func writeVectors(t *testing.T) {
 	base, _ := strconv.ParseInt(defTS, 10, 64)
 	f := vectorFile{About: []string{
-		"Golden vectors for the iotgw uplink contract; docs/PROTOCOL.md describes the fields.",
+		"Golden vectors for the iotgw device contract: uplinks in \"vectors\", signed downlinks (K_down) in \"replies\"; docs/PROTOCOL.md describes the fields.",
 		"Shared by the Go tests, the CLI tests and scripts/check_vectors.py. This file is the source of truth;",
 		"it was generated by `go test ./pkg/validate -run TestVectors -update`.",
 	}}
@@ -390,6 +469,13 @@ func writeVectors(t *testing.T) {
 			t.Fatalf("generator: %s: verdict %s, want %s", s.name, got, s.want)
 		}
 		f.Vectors = append(f.Vectors, v)
+	}
+	for _, r := range replySpecs() {
+		e := envelope.Envelope{DeviceID: defDevice, Timestamp: base, TimestampRaw: []byte(defTS), MessageID: []byte(r.mid), Payload: []byte(r.payload)}
+		e.Signature = envelope.SignDownlink([]byte(r.secret), &e)
+		f.Replies = append(f.Replies, replyVector{Name: r.name, Note: r.note, Secret: r.secret,
+			DownlinkKey: string(envelope.DownlinkKey([]byte(r.secret))), Now: base,
+			Message: string(envelope.AppendJSON(nil, &e)), Signature: hex.EncodeToString(e.Signature[:])})
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
