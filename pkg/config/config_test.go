@@ -136,6 +136,17 @@ log:
 			},
 		},
 		{
+			name: "limits from the file and the environment",
+			yaml: "limits:\n  device_rate: 2.5\n  quarantine_after: 20\n  quarantine_window: 30s\n",
+			env:  map[string]string{"IOTGW_LIMITS_DEVICE_BURST": "7"},
+			want: func(f *config.File) {
+				f.Limits.DeviceRate = 2.5
+				f.Limits.DeviceBurst = 7
+				f.Limits.QuarantineAfter = 20
+				f.Limits.QuarantineWindow = 30 * time.Second
+			},
+		},
+		{
 			name: "an empty variable does not override",
 			yaml: "backend:\n  url: http://file.example/\n",
 			env:  map[string]string{"IOTGW_BACKEND_URL": ""},
@@ -294,6 +305,9 @@ func TestLoadValidates(t *testing.T) {
 		{name: "bad log level", yaml: "log:\n  level: loud\n", wantErr: "log.level"},
 		{name: "bad log format", env: map[string]string{"IOTGW_LOG_FORMAT": "xml"}, wantErr: "log.format"},
 		{name: "section validation runs", env: map[string]string{"IOTGW_OUTBOX_SYNCHRONOUS": "sometimes"}, wantErr: "outbox.synchronous"},
+		{name: "rate limit without a burst", env: map[string]string{"IOTGW_LIMITS_DEVICE_BURST": "0"}, wantErr: "limits.device_burst"},
+		{name: "rate limit off", env: map[string]string{"IOTGW_LIMITS_DEVICE_RATE": "0", "IOTGW_LIMITS_DEVICE_BURST": "0"}},
+		{name: "negative quarantine", yaml: "limits:\n  quarantine_after: -1\n", wantErr: "limits.quarantine_after"},
 		{name: "unreadable CA file", env: map[string]string{"IOTGW_MQTT_CA_FILE": "/nonexistent/ca.crt"}, wantErr: "mqtt.ca_file"},
 	}
 	for _, tc := range tests {
