@@ -1,0 +1,68 @@
+package main
+
+import (
+	"database/sql"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestAuditRecordsAdminActions: each admin command leaves one entry by
+// cli:<user>; verify passes, then names the entry an edit, a deletion in
+// the middle and a deletion at the end broke.
+func TestAuditRecordsAdminActions(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "registry.db")
+	outbox := filepath.Join(t.TempDir(), "outbox.db")
+	for _, args := range [][]string{
+		{"device", "add", "sensor_001", "--db", db},
+		{"device", "disable", "sensor_001", "--db", db},
+		{"device", "enable", "sensor_001", "--db", db},
+		{"device", "remove", "sensor_001", "--db", db},
+		{"deadletter", "drop", "--all", "--outbox", outbox, "--db", db},
+	} {
+		if r := runCLI(t, "", args...); r.code != 0 {
+			t.Fatalf("%v: exit %d: %v %s", args, r.code, r.err, r.stderr)
+		}
+	}
+	r := runCLI(t, "", "audit", "tail", "--db", db, "-n", "10")
+	if r.code != 0 {
+		t.Fatalf("audit tail: %v", r.err)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	want := []string{"device.add", "device.disable", "device.enable", "device.remove", "deadletter.drop"}
+	if len(lines) != 1+len(want) {
+		t.Fatalf("audit tail printed %d lines, want a header and %d entries:\n%s", len(lines), len(want), r.stdout)
+	}
+	for i, w := range want {
+		if f := strings.Fields(lines[i+1]); len(f) < 7 || f[4] != w || !strings.HasPrefix(f[2], "cli:") {
+			t.Fatalf("entry %d = %q, want action %s by cli:<user>", i+1, lines[i+1], w)
+		}
+	}
+	if strings.Contains(r.stdout, "secret") {
+		t.Fatalf("tail mentions a secret:\n%s", r.stdout)
+	}
+	if r := runCLI(t, "", "audit", "verify", "--db", db); r.code != 0 || !strings.Contains(r.stdout, "audit chain ok: 5 entries") {
+		t.Fatalf("verify: exit %d %v %q", r.code, r.err, r.stdout)
+	}
+	raw, err := sql.Open("sqlite3", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	for _, tc := range []struct{ sql, want string }{
+		{`DELETE FROM audit_log WHERE seq = 5`, "BROKEN at entry 5"},                 // the last one
+		{`UPDATE audit_log SET device = 'other' WHERE seq = 2`, "BROKEN at entry 2"}, // an edit
+		{`DELETE FROM audit_log WHERE seq = 1`, "BROKEN at entry 2"},                 // first broken is still 2
+	} {
+		if _, err := raw.Exec(tc.sql); err != nil {
+			t.Fatal(err)
+		}
+		r := runCLI(t, "", "audit", "verify", "--db", db)
+		if r.code != 1 || !strings.Contains(r.err.Error(), tc.want) {
+			t.Fatalf("after %s: verify exit %d, %v; want 1 and %q", tc.sql, r.code, r.err, tc.want)
+		}
+	}
+	if r := runCLI(t, "", "audit", "verify", "--db", filepath.Join(t.TempDir(), "none.db")); r.code != 1 {
+		t.Fatalf("verify of a missing registry: exit %d, want 1", r.code)
+	}
+}
