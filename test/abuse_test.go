@@ -235,7 +235,7 @@ func TestQuarantineAfterBadSignatures(t *testing.T) {
 	raw, _ := bystander.signed(`{"fine":true}`, time.Now().Unix())
 	bystander.publish("", raw)
 	f.backend.waitCount(t, 1, 10*time.Second) // another device is untouched
-	time.Sleep(500 * time.Millisecond) // registry.refresh is 200ms
+	time.Sleep(500 * time.Millisecond)        // registry.refresh is 200ms
 	raw, _ = d.signed(`{"valid":true}`, time.Now().Unix())
 	d.publish("", raw)
 	g.waitMetric(`iotgw_messages_rejected_total{reason="disabled"}`, 1, 10*time.Second)
