@@ -17,7 +17,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/registry"
 )
 
-const defaultLimits = "limits:\n  device_rate: 100\n  device_burst: 200\n"
+const defaultLimits = "limits:\n  device_rate: 100\n  device_burst: 200\n  notice_interval: 1s\n"
 
 // TestFloodRateLimited: one device floods 30,000 validly signed messages
 // (QoS 1, as fast as Paho sends them) while a second device sends one

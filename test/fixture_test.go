@@ -134,13 +134,15 @@ type gatewayOpts struct {
 }
 
 // limitsOr returns o.limits, or the limits the functional tests run with:
-// the per-device rate limit off, because they stream thousands of
-// messages from one device to test other things (TestFlood* set their own).
+// the per-device rate limit and the notice limit off, because they stream
+// thousands of messages from one device, or expect a notice for each of
+// several rejections in a row, to test other things (TestFloodRateLimited
+// and TestQuarantineAfterBadSignatures set their own).
 func (o gatewayOpts) limitsOr() string {
 	if o.limits != "" {
 		return o.limits
 	}
-	return "limits:\n  device_rate: 0\n"
+	return "limits:\n  device_rate: 0\n  notice_interval: 0s\n"
 }
 
 func (o gatewayOpts) attemptsOr(n int) int {

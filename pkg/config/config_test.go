@@ -137,13 +137,14 @@ log:
 		},
 		{
 			name: "limits from the file and the environment",
-			yaml: "limits:\n  device_rate: 2.5\n  quarantine_after: 20\n  quarantine_window: 30s\n",
+			yaml: "limits:\n  device_rate: 2.5\n  quarantine_after: 20\n  quarantine_window: 30s\n  notice_interval: 0s\n",
 			env:  map[string]string{"IOTGW_LIMITS_DEVICE_BURST": "7"},
 			want: func(f *config.File) {
 				f.Limits.DeviceRate = 2.5
 				f.Limits.DeviceBurst = 7
 				f.Limits.QuarantineAfter = 20
 				f.Limits.QuarantineWindow = 30 * time.Second
+				f.Limits.NoticeInterval = 0
 			},
 		},
 		{

@@ -39,7 +39,7 @@ type abuse struct {
 func (g *Gateway) openAbuse(ctx context.Context) error {
 	a := &abuse{
 		limits:     limit.NewDevices(g.cfg.Limits.DeviceRate, g.cfg.Limits.DeviceBurst),
-		notices:    limit.NewNotices(),
+		notices:    limit.NewNotices(g.cfg.Limits.NoticeInterval),
 		quarantine: limit.NewQuarantine(g.cfg.Limits.QuarantineAfter, g.cfg.Limits.QuarantineWindow),
 	}
 	var err error

@@ -14,6 +14,11 @@ type Config struct {
 	// DeviceBurst is how many messages a device may send at once above the
 	// rate (the bucket's size). Default 200. Must be ≥ 1 when DeviceRate > 0.
 	DeviceBurst int `mapstructure:"device_burst"`
+	// NoticeInterval is the least time between two rejection notices to one
+	// device for one reason; the rejections between are counted, not
+	// answered, so a flood cannot turn the gateway into an amplifier.
+	// Default 1s; 0 answers every rejection.
+	NoticeInterval time.Duration `mapstructure:"notice_interval"`
 	// QuarantineAfter disables a device in the registry after this many
 	// bad_signature rejections within QuarantineWindow. 0 (the default)
 	// turns quarantine off.
@@ -24,7 +29,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{DeviceRate: 100, DeviceBurst: 200, QuarantineWindow: time.Minute}
+	return Config{DeviceRate: 100, DeviceBurst: 200, NoticeInterval: time.Second, QuarantineWindow: time.Minute}
 }
 
 // Validate checks the settings.
@@ -36,6 +41,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("limits.device_burst: must be 1..1000000 while limits.device_rate is on, got %d", c.DeviceBurst)
 	case c.DeviceBurst < 0:
 		return fmt.Errorf("limits.device_burst: must not be negative, got %d", c.DeviceBurst)
+	case c.NoticeInterval < 0 || c.NoticeInterval > time.Hour:
+		return fmt.Errorf("limits.notice_interval: must be 0 (off) .. 1h, got %s", c.NoticeInterval)
 	case c.QuarantineAfter < 0 || c.QuarantineAfter > maxQuarantineAfter:
 		return fmt.Errorf("limits.quarantine_after: must be 0 (off) .. %d, got %d", maxQuarantineAfter, c.QuarantineAfter)
 	case c.QuarantineAfter > 0 && (c.QuarantineWindow <= 0 || c.QuarantineWindow > 24*time.Hour):

@@ -6,7 +6,7 @@
 //     lookup and before the HMAC, so a flood costs neither an HMAC nor a
 //     disk write.
 //   - Notices: at most one rejection notice per device and reason per
-//     second, so a flood cannot turn the gateway into an amplifier.
+//     second (limits.notice_interval), so a flood cannot turn the gateway into an amplifier.
 //   - Quarantine: N bad_signature rejections within a window trip it once;
 //     the gateway then disables the device in the registry.
 //

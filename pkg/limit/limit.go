@@ -122,25 +122,32 @@ func (d *Devices) Tracked() int {
 	return d.buckets.len()
 }
 
-// NoticeInterval is the least time between two rejection notices to one
-// device for one reason.
-const NoticeInterval = time.Second
-
 // Notices limits rejection notices: one per device and reason per
-// NoticeInterval.
+// interval.
 type Notices struct {
+	interval   time.Duration
 	last       *tracked[*time.Time]
 	suppressed atomic.Int64
 }
 
-// NewNotices returns an empty notice limiter.
-func NewNotices() *Notices { return &Notices{last: newTracked[*time.Time](MaxTracked)} }
+// NewNotices returns an empty notice limiter letting one notice per device
+// and reason through per interval, or nil when interval is 0 (off); a nil
+// *Notices allows every notice.
+func NewNotices(interval time.Duration) *Notices {
+	if interval <= 0 {
+		return nil
+	}
+	return &Notices{interval: interval, last: newTracked[*time.Time](MaxTracked)}
+}
 
 // Allow reports whether a notice for reason may go to deviceID at now, and
 // if so remembers now as its last one. A refusal is counted.
 func (n *Notices) Allow(deviceID, reason string, now time.Time) bool {
+	if n == nil {
+		return true
+	}
 	ok := n.last.with(deviceID+"\x00"+reason, func() *time.Time { return new(time.Time) }, func(last *time.Time) bool {
-		if !last.IsZero() && now.Sub(*last) < NoticeInterval {
+		if !last.IsZero() && now.Sub(*last) < n.interval {
 			return false
 		}
 		*last = now
@@ -153,7 +160,12 @@ func (n *Notices) Allow(deviceID, reason string, now time.Time) bool {
 }
 
 // Suppressed returns how many notices Allow refused.
-func (n *Notices) Suppressed() int64 { return n.suppressed.Load() }
+func (n *Notices) Suppressed() int64 {
+	if n == nil {
+		return 0
+	}
+	return n.suppressed.Load()
+}
 
 // Quarantine counts bad_signature rejections per device and trips once a
 // device has had After of them within Window.

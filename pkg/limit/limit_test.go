@@ -64,7 +64,10 @@ func TestDevicesOffAndBounded(t *testing.T) {
 }
 
 func TestNotices(t *testing.T) {
-	n := NewNotices()
+	if off := NewNotices(0); !off.Allow("x", "stale", t0) || !off.Allow("x", "stale", t0) {
+		t.Fatal("notice_interval 0 must answer every rejection")
+	}
+	n := NewNotices(time.Second)
 	sent := 0
 	// 10,000 rejections over 10 s, two reasons: at most one notice per
 	// second and reason.
