@@ -51,6 +51,7 @@ func cliActor() string {
 
 func newAuditCmd() *cobra.Command {
 	var dbPath, cfgPath string
+	var anchors []string
 	open := func(cmd *cobra.Command) (*audit.Log, error) {
 		p := dbPath
 		if p == "" {
@@ -77,8 +78,8 @@ IOTGW_REGISTRY_PATH, else iotgw.db.
 
 'verify' exits 1 naming the first broken entry if a row was edited,
 inserted or deleted. Someone who can write the file can still rewrite the
-whole chain consistently; keep a copy of the head hash elsewhere to catch
-that.`,
+whole chain consistently; keep the head that verify prints (SEQ:HASH)
+elsewhere and pass it later as --anchor to catch that.`,
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
 	cmd.PersistentFlags().StringVar(&dbPath, "db", "", "registry SQLite file holding the audit trail")
@@ -99,13 +100,23 @@ that.`,
 			if err != nil {
 				return err
 			}
+			for _, a := range anchors {
+				seq, hash, err := audit.ParseAnchor(a)
+				if err != nil {
+					return usagef("--anchor: %v", err)
+				}
+				if err := l.CheckAnchor(cmd.Context(), seq, hash); err != nil {
+					return fmt.Errorf("audit chain BROKEN at entry %d: %w", seq, err)
+				}
+			}
 			head := "none"
 			if tail, err := l.Tail(cmd.Context(), 1); err == nil && len(tail) == 1 {
-				head = fmt.Sprintf("entry %d, hash %s", tail[0].Seq, hex.EncodeToString(tail[0].Hash[:]))
+				head = fmt.Sprintf("%d:%s", tail[0].Seq, hex.EncodeToString(tail[0].Hash[:]))
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "audit chain ok: %d entries; head %s\n", n, head)
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "audit chain ok: %d entries; head %s (keep it elsewhere; --anchor checks it later)\n", n, head)
 			return err
 		}}
+	verify.Flags().StringArrayVar(&anchors, "anchor", nil, "SEQ:HASH printed by an earlier verify and kept elsewhere: the entry must still be there (repeatable)")
 	var n int
 	tail := &cobra.Command{Use: "tail", Short: "Print the newest entries", Args: noArguments,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -44,8 +44,17 @@ func TestAuditRecordsAdminActions(t *testing.T) {
 			t.Fatalf("entry %d = %q, want action %s by cli:<user>", i+1, lines[i+1], w)
 		}
 	}
-	if r := runCLI(t, "", "audit", "verify", "--db", db); r.code != 0 || !strings.Contains(r.stdout, "audit chain ok: 7 entries") {
-		t.Fatalf("verify: exit %d %v %q", r.code, r.err, r.stdout)
+	v := runCLI(t, "", "audit", "verify", "--db", db)
+	if v.code != 0 || !strings.Contains(v.stdout, "audit chain ok: 7 entries") {
+		t.Fatalf("verify: exit %d %v %q", v.code, v.err, v.stdout)
+	}
+	_, head, _ := strings.Cut(v.stdout, "head ")
+	anchor, _, _ := strings.Cut(head, " ")
+	if r := runCLI(t, "", "audit", "verify", "--db", db, "--anchor", anchor); r.code != 0 || !strings.HasPrefix(anchor, "7:") {
+		t.Fatalf("verify --anchor %s: exit %d %v", anchor, r.code, r.err)
+	}
+	if r := runCLI(t, "", "audit", "verify", "--db", db, "--anchor", "3:"+strings.Repeat("0", 64)); r.code != 1 || !strings.Contains(r.err.Error(), "rewritten") {
+		t.Fatalf("verify with a wrong anchor: exit %d %v", r.code, r.err)
 	}
 	raw, err := sql.Open("sqlite3", db)
 	if err != nil {

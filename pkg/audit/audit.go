@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/internal/sqlitex"
@@ -244,6 +246,42 @@ func (l *Log) Tail(ctx context.Context, n int) ([]*Entry, error) {
 		out[i], out[j] = out[j], out[i]
 	}
 	return out, nil
+}
+
+// ErrAnchorMismatch is returned by CheckAnchor when the chain no longer
+// holds the recorded entry.
+var ErrAnchorMismatch = errors.New("anchor not in the chain")
+
+// CheckAnchor reports whether entry seq still has hash: an anchor recorded
+// earlier (from `iotgw audit verify`) and kept elsewhere. Together with
+// Verify it catches a consistent rewrite of the chain up to that entry.
+func (l *Log) CheckAnchor(ctx context.Context, seq int64, hash [32]byte) error {
+	var got string
+	err := l.db.QueryRowContext(ctx, `SELECT hash FROM audit_log WHERE seq = ?`, seq).Scan(&got)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("%w: entry %d is gone", ErrAnchorMismatch, seq)
+	}
+	if err != nil {
+		return fmt.Errorf("audit anchor: %w", err)
+	}
+	if got != hex.EncodeToString(hash[:]) {
+		return fmt.Errorf("%w: entry %d has hash %s, the anchor says %x: the chain was rewritten", ErrAnchorMismatch, seq, got, hash)
+	}
+	return nil
+}
+
+// ParseAnchor parses "SEQ:HASH" (64 lowercase hex characters).
+func ParseAnchor(s string) (int64, [32]byte, error) {
+	seqText, hashText, ok := strings.Cut(s, ":")
+	seq, err := strconv.ParseInt(seqText, 10, 64)
+	if !ok || err != nil || seq < 1 {
+		return 0, [32]byte{}, fmt.Errorf("anchor %q is not SEQ:HASH", s)
+	}
+	h, err := parseHash(hashText)
+	if err != nil {
+		return 0, [32]byte{}, fmt.Errorf("anchor %q: %w", s, err)
+	}
+	return seq, h, nil
 }
 
 // Verify checks the whole chain and returns how many entries it holds. A

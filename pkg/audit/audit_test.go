@@ -150,6 +150,38 @@ func TestVerifyCannotDetectConsistentRewrite(t *testing.T) {
 	}
 }
 
+// TestAnchorCatchesRewrite: an anchor kept elsewhere catches a chain
+// rewritten consistently (hashes recomputed) up to the anchored entry.
+func TestAnchorCatchesRewrite(t *testing.T) {
+	l, path := openTemp(t)
+	fill(t, l, 5)
+	tail, _ := l.Tail(context.Background(), 1)
+	seq, hash, err := ParseAnchor(fmt.Sprintf("%d:%x", tail[0].Seq, tail[0].Hash))
+	if err != nil || l.CheckAnchor(context.Background(), seq, hash) != nil {
+		t.Fatalf("fresh anchor: %v", err)
+	}
+	// Rewrite: drop everything and append a consistent, different history.
+	if _, err := rawDB(t, path).Exec(`DELETE FROM audit_log; DELETE FROM audit_head`); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := l.Append(context.Background(), &Entry{At: t0, Actor: "cli:mallory", Action: "device.add", Device: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Verify(context.Background()); err != nil {
+		t.Fatalf("the rewritten chain is consistent, Verify = %v", err)
+	}
+	if err := l.CheckAnchor(context.Background(), seq, hash); !errors.Is(err, ErrAnchorMismatch) {
+		t.Fatalf("CheckAnchor after the rewrite = %v, want ErrAnchorMismatch", err)
+	}
+	for _, bad := range []string{"5", "0:" + strings.Repeat("0", 64), "5:abc", "x:" + strings.Repeat("0", 64)} {
+		if _, _, err := ParseAnchor(bad); err == nil {
+			t.Errorf("ParseAnchor(%q) accepted", bad)
+		}
+	}
+}
+
 // TestConcurrentAppendersOneChain: two Logs on one file (the CLI and the
 // gateway) appending at once still build one linear chain.
 func TestConcurrentAppendersOneChain(t *testing.T) {

@@ -49,7 +49,9 @@
 // that is gone). It cannot detect someone with write access to the file
 // who rewrites the chain consistently from some entry on (recomputing the
 // hashes and moving the head): the scheme has no secret. Only an anchor
-// kept elsewhere (a copied head hash, a log shipped off the machine) can
-// catch that. Entries never hold secrets: only ids, reason codes and
+// kept elsewhere can catch that: `iotgw audit verify` prints the head as
+// SEQ:HASH, and `iotgw audit verify --anchor SEQ:HASH` (CheckAnchor)
+// checks later that the entry is still there with that hash, which
+// catches a rewrite of everything up to it (not of entries after it). Entries never hold secrets: only ids, reason codes and
 // counts.
 package audit
