@@ -201,6 +201,13 @@ set +e
 status=$?
 set -e
 
+# The audit trail: the gateway's rejections (the flood folded into one
+# entry per second) and the admin commands above, in one hash chain.
+sleep 1.5 # the gateway appends each second's folded rejections a second later
+echo
+"$bin" audit tail --config "$work/iotgw.yaml" -n 8 || status=1
+"$bin" audit verify --config "$work/iotgw.yaml" || status=1
+
 echo
 echo "logs: $work/{mosquitto,backend,gateway}.log; backend requests: $backend_log"
 [ "$status" -eq 0 ] || echo "demo: some scenarios did not behave as expected (sim exit status $status)" >&2

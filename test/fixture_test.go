@@ -110,9 +110,9 @@ backend:
   listen: 127.0.0.1:%d
   pprof: true
 shutdown_grace: %s
-log:
+%slog:
   level: debug
-`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), o.backendExtra, httpPort, grace)
+`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), o.backendExtra, httpPort, grace, o.limitsOr())
 }
 
 func (f *fixture) outbox() string {
@@ -129,6 +129,20 @@ type gatewayOpts struct {
 	backendURL   string
 	timeout      string
 	grace        string
+	// limits replaces the limits section: a whole "limits:\n  ..." block.
+	limits string
+}
+
+// limitsOr returns o.limits, or the limits the functional tests run with:
+// the per-device rate limit and the notice limit off, because they stream
+// thousands of messages from one device, or expect a notice for each of
+// several rejections in a row, to test other things (TestFloodRateLimited
+// and TestQuarantineAfterBadSignatures set their own).
+func (o gatewayOpts) limitsOr() string {
+	if o.limits != "" {
+		return o.limits
+	}
+	return "limits:\n  device_rate: 0\n  notice_interval: 0s\n"
 }
 
 func (o gatewayOpts) attemptsOr(n int) int {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -15,7 +16,7 @@ import (
 func init() { commands = append(commands, newDeadletterCmd) }
 
 func newDeadletterCmd() *cobra.Command {
-	var path, cfgPath string
+	var path, cfgPath, dbPath string
 	open := func(cmd *cobra.Command) (*outbox.Store, error) {
 		p := path
 		if p == "" {
@@ -51,6 +52,7 @@ within seconds. The outbox is found with --outbox, else outbox.path from
 	}
 	cmd.PersistentFlags().StringVar(&path, "outbox", "", "outbox database path")
 	cmd.PersistentFlags().StringVar(&cfgPath, "config", "", "YAML config file (for outbox.path)")
+	cmd.PersistentFlags().StringVar(&dbPath, "db", "", "registry file holding the audit trail (default registry.path from --config or $IOTGW_REGISTRY_PATH)")
 
 	list := &cobra.Command{Use: "list", Short: "List dead letters", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -102,11 +104,30 @@ within seconds. The outbox is found with --outbox, else outbox.path from
 				}
 				verb := map[bool]string{true: "moved back to the outbox", false: "dropped"}[retry]
 				fmt.Fprintf(cmd.OutOrStdout(), "%d dead letter(s) %s\n", n, verb)
-				return nil
+				return recordDeadletter(cmd, dbPath, cfgPath, "deadletter."+use, n)
 			}}
 		c.Flags().BoolVar(&all, "all", false, "every dead letter")
 		return c
 	}
 	cmd.AddCommand(list, op("retry", "Move dead letters back into the outbox", true), op("drop", "Delete dead letters for good", false))
 	return cmd
+}
+
+// recordDeadletter records a retry or drop in the audit trail of the
+// registry (--db, else registry.path from --config or the environment).
+// A registry that does not exist is not created: the action is then only
+// reported as unaudited on stderr.
+func recordDeadletter(cmd *cobra.Command, dbPath, cfgPath, action string, n int) error {
+	if dbPath == "" {
+		f, err := config.LoadUnvalidated(cfgPath)
+		if err != nil {
+			return err
+		}
+		dbPath = f.Registry.Path
+	}
+	if _, err := os.Stat(dbPath); err != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s not recorded in the audit trail: registry %s not found (give --db or --config)\n", action, dbPath)
+		return nil
+	}
+	return recordAdmin(cmd.Context(), dbPath, action, "", n)
 }

@@ -185,13 +185,18 @@ broker.`,
 			if err != nil {
 				return err
 			}
+			// The secret is printed even if the audit entry fails: it is
+			// registered and would otherwise be lost. The failure still exits 1.
+			auditErr := recordAdmin(cmd.Context(), registryPath(cmd), "device.add", id, 1)
 			if !generated {
 				fmt.Fprintf(cmd.ErrOrStderr(), "added device %s\n", id)
-				return nil
+				return auditErr
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "added device %s; its secret follows and will not be shown again:\n", id)
-			_, err = fmt.Fprintln(cmd.OutOrStdout(), secret)
-			return err
+			if _, err = fmt.Fprintln(cmd.OutOrStdout(), secret); err != nil {
+				return err
+			}
+			return auditErr
 		},
 	}
 	cmd.Flags().BoolVar(&fromStdin, "secret-stdin", false, "read the secret from the first line of stdin instead of generating one")
@@ -260,6 +265,9 @@ func newDeviceSetEnabledCmd(enabled bool) *cobra.Command {
 				if err := r.SetEnabled(ctx, args[0], enabled); err != nil {
 					return err
 				}
+				if err := recordAdmin(ctx, r.Path(), "device."+verb, args[0], 1); err != nil {
+					return err
+				}
 				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%sd device %s\n", verb, args[0])
 				return err
 			})
@@ -275,6 +283,9 @@ func newDeviceRemoveCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
 				if err := r.Remove(ctx, args[0]); err != nil {
+					return err
+				}
+				if err := recordAdmin(ctx, r.Path(), "device.remove", args[0], 1); err != nil {
 					return err
 				}
 				_, err := fmt.Fprintf(cmd.OutOrStdout(), "removed device %s\n", args[0])

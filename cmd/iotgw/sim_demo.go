@@ -40,6 +40,7 @@ type demoOptions struct {
 	backendStats string
 	metrics      string
 	json         bool
+	flood        int
 }
 
 func newSimDemoCmd(so *simOptions) *cobra.Command {
@@ -95,6 +96,7 @@ fails. docs/DEMO.md explains each row.`,
 	f.StringVar(&o.backendStats, "backend-stats", "", "URL of the sample backend's /stats, instead of --backend-log")
 	f.StringVar(&o.metrics, "metrics", "", "URL of the gateway's /metrics, to confirm unknown_device rejections")
 	f.BoolVar(&o.json, "json", false, "print the rows as one JSON object instead of a table")
+	f.IntVar(&o.flood, "flood", 2000, "validly signed messages the first device floods in the last row (0 skips it)")
 	return cmd
 }
 
@@ -125,6 +127,10 @@ type demo struct {
 	a, b *demoDevice
 	rows []demoRow
 	http *http.Client
+	// noticeAt is when each device last got a notice for each reason: the
+	// gateway sends at most one per limits.notice_interval (1 s), so a row
+	// expecting the same reason again waits out the rest of that second.
+	noticeAt map[string]time.Time
 }
 
 func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, out io.Writer) error {
@@ -157,6 +163,7 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 		d.foreignCA,
 		d.reflectedNotice,
 		d.reflectedReply,
+		d.flooding, // last: it empties the first device's rate-limit bucket
 	}
 	for _, step := range steps {
 		if ctx.Err() != nil {
@@ -330,6 +337,13 @@ func (d *demo) expectRejection(ctx context.Context, name string, dev *demoDevice
 // backendWant deliveries of id afterwards.
 func (d *demo) expectRejectionN(ctx context.Context, name string, dev *demoDevice, topic string, id string, raw []byte, reason string, backendWant int) demoRow {
 	row := demoRow{Scenario: name, Expected: "rejected: " + reason}
+	if d.noticeAt == nil {
+		d.noticeAt = map[string]time.Time{}
+	}
+	if wait := time.Until(d.noticeAt[dev.id+" "+reason].Add(1100 * time.Millisecond)); wait > 0 {
+		sleepCtx(ctx, wait)
+	}
+	defer func() { d.noticeAt[dev.id+" "+reason] = time.Now() }()
 	mark := dev.mark()
 	if err := d.publish(dev, topic, raw); err != nil {
 		row.Observed = "publish failed: " + err.Error()
@@ -781,4 +795,87 @@ func (d *demo) reflect(ctx context.Context, name string, trigger []byte, id stri
 		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: err.Error()}
 	}
 	return d.expectRejection(ctx, name, d.a, dataTopic(d.a.id), string(e.MessageID), r.Raw, "bad_signature")
+}
+
+// flooding sends --flood validly signed messages from the first device as
+// fast as the broker takes them. With the gateway's default limits
+// (limits.device_rate 100/s, burst 200) most are refused as rate_limited
+// before the HMAC, the device gets about one notice a second rather than
+// one per message, and the second device is still answered.
+func (d *demo) flooding(ctx context.Context) demoRow {
+	row := demoRow{Scenario: fmt.Sprintf("(o) %s floods %d validly signed messages", d.a.id, d.o.flood),
+		Expected: "most rate_limited, ≤ ~1 notice/s, " + d.b.id + " still answered"}
+	if d.o.flood <= 0 {
+		row.Observed, row.Pass = "skipped (--flood 0)", true
+		return row
+	}
+	before, metricErr := d.rejectedCount(ctx, "rate_limited")
+	markA := d.a.mark()
+	start := time.Now()
+	toks := make([]mqtt.Token, 0, d.o.flood)
+	for i := range d.o.flood {
+		_, raw := d.a.message(time.Now().Unix(), reading(1000+i))
+		toks = append(toks, d.a.client.Publish(dataTopic(d.a.id), 1, false, raw))
+	}
+	for _, tok := range toks {
+		if err := waitToken(tok, 4*d.o.timeout); err != nil {
+			row.Observed = "flood publish: " + err.Error()
+			return row
+		}
+	}
+	// The second device, right behind the flood.
+	markB := d.b.mark()
+	probe, raw := d.b.message(time.Now().Unix(), reading(98))
+	sent := time.Now()
+	if err := d.publish(d.b, dataTopic(d.b.id), raw); err != nil {
+		row.Observed = "probe publish: " + err.Error()
+		return row
+	}
+	r, ok := d.b.replyTo(ctx, markB, probe, d.o.timeout)
+	if !ok || !r.Verified || r.Status != 200 {
+		row.Observed = fmt.Sprintf("%s not answered with 200 in %v during the flood", d.b.id, d.o.timeout)
+		return row
+	}
+	bLatency := time.Since(sent)
+	sleepCtx(ctx, d.o.quiet) // late notices
+	elapsed := time.Since(start)
+	notices := 0
+	for _, r := range d.a.since(markA) {
+		if r.Verified && r.Error == "rate_limited" {
+			notices++
+		}
+	}
+	maxNotices := int(elapsed.Seconds()) + 2
+	row.Observed = fmt.Sprintf("%d rate_limited notices in %.1f s, %s answered in %d ms", notices, elapsed.Seconds(), d.b.id, bLatency.Milliseconds())
+	row.Pass = notices >= 1 && notices <= maxNotices
+	if d.o.metrics != "" {
+		after, err := d.rejectedCount(ctx, "rate_limited")
+		if err != nil || metricErr != nil {
+			row.Observed += "; metrics: " + errors.Join(err, metricErr).Error()
+			row.Pass = false
+			return row
+		}
+		refused := int(after - before)
+		row.Observed = fmt.Sprintf("%d/%d refused (rate_limited), ", refused, d.o.flood) + row.Observed
+		row.Pass = row.Pass && refused >= d.o.flood/2
+	}
+	return row
+}
+
+// rejectedCount reads iotgw_messages_rejected_total for reason.
+func (d *demo) rejectedCount(ctx context.Context, reason string) (float64, error) {
+	if d.o.metrics == "" {
+		return 0, nil
+	}
+	body, err := d.get(ctx, d.o.metrics)
+	if err != nil {
+		return 0, err
+	}
+	series := `iotgw_messages_rejected_total{reason="` + reason + `"} `
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, errors.New("no " + reason + " series in " + d.o.metrics)
 }

@@ -147,6 +147,18 @@ log:
 			},
 		},
 		{
+			name: "limits from the file and the environment",
+			yaml: "limits:\n  device_rate: 2.5\n  quarantine_after: 20\n  quarantine_window: 30s\n  notice_interval: 0s\n",
+			env:  map[string]string{"IOTGW_LIMITS_DEVICE_BURST": "7"},
+			want: func(f *config.File) {
+				f.Limits.DeviceRate = 2.5
+				f.Limits.DeviceBurst = 7
+				f.Limits.QuarantineAfter = 20
+				f.Limits.QuarantineWindow = 30 * time.Second
+				f.Limits.NoticeInterval = 0
+			},
+		},
+		{
 			name: "an empty variable does not override",
 			yaml: "backend:\n  url: http://file.example/\n",
 			env:  map[string]string{"IOTGW_BACKEND_URL": ""},
@@ -305,6 +317,9 @@ func TestLoadValidates(t *testing.T) {
 		{name: "bad log level", yaml: "log:\n  level: loud\n", wantErr: "log.level"},
 		{name: "bad log format", env: map[string]string{"IOTGW_LOG_FORMAT": "xml"}, wantErr: "log.format"},
 		{name: "section validation runs", env: map[string]string{"IOTGW_OUTBOX_SYNCHRONOUS": "sometimes"}, wantErr: "outbox.synchronous"},
+		{name: "rate limit without a burst", env: map[string]string{"IOTGW_LIMITS_DEVICE_BURST": "0"}, wantErr: "limits.device_burst"},
+		{name: "rate limit off", env: map[string]string{"IOTGW_LIMITS_DEVICE_RATE": "0", "IOTGW_LIMITS_DEVICE_BURST": "0"}},
+		{name: "negative quarantine", yaml: "limits:\n  quarantine_after: -1\n", wantErr: "limits.quarantine_after"},
 		{name: "unreadable CA file", env: map[string]string{"IOTGW_MQTT_CA_FILE": "/nonexistent/ca.crt"}, wantErr: "mqtt.ca_file"},
 		{name: "unreadable backend token file", env: map[string]string{"IOTGW_BACKEND_BEARER_TOKEN_FILE": "/nonexistent/token"}, wantErr: "backend.bearer_token_file"},
 		{name: "backend client cert without key", env: map[string]string{"IOTGW_BACKEND_URL": "https://127.0.0.1/in", "IOTGW_BACKEND_CERT_FILE": "/x.pem"}, wantErr: "backend.cert_file and backend.key_file"},

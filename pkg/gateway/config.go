@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/limit"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/registry"
@@ -25,6 +26,7 @@ type Config struct {
 	Backend    forward.Config  `mapstructure:"backend"`
 	HTTP       HTTPConfig      `mapstructure:"http"`
 	Pipeline   PipelineConfig  `mapstructure:"pipeline"`
+	Limits     limit.Config    `mapstructure:"limits"`
 	// ShutdownGrace is how long SIGTERM waits for in-flight work. Default 10s.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
 }
@@ -59,13 +61,14 @@ func DefaultConfig() Config {
 		Backend:       forward.DefaultConfig(),
 		HTTP:          HTTPConfig{Listen: "127.0.0.1:9464"},
 		Pipeline:      PipelineConfig{Workers: 4, QueueDepth: 1024},
+		Limits:        limit.DefaultConfig(),
 		ShutdownGrace: 10 * time.Second,
 	}
 }
 
 // Validate checks every section and returns the first problem, naming its key.
 func (c Config) Validate() error {
-	for _, v := range []interface{ Validate() error }{c.MQTT, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend} {
+	for _, v := range []interface{ Validate() error }{c.MQTT, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend, c.Limits} {
 		if err := v.Validate(); err != nil {
 			return err
 		}

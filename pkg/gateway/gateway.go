@@ -41,6 +41,7 @@ type Gateway struct {
 	dispatcher *forward.Dispatcher
 	mqtt       *mqttio.Client
 	metrics    *metrics
+	abuse      *abuse // rate limits, notice limits, quarantine, audit trail
 
 	seed     maphash.Seed
 	queues   []chan *mqttio.Message
@@ -89,6 +90,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
+	if err = g.openAbuse(ctx); err != nil {
+		g.close()
+		return nil, err
+	}
 	pending, err := g.store.Pending(ctx, 0)
 	if err != nil {
 		g.close()
@@ -119,6 +124,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.dispatcher.Submit(job(r))
 	}
 	g.metrics = newMetrics(g)
+	g.abuse.register(g.metrics.reg, now)
 	g.queues = make([]chan *mqttio.Message, cfg.Pipeline.Workers)
 	for i := range g.queues {
 		g.queues[i] = make(chan *mqttio.Message, cfg.Pipeline.QueueDepth)
@@ -174,6 +180,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	})
 	goBG(func() { g.prune(bg) })
+	goBG(func() { g.abuse.writer.Run(bg) }) // flushes the rest once bg is cancelled, after the workers stopped
 
 	// Stages, in the order they are stopped.
 	workCtx, stopWork := context.WithCancel(context.Background())
@@ -243,6 +250,7 @@ func (g *Gateway) close() {
 	if g.store != nil {
 		g.store.Close()
 	}
+	g.abuse.close()
 }
 
 // receive is the Paho handler: it only hands the message to its device's
@@ -359,9 +367,18 @@ func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env
 	if rej.Detail != "" {
 		fields = append(fields, zap.String("detail", rej.Detail))
 	}
-	g.log.Info("rejected", fields...)
+	notice := g.rejected(dev, env, rej)
+	if rej.Reason == validate.RateLimited && !notice {
+		g.log.Debug("rejected", fields...) // a flood: logged at info once a second per device, counted always
+	} else {
+		g.log.Info("rejected", fields...)
+	}
 	if g.cfg.Validation.RejectNotices && rej.Reason != validate.UnknownDevice && dev != "" {
-		g.notify(ctx, dev, envelope.RejectionPayload(env.MessageID, string(rej.Reason)))
+		if notice {
+			g.notify(ctx, dev, envelope.RejectionPayload(env.MessageID, string(rej.Reason)))
+		} else {
+			g.abuse.suppressed.WithLabelValues(string(rej.Reason)).Inc() // at most one per second and reason: no amplifier
+		}
 	}
 	m.Ack()
 }

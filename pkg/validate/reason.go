@@ -20,10 +20,14 @@ const (
 	BadSignature Reason = "bad_signature"
 	// Replay: the message id was already accepted inside the window.
 	Replay Reason = "replay"
+	// RateLimited: the device sent more than its limits.device_rate /
+	// limits.device_burst allow; checked after the registry lookup, before
+	// the freshness and HMAC checks.
+	RateLimited Reason = "rate_limited"
 )
 
 // Reasons lists every reason code, in check order.
-var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, Stale, BadSignature, Replay}
+var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, Stale, BadSignature, Replay, RateLimited}
 
 // Rejection is the verdict on a message that failed a check. It is not an
 // error: a rejected message is acked and counted, never retried.

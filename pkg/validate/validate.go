@@ -46,6 +46,14 @@ type ReplayStore interface {
 	Forget(ctx context.Context, deviceID string, id [16]byte) error
 }
 
+// RateLimiter decides whether a registered, enabled device may send one
+// more message at now. Check calls it once per such message, after the
+// registry lookup and before the freshness and HMAC checks, so a refused
+// message costs no HMAC, no replay id and no disk write. It must not block.
+type RateLimiter interface {
+	Allow(deviceID string, now time.Time) bool
+}
+
 // Config holds the validation settings.
 type Config struct {
 	// MaxClockSkew is the largest allowed |now - timestamp|, past or future. Default 5m.
@@ -100,8 +108,13 @@ type Validator struct {
 	macs   sync.Map // device id → *macPool
 	dummy  *macPool
 
-	downMacs sync.Map // device id → *downPool: downlink keys, derived once
+	downMacs sync.Map    // device id → *downPool: downlink keys, derived once
+	limit    RateLimiter // nil: no rate limit
 }
+
+// LimitWith makes Check consult l for every message of a registered,
+// enabled device (see RateLimiter). Call it before the first Check.
+func (v *Validator) LimitWith(l RateLimiter) { v.limit = l }
 
 // New returns a Validator. now is the clock (time.Now in production).
 func New(cfg Config, keys KeyStore, replay ReplayStore, now func() time.Time) (*Validator, error) {
@@ -140,6 +153,9 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		v.macs.Delete(env.DeviceID)
 		v.downMacs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
+	}
+	if v.limit != nil && !v.limit.Allow(env.DeviceID, v.now()) {
+		return reject(env, RateLimited, ""), nil
 	}
 	// Whole seconds on both sides: the timestamp has no fraction, so a
 	// message exactly max_clock_skew old is inside the window all second long.

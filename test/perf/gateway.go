@@ -74,6 +74,8 @@ backend:
 %shttp:
   listen: 127.0.0.1:%d
   pprof: true
+limits:
+  device_rate: 0 # off: the benchmarks measure throughput, one device at up to thousands of msg/s; the limiter has its own tests
 log:
   level: warn
 `

@@ -88,3 +88,63 @@ func Migrate(ctx context.Context, db *sql.DB, ms []Migration) error {
 	}
 	return nil
 }
+
+// MigrateTable is Migrate with its own tracking table, so that one database
+// file can hold several independent migration tracks (the registry's in
+// schema_migrations, the audit trail's in audit_migrations). table must be
+// a plain identifier.
+func MigrateTable(ctx context.Context, db *sql.DB, table string, ms []Migration) error {
+	if !identifier(table) {
+		return fmt.Errorf("migration table %q is not a plain identifier", table)
+	}
+	// table is a checked identifier (above), so building SQL with it is safe.
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil { //nolint:gosec // checked identifier
+		return err
+	}
+	for _, m := range ms {
+		// One transaction per step, and the version read inside it
+		// (BEGIN IMMEDIATE), so two processes migrating at once apply
+		// each step exactly once.
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		var cur int
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM `+table).Scan(&cur); err != nil { //nolint:gosec // checked identifier
+			tx.Rollback()
+			return err
+		}
+		if cur > ms[len(ms)-1].Version {
+			tx.Rollback()
+			return fmt.Errorf("%s: database schema version %d is newer than this binary knows (%d)", table, cur, ms[len(ms)-1].Version)
+		}
+		if m.Version <= cur {
+			tx.Rollback()
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO `+table+`(version, applied_at) VALUES(?, ?)`, m.Version, time.Now().Unix()); err != nil { //nolint:gosec // checked identifier
+			tx.Rollback()
+			return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
+		}
+	}
+	return nil
+}
+
+func identifier(s string) bool {
+	if s == "" || len(s) > 64 || (s[0] >= '0' && s[0] <= '9') {
+		return false
+	}
+	for _, c := range s {
+		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
