@@ -25,6 +25,8 @@ type Config struct {
 	Backend    forward.Config  `mapstructure:"backend"`
 	HTTP       HTTPConfig      `mapstructure:"http"`
 	Pipeline   PipelineConfig  `mapstructure:"pipeline"`
+	// Security seals device secrets at rest (security.kek_file).
+	Security registry.SecurityConfig `mapstructure:"security"`
 	// ShutdownGrace is how long SIGTERM waits for in-flight work. Default 10s.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
 }
@@ -59,13 +61,14 @@ func DefaultConfig() Config {
 		Backend:       forward.DefaultConfig(),
 		HTTP:          HTTPConfig{Listen: "127.0.0.1:9464"},
 		Pipeline:      PipelineConfig{Workers: 4, QueueDepth: 1024},
+		Security:      registry.DefaultSecurityConfig(),
 		ShutdownGrace: 10 * time.Second,
 	}
 }
 
 // Validate checks every section and returns the first problem, naming its key.
 func (c Config) Validate() error {
-	for _, v := range []interface{ Validate() error }{c.MQTT, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend} {
+	for _, v := range []interface{ Validate() error }{c.MQTT, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend, c.Security} {
 		if err := v.Validate(); err != nil {
 			return err
 		}

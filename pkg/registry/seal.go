@@ -82,11 +82,12 @@ func ParseKEK(b []byte) (*KEK, error) {
 func LoadKEK(path string) (*KEK, error) {
 	b, err := secretfile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("kek file: %w", err)
+		return nil, err
 	}
 	k, err := ParseKEK(b)
+	clear(b)
 	if err != nil {
-		return nil, fmt.Errorf("kek file %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return k, nil
 }
