@@ -79,6 +79,14 @@ func (c *Cache) Refresh(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if !next.IsZero() && !now.Before(next) { // loaded a key that has expired
+		if _, err := deleteExpired(ctx, c.conn, now); err != nil {
+			return false, fmt.Errorf("registry cache: %w", err)
+		}
+		if m, next, err = c.load(ctx); err != nil {
+			return false, err
+		}
+	}
 	c.devices.Store(&m)
 	c.version, c.nextExpiry = v, next
 	c.loads.Add(1)
