@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -183,6 +184,32 @@ func TestGatewayRefusesWithoutRightKEK(t *testing.T) {
 	plain := filepath.Join(f.dir, "plain.db")
 	sealedDB := f.db
 	f.addSealedDevice("k_001", kek)
+	withPlain := filepath.Join(f.dir, "with-plain.db")
+	r, err := registry.Open(context.Background(), withPlain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Add(context.Background(), "p_001", "a-plaintext-secret-0123456789"); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	// swapped: a copy of a sealed registry whose two rows' ciphertexts were
+	// swapped with SQL, as an attacker with write access to the file could.
+	swapped := filepath.Join(f.dir, "swapped.db")
+	f.db = swapped
+	f.addSealedDevice("s_001", kek)
+	f.addSealedDevice("s_002", kek)
+	f.db = sealedDB
+	db, err := sql.Open("sqlite3", swapped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE device_keys SET secret = CASE device_id
+		WHEN 's_001' THEN (SELECT secret FROM device_keys WHERE device_id = 's_002')
+		ELSE (SELECT secret FROM device_keys WHERE device_id = 's_001') END`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
 
 	tests := []struct {
 		name  string
@@ -193,6 +220,8 @@ func TestGatewayRefusesWithoutRightKEK(t *testing.T) {
 		{"no KEK on a sealed registry", sealedDB, "", "registry secrets are sealed: set security.kek_file"},
 		{"wrong KEK", sealedDB, "security:\n  kek_file: " + other + "\n", "wrong KEK"},
 		{"missing KEK file", sealedDB, "security:\n  kek_file: " + filepath.Join(f.dir, "nope") + "\n", "security.kek_file"},
+		{"swapped sealed rows", swapped, "security:\n  kek_file: " + kek + "\n", "device s_001 key 1: sealed secret does not open"},
+		{"KEK on a registry with plaintext secrets", withPlain, "security:\n  kek_file: " + kek + "\n", "iotgw kek rotate --new"},
 		{"require_kek without a KEK", plain, "security:\n  require_kek: true\n", "security.require_kek: device secrets are NOT sealed"},
 	}
 	for _, tc := range tests {
@@ -204,6 +233,7 @@ func TestGatewayRefusesWithoutRightKEK(t *testing.T) {
 			if code == 0 || len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
 				t.Fatalf("exit %d, output %q: want one line containing %q", code, out, tc.want)
 			}
+			t.Logf("exit %d: %s", code, lines[0])
 		})
 	}
 
@@ -218,7 +248,7 @@ func TestGatewayRefusesWithoutRightKEK(t *testing.T) {
 
 	// Plaintext: starts, warns at start, metric says 0.
 	f.db = plain
-	r, err := registry.Open(context.Background(), plain)
+	r, err = registry.Open(context.Background(), plain)
 	if err != nil {
 		t.Fatal(err)
 	}
