@@ -410,3 +410,35 @@ func TestMigrateV1(t *testing.T) {
 		t.Fatalf("migrated device: %+v, %v", d.Enabled, err)
 	}
 }
+
+// TestDeviceSecrets: the read-only reader for sim returns each device's
+// newest secret, and needs the right KEK for a sealed registry.
+func TestDeviceSecrets(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "r.db")
+	k1 := testKEK(t, 1)
+	r, err := Open(ctx, path, WithKEK(k1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Add(ctx, "a", "a-first-secret-0123456789"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Rotate(ctx, "a", "a-second-secret-0123456789", time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Add(ctx, "b", "b-secret-0123456789"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := DeviceSecrets(ctx, path, k1)
+	if err != nil || len(got) != 2 || string(got["a"]) != "a-second-secret-0123456789" || string(got["b"]) != "b-secret-0123456789" {
+		t.Fatalf("DeviceSecrets: %d secrets, %v", len(got), err)
+	}
+	if _, err := DeviceSecrets(ctx, path, nil); !errors.Is(err, ErrSealed) {
+		t.Fatalf("without the KEK: %v", err)
+	}
+	if _, err := DeviceSecrets(ctx, path, testKEK(t, 2)); !errors.Is(err, ErrWrongKEK) {
+		t.Fatalf("with another KEK: %v", err)
+	}
+}
