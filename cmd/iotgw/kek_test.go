@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -107,5 +108,34 @@ func TestKEKAndRotateCommands(t *testing.T) {
 	t.Setenv("IOTGW_SECURITY_REQUIRE_KEK", "true")
 	if res := runCLI(t, "", "device", "add", "s3", "--db", filepath.Join(dir, "other.db")); res.code != 1 || !strings.Contains(res.err.Error(), "security.require_kek") {
 		t.Fatalf("add with require_kek and no KEK: %+v", res)
+	}
+}
+
+// TestDeviceConfigFlag: --config supplies registry.path and
+// security.kek_file to the device commands.
+func TestDeviceConfigFlag(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "cfg.db")
+	kek := filepath.Join(dir, "kek")
+	t.Setenv("IOTGW_REGISTRY_PATH", "")
+	t.Setenv("IOTGW_SECURITY_KEK_FILE", "")
+	t.Setenv("IOTGW_SECURITY_REQUIRE_KEK", "")
+	if r := runCLI(t, "", "kek", "new", kek); r.code != 0 {
+		t.Fatal(r.err)
+	}
+	cfg := filepath.Join(dir, "iotgw.yaml")
+	if err := os.WriteFile(cfg, []byte("registry:\n  path: "+db+"\nsecurity:\n  kek_file: "+kek+"\n  require_kek: true\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLI(t, "", "device", "add", "sensor_001", "--config", cfg); r.code != 0 || strings.Contains(r.stderr, "NOT sealed") {
+		t.Fatalf("add --config: %+v", r)
+	}
+	r, err := registry.Open(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if !r.Sealed() {
+		t.Fatal("device add --config did not seal with the configured KEK")
 	}
 }
