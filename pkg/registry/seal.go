@@ -64,8 +64,10 @@ func ParseKEK(b []byte) (*KEK, error) {
 			return nil, ErrBadKEK
 		}
 		key = k
+		defer clear(k)
 	}
 	seal := derive(key, sealLabel)
+	defer clear(seal)
 	blk, err := aes.NewCipher(seal)
 	if err != nil {
 		return nil, fmt.Errorf("kek: %w", err)
