@@ -122,6 +122,10 @@ echo "iotgw demo: work dir $work (certificates, databases and logs stay there)"
 
 certs=$work/certs
 db=$work/iotgw.db
+# Device secrets are sealed at rest under a KEK; device add, serve and sim
+# all find it through this variable (security.kek_file).
+export IOTGW_SECURITY_KEK_FILE=$work/kek
+"$bin" kek new "$IOTGW_SECURITY_KEK_FILE" >/dev/null
 "$bin" pki init --dir "$certs" >/dev/null
 for id in "${devices[@]}" "$intruder"; do
   "$bin" pki issue "$id" --dir "$certs" >/dev/null
@@ -131,7 +135,7 @@ for id in "${devices[@]}"; do
   # The generated secret is printed once; the registry keeps it and sim reads it there.
   err=$("$bin" device add "$id" --db "$db" 2>&1 >/dev/null) || die "iotgw device add $id: $err"
 done
-step "registry: ${devices[*]} registered with fresh secrets; $intruder has a certificate but is not registered"
+step "registry: ${devices[*]} registered with fresh secrets, sealed under the KEK in $(basename "$IOTGW_SECURITY_KEK_FILE"); $intruder has a certificate but is not registered"
 
 free_port mqtt_port
 free_port backend_port

@@ -112,7 +112,7 @@ backend:
 shutdown_grace: %s
 %slog:
   level: debug
-`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), o.backendExtra, httpPort, grace, o.limitsOr())
+%s`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), o.backendExtra, httpPort, grace, o.limitsOr(), o.extra)
 }
 
 func (f *fixture) outbox() string {
@@ -129,6 +129,8 @@ type gatewayOpts struct {
 	backendURL   string
 	timeout      string
 	grace        string
+	// extra is appended to the config: whole top-level sections.
+	extra string
 	// limits replaces the limits section: a whole "limits:\n  ..." block.
 	limits string
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/pki"
 	"github.com/iotgw/iotgw/pkg/registry"
@@ -27,18 +28,23 @@ const defaultRegistryPath = "iotgw.db"
 func newDeviceCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
-		Short: "Manage the device registry: add, list, show, disable, enable, remove",
+		Short: "Manage the device registry: add, list, show, rotate, disable, enable, remove",
 		Long: `device manages the SQLite device registry the gateway reads its devices and
 shared secrets from. A running gateway picks up every change within its
 registry refresh interval.
 
 The registry file is --db, else $IOTGW_REGISTRY_PATH, else ./iotgw.db. Its
-directory must exist. list and show never print secrets; add prints a
-generated secret exactly once.`,
+directory must exist. list and show never print secrets; add and rotate
+print a generated secret exactly once.
+
+Secrets are sealed under the KEK named by security.kek_file (from
+--config or $IOTGW_SECURITY_KEK_FILE); without one they are stored in the
+clear and add and rotate warn. See iotgw kek.`,
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
 	cmd.PersistentFlags().String("db", "", "registry SQLite file (default $IOTGW_REGISTRY_PATH, else "+defaultRegistryPath+")")
-	cmd.AddCommand(newDeviceAddCmd(), newDeviceListCmd(), newDeviceShowCmd(),
+	cmd.PersistentFlags().String("config", "", "YAML config file (for registry.path and security.kek_file)")
+	cmd.AddCommand(newDeviceAddCmd(), newDeviceListCmd(), newDeviceShowCmd(), newDeviceRotateCmd(),
 		newDeviceSetEnabledCmd(false), newDeviceSetEnabledCmd(true), newDeviceRemoveCmd())
 	return cmd
 }
@@ -52,7 +58,34 @@ func registryPath(cmd *cobra.Command) string {
 	if p := os.Getenv("IOTGW_REGISTRY_PATH"); p != "" {
 		return p
 	}
+	if f := cmd.Flags().Lookup("config"); f != nil && f.Changed {
+		if c, err := config.LoadUnvalidated(f.Value.String()); err == nil && c.Registry.Path != "" {
+			return c.Registry.Path
+		}
+	}
 	return defaultRegistryPath
+}
+
+// securityConfig returns the security section from --config (if any) and
+// the environment (IOTGW_SECURITY_KEK_FILE, IOTGW_SECURITY_REQUIRE_KEK).
+func securityConfig(cmd *cobra.Command) (registry.SecurityConfig, error) {
+	path := ""
+	if f := cmd.Flags().Lookup("config"); f != nil {
+		path = f.Value.String()
+	}
+	c, err := config.LoadUnvalidated(path)
+	if err != nil {
+		return registry.SecurityConfig{}, err
+	}
+	return c.Security, c.Security.Validate()
+}
+
+// warnUnsealed prints the unsealed-secrets warning for a registry without a
+// KEK (and fails when security.require_kek is set, which Validate checks).
+func warnUnsealed(cmd *cobra.Command, r *registry.Registry) {
+	if !r.Sealed() {
+		fmt.Fprintln(cmd.ErrOrStderr(), "warning: "+registry.ErrNoKEK.Error())
+	}
 }
 
 // withRegistry opens the registry, runs fn and closes it. Unless create is
@@ -64,7 +97,15 @@ func withRegistry(cmd *cobra.Command, create bool, fn func(context.Context, *reg
 			return fmt.Errorf("registry %s does not exist (iotgw device add creates it)", path)
 		}
 	}
-	r, err := registry.Open(cmd.Context(), path)
+	sec, err := securityConfig(cmd)
+	if err != nil {
+		return err
+	}
+	kek, err := sec.LoadKEK()
+	if err != nil {
+		return err
+	}
+	r, err := registry.Open(cmd.Context(), path, registry.WithKEK(kek))
 	if err != nil {
 		return err
 	}
@@ -166,6 +207,7 @@ broker.`,
 				return err
 			}
 			err = withRegistry(cmd, true, func(ctx context.Context, r *registry.Registry) error {
+				warnUnsealed(cmd, r)
 				if err := r.Add(ctx, id, secret); err != nil {
 					return err
 				}
@@ -219,7 +261,7 @@ func newDeviceListCmd() *cobra.Command {
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "DEVICE\tSTATE\tCREATED")
 				for _, d := range devices {
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", d.ID, stateWord(d.Enabled), d.CreatedAt.Format(time.RFC3339))
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", d.ID, infoState(d), d.CreatedAt.Format(time.RFC3339))
 				}
 				return tw.Flush()
 			})
@@ -238,12 +280,40 @@ func newDeviceShowCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				_, err = fmt.Fprintf(cmd.OutOrStdout(), "device:  %s\nstate:   %s\ncreated: %s\n",
-					d.ID, stateWord(d.Enabled), d.CreatedAt.Format(time.RFC3339))
-				return err
+				keys, err := r.Keys(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				fmt.Fprintf(out, "device:  %s\nstate:   %s\ncreated: %s\n", d.ID, infoState(d), d.CreatedAt.Format(time.RFC3339))
+				if d.Revoked() {
+					fmt.Fprintf(out, "revoked: %s\n", d.RevokedAt.Format(time.RFC3339))
+				}
+				fmt.Fprintf(out, "sealed:  %s\n", map[bool]string{true: "yes", false: "no (set security.kek_file)"}[r.Sealed()])
+				now := time.Now()
+				for _, k := range keys {
+					exp := "never"
+					switch {
+					case k.ExpiresAt.IsZero():
+					case !now.Before(k.ExpiresAt):
+						exp = k.ExpiresAt.Format(time.RFC3339) + " (expired)"
+					default:
+						exp = k.ExpiresAt.Format(time.RFC3339)
+					}
+					fmt.Fprintf(out, "key %d:   created %s, expires %s\n", k.ID, k.CreatedAt.Format(time.RFC3339), exp)
+				}
+				return nil
 			})
 		},
 	}
+}
+
+// infoState is "revoked", "enabled" or "disabled".
+func infoState(d registry.Info) string {
+	if d.Revoked() {
+		return "revoked"
+	}
+	return stateWord(d.Enabled)
 }
 
 func stateWord(enabled bool) string {
@@ -293,4 +363,73 @@ func newDeviceRemoveCmd() *cobra.Command {
 			})
 		},
 	}
+}
+
+// defaultOverlap is how long the old key stays valid after a rotation.
+const defaultOverlap = 24 * time.Hour
+
+func newDeviceRotateCmd() *cobra.Command {
+	var (
+		fromStdin bool
+		overlap   time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate ID",
+		Short: "Give a device a new secret; the old one stays valid for --overlap",
+		Long: `rotate adds a new key to the device and prints its generated secret once on
+stdout (or takes it from the first line of stdin with --secret-stdin). The
+device's older keys stay valid for --overlap (default 24h; 0 ends them at
+once), so messages signed with either are accepted meanwhile; then they
+expire, stop verifying and are deleted (by the gateway's registry refresh,
+and by the next rotate). Replies are signed with the newest key the device
+has been seen to use. A running gateway picks the new key up within
+registry.refresh. A revoked device cannot be rotated.`,
+		Example: `  NEW=$(iotgw device rotate sensor_001 --db /var/lib/iotgw/registry.db)
+  iotgw device rotate sensor_002 --overlap 1h --secret-stdin < sensor_002.secret`,
+		Args: deviceIDArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			if overlap < 0 {
+				return usagef("--overlap: %v", registry.ErrBadOverlap)
+			}
+			secret, generated := "", !fromStdin
+			var err error
+			if fromStdin {
+				if secret, _, err = readSecretLine(cmd.InOrStdin()); err != nil {
+					return err
+				}
+				if !registry.ValidSecret(secret) {
+					return usagef("%v", registry.ErrBadSecret)
+				}
+			} else if secret, err = registry.NewSecret(); err != nil {
+				return err
+			}
+			var k registry.KeyInfo
+			err = withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
+				warnUnsealed(cmd, r)
+				k, err = r.Rotate(ctx, id, secret, overlap)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			ends := "at once"
+			if overlap > 0 {
+				ends = "at " + k.CreatedAt.Add(overlap).Format(time.RFC3339)
+			}
+			auditErr := recordAdmin(cmd.Context(), registryPath(cmd), "device.rotate", id, 1)
+			if !generated {
+				fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s\n", id, k.ID, ends)
+				return auditErr
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s; the new secret follows and will not be shown again:\n", id, k.ID, ends)
+			if _, err = fmt.Fprintln(cmd.OutOrStdout(), secret); err != nil {
+				return err
+			}
+			return auditErr
+		},
+	}
+	cmd.Flags().BoolVar(&fromStdin, "secret-stdin", false, "read the new secret from the first line of stdin instead of generating one")
+	cmd.Flags().DurationVar(&overlap, "overlap", defaultOverlap, "how long the device's older keys stay valid")
+	return cmd
 }

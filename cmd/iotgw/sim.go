@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,12 +18,13 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	_ "github.com/mattn/go-sqlite3" // the registry is read directly, read-only
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/pki"
+	"github.com/iotgw/iotgw/pkg/registry"
 )
 
 func init() { commands = append(commands, newSimCmd) }
@@ -136,34 +136,19 @@ func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error)
 	return &fleet{opts: o, roots: roots, secrets: secrets}, nil
 }
 
-// secretsFromDB reads every device's secret from the registry file, opened
-// read-only so a running gateway is not disturbed.
+// secretsFromDB reads every device's newest secret from the registry file,
+// opened read-only so a running gateway is not disturbed. A sealed
+// registry needs its KEK: security.kek_file from $IOTGW_SECURITY_KEK_FILE.
 func secretsFromDB(ctx context.Context, path string) (map[string][]byte, error) {
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("registry: %w", err)
-	}
-	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro&_busy_timeout=5000")
+	c, err := config.LoadUnvalidated("")
 	if err != nil {
-		return nil, fmt.Errorf("open registry %s: %w", path, err)
+		return nil, err
 	}
-	defer db.Close()
-	rows, err := db.QueryContext(ctx, `SELECT device_id, secret FROM devices`)
+	kek, err := c.Security.LoadKEK()
 	if err != nil {
-		return nil, fmt.Errorf("read registry %s: %w", path, err)
+		return nil, err
 	}
-	defer rows.Close()
-	out := map[string][]byte{}
-	for rows.Next() {
-		var id, secret string
-		if err := rows.Scan(&id, &secret); err != nil {
-			return nil, fmt.Errorf("read registry %s: %w", path, err)
-		}
-		out[id] = []byte(secret)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read registry %s: %w", path, err)
-	}
-	return out, nil
+	return registry.DeviceSecrets(ctx, path, kek)
 }
 
 // secretsFromFile reads "<id> <secret>" lines.

@@ -27,6 +27,8 @@ type Config struct {
 	HTTP       HTTPConfig      `mapstructure:"http"`
 	Pipeline   PipelineConfig  `mapstructure:"pipeline"`
 	Limits     limit.Config    `mapstructure:"limits"`
+	// Security seals device secrets at rest (security.kek_file).
+	Security registry.SecurityConfig `mapstructure:"security"`
 	// ShutdownGrace is how long SIGTERM waits for in-flight work. Default 10s.
 	ShutdownGrace time.Duration `mapstructure:"shutdown_grace"`
 }
@@ -62,13 +64,14 @@ func DefaultConfig() Config {
 		HTTP:          HTTPConfig{Listen: "127.0.0.1:9464"},
 		Pipeline:      PipelineConfig{Workers: 4, QueueDepth: 1024},
 		Limits:        limit.DefaultConfig(),
+		Security:      registry.DefaultSecurityConfig(),
 		ShutdownGrace: 10 * time.Second,
 	}
 }
 
 // Validate checks every section and returns the first problem, naming its key.
 func (c Config) Validate() error {
-	for _, v := range []interface{ Validate() error }{c.MQTT, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend, c.Limits} {
+	for _, v := range []interface{ Validate() error }{c.MQTT, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend, c.Limits, c.Security} {
 		if err := v.Validate(); err != nil {
 			return err
 		}

@@ -43,6 +43,10 @@ type Gateway struct {
 	metrics    *metrics
 	abuse      *abuse // rate limits, notice limits, quarantine, audit trail
 
+	// usedKey is device id → the newest key id (int64) the device's
+	// messages verified with; replies are signed with it. In memory only.
+	usedKey sync.Map
+
 	seed     maphash.Seed
 	queues   []chan *mqttio.Message
 	stopping atomic.Bool
@@ -62,9 +66,19 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		return nil, err
 	}
 	g := &Gateway{cfg: cfg, log: log, now: now, seed: maphash.MakeSeed()}
-	var err error
-	if g.reg, err = registry.Open(ctx, cfg.Registry.Path); err != nil {
+	kek, err := cfg.Security.LoadKEK()
+	if err != nil {
+		return nil, err
+	}
+	if g.reg, err = registry.Open(ctx, cfg.Registry.Path, registry.WithKEK(kek), registry.WithClock(now)); err != nil {
 		return nil, fmt.Errorf("registry.path: %w", err)
+	}
+	if kek == nil && g.reg.Sealed() {
+		g.close()
+		return nil, fmt.Errorf("registry.path: %s: %w", cfg.Registry.Path, registry.ErrSealed)
+	}
+	if kek == nil {
+		log.Warn(registry.ErrNoKEK.Error())
 	}
 	if g.keys, err = registry.NewCache(ctx, g.reg); err != nil {
 		g.close()
@@ -337,6 +351,9 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 		delay = min(delay*2, 5*time.Second)
 	}
 	env := &res.Envelope
+	if res.Verified {
+		g.noteKey(env.DeviceID, res.KeyID)
+	}
 	if rej := res.Rejection; rej != nil {
 		if rej.Reason == validate.Replay && g.inflight.addAck(env.DeviceID, env.UUID(), m.Ack) {
 			g.metrics.redelivered.Inc()
@@ -383,12 +400,33 @@ func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env
 	m.Ack()
 }
 
+// noteKey remembers that dev's message verified with key id, keeping the
+// newest: an old-key message still in flight after a rotation does not
+// move replies back to the old key.
+func (g *Gateway) noteKey(dev string, id int64) {
+	for {
+		old, loaded := g.usedKey.LoadOrStore(dev, id)
+		if !loaded || old.(int64) >= id || g.usedKey.CompareAndSwap(dev, old, id) {
+			return
+		}
+	}
+}
+
+// replyKey returns the key id replies to dev are signed with: the newest
+// the device has used since start, else 0 (its newest valid key).
+func (g *Gateway) replyKey(dev string) int64 {
+	if v, ok := g.usedKey.Load(dev); ok {
+		return v.(int64)
+	}
+	return 0
+}
+
 // notify signs payload for dev and publishes it to device/<dev>/response.
 // A device that is not registered gets nothing (there is no key).
 func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
 	e := envelope.Envelope{DeviceID: dev, Timestamp: g.now().Unix(), MessageID: envelope.NewMessageID(), Payload: payload}
 	e.TimestampRaw = strconv.AppendInt(nil, e.Timestamp, 10)
-	if err := g.validator.Sign(ctx, &e); err != nil {
+	if err := g.validator.SignFor(ctx, &e, g.replyKey(dev)); err != nil {
 		if !errors.Is(err, validate.ErrUnknownDevice) {
 			g.log.Warn("cannot sign reply", zap.String("device_id", dev), zap.Error(err))
 		}

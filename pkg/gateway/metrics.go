@@ -70,6 +70,7 @@ func newMetrics(g *Gateway) *metrics {
 		gauge("iotgw_backend_breaker_open", "1 while the backend circuit breaker is open.", func() float64 { return b2f(g.dispatcher.BreakerOpen()) }),
 		gauge("iotgw_mqtt_connected", "1 while connected and subscribed to the broker.", func() float64 { return b2f(g.mqtt != nil && g.mqtt.Connected()) }),
 		gauge("iotgw_registry_devices", "Devices in the registry cache.", func() float64 { return float64(g.keys.Len()) }),
+		gauge("iotgw_secrets_sealed", "1 when device secrets are sealed at rest under security.kek_file, 0 when they are stored in the clear.", func() float64 { return b2f(g.reg.Sealed()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m

@@ -19,6 +19,8 @@ type Cache struct {
 	devices atomic.Pointer[map[string]validate.Device]
 	version int64
 	loads   atomic.Int64
+	// nextExpiry is the earliest expiry of a cached key (zero: none).
+	nextExpiry time.Time
 }
 
 // NewCache loads every device into memory. It pins one connection, used to
@@ -52,36 +54,97 @@ func (c *Cache) Len() int { return len(*c.devices.Load()) }
 func (c *Cache) Loads() int64 { return c.loads.Load() }
 
 // Refresh reloads the devices if the database changed since the last load,
-// and reports whether it reloaded.
+// and reports whether it reloaded. When a cached key has expired it first
+// deletes the expired keys (and reloads), so they leave memory and disk.
+// A sealed secret that does not open (a swapped or altered row, another
+// KEK) fails the whole reload with an error naming the device; the last
+// good snapshot keeps serving.
 func (c *Cache) Refresh(ctx context.Context) (bool, error) {
 	var v int64
 	if err := c.conn.QueryRowContext(ctx, `PRAGMA data_version`).Scan(&v); err != nil {
 		return false, fmt.Errorf("registry cache: data_version: %w", err)
 	}
-	if c.devices.Load() != nil && v == c.version {
+	now := c.r.now()
+	expired := !c.nextExpiry.IsZero() && !now.Before(c.nextExpiry)
+	if expired {
+		// Our own commit does not change our data_version: reload below.
+		if _, err := deleteExpired(ctx, c.conn, now); err != nil {
+			return false, fmt.Errorf("registry cache: %w", err)
+		}
+	}
+	if c.devices.Load() != nil && v == c.version && !expired {
 		return false, nil
 	}
-	rows, err := c.conn.QueryContext(ctx, `SELECT device_id, secret, enabled FROM devices`)
+	m, next, err := c.load(ctx)
 	if err != nil {
-		return false, fmt.Errorf("registry cache: load: %w", err)
+		return false, err
+	}
+	if !next.IsZero() && !now.Before(next) { // loaded a key that has expired
+		if _, err := deleteExpired(ctx, c.conn, now); err != nil {
+			return false, fmt.Errorf("registry cache: %w", err)
+		}
+		if m, next, err = c.load(ctx); err != nil {
+			return false, err
+		}
+	}
+	c.devices.Store(&m)
+	c.version, c.nextExpiry = v, next
+	c.loads.Add(1)
+	return true, nil
+}
+
+func (c *Cache) load(ctx context.Context) (map[string]validate.Device, time.Time, error) {
+	var next time.Time
+	fp, err := fingerprint(ctx, c.conn)
+	if err != nil {
+		return nil, next, fmt.Errorf("registry cache: %w", err)
+	}
+	switch k := c.r.kek; {
+	case k == nil && fp != "":
+		return nil, next, fmt.Errorf("registry cache: %w", ErrSealed)
+	case k != nil && fp != k.fp:
+		return nil, next, fmt.Errorf("registry cache: %w: the registry is now sealed with KEK %s, this gateway holds KEK %s (restart it with the new security.kek_file)",
+			ErrWrongKEK, short(fp), k.Short())
+	}
+	rows, err := c.conn.QueryContext(ctx, `SELECT d.device_id, d.enabled, k.key_id, k.secret, k.sealed, k.expires_at
+		FROM devices d LEFT JOIN device_keys k ON k.device_id = d.device_id ORDER BY d.device_id, k.key_id`)
+	if err != nil {
+		return nil, next, fmt.Errorf("registry cache: load: %w", err)
 	}
 	defer rows.Close()
 	m := make(map[string]validate.Device)
 	for rows.Next() {
-		var id, secret string
+		var id string
 		var enabled bool
-		if err := rows.Scan(&id, &secret, &enabled); err != nil {
-			return false, fmt.Errorf("registry cache: load: %w", err)
+		var keyID, expires sql.NullInt64
+		var stored []byte
+		var sealed sql.NullBool
+		if err := rows.Scan(&id, &enabled, &keyID, &stored, &sealed, &expires); err != nil {
+			return nil, next, fmt.Errorf("registry cache: load: %w", err)
 		}
-		m[id] = validate.Device{Secret: []byte(secret), Enabled: enabled}
+		d := m[id]
+		d.Enabled = enabled
+		if keyID.Valid {
+			secret, err := c.r.openSecret(id, keyID.Int64, stored, sealed.Bool)
+			if err != nil {
+				return nil, next, fmt.Errorf("registry cache: %w", err)
+			}
+			k := validate.Key{ID: keyID.Int64, Secret: secret}
+			if expires.Valid {
+				k.Expires = time.Unix(expires.Int64, 0)
+				if next.IsZero() || k.Expires.Before(next) {
+					next = k.Expires
+				}
+			}
+			d.Keys = append(d.Keys, k)
+			d.Secret = secret
+		}
+		m[id] = d
 	}
 	if err := rows.Err(); err != nil {
-		return false, fmt.Errorf("registry cache: load: %w", err)
+		return nil, next, fmt.Errorf("registry cache: load: %w", err)
 	}
-	c.devices.Store(&m)
-	c.version = v
-	c.loads.Add(1)
-	return true, nil
+	return m, next, nil
 }
 
 // Run refreshes every interval until ctx is cancelled. A failed refresh is

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -25,4 +26,41 @@ func (c Config) Validate() error {
 		return errors.New("registry.refresh: must be 10ms..1m")
 	}
 	return nil
+}
+
+// SecurityConfig is the security section: sealing device secrets at rest.
+type SecurityConfig struct {
+	// KEKFile is the key-encryption key that seals device secrets in the
+	// registry (AES-256-GCM): a file of mode 0600 or stricter holding 32 raw
+	// random bytes or 64 hex characters (iotgw kek new FILE makes one).
+	// Default "": secrets are stored in the clear and every start warns.
+	KEKFile string `mapstructure:"kek_file"`
+	// RequireKEK makes a missing kek_file fatal at start. Default false.
+	RequireKEK bool `mapstructure:"require_kek"`
+}
+
+// DefaultSecurityConfig returns the defaults.
+func DefaultSecurityConfig() SecurityConfig { return SecurityConfig{} }
+
+// ErrNoKEK is the error (and warning) for a registry without a KEK.
+var ErrNoKEK = errors.New("device secrets are NOT sealed: set security.kek_file")
+
+// Validate checks the settings.
+func (c SecurityConfig) Validate() error {
+	if c.RequireKEK && c.KEKFile == "" {
+		return fmt.Errorf("security.require_kek: %w", ErrNoKEK)
+	}
+	return nil
+}
+
+// LoadKEK returns the configured KEK, or nil when none is configured.
+func (c SecurityConfig) LoadKEK() (*KEK, error) {
+	if c.KEKFile == "" {
+		return nil, nil
+	}
+	k, err := LoadKEK(c.KEKFile)
+	if err != nil {
+		return nil, fmt.Errorf("security.kek_file: %w", err)
+	}
+	return k, nil
 }

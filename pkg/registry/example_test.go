@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/iotgw/iotgw/pkg/registry"
 )
@@ -42,4 +43,44 @@ func ExampleOpen() {
 	// Output:
 	// sensor_001: device already exists
 	// true <nil>
+}
+
+func ExampleRegistry_Rotate() {
+	dir, err := os.MkdirTemp("", "registry-example")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+
+	// A KEK seals every secret; the file would come from security.kek_file.
+	kek, err := registry.ParseKEK([]byte("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	r, err := registry.Open(ctx, filepath.Join(dir, "iotgw.db"), registry.WithKEK(kek))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer r.Close()
+	if err := r.Add(ctx, "sensor_001", "the-first-secret-0123456789"); err != nil {
+		fmt.Println(err)
+		return
+	}
+	// The old key keeps verifying for the overlap, then expires.
+	k, err := r.Rotate(ctx, "sensor_001", "the-second-secret-0123456789", time.Hour)
+	fmt.Println(k.ID, err)
+	keys, _ := r.Keys(ctx, "sensor_001")
+	for _, k := range keys {
+		fmt.Println(k.ID, k.ExpiresAt.IsZero())
+	}
+	fmt.Println(r.Sealed())
+	// Output:
+	// 2 <nil>
+	// 1 false
+	// 2 true
+	// true
 }

@@ -11,4 +11,24 @@ var migrations = []sqlitex.Migration{
 		enabled    INTEGER NOT NULL DEFAULT 1,
 		created_at INTEGER NOT NULL
 	) WITHOUT ROWID`},
+	// 2: more than one key per device (rotation with overlap), secrets
+	// sealed at rest (sealed = 1: version || nonce || AES-256-GCM, see
+	// seal.go), revocation, and registry_meta (kek_fingerprint).
+	{Version: 2, SQL: `CREATE TABLE device_keys (
+		device_id  TEXT NOT NULL,
+		key_id     INTEGER NOT NULL,
+		secret     BLOB NOT NULL,
+		sealed     INTEGER NOT NULL DEFAULT 0,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER,
+		PRIMARY KEY (device_id, key_id)
+	) WITHOUT ROWID;
+	INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at)
+		SELECT device_id, 1, CAST(secret AS BLOB), 0, created_at FROM devices;
+	ALTER TABLE devices DROP COLUMN secret;
+	ALTER TABLE devices ADD COLUMN revoked_at INTEGER;
+	CREATE TABLE registry_meta (
+		name  TEXT PRIMARY KEY NOT NULL,
+		value TEXT NOT NULL
+	) WITHOUT ROWID`},
 }

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
@@ -24,22 +25,46 @@ var (
 	ErrBadSecret = errors.New("secret must be 16-1024 bytes of printable UTF-8 with no surrounding whitespace")
 )
 
-// Info describes a device, without its secret.
+// Info describes a device, without its secrets.
 type Info struct {
 	ID        string
 	Enabled   bool
 	CreatedAt time.Time
+	// RevokedAt is when Revoke was called; zero if never.
+	RevokedAt time.Time
 }
+
+// Revoked reports whether the device was revoked.
+func (i Info) Revoked() bool { return !i.RevokedAt.IsZero() }
 
 // Registry is the device database.
 type Registry struct {
-	db   *sql.DB
-	path string
+	db     *sql.DB
+	path   string
+	kek    *KEK
+	sealed bool // registry_meta holds a KEK fingerprint
+	now    func() time.Time
 }
+
+// Option configures Open.
+type Option func(*Registry)
+
+// WithKEK seals new secrets and opens sealed ones with k (nil: none).
+func WithKEK(k *KEK) Option { return func(r *Registry) { r.kek = k } }
+
+// WithClock sets the clock used for key creation and expiry (default time.Now).
+func WithClock(now func() time.Time) Option { return func(r *Registry) { r.now = now } }
 
 // Open opens (creating if needed) the registry at path and applies pending
 // migrations. The directory must exist; a new file is created 0600.
-func Open(ctx context.Context, path string) (*Registry, error) {
+//
+// With WithKEK, a registry sealed under another KEK fails with ErrWrongKEK,
+// and one holding secrets in the clear fails with ErrUnsealed (seal them
+// with Reseal: iotgw kek rotate --new FILE). An empty registry opened with
+// a KEK records its fingerprint, so it is sealed from then on. Without a
+// KEK a sealed registry still opens (list, show, disable, revoke work),
+// but anything that needs a secret fails with ErrSealed.
+func Open(ctx context.Context, path string, opts ...Option) (*Registry, error) {
 	if path == "" {
 		return nil, errors.New("registry path is empty (set --db, registry.path or IOTGW_REGISTRY_PATH)")
 	}
@@ -47,13 +72,82 @@ func Open(ctx context.Context, path string) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{db: db, path: path}
+	r := &Registry{db: db, path: path, now: time.Now}
+	for _, o := range opts {
+		o(r)
+	}
 	if err := sqlitex.Migrate(ctx, db, migrations); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate registry %s: %w", path, err)
 	}
+	if err := r.checkKEK(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return r, nil
 }
+
+// checkKEK compares the recorded KEK fingerprint with r.kek.
+func (r *Registry) checkKEK(ctx context.Context) error {
+	fp, err := fingerprint(ctx, r.db)
+	if err != nil {
+		return err
+	}
+	r.sealed = fp != ""
+	switch {
+	case r.kek == nil:
+		return nil
+	case fp != "" && !hmac.Equal([]byte(fp), []byte(r.kek.fp)):
+		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s", r.path, ErrWrongKEK, short(fp), r.kek.Short())
+	case fp != "":
+		return nil
+	}
+	// No fingerprint yet: seal an empty registry from now on; refuse one
+	// with secrets in the clear until they are sealed.
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM device_keys WHERE sealed = 0`).Scan(&n); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	if n > 0 {
+		return fmt.Errorf("registry %s: %w (%d): seal them with: iotgw kek rotate --new KEKFILE (without a current KEK)", r.path, ErrUnsealed, n)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO registry_meta(name, value) VALUES('kek_fingerprint', ?)`, r.kek.fp); err != nil {
+		return fmt.Errorf("registry: record kek fingerprint: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("registry: record kek fingerprint: %w", err)
+	}
+	r.sealed = true
+	return nil
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+}
+
+func fingerprint(ctx context.Context, q querier) (string, error) {
+	var fp string
+	err := q.QueryRowContext(ctx, `SELECT value FROM registry_meta WHERE name = 'kek_fingerprint'`).Scan(&fp)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("registry: kek fingerprint: %w", err)
+	}
+	return fp, nil
+}
+
+func short(fp string) string {
+	if len(fp) > 16 {
+		return fp[:16]
+	}
+	return fp
+}
+
+// Sealed reports whether the registry's secrets are sealed under a KEK.
+func (r *Registry) Sealed() bool { return r.sealed }
 
 // Close closes the database.
 func (r *Registry) Close() error { return r.db.Close() }
@@ -83,7 +177,49 @@ func ValidSecret(s string) bool {
 	return true
 }
 
-// Add registers a new enabled device with secret.
+// Errors about keys and revocation.
+var (
+	// ErrRevoked is returned when enabling or rotating a revoked device.
+	ErrRevoked = errors.New("device is revoked and cannot be enabled again (register it under a new id)")
+	// ErrBadOverlap is returned for a negative rotation overlap.
+	ErrBadOverlap = errors.New("overlap must not be negative")
+)
+
+// KeyInfo describes one key of a device, without its secret.
+type KeyInfo struct {
+	ID        int64
+	CreatedAt time.Time
+	// ExpiresAt is when the key stops verifying; zero means never.
+	ExpiresAt time.Time
+}
+
+// sealFor returns the stored form of secret and whether it is sealed.
+func (r *Registry) sealFor(id string, keyID int64, secret string) ([]byte, bool, error) {
+	if r.kek == nil {
+		if r.sealed {
+			return nil, false, ErrSealed
+		}
+		return []byte(secret), false, nil
+	}
+	b, err := r.kek.seal(id, keyID, []byte(secret))
+	return b, true, err
+}
+
+// openSecret returns the secret bytes of a stored key.
+func (r *Registry) openSecret(id string, keyID int64, stored []byte, sealed bool) ([]byte, error) {
+	switch {
+	case sealed && r.kek == nil:
+		return nil, ErrSealed
+	case sealed:
+		return r.kek.open(id, keyID, stored)
+	case r.kek != nil || r.sealed:
+		return nil, fmt.Errorf("device %s key %d: %w: a secret in the clear in a sealed registry", id, keyID, ErrOpen)
+	}
+	return stored, nil
+}
+
+// Add registers a new enabled device with secret as its key 1, sealed
+// when the registry has a KEK.
 func (r *Registry) Add(ctx context.Context, id, secret string) error {
 	if !envelope.ValidDeviceID(id) {
 		return ErrBadID
@@ -91,8 +227,17 @@ func (r *Registry) Add(ctx context.Context, id, secret string) error {
 	if !ValidSecret(secret) {
 		return ErrBadSecret
 	}
-	_, err := r.db.ExecContext(ctx, `INSERT INTO devices(device_id, secret, enabled, created_at) VALUES(?, ?, 1, ?)`,
-		id, secret, time.Now().Unix())
+	stored, sealed, err := r.sealFor(id, 1, secret)
+	if err != nil {
+		return fmt.Errorf("add device: %w", err)
+	}
+	now := r.now().Unix()
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("add device: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	_, err = tx.ExecContext(ctx, `INSERT INTO devices(device_id, enabled, created_at) VALUES(?, 1, ?)`, id, now)
 	var se sqlite3.Error
 	if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintPrimaryKey {
 		return fmt.Errorf("%s: %w", id, ErrExists)
@@ -100,56 +245,207 @@ func (r *Registry) Add(ctx context.Context, id, secret string) error {
 	if err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
+	// A key left over from a removed device of the same id goes first.
+	if _, err := tx.ExecContext(ctx, `DELETE FROM device_keys WHERE device_id = ?`, id); err != nil {
+		return fmt.Errorf("add device: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at) VALUES(?, 1, ?, ?, ?)`,
+		id, stored, sealed, now); err != nil {
+		return fmt.Errorf("add device: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("add device: %w", err)
+	}
 	return nil
+}
+
+// Rotate gives device id a new key with secret and returns it. Every older
+// key that would outlive now+overlap now expires then (an overlap of 0
+// ends them at once); keys already expired are deleted. A revoked device
+// cannot be rotated.
+func (r *Registry) Rotate(ctx context.Context, id, secret string, overlap time.Duration) (KeyInfo, error) {
+	if !ValidSecret(secret) {
+		return KeyInfo{}, ErrBadSecret
+	}
+	if overlap < 0 {
+		return KeyInfo{}, ErrBadOverlap
+	}
+	now := r.now()
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	var revoked sql.NullInt64
+	err = tx.QueryRowContext(ctx, `SELECT revoked_at FROM devices WHERE device_id = ?`, id).Scan(&revoked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return KeyInfo{}, fmt.Errorf("%s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
+	}
+	if revoked.Valid {
+		return KeyInfo{}, fmt.Errorf("%s: %w", id, ErrRevoked)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM device_keys WHERE device_id = ? AND expires_at IS NOT NULL AND expires_at <= ?`, id, now.Unix()); err != nil {
+		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
+	}
+	var last int64
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(key_id), 0) FROM device_keys WHERE device_id = ?`, id).Scan(&last); err != nil {
+		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
+	}
+	end := now.Add(overlap).Unix()
+	if _, err := tx.ExecContext(ctx, `UPDATE device_keys SET expires_at = ? WHERE device_id = ? AND (expires_at IS NULL OR expires_at > ?)`, end, id, end); err != nil {
+		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
+	}
+	k := KeyInfo{ID: last + 1, CreatedAt: time.Unix(now.Unix(), 0).UTC()}
+	stored, sealed, err := r.sealFor(id, k.ID, secret)
+	if err != nil {
+		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at) VALUES(?, ?, ?, ?, ?)`,
+		id, k.ID, stored, sealed, now.Unix()); err != nil {
+		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
+	}
+	return k, nil
+}
+
+// DeleteExpired deletes every key whose expiry is at or before now and
+// returns how many it deleted.
+func (r *Registry) DeleteExpired(ctx context.Context, now time.Time) (int64, error) {
+	return deleteExpired(ctx, r.db, now)
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
+}
+
+func deleteExpired(ctx context.Context, db execer, now time.Time) (int64, error) {
+	res, err := db.ExecContext(ctx, `DELETE FROM device_keys WHERE expires_at IS NOT NULL AND expires_at <= ?`, now.Unix())
+	if err != nil {
+		return 0, fmt.Errorf("delete expired keys: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return n, nil
+}
+
+// Keys returns the keys of device id, oldest first, without secrets.
+func (r *Registry) Keys(ctx context.Context, id string) ([]KeyInfo, error) {
+	rows, err := r.db.QueryContext(ctx, `SELECT key_id, created_at, expires_at FROM device_keys WHERE device_id = ? ORDER BY key_id`, id)
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	defer rows.Close()
+	var out []KeyInfo
+	for rows.Next() {
+		var k KeyInfo
+		var created int64
+		var expires sql.NullInt64
+		if err := rows.Scan(&k.ID, &created, &expires); err != nil {
+			return nil, fmt.Errorf("list keys: %w", err)
+		}
+		k.CreatedAt = time.Unix(created, 0).UTC()
+		if expires.Valid {
+			k.ExpiresAt = time.Unix(expires.Int64, 0).UTC()
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
 }
 
 // List returns every device, ordered by id.
 func (r *Registry) List(ctx context.Context) ([]Info, error) {
-	rows, err := r.db.QueryContext(ctx, `SELECT device_id, enabled, created_at FROM devices ORDER BY device_id`)
+	rows, err := r.db.QueryContext(ctx, `SELECT device_id, enabled, created_at, revoked_at FROM devices ORDER BY device_id`)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
 	defer rows.Close()
 	var out []Info
 	for rows.Next() {
-		var i Info
-		var ts int64
-		if err := rows.Scan(&i.ID, &i.Enabled, &ts); err != nil {
+		i, err := scanInfo(rows.Scan)
+		if err != nil {
 			return nil, fmt.Errorf("list devices: %w", err)
 		}
-		i.CreatedAt = time.Unix(ts, 0).UTC()
 		out = append(out, i)
 	}
 	return out, rows.Err()
 }
 
-// Get returns one device.
-func (r *Registry) Get(ctx context.Context, id string) (Info, error) {
+func scanInfo(scan func(...any) error) (Info, error) {
 	var i Info
 	var ts int64
-	err := r.db.QueryRowContext(ctx, `SELECT device_id, enabled, created_at FROM devices WHERE device_id = ?`, id).Scan(&i.ID, &i.Enabled, &ts)
+	var revoked sql.NullInt64
+	if err := scan(&i.ID, &i.Enabled, &ts, &revoked); err != nil {
+		return i, err
+	}
+	i.CreatedAt = time.Unix(ts, 0).UTC()
+	if revoked.Valid {
+		i.RevokedAt = time.Unix(revoked.Int64, 0).UTC()
+	}
+	return i, nil
+}
+
+// Get returns one device.
+func (r *Registry) Get(ctx context.Context, id string) (Info, error) {
+	i, err := scanInfo(r.db.QueryRowContext(ctx, `SELECT device_id, enabled, created_at, revoked_at FROM devices WHERE device_id = ?`, id).Scan)
 	if errors.Is(err, sql.ErrNoRows) {
 		return i, fmt.Errorf("%s: %w", id, ErrNotFound)
 	}
 	if err != nil {
 		return i, fmt.Errorf("get device: %w", err)
 	}
-	i.CreatedAt = time.Unix(ts, 0).UTC()
 	return i, nil
 }
 
-// SetEnabled enables or disables a device.
+// SetEnabled enables or disables a device. A revoked device cannot be
+// enabled (ErrRevoked).
 func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool) error {
-	return r.change(ctx, id, `UPDATE devices SET enabled = ? WHERE device_id = ?`, enabled, id)
+	if !enabled {
+		return r.change(ctx, id, `UPDATE devices SET enabled = 0 WHERE device_id = ?`, id)
+	}
+	err := r.change(ctx, id, `UPDATE devices SET enabled = 1 WHERE device_id = ? AND revoked_at IS NULL`, id)
+	if errors.Is(err, ErrNotFound) {
+		if i, gerr := r.Get(ctx, id); gerr == nil && i.Revoked() {
+			return fmt.Errorf("%s: %w", id, ErrRevoked)
+		}
+	}
+	return err
 }
 
-// Remove deletes a device.
+// Revoke disables a device for good and records when: Info.RevokedAt is
+// set and SetEnabled(true) refuses it. Revoking again keeps the first time.
+func (r *Registry) Revoke(ctx context.Context, id string) error {
+	return r.change(ctx, id, `UPDATE devices SET enabled = 0, revoked_at = COALESCE(revoked_at, ?) WHERE device_id = ?`, r.now().Unix(), id)
+}
+
+// Remove deletes a device and its keys.
 func (r *Registry) Remove(ctx context.Context, id string) error {
-	return r.change(ctx, id, `DELETE FROM devices WHERE device_id = ?`, id)
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("remove device: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	if err := changeIn(ctx, tx, id, `DELETE FROM devices WHERE device_id = ?`, id); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM device_keys WHERE device_id = ?`, id); err != nil {
+		return fmt.Errorf("remove device: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("remove device: %w", err)
+	}
+	return nil
 }
 
 func (r *Registry) change(ctx context.Context, id, q string, args ...any) error {
-	res, err := r.db.ExecContext(ctx, q, args...)
+	return changeIn(ctx, r.db, id, q, args...)
+}
+
+func changeIn(ctx context.Context, db execer, id, q string, args ...any) error {
+	res, err := db.ExecContext(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("update device: %w", err)
 	}

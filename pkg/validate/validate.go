@@ -3,6 +3,7 @@ package validate
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"hash"
@@ -26,6 +27,29 @@ type Device struct {
 	Secret []byte
 	// Enabled is false for a disabled device.
 	Enabled bool
+	// Keys are the device's keys, oldest first. Check tries every key
+	// that has not expired, always all of them (constant time overall).
+	// When Keys is empty, Secret is the only key (ID 0); a device with
+	// neither verifies nothing. Secret is then the newest key's secret.
+	Keys []Key
+}
+
+// Key is one of a device's secrets.
+type Key struct {
+	// ID identifies the key within its device; newer keys have larger ids.
+	ID int64
+	// Secret is the UTF-8 bytes of the shared secret.
+	Secret []byte
+	// Expires is when the key stops verifying; zero means never.
+	Expires time.Time
+}
+
+// keys returns d's keys, Secret standing in for an empty Keys.
+func (d *Device) keys() []Key {
+	if len(d.Keys) == 0 && len(d.Secret) > 0 {
+		return []Key{{Secret: d.Secret}}
+	}
+	return d.Keys
 }
 
 // KeyStore looks up devices. Device returns ErrUnknownDevice for an
@@ -94,6 +118,11 @@ type Result struct {
 	Rejection *Rejection
 	// Expires is when the accepted id may be forgotten: timestamp + skew.
 	Expires time.Time
+	// KeyID is the id of the key the signature verified with (also set on
+	// a replay rejection); 0 when none did or for a single-Secret device.
+	KeyID int64
+	// Verified reports whether a key verified the signature.
+	Verified bool
 }
 
 // Accepted reports whether the message passed every check.
@@ -105,7 +134,8 @@ type Validator struct {
 	keys   KeyStore
 	replay ReplayStore
 	now    func() time.Time
-	macs   sync.Map // device id → *macPool
+	macs   sync.Map // device id → *macPool, for signing replies
+	vmacs  sync.Map // device id → *deviceMACs, for verifying
 	dummy  *macPool
 
 	downMacs sync.Map    // device id → *downPool: downlink keys, derived once
@@ -144,6 +174,7 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		v.dummy.verify(&env)        // same cost as a known device
 		v.macs.Delete(env.DeviceID) // a removed device's key leaves memory
 		v.downMacs.Delete(env.DeviceID)
+		v.vmacs.Delete(env.DeviceID)
 		return reject(env, UnknownDevice, ""), nil
 	}
 	if err != nil {
@@ -152,6 +183,7 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	if !dev.Enabled {
 		v.macs.Delete(env.DeviceID)
 		v.downMacs.Delete(env.DeviceID)
+		v.vmacs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
 	}
 	if v.limit != nil && !v.limit.Allow(env.DeviceID, v.now()) {
@@ -164,7 +196,8 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	if d := now.Sub(msgTime); d > v.cfg.MaxClockSkew || d < -v.cfg.MaxClockSkew {
 		return reject(env, Stale, fmt.Sprintf("timestamp is %s from now", d.Truncate(time.Second))), nil
 	}
-	if !v.macFor(env.DeviceID, dev.Secret).verify(&env) {
+	keyID, ok := v.macsFor(env.DeviceID, &dev).verify(&env, now)
+	if !ok {
 		return reject(env, BadSignature, ""), nil
 	}
 	expires := msgTime.Add(v.cfg.MaxClockSkew)
@@ -173,16 +206,23 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return Result{}, fmt.Errorf("record message id: %w", err)
 	}
 	if dup {
-		return reject(env, Replay, ""), nil
+		r := reject(env, Replay, "")
+		r.KeyID, r.Verified = keyID, true
+		return r, nil
 	}
-	return Result{Envelope: env, Expires: expires}, nil
+	return Result{Envelope: env, Expires: expires, KeyID: keyID, Verified: true}, nil
 }
 
-// Sign signs e in place for a downlink (reply or notice) to e.DeviceID:
-// with the downlink key derived from the device's secret
-// (envelope.DownlinkKey), never with the uplink key, so a reflected
-// downlink is a bad_signature.
+// Sign signs e in place for a downlink (reply or notice) to e.DeviceID
+// with the device's newest valid key (SignFor with keyID 0).
 func (v *Validator) Sign(ctx context.Context, e *envelope.Envelope) error {
+	return v.SignFor(ctx, e, 0)
+}
+
+// SignFor signs e in place with the secret of the device's key keyID (the
+// newest key the device was seen to use), or with its newest valid key
+// when keyID is 0 or no longer valid, for replies.
+func (v *Validator) SignFor(ctx context.Context, e *envelope.Envelope, keyID int64) error {
 	dev, err := v.keys.Device(ctx, e.DeviceID)
 	if err != nil {
 		if errors.Is(err, ErrUnknownDevice) {
@@ -190,7 +230,11 @@ func (v *Validator) Sign(ctx context.Context, e *envelope.Envelope) error {
 		}
 		return fmt.Errorf("look up device: %w", err)
 	}
-	p := v.downMACFor(e.DeviceID, dev.Secret)
+	secret := replySecret(&dev, keyID, v.now())
+	if secret == nil {
+		return fmt.Errorf("device %s: no valid key to sign with", e.DeviceID)
+	}
+	p := v.downMACFor(e.DeviceID, secret)
 	m := p.get()
 	e.Signature = envelope.SignWith(m, e)
 	p.put(m)
@@ -231,4 +275,87 @@ func (v *Validator) macFor(id string, secret []byte) *macPool {
 	p := newMACPool(secret)
 	v.macs.Store(id, p)
 	return p
+}
+
+// replySecret picks the secret replies are signed with: key keyID if it is
+// still valid, else the newest valid key.
+func replySecret(d *Device, keyID int64, now time.Time) []byte {
+	var newest []byte
+	for _, k := range d.keys() {
+		if !k.Expires.IsZero() && !now.Before(k.Expires) {
+			continue
+		}
+		if keyID != 0 && k.ID == keyID {
+			return k.Secret
+		}
+		newest = k.Secret
+	}
+	return newest
+}
+
+// deviceMACs holds a pool per key of one device, for verifying.
+type deviceMACs struct {
+	keys  []keyMAC
+	dummy *macPool
+}
+
+type keyMAC struct {
+	id      int64
+	expires time.Time
+	pool    *macPool
+}
+
+// verify computes the HMAC of e under every key of the device, valid or
+// expired, with no early exit, and reports the newest valid key that
+// matched. Its cost depends only on the number of keys; a device with
+// none still pays one HMAC against the dummy key.
+func (d *deviceMACs) verify(e *envelope.Envelope, now time.Time) (int64, bool) {
+	if len(d.keys) == 0 {
+		d.dummy.verify(e)
+		return 0, false
+	}
+	found, id := 0, int64(0)
+	for _, k := range d.keys {
+		ok := subtle.ConstantTimeByteEq(b2b(k.pool.verify(e)), 1)
+		valid := subtle.ConstantTimeByteEq(b2b(k.expires.IsZero() || now.Before(k.expires)), 1)
+		hit := ok & valid
+		found |= hit
+		id = int64(subtle.ConstantTimeSelect(hit, int(k.id), int(id)))
+	}
+	return id, found == 1
+}
+
+func b2b(b bool) uint8 {
+	var u uint8
+	if b {
+		u = 1
+	}
+	return u
+}
+
+// macsFor returns the verifying pools for id, rebuilding them when the
+// device's keys changed.
+func (v *Validator) macsFor(id string, dev *Device) *deviceMACs {
+	keys := dev.keys()
+	if p, ok := v.vmacs.Load(id); ok && sameKeys(p.(*deviceMACs).keys, keys) {
+		return p.(*deviceMACs)
+	}
+	d := &deviceMACs{keys: make([]keyMAC, len(keys)), dummy: v.dummy}
+	for i, k := range keys {
+		d.keys[i] = keyMAC{id: k.ID, expires: k.Expires, pool: newMACPool(k.Secret)}
+	}
+	v.vmacs.Store(id, d)
+	return d
+}
+
+func sameKeys(have []keyMAC, want []Key) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i := range have {
+		if have[i].id != want[i].ID || !have[i].expires.Equal(want[i].Expires) || !bytes.Equal(have[i].pool.secret, want[i].Secret) {
+			return false
+		}
+	}
+	return true
 }

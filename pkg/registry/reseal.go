@@ -1,0 +1,98 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Reseal re-seals every key under next, in one transaction: either every
+// row is sealed under next and the recorded fingerprint is next's, or
+// (on any error, such as a row that does not open) nothing changed.
+//
+// The registry must have been opened with its current KEK, or with none
+// when its secrets are still in the clear: then Reseal is how a plaintext
+// registry becomes sealed. Afterwards the file is vacuumed and its WAL
+// truncated, so the old forms of the rows (plaintext, or sealed under the
+// old KEK) do not linger in free pages or in the WAL. It returns the
+// number of keys re-sealed.
+//
+// A gateway running on the registry keeps serving its last snapshot and
+// reports every refresh as failed (ErrWrongKEK) until it is restarted with
+// the new KEK.
+func (r *Registry) Reseal(ctx context.Context, next *KEK) (int, error) {
+	if next == nil {
+		return 0, errors.New("kek rotate: no new KEK")
+	}
+	if r.sealed && r.kek == nil {
+		return 0, fmt.Errorf("kek rotate: %w", ErrSealed)
+	}
+	n, err := r.reseal(ctx, next)
+	if err != nil {
+		return 0, fmt.Errorf("kek rotate: %w (nothing changed)", err)
+	}
+	r.kek, r.sealed = next, true
+	if _, err := r.db.ExecContext(ctx, `VACUUM`); err != nil {
+		return n, fmt.Errorf("kek rotate: re-sealed %d keys, but vacuum: %w (old rows may linger in free pages)", n, err)
+	}
+	if _, err := r.db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return n, fmt.Errorf("kek rotate: re-sealed %d keys, but wal checkpoint: %w", n, err)
+	}
+	return n, nil
+}
+
+type storedKey struct {
+	device string
+	id     int64
+	blob   []byte
+	sealed bool
+}
+
+func (r *Registry) reseal(ctx context.Context, next *KEK) (int, error) {
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	if fp, err := fingerprint(ctx, tx); err != nil {
+		return 0, err
+	} else if (fp != "") != r.sealed {
+		return 0, errors.New("registry sealing changed since it was opened; run the command again")
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT device_id, key_id, secret, sealed FROM device_keys ORDER BY device_id, key_id`)
+	if err != nil {
+		return 0, err
+	}
+	var keys []storedKey
+	for rows.Next() {
+		var k storedKey
+		if err := rows.Scan(&k.device, &k.id, &k.blob, &k.sealed); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		keys = append(keys, k)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, k := range keys {
+		plain, err := r.openSecret(k.device, k.id, k.blob, k.sealed)
+		if err != nil {
+			return 0, err
+		}
+		blob, err := next.seal(k.device, k.id, plain)
+		clear(plain)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE device_keys SET secret = ?, sealed = 1 WHERE device_id = ? AND key_id = ?`, blob, k.device, k.id); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO registry_meta(name, value) VALUES('kek_fingerprint', ?)
+		ON CONFLICT(name) DO UPDATE SET value = excluded.value`, next.fp); err != nil {
+		return 0, err
+	}
+	return len(keys), tx.Commit()
+}
