@@ -73,12 +73,15 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, fmt.Errorf("outbox.path: %w", err)
 	}
-	g.replay = replay.NewMemory(cfg.Replay.MaxEntries, now)
+	g.replay = replay.New(cfg.Replay)
 	loaded := 0
-	err = g.store.Seen(ctx, now(), func(dev string, id [16]byte, exp time.Time) error {
+	// Each id is kept until the later of its stored expiry and its
+	// timestamp + the skew in force now (a raised skew must not reopen a
+	// replay), and restored past its device's quota (it was accepted).
+	start := now()
+	err = g.store.Seen(ctx, start, cfg.Validation.MaxClockSkew, func(dev string, id [16]byte, exp time.Time) error {
 		loaded++
-		_, err := g.replay.Record(ctx, dev, id, exp)
-		return err
+		return g.replay.Restore(dev, id, exp, start)
 	})
 	if err != nil {
 		g.close()
@@ -454,7 +457,7 @@ func (g *Gateway) prune(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := g.store.PruneSeen(ctx, g.now()); err != nil && ctx.Err() == nil {
+			if _, err := g.store.PruneSeen(ctx, g.now(), g.cfg.Validation.MaxClockSkew); err != nil && ctx.Err() == nil {
 				g.log.Warn("cannot prune expired replay ids", zap.Error(err))
 			}
 		}

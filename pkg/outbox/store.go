@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -94,6 +95,15 @@ INSERT INTO seen_v2(device_id, message_id, expires) SELECT device_id, message_id
 DROP TABLE seen;
 ALTER TABLE seen_v2 RENAME TO seen;
 CREATE INDEX seen_expires ON seen(expires);`},
+	// v3: seen keeps each message's timestamp, so that the replay window
+	// can be rebuilt with the skew in force now rather than the one the id
+	// was stored with (a max_clock_skew raised across a restart must not
+	// reopen replays; issue 9, finding 3). Rows from before have no
+	// timestamp; their expiry stands in for it, which keeps them longer
+	// (never shorter) than needed.
+	{Version: 3, SQL: `
+ALTER TABLE seen ADD COLUMN ts INTEGER NOT NULL DEFAULT 0;
+UPDATE seen SET ts = expires;`},
 }
 
 // Record is one accepted message.
@@ -289,9 +299,15 @@ func (s *Store) Count(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// Seen calls fn for every id whose expiry is after now.
-func (s *Store) Seen(ctx context.Context, now time.Time, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT device_id, message_id, expires FROM seen WHERE expires >= ?`, now.Unix())
+// Seen calls fn for every id still inside the replay window at now. An
+// id's expiry is the later of the one it was stored with and its message's
+// timestamp + window (the max_clock_skew in force now), so raising the skew
+// across a restart keeps ids as long as a copy would pass the freshness
+// check. fn gets that expiry.
+func (s *Store) Seen(ctx context.Context, now time.Time, window time.Duration, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
+	w := int64(window / time.Second)
+	rows, err := s.db.QueryContext(ctx, `SELECT device_id, message_id, max(expires, ts + ?) FROM seen WHERE expires >= ? OR ts >= ?`,
+		w, now.Unix(), now.Unix()-w)
 	if err != nil {
 		return fmt.Errorf("load seen: %w", err)
 	}
@@ -312,9 +328,11 @@ func (s *Store) Seen(ctx context.Context, now time.Time, fn func(deviceID string
 	return rows.Err()
 }
 
-// PruneSeen deletes ids that expired before now and returns how many.
-func (s *Store) PruneSeen(ctx context.Context, now time.Time) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE expires < ?`, now.Unix())
+// PruneSeen deletes ids that left the replay window before now (both their
+// stored expiry and their timestamp + window are before now; see Seen) and
+// returns how many.
+func (s *Store) PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE expires < ? AND ts < ?`, now.Unix(), now.Unix()-int64(window/time.Second))
 	if err != nil {
 		return 0, fmt.Errorf("prune seen: %w", err)
 	}
@@ -384,22 +402,26 @@ func (s *Store) deadOp(ctx context.Context, seqs []int64, retry bool) (int, erro
 }
 
 // seenChunk is the most rows one INSERT INTO seen statement carries: one
-// statement per chunk instead of one per row (3 parameters per row, well
+// statement per chunk instead of one per row (4 parameters per row, well
 // under SQLite's 32766 limit).
 const seenChunk = 128
 
 // insertSeen records the ids of recs in the seen table, seenChunk rows per
 // statement.
 func insertSeen(ctx context.Context, tx *sql.Tx, recs []*Record) error {
-	args := make([]any, 0, 3*min(len(recs), seenChunk))
+	args := make([]any, 0, 4*min(len(recs), seenChunk))
 	for len(recs) > 0 {
 		chunk := recs[:min(len(recs), seenChunk)]
 		recs = recs[len(chunk):]
 		args = args[:0]
 		for _, r := range chunk {
-			args = append(args, r.DeviceID, r.ID[:], r.Expires.Unix())
+			ts, err := strconv.ParseInt(r.Timestamp, 10, 64)
+			if err != nil { // cannot happen for a validated message; keep the id longer, not shorter
+				ts = r.Expires.Unix()
+			}
+			args = append(args, r.DeviceID, r.ID[:], r.Expires.Unix(), ts)
 		}
-		q := `INSERT INTO seen(device_id, message_id, expires) VALUES (?,?,?)` + strings.Repeat(",(?,?,?)", len(chunk)-1)
+		q := `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)` + strings.Repeat(",(?,?,?,?)", len(chunk)-1)
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("insert seen: %w", err)
 		}

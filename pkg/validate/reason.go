@@ -20,10 +20,14 @@ const (
 	BadSignature Reason = "bad_signature"
 	// Replay: the message id was already accepted inside the window.
 	Replay Reason = "replay"
+	// QuotaExceeded: a capacity limit refused the message: the device's own
+	// quota of pending outbox rows or of remembered replay ids, or the
+	// fleet-wide replay store being full. The device may resend later.
+	QuotaExceeded Reason = "quota_exceeded"
 )
 
 // Reasons lists every reason code, in check order.
-var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, Stale, BadSignature, Replay}
+var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, Stale, BadSignature, Replay, QuotaExceeded}
 
 // Rejection is the verdict on a message that failed a check. It is not an
 // error: a rejected message is acked and counted, never retried.

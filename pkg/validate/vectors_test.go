@@ -173,6 +173,9 @@ func TestVectors(t *testing.T) {
 		})
 	}
 	for _, want := range append([]validate.Reason{"accepted"}, validate.Reasons...) {
+		if want == validate.QuotaExceeded {
+			continue // a capacity verdict: it depends on the store, not on the message (TestCheckReplayFullWithMemory)
+		}
 		if !seen[string(want)] {
 			t.Errorf("no vector expects %s", want)
 		}
