@@ -129,6 +129,8 @@ type gatewayOpts struct {
 	backendURL   string
 	timeout      string
 	grace        string
+	// edit, when set, rewrites the whole YAML config before it is written.
+	edit func(cfg string) string
 }
 
 func (o gatewayOpts) attemptsOr(n int) int {
@@ -160,7 +162,11 @@ func (f *fixture) startGateway(o gatewayOpts) *gatewayProc {
 	f.t.Helper()
 	port := harness.FreePort(f.t)
 	cfgPath := filepath.Join(f.dir, "iotgw.yaml")
-	if err := os.WriteFile(cfgPath, []byte(f.config(port, o)), 0o600); err != nil {
+	cfg := f.config(port, o)
+	if o.edit != nil {
+		cfg = o.edit(cfg)
+	}
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		f.t.Fatal(err)
 	}
 	logPath := filepath.Join(f.dir, fmt.Sprintf("gateway-%d.log", time.Now().UnixNano()))

@@ -20,6 +20,12 @@ type Config struct {
 	// MaxPending bounds rows waiting for the backend; past it new messages
 	// are not acked, so the broker holds them. Default 100000.
 	MaxPending int `mapstructure:"max_pending"`
+	// MaxPendingPerDevice bounds the rows any one device may have waiting
+	// for the backend; past it that device's new messages are refused with
+	// reason quota_exceeded (acked, counted, answered with a notice) while
+	// other devices' messages are still accepted, so one device cannot fill
+	// the outbox for the fleet. 0 turns the quota off. Default 10000.
+	MaxPendingPerDevice int `mapstructure:"max_pending_per_device"`
 	// BatchMax is the most messages committed in one transaction. Default 512.
 	BatchMax int `mapstructure:"batch_max"`
 	// PruneInterval is how often expired seen ids are deleted. Default 30s.
@@ -31,7 +37,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, BatchMax: 512, PruneInterval: 30 * time.Second, Synchronous: "full"}
+	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, MaxPendingPerDevice: 10000, BatchMax: 512, PruneInterval: 30 * time.Second, Synchronous: "full"}
 }
 
 // Validate checks the settings.
@@ -41,6 +47,8 @@ func (c Config) Validate() error {
 		return errors.New("outbox.path: required")
 	case c.MaxPending < 1:
 		return fmt.Errorf("outbox.max_pending: must be at least 1, got %d", c.MaxPending)
+	case c.MaxPendingPerDevice < 0 || c.MaxPendingPerDevice > c.MaxPending:
+		return fmt.Errorf("outbox.max_pending_per_device: must be 0 (off) or 1..outbox.max_pending (%d), got %d", c.MaxPending, c.MaxPendingPerDevice)
 	case c.BatchMax < 1 || c.BatchMax > 10000:
 		return fmt.Errorf("outbox.batch_max: must be 1..10000, got %d", c.BatchMax)
 	case c.PruneInterval <= 0:
@@ -266,6 +274,43 @@ func (s *Store) Bury(ctx context.Context, seq int64, attempts int, lastErr strin
 // Pending returns rows with seq > after, oldest first.
 func (s *Store) Pending(ctx context.Context, after int64) ([]*Record, error) {
 	return pendingBetween(ctx, s.db, after, math.MaxInt64)
+}
+
+// PendingMeta returns every row, oldest first, without its payload (see
+// Payload), so that a large backlog does not have to fit in memory.
+func (s *Store) PendingMeta(ctx context.Context) ([]*Record, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, device_id, message_id, timestamp, received_at FROM outbox ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("load outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []*Record
+	for rows.Next() {
+		r := &Record{}
+		var ms int64
+		if err := rows.Scan(&r.Seq, &r.DeviceID, &r.MessageID, &r.Timestamp, &ms); err != nil {
+			return nil, fmt.Errorf("load outbox: %w", err)
+		}
+		r.ReceivedAt = time.UnixMilli(ms)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ErrNoRow is returned by Payload for a row that is not in the outbox.
+var ErrNoRow = errors.New("no such outbox row")
+
+// Payload returns the payload of row seq, or ErrNoRow.
+func (s *Store) Payload(ctx context.Context, seq int64) ([]byte, error) {
+	var p []byte
+	err := s.db.QueryRowContext(ctx, `SELECT payload FROM outbox WHERE seq = ?`, seq).Scan(&p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("outbox row %d: %w", seq, ErrNoRow)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load payload: %w", err)
+	}
+	return p, nil
 }
 
 type querier interface {
