@@ -147,3 +147,50 @@ func (g *gatewayProc) liveHeap() float64 {
 	resp.Body.Close()
 	return g.metric("go_memstats_heap_alloc_bytes")
 }
+
+// TestReplayStoreFullIsBounded (issue 9, finding 5): when the fleet-wide
+// replay store is full, the gateway used to retry the same message for
+// ever (unacked, blocking its validation worker and every device behind
+// it). Now the message is refused as quota_exceeded (fail closed: no live
+// id is evicted), acked and counted, and the gateway keeps serving: once
+// ids expire, messages are accepted again.
+func TestReplayStoreFullIsBounded(t *testing.T) {
+	f := newFixture(t, "fill_a")
+	g := f.startGateway(gatewayOpts{edit: func(cfg string) string {
+		return cfg + "replay:\n  max_entries: 1000\n  max_entries_per_device: 0\nvalidation:\n  max_clock_skew: 10s\n"
+	}})
+	a := f.device("fill_a")
+	const n = 1100
+	toks := make([]mqtt.Token, 0, n)
+	for i := range n {
+		raw, _ := a.signed(fmt.Sprintf(`{"seq":%d}`, i), time.Now().Unix())
+		toks = append(toks, a.c.Publish("device/fill_a/data", 1, false, raw))
+	}
+	for _, tok := range toks {
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	g.waitMetric(`iotgw_messages_rejected_total{reason="quota_exceeded"}`, 1, 20*time.Second)
+	accepted := g.waitMetric("iotgw_messages_accepted_total", 1000, 20*time.Second)
+	if accepted > 1000+4 { // the bound may be overshot by pipeline.workers
+		t.Errorf("accepted %v messages into a 1000-id store", accepted)
+	}
+	if v := g.metric(`iotgw_infra_errors_total{stage="validate"}`); v != 0 {
+		t.Errorf("iotgw_infra_errors_total{stage=\"validate\"} = %v: a full store is still retried as a fault", v)
+	}
+	// Every message was judged: accepted + refused = sent.
+	g.waitMetric(`iotgw_messages_rejected_total{reason="quota_exceeded"}`, n-accepted, 20*time.Second)
+	// Once the ids expire (10 s skew: at most 20 s), new messages are accepted again.
+	for deadline := time.Now().Add(40 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		raw, _ := a.signed(`{"seq":"after"}`, time.Now().Unix())
+		a.publish("", raw)
+		time.Sleep(200 * time.Millisecond)
+		if g.metric("iotgw_messages_accepted_total") > accepted {
+			break
+		}
+	}
+	if g.metric("iotgw_messages_accepted_total") <= accepted {
+		t.Fatal("no message accepted after the replay ids expired")
+	}
+}
