@@ -88,6 +88,15 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, fmt.Errorf("reload replay window: %w", err)
 	}
+	// Ids of messages timestamped before the horizon may have been pruned
+	// by an earlier run: with the skew raised or the clock stepped back,
+	// a copy of one would look fresh and new. Refuse those (as replays).
+	horizon, err := g.store.SeenHorizon(ctx)
+	if err != nil {
+		g.close()
+		return nil, err
+	}
+	g.replay.SetHorizon(horizon.Add(cfg.Validation.MaxClockSkew))
 	g.inflight = newInflightReplay(g.replay)
 	if g.validator, err = validate.New(cfg.Validation, g.keys, g.inflight, now); err != nil {
 		g.close()

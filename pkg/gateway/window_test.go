@@ -43,13 +43,20 @@ func TestRestartKeepsReplayWindow(t *testing.T) {
 		skewThen time.Duration // when the message was accepted (at base)
 		skewNow  time.Duration // after the restart
 		restart  time.Duration // restart and copy, after base
+		prunedAt time.Duration // when the first run pruned its seen ids (0: never)
 	}{
-		{"skew raised, copy past the old window", 5 * time.Minute, 10 * time.Minute, 7 * time.Minute},
-		{"skew raised, copy inside the old window", 5 * time.Minute, 10 * time.Minute, 4 * time.Minute},
+		{"skew raised, copy past the old window", 5 * time.Minute, 10 * time.Minute, 7 * time.Minute, 0},
+		{"skew raised, copy inside the old window", 5 * time.Minute, 10 * time.Minute, 4 * time.Minute, 0},
 		// Down for a while, then the clock stepped 4 min forward at boot,
 		// with the skew raised: the copy is still fresh under the new skew.
-		{"forward clock step and raised skew", 5 * time.Minute, 15 * time.Minute, 4*time.Minute + 4*time.Minute},
-		{"same skew, forward clock step inside the window", 5 * time.Minute, 5 * time.Minute, 4*time.Minute + 59*time.Second},
+		{"forward clock step and raised skew", 5 * time.Minute, 15 * time.Minute, 4*time.Minute + 4*time.Minute, 0},
+		{"same skew, forward clock step inside the window", 5 * time.Minute, 5 * time.Minute, 4*time.Minute + 59*time.Second, 0},
+		// The first run pruned the id at 6 min (past its 5 min window);
+		// under a 10 min skew a copy at 7 min is fresh, and its id is gone:
+		// the gateway must refuse what it can no longer vouch for.
+		{"skew raised after the id was pruned", 5 * time.Minute, 10 * time.Minute, 7 * time.Minute, 6 * time.Minute},
+		// The clock stepped back 3 min across the restart, after the prune.
+		{"backward clock step after the id was pruned", 5 * time.Minute, 5 * time.Minute, 4 * time.Minute, 7 * time.Minute},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +84,11 @@ func TestRestartKeepsReplayWindow(t *testing.T) {
 			if err := st.Insert(ctx, []*outbox.Record{{DeviceID: "sensor_001", MessageID: msgID, Timestamp: string(e.TimestampRaw),
 				ID: e.UUID(), Payload: e.Payload, ReceivedAt: base, Expires: base.Add(tc.skewThen)}}); err != nil {
 				t.Fatal(err)
+			}
+			if tc.prunedAt > 0 {
+				if _, err := st.PruneSeen(ctx, base.Add(tc.prunedAt), tc.skewThen); err != nil {
+					t.Fatal(err)
+				}
 			}
 			st.Close()
 

@@ -108,10 +108,16 @@ CREATE INDEX seen_expires ON seen(expires);`},
 	// was stored with (a max_clock_skew raised across a restart must not
 	// reopen replays; issue 9, finding 3). Rows from before have no
 	// timestamp; their expiry stands in for it, which keeps them longer
-	// (never shorter) than needed.
+	// (never shorter) than needed. seen_horizon remembers up to which
+	// timestamp ids may have been pruned (see SeenHorizon).
 	{Version: 3, SQL: `
 ALTER TABLE seen ADD COLUMN ts INTEGER NOT NULL DEFAULT 0;
-UPDATE seen SET ts = expires;`},
+UPDATE seen SET ts = expires;
+CREATE TABLE seen_horizon (
+	id INTEGER PRIMARY KEY CHECK (id = 1),
+	ts INTEGER NOT NULL
+);
+INSERT INTO seen_horizon(id, ts) VALUES (1, 0);`},
 }
 
 // Record is one accepted message.
@@ -376,12 +382,46 @@ func (s *Store) Seen(ctx context.Context, now time.Time, window time.Duration, f
 // PruneSeen deletes ids that left the replay window before now (both their
 // stored expiry and their timestamp + window are before now; see Seen) and
 // returns how many.
+//
+// It also raises the horizon (SeenHorizon) to now - window when it deleted
+// anything, in the same transaction.
 func (s *Store) PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE expires < ? AND ts < ?`, now.Unix(), now.Unix()-int64(window/time.Second))
+	cut := now.Unix() - int64(window/time.Second)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("prune seen: %w", err)
 	}
-	return res.RowsAffected()
+	defer tx.Rollback() //nolint:errcheck // no-op after commit
+	res, err := tx.ExecContext(ctx, `DELETE FROM seen WHERE expires < ? AND ts < ?`, now.Unix(), cut)
+	if err != nil {
+		return 0, fmt.Errorf("prune seen: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("prune seen: %w", err)
+	}
+	if n > 0 {
+		if _, err := tx.ExecContext(ctx, `UPDATE seen_horizon SET ts = max(ts, ?) WHERE id = 1`, cut); err != nil {
+			return 0, fmt.Errorf("prune seen: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("prune seen: commit: %w", err)
+	}
+	return n, nil
+}
+
+// SeenHorizon returns the timestamp before which accepted ids may have
+// been pruned: every id of a message with a later timestamp is still in
+// the seen table. A gateway whose window now reaches further back (the
+// skew was raised, or the clock stepped back) must refuse messages older
+// than it, since it can no longer tell a copy from a new message.
+func (s *Store) SeenHorizon(ctx context.Context) (time.Time, error) {
+	var ts int64
+	if err := s.db.QueryRowContext(ctx, `SELECT ts FROM seen_horizon WHERE id = 1`).Scan(&ts); err != nil {
+		return time.Time{}, fmt.Errorf("load seen horizon: %w", err)
+	}
+	return time.Unix(ts, 0), nil
 }
 
 // DeadLetters lists dead-lettered messages, oldest first.

@@ -455,3 +455,52 @@ func TestStoreSeenWiderWindow(t *testing.T) {
 		t.Fatalf("PruneSeen past the wider window = %d, %v; want 1", n, err)
 	}
 }
+
+// TestStoreSeenHorizon: the horizon starts at 0, rises to now - window
+// when a prune deletes ids, never falls, and survives a reopen.
+func TestStoreSeenHorizon(t *testing.T) {
+	base := time.Unix(1727712000, 0)
+	cfg := testConfig(t, nil)
+	s := openStore(t, cfg)
+	horizon := func() int64 {
+		h, err := s.SeenHorizon(bg())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.Unix()
+	}
+	if horizon() != 0 {
+		t.Fatalf("fresh horizon = %d", horizon())
+	}
+	r := rec("d", 1, base.Add(300*time.Second))
+	r.Timestamp = fmt.Sprint(base.Unix())
+	insert(t, s, r)
+	if _, err := s.PruneSeen(bg(), base.Add(100*time.Second), 300*time.Second); err != nil || horizon() != 0 {
+		t.Fatalf("prune that deleted nothing moved the horizon to %d (%v)", horizon(), err)
+	}
+	if n, err := s.PruneSeen(bg(), base.Add(400*time.Second), 300*time.Second); err != nil || n != 1 {
+		t.Fatalf("PruneSeen = %d, %v", n, err)
+	}
+	if want := base.Unix() + 100; horizon() != want {
+		t.Fatalf("horizon = %d, want %d", horizon(), want)
+	}
+	r2 := rec("d", 2, base.Add(400*time.Second))
+	r2.Timestamp = fmt.Sprint(base.Unix() + 100)
+	insert(t, s, r2)
+	// A narrower window: cut at +420 s, r2 (timestamp +100 s, expiry +400 s) goes.
+	if n, err := s.PruneSeen(bg(), base.Add(450*time.Second), 30*time.Second); err != nil || n != 1 {
+		t.Fatalf("PruneSeen = %d, %v", n, err)
+	}
+	// The clock stepped back: a prune with an earlier cut keeps the horizon.
+	r3 := rec("d", 3, base.Add(-700*time.Second))
+	r3.Timestamp = fmt.Sprint(base.Unix() - 1000)
+	insert(t, s, r3)
+	if n, err := s.PruneSeen(bg(), base, 300*time.Second); err != nil || n != 1 {
+		t.Fatalf("PruneSeen = %d, %v", n, err)
+	}
+	s.Close()
+	s = openStore(t, cfg)
+	if want := base.Unix() + 420; horizon() != want {
+		t.Fatalf("horizon after reopen = %d, want %d", horizon(), want)
+	}
+}

@@ -34,6 +34,7 @@ type Memory struct {
 	count     atomic.Int64
 	full      atomic.Int64
 	quota     atomic.Int64
+	horizon   atomic.Uint32 // ids expiring before it may have been pruned
 	seed      maphash.Seed
 	shards    [shards]memShard
 	devs      devSlots
@@ -96,8 +97,9 @@ func (m *Memory) Record(_ context.Context, deviceID string, id [16]byte, expires
 }
 
 // Restore remembers an id that was accepted before (the rebuild from the
-// outbox at start). It is Record without the per-device quota: an id
-// already accepted must be remembered even if its device is over quota.
+// outbox at start). It is Record without the per-device quota and the
+// horizon: an id already accepted must be remembered even if its device is
+// over quota.
 // It still refuses with validate.ErrReplayFull past the fleet-wide bound.
 func (m *Memory) Restore(deviceID string, id [16]byte, expires, now time.Time) error {
 	_, err := m.record(deviceID, id, expires, now, false)
@@ -111,6 +113,12 @@ func (m *Memory) record(deviceID string, id [16]byte, expires, now time.Time, qu
 	var cnt *atomic.Int32
 	if m.perDevice > 0 {
 		slot, cnt = m.devs.get(deviceID)
+	}
+	if quota && exp < m.horizon.Load() {
+		// Ids expiring before the horizon were pruned: this one may have
+		// been accepted and forgotten (the clock stepped back, or the
+		// skew was raised across a restart). Fail closed.
+		return true, nil
 	}
 	s := &m.shards[k[15]%shards]
 	s.mu.Lock()
@@ -171,6 +179,20 @@ func (m *Memory) Forget(_ context.Context, deviceID string, id [16]byte) error {
 	return nil
 }
 
+// SetHorizon declares that ids expiring before t may have been forgotten
+// (the outbox pruned them before a restart): Record then reports them as
+// duplicates. The horizon only moves forward; pruning moves it too.
+func (m *Memory) SetHorizon(t time.Time) { m.raiseHorizon(expSeconds(t)) }
+
+func (m *Memory) raiseHorizon(h uint32) {
+	for {
+		cur := m.horizon.Load()
+		if h <= cur || m.horizon.CompareAndSwap(cur, h) {
+			return
+		}
+	}
+}
+
 // Len returns how many ids are remembered (expired ones not yet pruned included).
 func (m *Memory) Len() int { return int(m.count.Load()) }
 
@@ -220,6 +242,9 @@ func (m *Memory) pruneLocked(s *memShard, now uint32) {
 	}
 	m.count.Add(-n)
 	s.nextPrune = now + 1
+	if n > 0 {
+		m.raiseHorizon(now)
+	}
 }
 
 // pruneOthers prunes every shard but held that is due (each at most once a

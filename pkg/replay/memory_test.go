@@ -289,3 +289,31 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryHorizon: once ids expiring before T were pruned, an id
+// expiring before T may have been forgotten, so after a backward clock
+// step a copy of it is refused as a duplicate, not accepted as new; ids
+// expiring at or after the horizon are judged as usual. SetHorizon does
+// the same for ids the outbox pruned before a restart.
+func TestMemoryHorizon(t *testing.T) {
+	m := replay.New(replay.Config{MaxEntries: 1000})
+	if dup, _ := m.Record(ctx(), "a", idN(1), t0.Add(sec(10)), t0); dup {
+		t.Fatal("first record is a duplicate")
+	}
+	m.Prune(t0.Add(sec(20))) // id 1 (expiry +10) is forgotten
+	// The clock steps back to t0+5: the copy is fresh again.
+	if dup, _ := m.Record(ctx(), "a", idN(1), t0.Add(sec(10)), t0.Add(sec(5))); !dup {
+		t.Fatal("copy of a pruned id accepted after a backward clock step")
+	}
+	if dup, _ := m.Record(ctx(), "a", idN(2), t0.Add(sec(20)), t0.Add(sec(5))); dup {
+		t.Fatal("an id expiring at the horizon refused")
+	}
+	m2 := replay.New(replay.Config{MaxEntries: 1000})
+	m2.SetHorizon(t0.Add(sec(100)))
+	if dup, _ := m2.Record(ctx(), "a", idN(1), t0.Add(sec(99)), t0); !dup {
+		t.Fatal("id expiring before SetHorizon accepted")
+	}
+	if err := m2.Restore("a", idN(3), t0.Add(sec(50)), t0); err != nil {
+		t.Fatalf("Restore below the horizon: %v", err)
+	}
+}
