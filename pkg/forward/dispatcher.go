@@ -220,6 +220,7 @@ func (d *Dispatcher) work(ctx context.Context) {
 			continue
 		}
 		if !d.load(ctx, j) {
+			d.breaker.Abandon() // no call made: release a probe slot
 			continue
 		}
 		resp, err := d.post.Post(d.postCtx, j)
@@ -263,6 +264,7 @@ func (d *Dispatcher) workBatch(ctx context.Context, bp BatchPoster) {
 			}
 		}
 		if jobs = loaded; len(jobs) == 0 {
+			d.breaker.Abandon() // no call made: release a probe slot
 			continue
 		}
 		resps, err := bp.PostBatch(d.postCtx, jobs)

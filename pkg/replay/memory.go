@@ -22,8 +22,10 @@ const DefaultMaxEntries = 2_000_000
 // Each remembered id costs one map slot: a 16-byte key (the message UUID
 // mixed with a keyed hash of the device id, so devices cannot collide) and
 // an 8-byte value (the expiry in seconds and the device's quota slot). With
-// the map's control bytes and load factor that measures about 30-50 bytes
-// per id (BenchmarkMemoryBytesPerID); see docs/PERFORMANCE.md.
+// the map's control bytes and load factor that measured about 25-45 bytes
+// per id with a 4-byte value (BenchmarkMemoryBytesPerID; see
+// docs/PERFORMANCE.md); the quota slot adds 4 bytes per slot, not
+// re-measured.
 //
 // Memory never reads a clock: every Record is given the instant its
 // message was judged fresh at, so the freshness check and the replay
