@@ -138,3 +138,48 @@ func (b batchPoster) Post(ctx context.Context, j *forward.Job) (forward.Response
 func (b batchPoster) PostBatch(ctx context.Context, jobs []*forward.Job) ([]forward.Response, error) {
 	return b.f(ctx, jobs)
 }
+
+// TestDispatcherLoadFailureDuringProbe: when the breaker's one probe is
+// granted and the payload then cannot be read back, the probe is released,
+// so the breaker does not stay half-open for ever and the Job settles.
+func TestDispatcherLoadFailureDuringProbe(t *testing.T) {
+	var mu sync.Mutex
+	posts, loads := 0, 0
+	settled := make(chan forward.Outcome, 1)
+	cfg := testConfig(func(c *forward.Config) { c.Workers = 1; c.MaxPayloadMemory = 0 })
+	d := forward.NewDispatcher(cfg, posterFunc(func(_ context.Context, j *forward.Job) (forward.Response, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		posts++
+		if posts == 1 {
+			return forward.Response{}, &forward.RetryableError{Status: 503} // opens the breaker
+		}
+		return forward.Response{Status: 200}, nil
+	}), forward.NewBreaker(1, 10*time.Millisecond, time.Now), microBackoff, time.Now, forward.Hooks{
+		Settled: func(_ *forward.Job, o forward.Outcome) { settled <- o },
+		Load: func(context.Context, *forward.Job) ([]byte, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			loads++
+			if loads == 2 { // the read for the probe
+				return nil, errors.New("disk busy")
+			}
+			return []byte("{}"), nil
+		},
+	})
+	d.Submit(&forward.Job{Seq: 1, DeviceID: "d", MessageID: "m", Payload: []byte("{}"), ReceivedAt: time.Now()})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case o := <-settled:
+		if o.Dead || o.Response.Status != 200 {
+			t.Fatalf("settled %+v, want 200", o)
+		}
+	case <-time.After(deadline):
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("job never settled (posts %d, loads %d): the breaker stayed half-open", posts, loads)
+	}
+}
