@@ -133,6 +133,8 @@ type gatewayOpts struct {
 	extra string
 	// limits replaces the limits section: a whole "limits:\n  ..." block.
 	limits string
+	// edit, when set, rewrites the whole YAML config before it is written.
+	edit func(cfg string) string
 }
 
 // limitsOr returns o.limits, or the limits the functional tests run with:
@@ -176,7 +178,11 @@ func (f *fixture) startGateway(o gatewayOpts) *gatewayProc {
 	f.t.Helper()
 	port := harness.FreePort(f.t)
 	cfgPath := filepath.Join(f.dir, "iotgw.yaml")
-	if err := os.WriteFile(cfgPath, []byte(f.config(port, o)), 0o600); err != nil {
+	cfg := f.config(port, o)
+	if o.edit != nil {
+		cfg = o.edit(cfg)
+	}
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		f.t.Fatal(err)
 	}
 	logPath := filepath.Join(f.dir, fmt.Sprintf("gateway-%d.log", time.Now().UnixNano()))

@@ -50,6 +50,13 @@ type Config struct {
 	BatchLinger time.Duration `mapstructure:"batch_linger"`
 	// BatchURL is the batch endpoint, required when BatchMax > 1.
 	BatchURL string `mapstructure:"batch_url"`
+	// MaxPayloadMemory bounds the bytes of payloads that messages waiting
+	// for the backend keep in memory. Past it a message's payload stays in
+	// the outbox only and is read back when the message is posted, so a
+	// backlog (backend down, or one device flooding) costs disk, not RAM.
+	// Payloads being posted are not counted (at most backend.workers ×
+	// backend.batch_max of them). 0 keeps none in memory. Default 67108864 (64 MiB).
+	MaxPayloadMemory int64 `mapstructure:"max_payload_memory"`
 
 	// Backend trust (docs/PROTOCOL.md 4b). Secret files must be readable
 	// by their owner only (chmod 600); their contents never appear in a
@@ -81,7 +88,7 @@ const MaxResponseBytesLimit = 1 << 20
 func DefaultConfig() Config {
 	return Config{Timeout: 10 * time.Second, Workers: 64, MaxAttempts: 50, MaxAge: 24 * time.Hour,
 		BackoffInitial: 200 * time.Millisecond, BackoffMax: 30 * time.Second,
-		BreakerThreshold: 5, BreakerCooldown: 5 * time.Second, MaxResponseBytes: 16 << 10, BatchMax: 1}
+		BreakerThreshold: 5, BreakerCooldown: 5 * time.Second, MaxResponseBytes: 16 << 10, BatchMax: 1, MaxPayloadMemory: 64 << 20}
 }
 
 // Validate checks the settings.
@@ -106,6 +113,8 @@ func (c Config) Validate() error {
 		return errors.New("backend.backoff_initial/backoff_max: need 0 < initial ≤ max")
 	case c.BreakerThreshold < 1 || c.BreakerCooldown <= 0:
 		return errors.New("backend.breaker_threshold/breaker_cooldown: must be positive")
+	case c.MaxPayloadMemory < 0:
+		return errors.New("backend.max_payload_memory: must not be negative")
 	case c.MaxResponseBytes < 0 || c.MaxResponseBytes > MaxResponseBytesLimit:
 		return fmt.Errorf("backend.max_response_bytes: must be 0..%d, got %d", MaxResponseBytesLimit, c.MaxResponseBytes)
 	case c.BatchMax < 1 || c.BatchMax > 1000:
@@ -132,12 +141,15 @@ type Job struct {
 	Seq int64
 	// DeviceID, MessageID and Timestamp (raw digits) go into headers.
 	DeviceID, MessageID, Timestamp string
-	// Payload is POSTed verbatim.
+	// Payload is POSTed verbatim. The Dispatcher may drop it while the Job
+	// waits (see Config.MaxPayloadMemory) and read it back with Hooks.Load.
 	Payload []byte
 	// ReceivedAt is when the gateway accepted the message (for MaxAge).
 	ReceivedAt time.Time
 	// Attempts counts failed tries so far.
 	Attempts int
+	// held is true while Payload counts against MaxPayloadMemory.
+	held bool
 }
 
 // Response is the backend's answer to a POST.

@@ -37,7 +37,16 @@ type Hooks struct {
 	Settled func(j *Job, o Outcome)
 	// Retry is called after each retryable failure, with the delay chosen.
 	Retry func(j *Job, err error, delay time.Duration)
+	// Load reads a Job's payload back from where it is stored durably
+	// (the outbox), for a Job whose payload the Dispatcher dropped to stay
+	// within Config.MaxPayloadMemory. An error wrapping ErrPayloadGone
+	// dead-letters the Job; any other is retried after a backoff, without
+	// counting an attempt. When Load is nil, payloads are always kept.
+	Load func(ctx context.Context, j *Job) ([]byte, error)
 }
+
+// ErrPayloadGone is returned by Hooks.Load when the payload no longer exists.
+var ErrPayloadGone = errors.New("payload gone")
 
 // Dispatcher delivers Jobs with a bounded pool of workers, keeping
 // per-device order: a device's next Job is not posted before its previous
@@ -55,6 +64,7 @@ type Dispatcher struct {
 	queues  map[string]*devQueue
 	ready   []string
 	pending int
+	held    int64 // bytes of payloads counted against MaxPayloadMemory
 	wake    chan struct{}
 
 	postCtx context.Context
@@ -77,6 +87,14 @@ func NewDispatcher(cfg Config, post Poster, breaker *Breaker, backoff Backoff, n
 func (d *Dispatcher) Submit(j *Job) {
 	d.mu.Lock()
 	d.pending++
+	if d.hooks.Load != nil && j.Payload != nil && !j.held {
+		if n := int64(len(j.Payload)); d.held+n <= d.cfg.MaxPayloadMemory {
+			d.held += n
+			j.held = true
+		} else {
+			j.Payload = nil // on disk only; Load reads it back when posted
+		}
+	}
 	q := d.queues[j.DeviceID]
 	if q == nil {
 		q = &devQueue{}
@@ -95,6 +113,14 @@ func (d *Dispatcher) Pending() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.pending
+}
+
+// PayloadBytes returns the bytes of payloads that waiting Jobs keep in
+// memory (bounded by Config.MaxPayloadMemory when Hooks.Load is set).
+func (d *Dispatcher) PayloadBytes() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.held
 }
 
 // BreakerOpen reports whether the circuit breaker is refusing calls.
@@ -146,6 +172,10 @@ func (d *Dispatcher) requeue(dev string) {
 func (d *Dispatcher) done(j *Job) {
 	d.mu.Lock()
 	d.pending--
+	if j.held {
+		d.held -= int64(len(j.Payload))
+		j.held = false
+	}
 	q := d.queues[j.DeviceID]
 	q.jobs[0] = nil
 	q.jobs = q.jobs[1:]
@@ -190,7 +220,12 @@ func (d *Dispatcher) work(ctx context.Context) {
 			d.later(ctx, j.DeviceID, wait)
 			continue
 		}
+		if !d.load(ctx, j) {
+			d.breaker.Abandon() // no call made: release a probe slot
+			continue
+		}
 		resp, err := d.post.Post(d.postCtx, j)
+		d.unload(j)
 		var re *RetryableError
 		var rd *RedirectError
 		switch {
@@ -228,7 +263,20 @@ func (d *Dispatcher) workBatch(ctx context.Context, bp BatchPoster) {
 			}
 			continue
 		}
+		loaded := jobs[:0]
+		for _, j := range jobs {
+			if d.load(ctx, j) {
+				loaded = append(loaded, j)
+			}
+		}
+		if jobs = loaded; len(jobs) == 0 {
+			d.breaker.Abandon() // no call made: release a probe slot
+			continue
+		}
 		resps, err := bp.PostBatch(d.postCtx, jobs)
+		for _, j := range jobs {
+			d.unload(j)
+		}
 		var re *RetryableError
 		var rd *RedirectError
 		switch {
@@ -314,6 +362,38 @@ func (d *Dispatcher) takeReady(jobs []*Job) []*Job {
 		d.signal()
 	}
 	return jobs
+}
+
+// load makes sure j has its payload, reading it back with Hooks.Load if
+// it was dropped. It reports false when j cannot be posted now: it was
+// then dead-lettered (payload gone) or rescheduled (read failed).
+func (d *Dispatcher) load(ctx context.Context, j *Job) bool {
+	if j.Payload != nil || d.hooks.Load == nil {
+		return true
+	}
+	p, err := d.hooks.Load(d.postCtx, j)
+	switch {
+	case err == nil:
+		j.Payload = p
+		return true
+	case errors.Is(err, ErrPayloadGone):
+		d.settle(j, Outcome{Dead: true, Err: err})
+	default:
+		delay := d.backoff(max(j.Attempts, 1))
+		if d.hooks.Retry != nil {
+			d.hooks.Retry(j, err, delay)
+		}
+		d.later(ctx, j.DeviceID, delay)
+	}
+	return false
+}
+
+// unload drops a payload that Load read back, once the attempt is over,
+// so that a Job waiting for a retry holds none.
+func (d *Dispatcher) unload(j *Job) {
+	if d.hooks.Load != nil && !j.held {
+		j.Payload = nil
+	}
 }
 
 // retry counts a failed attempt of j and schedules the next one, or

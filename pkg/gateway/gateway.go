@@ -45,7 +45,8 @@ type Gateway struct {
 
 	// usedKey is device id → the newest key id (int64) the device's
 	// messages verified with; replies are signed with it. In memory only.
-	usedKey sync.Map
+	usedKey  sync.Map
+	pendingQ *deviceQuota // outbox rows per device (outbox.max_pending_per_device)
 
 	seed     maphash.Seed
 	queues   []chan *mqttio.Message
@@ -88,17 +89,29 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, fmt.Errorf("outbox.path: %w", err)
 	}
-	g.replay = replay.NewMemory(cfg.Replay.MaxEntries, now)
+	g.replay = replay.New(cfg.Replay)
 	loaded := 0
-	err = g.store.Seen(ctx, now(), func(dev string, id [16]byte, exp time.Time) error {
+	// Each id is kept until the later of its stored expiry and its
+	// timestamp + the skew in force now (a raised skew must not reopen a
+	// replay), and restored past its device's quota (it was accepted).
+	start := now()
+	err = g.store.Seen(ctx, start, cfg.Validation.MaxClockSkew, func(dev string, id [16]byte, exp time.Time) error {
 		loaded++
-		_, err := g.replay.Record(ctx, dev, id, exp)
-		return err
+		return g.replay.Restore(dev, id, exp, start)
 	})
 	if err != nil {
 		g.close()
 		return nil, fmt.Errorf("reload replay window: %w", err)
 	}
+	// Ids of messages timestamped before the horizon may have been pruned
+	// by an earlier run: with the skew raised or the clock stepped back,
+	// a copy of one would look fresh and new. Refuse those (as replays).
+	horizon, err := g.store.SeenHorizon(ctx)
+	if err != nil {
+		g.close()
+		return nil, err
+	}
+	g.replay.SetHorizon(horizon.Add(cfg.Validation.MaxClockSkew))
 	g.inflight = newInflightReplay(g.replay)
 	if g.validator, err = validate.New(cfg.Validation, g.keys, g.inflight, now); err != nil {
 		g.close()
@@ -108,10 +121,16 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
-	pending, err := g.store.Pending(ctx, 0)
+	// Without payloads: the dispatcher reads each back when it posts it,
+	// so a large backlog need not fit in memory.
+	pending, err := g.store.PendingMeta(ctx)
 	if err != nil {
 		g.close()
 		return nil, err
+	}
+	g.pendingQ = newDeviceQuota(cfg.Outbox.MaxPendingPerDevice)
+	for _, r := range pending {
+		g.pendingQ.force(r.DeviceID)
 	}
 	var lastSeq int64
 	if len(pending) > 0 {
@@ -133,7 +152,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster,
 		forward.NewBreaker(cfg.Backend.BreakerThreshold, cfg.Backend.BreakerCooldown, now),
 		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now,
-		forward.Hooks{Settled: g.settled, Retry: g.retrying})
+		forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload})
 	for _, r := range pending { // forwarded first, before any new message
 		g.dispatcher.Submit(job(r))
 	}
@@ -164,6 +183,16 @@ func (g *Gateway) HTTPAddr() string {
 		return ""
 	}
 	return g.httpLn.Addr().String()
+}
+
+// loadPayload reads a row's payload back from the outbox for the
+// dispatcher (forward.Hooks.Load).
+func (g *Gateway) loadPayload(ctx context.Context, j *forward.Job) ([]byte, error) {
+	p, err := g.store.Payload(ctx, j.Seq)
+	if errors.Is(err, outbox.ErrNoRow) {
+		return nil, fmt.Errorf("%w: %w", forward.ErrPayloadGone, err)
+	}
+	return p, err
 }
 
 func job(r *outbox.Record) *forward.Job {
@@ -362,6 +391,18 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 		g.reject(ctx, m, dev, env, rej)
 		return
 	}
+	if !g.pendingQ.take(env.DeviceID) {
+		// The device holds its share of the outbox: refuse this message
+		// (acked, counted, answered), forget its id so a resend is
+		// accepted once the device's backlog drains.
+		for _, ack := range g.inflight.durable(env.DeviceID, env.UUID()) {
+			ack()
+		}
+		g.replay.Forget(context.Background(), env.DeviceID, env.UUID()) //nolint:errcheck // memory store cannot fail
+		g.reject(ctx, m, dev, env, &validate.Rejection{Reason: validate.QuotaExceeded,
+			Detail: "pending outbox rows of this device at outbox.max_pending_per_device"})
+		return
+	}
 	rec := &outbox.Record{DeviceID: env.DeviceID, MessageID: string(env.MessageID), Timestamp: string(env.TimestampRaw),
 		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires}
 	if !g.inflight.addAck(rec.DeviceID, rec.ID, m.Ack) {
@@ -372,6 +413,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 		// redelivery after restart is accepted; the message stays unacked.
 		g.inflight.durable(rec.DeviceID, rec.ID)
 		g.replay.Forget(context.Background(), rec.DeviceID, rec.ID) //nolint:errcheck // memory store cannot fail
+		g.pendingQ.release(rec.DeviceID)
 	}
 }
 
@@ -459,6 +501,7 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 func (g *Gateway) foreign(rows []*outbox.Record) {
 	g.writer.Reserve(len(rows))
 	for _, r := range rows {
+		g.pendingQ.force(r.DeviceID)
 		g.log.Info("picked up a retried dead letter", zap.String("device_id", r.DeviceID), zap.String("message_id", r.MessageID))
 		g.dispatcher.Submit(job(r))
 	}
@@ -481,6 +524,7 @@ func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
 // settled runs on a dispatcher worker once a Job is done, final or dead.
 func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	ctx := context.Background()
+	g.pendingQ.release(j.DeviceID)
 	if o.Dead {
 		g.metrics.forwarded.WithLabelValues("dead").Inc()
 		g.log.Error("forward gave up; moved to the dead-letter table", zap.String("device_id", j.DeviceID),
@@ -516,7 +560,7 @@ func (g *Gateway) prune(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := g.store.PruneSeen(ctx, g.now()); err != nil && ctx.Err() == nil {
+			if _, err := g.store.PruneSeen(ctx, g.now(), g.cfg.Validation.MaxClockSkew); err != nil && ctx.Err() == nil {
 				g.log.Warn("cannot prune expired replay ids", zap.Error(err))
 			}
 		}

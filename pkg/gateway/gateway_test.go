@@ -31,14 +31,14 @@ func TestTopicDevice(t *testing.T) {
 func TestInflightReplay(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
-	r := newInflightReplay(replay.NewMemory(100, func() time.Time { return now }))
+	r := newInflightReplay(replay.New(replay.Config{MaxEntries: 100}))
 	id := [16]byte{7}
 	exp := now.Add(time.Minute)
 
-	if dup, err := r.Record(ctx, "d1", id, exp); dup || err != nil {
+	if dup, err := r.Record(ctx, "d1", id, exp, now); dup || err != nil {
 		t.Fatalf("first Record = %v, %v", dup, err)
 	}
-	if dup, err := r.Record(ctx, "d1", id, exp); !dup || err != nil {
+	if dup, err := r.Record(ctx, "d1", id, exp, now); !dup || err != nil {
 		t.Fatalf("second Record = %v, %v; want a duplicate", dup, err)
 	}
 	if r.addAck("d2", id, func() {}) {
@@ -66,7 +66,7 @@ func TestInflightReplay(t *testing.T) {
 	if got := r.durable("d1", id); got != nil {
 		t.Fatalf("durable twice returned %v", got)
 	}
-	if dup, _ := r.Record(ctx, "d1", id, exp); !dup {
+	if dup, _ := r.Record(ctx, "d1", id, exp, now); !dup {
 		t.Fatal("a durable id was accepted again")
 	}
 }

@@ -65,8 +65,10 @@ func newMetrics(g *Gateway) *metrics {
 			return float64(n)
 		}),
 		gauge("iotgw_forward_queue", "Messages queued or in flight to the backend.", func() float64 { return float64(g.dispatcher.Pending()) }),
+		gauge("iotgw_forward_payload_bytes", "Bytes of payloads that messages waiting for the backend keep in memory (bounded by backend.max_payload_memory; the rest are read from the outbox when posted).",
+			func() float64 { return float64(g.dispatcher.PayloadBytes()) }),
 		gauge("iotgw_replay_ids", "Message ids remembered by the replay store.", func() float64 { return float64(g.replay.Len()) }),
-		gauge("iotgw_replay_full_total", "Ids refused because the replay store was full (fail closed; message retried).", func() float64 { return float64(g.replay.FullRejections()) }),
+		gauge("iotgw_replay_full_total", "Ids refused because the replay store was full (fail closed; the message is rejected as quota_exceeded).", func() float64 { return float64(g.replay.FullRejections()) }),
 		gauge("iotgw_backend_breaker_open", "1 while the backend circuit breaker is open.", func() float64 { return b2f(g.dispatcher.BreakerOpen()) }),
 		gauge("iotgw_mqtt_connected", "1 while connected and subscribed to the broker.", func() float64 { return b2f(g.mqtt != nil && g.mqtt.Connected()) }),
 		gauge("iotgw_registry_devices", "Devices in the registry cache.", func() float64 { return float64(g.keys.Len()) }),

@@ -32,10 +32,10 @@ func inflightKey(deviceID string, id [16]byte) string { return deviceID + "\x00"
 // Record records like the inner store and, for a fresh id, marks it in
 // flight in the same critical section, so a redelivered copy can never slip
 // between the two.
-func (r *inflightReplay) Record(ctx context.Context, deviceID string, id [16]byte, expires time.Time) (bool, error) {
+func (r *inflightReplay) Record(ctx context.Context, deviceID string, id [16]byte, expires, now time.Time) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	dup, err := r.ReplayStore.Record(ctx, deviceID, id, expires)
+	dup, err := r.ReplayStore.Record(ctx, deviceID, id, expires, now)
 	if err == nil && !dup {
 		r.pending[inflightKey(deviceID, id)] = &inflight{}
 	}

@@ -39,7 +39,7 @@ func TestMigrateSeenV2(t *testing.T) {
 	}
 	defer s.Close()
 	var got []string
-	err = s.Seen(ctx, time.Now(), func(dev string, gotID [16]byte, e time.Time) error {
+	err = s.Seen(ctx, time.Now(), 0, func(dev string, gotID [16]byte, e time.Time) error {
 		if gotID != id || e.Unix() != exp {
 			t.Errorf("seen row %s %x %d, want d1 %x %d", dev, gotID, e.Unix(), id, exp)
 		}

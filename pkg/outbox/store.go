@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +20,12 @@ type Config struct {
 	// MaxPending bounds rows waiting for the backend; past it new messages
 	// are not acked, so the broker holds them. Default 100000.
 	MaxPending int `mapstructure:"max_pending"`
+	// MaxPendingPerDevice bounds the rows any one device may have waiting
+	// for the backend; past it that device's new messages are refused with
+	// reason quota_exceeded (acked, counted, answered with a notice) while
+	// other devices' messages are still accepted, so one device cannot fill
+	// the outbox for the fleet. 0 turns the quota off. Default 10000.
+	MaxPendingPerDevice int `mapstructure:"max_pending_per_device"`
 	// BatchMax is the most messages committed in one transaction. Default 512.
 	BatchMax int `mapstructure:"batch_max"`
 	// PruneInterval is how often expired seen ids are deleted. Default 30s.
@@ -30,7 +37,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, BatchMax: 512, PruneInterval: 30 * time.Second, Synchronous: "full"}
+	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, MaxPendingPerDevice: 10000, BatchMax: 512, PruneInterval: 30 * time.Second, Synchronous: "full"}
 }
 
 // Validate checks the settings.
@@ -40,6 +47,8 @@ func (c Config) Validate() error {
 		return errors.New("outbox.path: required")
 	case c.MaxPending < 1:
 		return fmt.Errorf("outbox.max_pending: must be at least 1, got %d", c.MaxPending)
+	case c.MaxPendingPerDevice < 0 || c.MaxPendingPerDevice > c.MaxPending:
+		return fmt.Errorf("outbox.max_pending_per_device: must be 0 (off) or 1..outbox.max_pending (%d), got %d", c.MaxPending, c.MaxPendingPerDevice)
 	case c.BatchMax < 1 || c.BatchMax > 10000:
 		return fmt.Errorf("outbox.batch_max: must be 1..10000, got %d", c.BatchMax)
 	case c.PruneInterval <= 0:
@@ -94,6 +103,21 @@ INSERT INTO seen_v2(device_id, message_id, expires) SELECT device_id, message_id
 DROP TABLE seen;
 ALTER TABLE seen_v2 RENAME TO seen;
 CREATE INDEX seen_expires ON seen(expires);`},
+	// v3: seen keeps each message's timestamp, so that the replay window
+	// can be rebuilt with the skew in force now rather than the one the id
+	// was stored with (a max_clock_skew raised across a restart must not
+	// reopen replays; issue 9, finding 3). Rows from before have no
+	// timestamp; their expiry stands in for it, which keeps them longer
+	// (never shorter) than needed. seen_horizon remembers up to which
+	// timestamp ids may have been pruned (see SeenHorizon).
+	{Version: 3, SQL: `
+ALTER TABLE seen ADD COLUMN ts INTEGER NOT NULL DEFAULT 0;
+UPDATE seen SET ts = expires;
+CREATE TABLE seen_horizon (
+	id INTEGER PRIMARY KEY CHECK (id = 1),
+	ts INTEGER NOT NULL
+);
+INSERT INTO seen_horizon(id, ts) VALUES (1, 0);`},
 }
 
 // Record is one accepted message.
@@ -258,6 +282,43 @@ func (s *Store) Pending(ctx context.Context, after int64) ([]*Record, error) {
 	return pendingBetween(ctx, s.db, after, math.MaxInt64)
 }
 
+// PendingMeta returns every row, oldest first, without its payload (see
+// Payload), so that a large backlog does not have to fit in memory.
+func (s *Store) PendingMeta(ctx context.Context) ([]*Record, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, device_id, message_id, timestamp, received_at FROM outbox ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("load outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []*Record
+	for rows.Next() {
+		r := &Record{}
+		var ms int64
+		if err := rows.Scan(&r.Seq, &r.DeviceID, &r.MessageID, &r.Timestamp, &ms); err != nil {
+			return nil, fmt.Errorf("load outbox: %w", err)
+		}
+		r.ReceivedAt = time.UnixMilli(ms)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ErrNoRow is returned by Payload for a row that is not in the outbox.
+var ErrNoRow = errors.New("no such outbox row")
+
+// Payload returns the payload of row seq, or ErrNoRow.
+func (s *Store) Payload(ctx context.Context, seq int64) ([]byte, error) {
+	var p []byte
+	err := s.db.QueryRowContext(ctx, `SELECT payload FROM outbox WHERE seq = ?`, seq).Scan(&p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("outbox row %d: %w", seq, ErrNoRow)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load payload: %w", err)
+	}
+	return p, nil
+}
+
 type querier interface {
 	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
 }
@@ -289,9 +350,15 @@ func (s *Store) Count(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// Seen calls fn for every id whose expiry is after now.
-func (s *Store) Seen(ctx context.Context, now time.Time, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT device_id, message_id, expires FROM seen WHERE expires >= ?`, now.Unix())
+// Seen calls fn for every id still inside the replay window at now. An
+// id's expiry is the later of the one it was stored with and its message's
+// timestamp + window (the max_clock_skew in force now), so raising the skew
+// across a restart keeps ids as long as a copy would pass the freshness
+// check. fn gets that expiry.
+func (s *Store) Seen(ctx context.Context, now time.Time, window time.Duration, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
+	w := int64(window / time.Second)
+	rows, err := s.db.QueryContext(ctx, `SELECT device_id, message_id, max(expires, ts + ?) FROM seen WHERE expires >= ? OR ts >= ?`,
+		w, now.Unix(), now.Unix()-w)
 	if err != nil {
 		return fmt.Errorf("load seen: %w", err)
 	}
@@ -312,13 +379,49 @@ func (s *Store) Seen(ctx context.Context, now time.Time, fn func(deviceID string
 	return rows.Err()
 }
 
-// PruneSeen deletes ids that expired before now and returns how many.
-func (s *Store) PruneSeen(ctx context.Context, now time.Time) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM seen WHERE expires < ?`, now.Unix())
+// PruneSeen deletes ids that left the replay window before now (both their
+// stored expiry and their timestamp + window are before now; see Seen) and
+// returns how many.
+//
+// It also raises the horizon (SeenHorizon) to now - window when it deleted
+// anything, in the same transaction.
+func (s *Store) PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error) {
+	cut := now.Unix() - int64(window/time.Second)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("prune seen: %w", err)
 	}
-	return res.RowsAffected()
+	defer tx.Rollback() //nolint:errcheck // no-op after commit
+	res, err := tx.ExecContext(ctx, `DELETE FROM seen WHERE expires < ? AND ts < ?`, now.Unix(), cut)
+	if err != nil {
+		return 0, fmt.Errorf("prune seen: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("prune seen: %w", err)
+	}
+	if n > 0 {
+		if _, err := tx.ExecContext(ctx, `UPDATE seen_horizon SET ts = max(ts, ?) WHERE id = 1`, cut); err != nil {
+			return 0, fmt.Errorf("prune seen: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("prune seen: commit: %w", err)
+	}
+	return n, nil
+}
+
+// SeenHorizon returns the timestamp before which accepted ids may have
+// been pruned: every id of a message with a later timestamp is still in
+// the seen table. A gateway whose window now reaches further back (the
+// skew was raised, or the clock stepped back) must refuse messages older
+// than it, since it can no longer tell a copy from a new message.
+func (s *Store) SeenHorizon(ctx context.Context) (time.Time, error) {
+	var ts int64
+	if err := s.db.QueryRowContext(ctx, `SELECT ts FROM seen_horizon WHERE id = 1`).Scan(&ts); err != nil {
+		return time.Time{}, fmt.Errorf("load seen horizon: %w", err)
+	}
+	return time.Unix(ts, 0), nil
 }
 
 // DeadLetters lists dead-lettered messages, oldest first.
@@ -384,22 +487,26 @@ func (s *Store) deadOp(ctx context.Context, seqs []int64, retry bool) (int, erro
 }
 
 // seenChunk is the most rows one INSERT INTO seen statement carries: one
-// statement per chunk instead of one per row (3 parameters per row, well
+// statement per chunk instead of one per row (4 parameters per row, well
 // under SQLite's 32766 limit).
 const seenChunk = 128
 
 // insertSeen records the ids of recs in the seen table, seenChunk rows per
 // statement.
 func insertSeen(ctx context.Context, tx *sql.Tx, recs []*Record) error {
-	args := make([]any, 0, 3*min(len(recs), seenChunk))
+	args := make([]any, 0, 4*min(len(recs), seenChunk))
 	for len(recs) > 0 {
 		chunk := recs[:min(len(recs), seenChunk)]
 		recs = recs[len(chunk):]
 		args = args[:0]
 		for _, r := range chunk {
-			args = append(args, r.DeviceID, r.ID[:], r.Expires.Unix())
+			ts, err := strconv.ParseInt(r.Timestamp, 10, 64)
+			if err != nil { // cannot happen for a validated message; keep the id longer, not shorter
+				ts = r.Expires.Unix()
+			}
+			args = append(args, r.DeviceID, r.ID[:], r.Expires.Unix(), ts)
 		}
-		q := `INSERT INTO seen(device_id, message_id, expires) VALUES (?,?,?)` + strings.Repeat(",(?,?,?)", len(chunk)-1)
+		q := `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)` + strings.Repeat(",(?,?,?,?)", len(chunk)-1)
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("insert seen: %w", err)
 		}

@@ -83,7 +83,7 @@ func pendingSeqs(t *testing.T, s *Store, after int64) []int64 {
 func seenIDs(t *testing.T, s *Store, now time.Time) []string {
 	t.Helper()
 	var out []string
-	err := s.Seen(bg(), now, func(dev string, id [16]byte, _ time.Time) error {
+	err := s.Seen(bg(), now, 0, func(dev string, id [16]byte, _ time.Time) error {
 		out = append(out, fmt.Sprintf("%s/%d", dev, binary.BigEndian.Uint64(id[8:])))
 		return nil
 	})
@@ -242,13 +242,15 @@ func TestStoreSeenWindow(t *testing.T) {
 			cfg := testConfig(t, nil)
 			s := openStore(t, cfg)
 			for n, d := range expiries {
-				insert(t, s, rec("d", n, base.Add(d)))
+				r := rec("d", n, base.Add(d))
+				r.Timestamp = fmt.Sprint(base.Add(d).Unix() - 300) // stored with a 300 s skew
+				insert(t, s, r)
 			}
 			now := base.Add(tc.now)
 			if got := seenIDs(t, s, now); !slices.Equal(got, tc.wantSeen) {
 				t.Fatalf("Seen(now) = %v, want %v", got, tc.wantSeen)
 			}
-			n, err := s.PruneSeen(bg(), now)
+			n, err := s.PruneSeen(bg(), now, 0)
 			if err != nil || n != tc.wantPruned {
 				t.Fatalf("PruneSeen = %d, %v; want %d", n, err, tc.wantPruned)
 			}
@@ -277,7 +279,7 @@ func TestStoreSeenManyInOneInsert(t *testing.T) {
 	}
 	insert(t, s, recs...)
 	got := map[string]time.Time{}
-	err := s.Seen(bg(), time.Unix(0, 0), func(dev string, id [16]byte, exp time.Time) error {
+	err := s.Seen(bg(), time.Unix(0, 0), 0, func(dev string, id [16]byte, exp time.Time) error {
 		got[fmt.Sprintf("%s/%x", dev, id)] = exp
 		return nil
 	})
@@ -296,7 +298,7 @@ func TestStoreSeenCallbackErrorStops(t *testing.T) {
 	insert(t, s, rec("d", 1, t0.Add(time.Hour)), rec("d", 2, t0.Add(time.Hour)))
 	stop := errors.New("replay store full")
 	calls := 0
-	err := s.Seen(bg(), t0, func(string, [16]byte, time.Time) error { calls++; return stop })
+	err := s.Seen(bg(), t0, 0, func(string, [16]byte, time.Time) error { calls++; return stop })
 	if !errors.Is(err, stop) || calls != 1 {
 		t.Fatalf("Seen = %v after %d calls, want the callback's error after 1", err, calls)
 	}
@@ -404,5 +406,101 @@ func TestStoreRetryAndDropDead(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStoreSeenWiderWindow: ids stored under a 300 s skew and read back
+// under a 600 s one (max_clock_skew raised across a restart) live until
+// their timestamp + 600 s: Seen returns them with that expiry, and
+// PruneSeen keeps them until then. A narrower window never shortens the
+// stored expiry.
+func TestStoreSeenWiderWindow(t *testing.T) {
+	base := time.Unix(1727712000, 0)
+	s := openStore(t, testConfig(t, nil))
+	r := rec("d", 1, base.Add(300*time.Second)) // accepted with timestamp base, skew 300 s
+	r.Timestamp = fmt.Sprint(base.Unix())
+	insert(t, s, r)
+	expiry := func(now time.Time, window time.Duration) (time.Time, bool) {
+		var got time.Time
+		found := false
+		if err := s.Seen(bg(), now, window, func(_ string, _ [16]byte, e time.Time) error { got, found = e, true; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return got, found
+	}
+	for _, tc := range []struct {
+		name     string
+		now      time.Duration
+		window   time.Duration
+		want     time.Duration // expiry after base
+		wantSeen bool
+	}{
+		{"same window", 100 * time.Second, 300 * time.Second, 300 * time.Second, true},
+		{"narrower window keeps the stored expiry", 100 * time.Second, 60 * time.Second, 300 * time.Second, true},
+		{"wider window extends it", 100 * time.Second, 600 * time.Second, 600 * time.Second, true},
+		{"wider window, past the stored expiry", 400 * time.Second, 600 * time.Second, 600 * time.Second, true},
+		{"past both", 601 * time.Second, 600 * time.Second, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := expiry(base.Add(tc.now), tc.window)
+			if ok != tc.wantSeen || (ok && !got.Equal(base.Add(tc.want))) {
+				t.Fatalf("Seen = %v (found %v), want %v (found %v)", got, ok, base.Add(tc.want), tc.wantSeen)
+			}
+		})
+	}
+	if n, err := s.PruneSeen(bg(), base.Add(400*time.Second), 600*time.Second); err != nil || n != 0 {
+		t.Fatalf("PruneSeen inside the wider window = %d, %v; want 0", n, err)
+	}
+	if n, err := s.PruneSeen(bg(), base.Add(601*time.Second), 600*time.Second); err != nil || n != 1 {
+		t.Fatalf("PruneSeen past the wider window = %d, %v; want 1", n, err)
+	}
+}
+
+// TestStoreSeenHorizon: the horizon starts at 0, rises to now - window
+// when a prune deletes ids, never falls, and survives a reopen.
+func TestStoreSeenHorizon(t *testing.T) {
+	base := time.Unix(1727712000, 0)
+	cfg := testConfig(t, nil)
+	s := openStore(t, cfg)
+	horizon := func() int64 {
+		h, err := s.SeenHorizon(bg())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.Unix()
+	}
+	if horizon() != 0 {
+		t.Fatalf("fresh horizon = %d", horizon())
+	}
+	r := rec("d", 1, base.Add(300*time.Second))
+	r.Timestamp = fmt.Sprint(base.Unix())
+	insert(t, s, r)
+	if _, err := s.PruneSeen(bg(), base.Add(100*time.Second), 300*time.Second); err != nil || horizon() != 0 {
+		t.Fatalf("prune that deleted nothing moved the horizon to %d (%v)", horizon(), err)
+	}
+	if n, err := s.PruneSeen(bg(), base.Add(400*time.Second), 300*time.Second); err != nil || n != 1 {
+		t.Fatalf("PruneSeen = %d, %v", n, err)
+	}
+	if want := base.Unix() + 100; horizon() != want {
+		t.Fatalf("horizon = %d, want %d", horizon(), want)
+	}
+	r2 := rec("d", 2, base.Add(400*time.Second))
+	r2.Timestamp = fmt.Sprint(base.Unix() + 100)
+	insert(t, s, r2)
+	// A narrower window: cut at +420 s, r2 (timestamp +100 s, expiry +400 s) goes.
+	if n, err := s.PruneSeen(bg(), base.Add(450*time.Second), 30*time.Second); err != nil || n != 1 {
+		t.Fatalf("PruneSeen = %d, %v", n, err)
+	}
+	// The clock stepped back: a prune with an earlier cut keeps the horizon.
+	r3 := rec("d", 3, base.Add(-700*time.Second))
+	r3.Timestamp = fmt.Sprint(base.Unix() - 1000)
+	insert(t, s, r3)
+	if n, err := s.PruneSeen(bg(), base, 300*time.Second); err != nil || n != 1 {
+		t.Fatalf("PruneSeen = %d, %v", n, err)
+	}
+	s.Close()
+	s = openStore(t, cfg)
+	if want := base.Unix() + 420; horizon() != want {
+		t.Fatalf("horizon after reopen = %d, want %d", horizon(), want)
 	}
 }

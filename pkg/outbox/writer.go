@@ -131,6 +131,7 @@ func (w *Writer) Run(ctx context.Context) {
 	var flushC <-chan time.Time // non-nil while flush is armed
 	in, closed := w.in, false
 	for {
+		clear(recs) // drop the last batch's records (and payloads) for the GC
 		recs = recs[:0]
 		due := false
 		select {

@@ -37,10 +37,10 @@ func newLRUStore(size int, now func() time.Time) *lruStore {
 	return &lruStore{seed: maphash.MakeSeed(), now: now, cache: c, size: size}
 }
 
-func (s *lruStore) Record(_ context.Context, deviceID string, id [16]byte, expires time.Time) (bool, error) {
+func (s *lruStore) Record(_ context.Context, deviceID string, id [16]byte, expires, at time.Time) (bool, error) {
 	k := id
 	binary.LittleEndian.PutUint64(k[:8], binary.LittleEndian.Uint64(id[:8])^maphash.String(s.seed, deviceID))
-	now := uint32(s.now().Unix())
+	now := uint32(at.Unix())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.cache.Peek(k); ok && e >= now {
@@ -102,7 +102,7 @@ func BenchmarkMemoryRecord(b *testing.B) {
 			b.ReportAllocs()
 			var n uint64
 			for b.Loop() {
-				if _, err := s.Record(context.Background(), devs[n%1000], uuidFor(n), exp); err != nil {
+				if _, err := s.Record(context.Background(), devs[n%1000], uuidFor(n), exp, t0); err != nil {
 					b.Fatal(err)
 				}
 				n++
@@ -127,7 +127,7 @@ func BenchmarkMemoryRecordParallel(b *testing.B) {
 				base += 1 << 40
 				next.Unlock()
 				for pb.Next() {
-					if _, err := s.Record(context.Background(), devs[n%1000], uuidFor(n), exp); err != nil {
+					if _, err := s.Record(context.Background(), devs[n%1000], uuidFor(n), exp, t0); err != nil {
 						b.Error(err)
 						return
 					}
@@ -155,7 +155,7 @@ func BenchmarkMemoryBytesPerID(b *testing.B) {
 				runtime.ReadMemStats(&before)
 				s := st.new(replay.DefaultMaxEntries, now)
 				for n := range uint64(ids) {
-					if _, err := s.Record(context.Background(), devs[n%1000], uuidFor(n), exp); err != nil {
+					if _, err := s.Record(context.Background(), devs[n%1000], uuidFor(n), exp, t0); err != nil {
 						b.Fatal(err)
 					}
 				}

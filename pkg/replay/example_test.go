@@ -10,19 +10,19 @@ import (
 	"github.com/iotgw/iotgw/pkg/validate"
 )
 
-func ExampleNewMemory() {
-	now := time.Unix(1727712000, 0)
-	m := replay.NewMemory(2, func() time.Time { return now })
+func ExampleNew() {
+	now := time.Unix(1727712000, 0) // the instant the validator judged the message fresh at
+	m := replay.New(replay.Config{MaxEntries: 2})
 	ctx := context.Background()
 	expires := now.Add(5 * time.Minute) // the message's timestamp + max_clock_skew
 
-	dup, _ := m.Record(ctx, "sensor_001", [16]byte{1}, expires)
+	dup, _ := m.Record(ctx, "sensor_001", [16]byte{1}, expires, now)
 	fmt.Println("first:", dup)
-	dup, _ = m.Record(ctx, "sensor_001", [16]byte{1}, expires)
+	dup, _ = m.Record(ctx, "sensor_001", [16]byte{1}, expires, now)
 	fmt.Println("again:", dup)
-	dup, _ = m.Record(ctx, "sensor_002", [16]byte{1}, expires)
+	dup, _ = m.Record(ctx, "sensor_002", [16]byte{1}, expires, now)
 	fmt.Println("other device:", dup)
-	_, err := m.Record(ctx, "sensor_003", [16]byte{1}, expires)
+	_, err := m.Record(ctx, "sensor_003", [16]byte{1}, expires, now)
 	fmt.Println("full:", errors.Is(err, validate.ErrReplayFull))
 	// Output:
 	// first: false

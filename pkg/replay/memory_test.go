@@ -32,13 +32,35 @@ func idN(n uint64) (id [16]byte)     { binary.BigEndian.PutUint64(id[8:], n); re
 func sec(n int) time.Duration        { return time.Duration(n) * time.Second }
 func at(c *clock, d int) time.Time   { return c.Now().Add(sec(d)) }
 func ctx() context.Context           { return context.Background() }
-func record(t *testing.T, m *replay.Memory, dev string, id [16]byte, exp time.Time) bool {
+func record(t *testing.T, m *mem, dev string, id [16]byte, exp time.Time) bool {
 	t.Helper()
 	dup, err := m.Record(ctx(), dev, id, exp)
 	if err != nil {
 		t.Fatalf("Record(%s, %x): %v", dev, id, err)
 	}
 	return dup
+}
+
+// mem is a Memory whose Records are given the test clock's now, as the
+// validator gives its one reading of the clock.
+type mem struct {
+	*replay.Memory
+	c *clock
+}
+
+func newMem(maxEntries int, c *clock) *mem {
+	return &mem{Memory: replay.New(replay.Config{MaxEntries: maxEntries}), c: c}
+}
+
+func (m *mem) now() time.Time {
+	if m.c == nil {
+		return time.Now()
+	}
+	return m.c.Now()
+}
+
+func (m *mem) Record(ctx context.Context, dev string, id [16]byte, exp time.Time) (bool, error) {
+	return m.Memory.Record(ctx, dev, id, exp, m.now())
 }
 
 func TestMemoryRecord(t *testing.T) {
@@ -64,7 +86,7 @@ func TestMemoryRecord(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newClock(t0)
-			m := replay.NewMemory(100, c.Now)
+			m := newMem(100, c)
 			for i, s := range tc.steps {
 				c.Add(sec(s.advance))
 				if got := record(t, m, s.dev, idN(s.id), at(c, s.expires)); got != s.dup {
@@ -77,7 +99,7 @@ func TestMemoryRecord(t *testing.T) {
 
 func TestMemoryFullNeverEvictsLiveIDs(t *testing.T) {
 	c := newClock(t0)
-	m := replay.NewMemory(3, c.Now)
+	m := newMem(3, c)
 	for i := range 3 {
 		record(t, m, "a", idN(uint64(i)), at(c, 300))
 	}
@@ -107,7 +129,7 @@ func TestMemoryFullOfExpiredIDs(t *testing.T) {
 	for n := range uint64(64) { // ids landing in many different shards
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			c := newClock(t0)
-			m := replay.NewMemory(2, c.Now)
+			m := newMem(2, c)
 			record(t, m, "a", idN(1000+n), at(c, 10))
 			record(t, m, "b", idN(2000+n), at(c, 10))
 			c.Add(sec(11))
@@ -123,7 +145,7 @@ func TestMemoryFullOfExpiredIDs(t *testing.T) {
 
 func TestMemoryForget(t *testing.T) {
 	c := newClock(t0)
-	m := replay.NewMemory(10, c.Now)
+	m := newMem(10, c)
 	record(t, m, "a", idN(1), at(c, 300))
 	record(t, m, "b", idN(1), at(c, 300))
 	if err := m.Forget(ctx(), "a", idN(1)); err != nil {
@@ -145,7 +167,7 @@ func TestMemoryForget(t *testing.T) {
 
 func TestMemoryPrune(t *testing.T) {
 	c := newClock(t0)
-	m := replay.NewMemory(100, c.Now)
+	m := newMem(100, c)
 	for i := range 10 {
 		record(t, m, "a", idN(uint64(i)), at(c, i)) // expires i seconds from now
 	}
@@ -160,7 +182,7 @@ func TestMemoryPrune(t *testing.T) {
 }
 
 func TestMemoryDefaults(t *testing.T) {
-	m := replay.NewMemory(0, nil) // DefaultMaxEntries, time.Now
+	m := newMem(0, nil) // DefaultMaxEntries, time.Now
 	if record(t, m, "a", idN(1), time.Now().Add(time.Minute)) {
 		t.Fatal("fresh store reported a duplicate")
 	}
@@ -173,7 +195,7 @@ func TestMemoryDefaults(t *testing.T) {
 // new exactly once.
 func TestMemoryConcurrent(t *testing.T) {
 	c := newClock(t0)
-	m := replay.NewMemory(0, c.Now)
+	m := newMem(0, c)
 	const ids, workers = 500, 8
 	var news atomic.Int64
 	var wg sync.WaitGroup
@@ -194,5 +216,104 @@ func TestMemoryConcurrent(t *testing.T) {
 	wg.Wait()
 	if news.Load() != ids || m.Len() != ids {
 		t.Fatalf("new = %d, Len = %d, want %d", news.Load(), m.Len(), ids)
+	}
+}
+
+// TestMemoryDeviceQuota: one device at replay.max_entries_per_device gets
+// ErrQuotaExceeded and nobody else does; its expired or forgotten ids free
+// its quota; duplicates are still detected at quota; Restore (the rebuild
+// at start) is not held to it.
+func TestMemoryDeviceQuota(t *testing.T) {
+	c := newClock(t0)
+	m := replay.New(replay.Config{MaxEntries: 1000, MaxEntriesPerDevice: 3})
+	rec := func(dev string, n uint64, exp int) error {
+		_, err := m.Record(ctx(), dev, idN(n), at(c, exp), c.Now())
+		return err
+	}
+	for i := range 3 {
+		if err := rec("a", uint64(i), 10+i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 50 { // ids in every shard
+		if err := rec("a", uint64(100+i), 300); !errors.Is(err, validate.ErrQuotaExceeded) {
+			t.Fatalf("device a over quota: %v, want ErrQuotaExceeded", err)
+		}
+	}
+	if m.QuotaRejections() != 50 || m.DeviceLen("a") != 3 || m.Len() != 3 {
+		t.Fatalf("QuotaRejections %d, DeviceLen %d, Len %d", m.QuotaRejections(), m.DeviceLen("a"), m.Len())
+	}
+	if dup, err := m.Record(ctx(), "a", idN(0), at(c, 10), c.Now()); !dup || err != nil {
+		t.Fatalf("duplicate at quota: %v, %v", dup, err)
+	}
+	for i := range 3 {
+		if err := rec("b", uint64(i), 300); err != nil {
+			t.Fatalf("device b refused for a's quota: %v", err)
+		}
+	}
+	if err := m.Forget(ctx(), "a", idN(2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec("a", 200, 300); err != nil {
+		t.Fatalf("after Forget: %v", err)
+	}
+	c.Add(sec(11)) // id 0 (expiry +10) is gone, id 1 expires this second
+	if err := rec("a", 201, 300); err != nil {
+		t.Fatalf("after an id expired: %v", err)
+	}
+	if err := rec("a", 202, 300); !errors.Is(err, validate.ErrQuotaExceeded) {
+		t.Fatalf("quota full again: %v", err)
+	}
+	if err := m.Restore("a", idN(300), at(c, 300), c.Now()); err != nil {
+		t.Fatalf("Restore past the quota: %v", err)
+	}
+	if m.DeviceLen("a") != 4 {
+		t.Fatalf("DeviceLen after Restore = %d, want 4", m.DeviceLen("a"))
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg replay.Config
+		ok  bool
+	}{
+		{replay.DefaultConfig(), true},
+		{replay.Config{MaxEntries: 1000, MaxEntriesPerDevice: 0}, true},
+		{replay.Config{MaxEntries: 1000, MaxEntriesPerDevice: 1000}, true},
+		{replay.Config{MaxEntries: 1000, MaxEntriesPerDevice: 1001}, false},
+		{replay.Config{MaxEntries: 1000, MaxEntriesPerDevice: -1}, false},
+		{replay.Config{MaxEntries: 999}, false},
+	} {
+		if err := tc.cfg.Validate(); (err == nil) != tc.ok {
+			t.Errorf("Validate(%+v) = %v, want ok %v", tc.cfg, err, tc.ok)
+		}
+	}
+}
+
+// TestMemoryHorizon: once ids expiring before T were pruned, an id
+// expiring before T may have been forgotten, so after a backward clock
+// step a copy of it is refused as a duplicate, not accepted as new; ids
+// expiring at or after the horizon are judged as usual. SetHorizon does
+// the same for ids the outbox pruned before a restart.
+func TestMemoryHorizon(t *testing.T) {
+	m := replay.New(replay.Config{MaxEntries: 1000})
+	if dup, _ := m.Record(ctx(), "a", idN(1), t0.Add(sec(10)), t0); dup {
+		t.Fatal("first record is a duplicate")
+	}
+	m.Prune(t0.Add(sec(20))) // id 1 (expiry +10) is forgotten
+	// The clock steps back to t0+5: the copy is fresh again.
+	if dup, _ := m.Record(ctx(), "a", idN(1), t0.Add(sec(10)), t0.Add(sec(5))); !dup {
+		t.Fatal("copy of a pruned id accepted after a backward clock step")
+	}
+	if dup, _ := m.Record(ctx(), "a", idN(2), t0.Add(sec(20)), t0.Add(sec(5))); dup {
+		t.Fatal("an id expiring at the horizon refused")
+	}
+	m2 := replay.New(replay.Config{MaxEntries: 1000})
+	m2.SetHorizon(t0.Add(sec(100)))
+	if dup, _ := m2.Record(ctx(), "a", idN(1), t0.Add(sec(99)), t0); !dup {
+		t.Fatal("id expiring before SetHorizon accepted")
+	}
+	if err := m2.Restore("a", idN(3), t0.Add(sec(50)), t0); err != nil {
+		t.Fatalf("Restore below the horizon: %v", err)
 	}
 }

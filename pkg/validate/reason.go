@@ -24,10 +24,14 @@ const (
 	// limits.device_burst allow; checked after the registry lookup, before
 	// the freshness and HMAC checks.
 	RateLimited Reason = "rate_limited"
+	// QuotaExceeded: a capacity limit refused the message: the device's own
+	// quota of pending outbox rows or of remembered replay ids, or the
+	// fleet-wide replay store being full. The device may resend later.
+	QuotaExceeded Reason = "quota_exceeded"
 )
 
 // Reasons lists every reason code, in check order.
-var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, Stale, BadSignature, Replay, RateLimited}
+var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, Stale, BadSignature, Replay, RateLimited, QuotaExceeded}
 
 // Rejection is the verdict on a message that failed a check. It is not an
 // error: a rejected message is acked and counted, never retried.

@@ -17,9 +17,17 @@ import (
 var ErrUnknownDevice = errors.New("unknown device")
 
 // ErrReplayFull is returned by a ReplayStore that cannot remember one more
-// id without forgetting one still inside the window. The validator passes
-// it on as an infrastructure error: the message is not acked, not lost.
+// id without forgetting one still inside the window. The store fails
+// closed (no live id is evicted) and the validator turns it into a
+// QuotaExceeded rejection: counted, logged, answered and acked, so one
+// message is never retried for ever while the store stays full (the
+// device may resend it later with the same message id).
 var ErrReplayFull = errors.New("replay store full")
+
+// ErrQuotaExceeded is returned by a ReplayStore when the device already
+// holds its quota of remembered ids (replay.max_entries_per_device). The
+// validator turns it into a QuotaExceeded rejection of that device only.
+var ErrQuotaExceeded = errors.New("device quota exceeded")
 
 // Device is what the validator needs to know of a registered device.
 type Device struct {
@@ -63,8 +71,13 @@ type KeyStore interface {
 type ReplayStore interface {
 	// Record atomically checks whether (deviceID, id) is remembered and, if
 	// not, remembers it until expires. It reports dup=true for an id already
-	// remembered. It returns ErrReplayFull rather than forget a live id.
-	Record(ctx context.Context, deviceID string, id [16]byte, expires time.Time) (dup bool, err error)
+	// remembered. now is the instant the caller judged the message fresh
+	// at: the store must use it, never read a clock of its own, for expiry
+	// and pruning, so that an id is remembered for exactly as long as a
+	// copy would pass the freshness check. It returns ErrReplayFull rather
+	// than forget a live id, and ErrQuotaExceeded when the device is over
+	// its own quota.
+	Record(ctx context.Context, deviceID string, id [16]byte, expires, now time.Time) (dup bool, err error)
 	// Forget removes an id recorded by Record, for a message whose
 	// acceptance could not be made durable and will be redelivered.
 	Forget(ctx context.Context, deviceID string, id [16]byte) error
@@ -186,12 +199,15 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		v.vmacs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
 	}
-	if v.limit != nil && !v.limit.Allow(env.DeviceID, v.now()) {
+	// The clock is read once per Check: the rate limiter, the freshness
+	// check, key expiry and the replay store all see this instant.
+	clock := v.now()
+	if v.limit != nil && !v.limit.Allow(env.DeviceID, clock) {
 		return reject(env, RateLimited, ""), nil
 	}
 	// Whole seconds on both sides: the timestamp has no fraction, so a
 	// message exactly max_clock_skew old is inside the window all second long.
-	now := v.now().Truncate(time.Second)
+	now := clock.Truncate(time.Second)
 	msgTime := time.Unix(env.Timestamp, 0)
 	if d := now.Sub(msgTime); d > v.cfg.MaxClockSkew || d < -v.cfg.MaxClockSkew {
 		return reject(env, Stale, fmt.Sprintf("timestamp is %s from now", d.Truncate(time.Second))), nil
@@ -201,7 +217,13 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return reject(env, BadSignature, ""), nil
 	}
 	expires := msgTime.Add(v.cfg.MaxClockSkew)
-	dup, err := v.replay.Record(ctx, env.DeviceID, env.UUID(), expires)
+	dup, err := v.replay.Record(ctx, env.DeviceID, env.UUID(), expires, now)
+	switch {
+	case errors.Is(err, ErrQuotaExceeded):
+		return reject(env, QuotaExceeded, "replay ids of this device at replay.max_entries_per_device"), nil
+	case errors.Is(err, ErrReplayFull):
+		return reject(env, QuotaExceeded, "replay store full (replay.max_entries)"), nil
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("record message id: %w", err)
 	}

@@ -173,7 +173,7 @@ type spyReplay struct {
 	records []string
 }
 
-func (s *spyReplay) Record(_ context.Context, dev string, id [16]byte, exp time.Time) (bool, error) {
+func (s *spyReplay) Record(_ context.Context, dev string, id [16]byte, exp, _ time.Time) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.records = append(s.records, fmt.Sprintf("%s %x %d", dev, id, exp.Unix()))
@@ -194,7 +194,6 @@ func TestCheckInfrastructureErrors(t *testing.T) {
 		{"key store down", errKeys{errDown}, &spyReplay{}, errDown},
 		{"key store wraps unknown device", errKeys{fmt.Errorf("lookup: %w", validate.ErrUnknownDevice)}, &spyReplay{}, nil},
 		{"replay store down", defaultKeys(), &spyReplay{err: errDown}, errDown},
-		{"replay store full", defaultKeys(), &spyReplay{err: fmt.Errorf("shard 3: %w", validate.ErrReplayFull)}, validate.ErrReplayFull},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -216,23 +215,44 @@ func TestCheckInfrastructureErrors(t *testing.T) {
 	}
 }
 
+// TestCheckReplayFullWithMemory: a full replay store (fleet-wide) and a
+// device at its own quota are verdicts, quota_exceeded, not infrastructure
+// errors: the gateway acks and answers them instead of retrying the same
+// message for ever (issue 9, finding 5).
 func TestCheckReplayFullWithMemory(t *testing.T) {
-	clock := func() time.Time { return t0 }
-	mem := replay.NewMemory(1, clock)
-	v, err := validate.New(validate.DefaultConfig(), defaultKeys(), mem, clock)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name string
+		cfg  replay.Config
+		dev2 string // second message's device
+	}{
+		{"fleet-wide store full", replay.Config{MaxEntries: 1}, "sensor_001"},
+		{"device at its quota", replay.Config{MaxEntries: 100, MaxEntriesPerDevice: 1}, "sensor_001"},
 	}
-	ctx := context.Background()
-	if res, err := v.Check(ctx, "sensor_001", message(secretA, t0.Unix(), uuidN(1), defPayload)); err != nil || !res.Accepted() {
-		t.Fatalf("first: %v %v", res.Rejection, err)
-	}
-	res, err := v.Check(ctx, "sensor_001", message(secretA, t0.Unix(), uuidN(2), defPayload))
-	if !errors.Is(err, validate.ErrReplayFull) || res.Rejection != nil {
-		t.Fatalf("second: %v %v, want ErrReplayFull", res.Rejection, err)
-	}
-	if mem.FullRejections() != 1 {
-		t.Fatalf("FullRejections = %d", mem.FullRejections())
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clock := func() time.Time { return t0 }
+			mem := replay.New(tc.cfg)
+			v, err := validate.New(validate.DefaultConfig(), defaultKeys(), mem, clock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if res, err := v.Check(ctx, "sensor_001", message(secretA, t0.Unix(), uuidN(1), defPayload)); err != nil || !res.Accepted() {
+				t.Fatalf("first: %v %v", res.Rejection, err)
+			}
+			res, err := v.Check(ctx, "sensor_001", message(secretA, t0.Unix(), uuidN(2), defPayload))
+			if err != nil || res.Accepted() || res.Rejection.Reason != validate.QuotaExceeded {
+				t.Fatalf("second: %v %v, want a quota_exceeded rejection", res.Rejection, err)
+			}
+			// The first id is still remembered: a copy is a replay.
+			res, err = v.Check(ctx, "sensor_001", message(secretA, t0.Unix(), uuidN(1), defPayload))
+			if err != nil || res.Accepted() || res.Rejection.Reason != validate.Replay {
+				t.Fatalf("copy of the first: %v %v, want replay", res.Rejection, err)
+			}
+			if mem.FullRejections()+mem.QuotaRejections() != 1 {
+				t.Fatalf("FullRejections = %d, QuotaRejections = %d", mem.FullRejections(), mem.QuotaRejections())
+			}
+		})
 	}
 }
 
