@@ -309,7 +309,10 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 	var res validate.Result
 	for {
 		var err error
-		if res, err = g.validator.Check(ctx, dev, m.Payload); err == nil {
+		start := time.Now()
+		res, err = g.validator.Check(ctx, dev, m.Payload)
+		g.metrics.validation.Observe(time.Since(start).Seconds())
+		if err == nil {
 			break
 		}
 		g.metrics.infraErrors.WithLabelValues("validate").Inc()
@@ -344,7 +347,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 }
 
 func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env *envelope.Envelope, rej *validate.Rejection) {
-	g.metrics.rejected.WithLabelValues(string(rej.Reason)).Inc()
+	g.metrics.reject(rej.Reason)
 	fields := []zap.Field{zap.String("device_id", dev), zap.String("reason", string(rej.Reason))}
 	if env.MessageID != nil {
 		fields = append(fields, zap.ByteString("message_id", env.MessageID))
@@ -381,7 +384,7 @@ func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
 // committed runs on the Writer's goroutine once a batch is durable.
 func (g *Gateway) committed(batch []*outbox.Record) {
 	g.metrics.commitBatch.Observe(float64(len(batch)))
-	g.metrics.accepted.Add(float64(len(batch)))
+	g.metrics.accept(len(batch))
 	if p := g.commitErr.Load(); p != nil {
 		g.commitErr.Store(nil)
 		g.log.Info("outbox writable again")
@@ -412,6 +415,7 @@ func (g *Gateway) commitFailed(err error, n int, delay time.Duration) {
 
 func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
 	g.metrics.forwarded.WithLabelValues("retry").Inc()
+	g.metrics.backendAnswer(0, err)
 	g.log.Warn("forward failed; will retry", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID),
 		zap.Int("attempt", j.Attempts), zap.Duration("retry_in", delay), zap.Error(err))
 }
@@ -421,6 +425,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	ctx := context.Background()
 	if o.Dead {
 		g.metrics.forwarded.WithLabelValues("dead").Inc()
+		g.metrics.backendAnswer(0, o.Err)
 		g.log.Error("forward gave up; moved to the dead-letter table", zap.String("device_id", j.DeviceID),
 			zap.String("message_id", j.MessageID), zap.Int("attempts", j.Attempts), zap.Error(o.Err))
 		for delay := 100 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
@@ -440,6 +445,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 		result = "final"
 	}
 	g.metrics.forwarded.WithLabelValues(result).Inc()
+	g.metrics.backendAnswer(o.Response.Status, nil)
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
 	g.notify(ctx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
 	g.writer.Settle(j.Seq)

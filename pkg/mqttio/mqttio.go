@@ -266,3 +266,10 @@ func (c *Client) Disconnect(quiesce time.Duration) {
 	c.c.Disconnect(uint(quiesce.Milliseconds()))
 	c.pub.Disconnect(uint(quiesce.Milliseconds()))
 }
+
+// ConnState reports each connection apart: receive is the session that
+// receives device/+/data (up and subscribed), replies the connection that
+// publishes replies and notices.
+func (c *Client) ConnState() (receive, replies bool) {
+	return c.connected.Load() && c.c.IsConnectionOpen(), c.pub.IsConnectionOpen()
+}

@@ -406,3 +406,28 @@ func insertSeen(ctx context.Context, tx *sql.Tx, recs []*Record) error {
 	}
 	return nil
 }
+
+// Stats is what the gateway's /metrics reports about the database.
+type Stats struct {
+	// Oldest is when the oldest pending row was received; zero when the
+	// outbox is empty.
+	Oldest time.Time
+	// DeadLetters is how many rows wait in the dead-letter table.
+	DeadLetters int
+}
+
+// Stats reads the oldest pending row's receive time (by primary key, so it
+// is one index lookup) and counts the dead letters.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	var ms sql.NullInt64
+	err := s.db.QueryRowContext(ctx, `SELECT (SELECT received_at FROM outbox ORDER BY seq LIMIT 1), (SELECT COUNT(*) FROM deadletter)`).
+		Scan(&ms, &st.DeadLetters)
+	if err != nil {
+		return Stats{}, fmt.Errorf("outbox stats: %w", err)
+	}
+	if ms.Valid {
+		st.Oldest = time.UnixMilli(ms.Int64)
+	}
+	return st, nil
+}
