@@ -70,7 +70,7 @@ func newMetrics(g *Gateway) *metrics {
 		accepted: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_messages_accepted_total", Help: "Messages that passed every check and were stored durably."}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_messages_rejected_total", Help: "Messages rejected, by reason code."}, []string{"reason"}),
 		infraErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_infra_errors_total",
-			Help: "Infrastructure faults by stage (validate, outbox_commit, outbox_delete, deadletter); the message is retried, not rejected."}, []string{"stage"}),
+			Help: "Infrastructure faults by stage (validate, outbox_commit, deadletter); the message is retried, not rejected."}, []string{"stage"}),
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_forward_total",
 			Help: "Forward outcomes: ok (2xx), final (4xx), retry (retryable failure), dead (dead-lettered)."}, []string{"result"}),
 		backend: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_backend_responses_total",
@@ -98,6 +98,9 @@ func newMetrics(g *Gateway) *metrics {
 	}
 	for _, r := range []string{"ok", "final", "retry", "dead"} {
 		m.forwarded.WithLabelValues(r)
+	}
+	for _, s := range []string{"validate", "outbox_commit", "deadletter"} {
+		m.infraErrors.WithLabelValues(s)
 	}
 	for _, c := range backendClasses {
 		m.backend.WithLabelValues(c)
