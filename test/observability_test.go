@@ -275,10 +275,10 @@ func dashboardExprs(t *testing.T) []string {
 				walk(x, key)
 			}
 		case string:
-			switch {
-			case key == "expr":
+			switch key {
+			case "expr":
 				out = append(out, v)
-			case key == "query" || key == "definition":
+			case "query", "definition":
 				if m := labelValues.FindStringSubmatch(v); m != nil {
 					out = append(out, m[1])
 				}

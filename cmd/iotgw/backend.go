@@ -83,7 +83,7 @@ at run time (for=0 ends it). --delay D waits D before answering each POST.`,
 func runBackend(ctx context.Context, o backendOptions, out io.Writer) error {
 	b := &backend{delay: o.delay, now: time.Now, seen: map[string]int{}, byDevice: map[string]int{}}
 	if o.logPath != "" {
-		f, err := os.OpenFile(o.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		f, err := os.OpenFile(o.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return fmt.Errorf("backend log: %w", err)
 		}

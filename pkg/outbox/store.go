@@ -224,7 +224,7 @@ func deleteSeqs(ctx context.Context, tx *sql.Tx, seqs []int64) error {
 		for i, s := range chunk {
 			args[i] = s
 		}
-		q := `DELETE FROM outbox WHERE seq IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`
+		q := `DELETE FROM outbox WHERE seq IN (?` + strings.Repeat(",?", len(chunk)-1) + `)` //nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("delete outbox: %w", err)
 		}
@@ -366,13 +366,14 @@ func (s *Store) deadOp(ctx context.Context, seqs []int64, retry bool) (int, erro
 		}
 	}
 	if retry {
+		//nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
 		if _, err := tx.ExecContext(ctx, `INSERT INTO outbox(device_id, message_id, timestamp, payload, received_at)
 			SELECT device_id, message_id, timestamp, payload, ? FROM deadletter`+where+` ORDER BY seq`,
 			append([]any{time.Now().UnixMilli()}, args...)...); err != nil {
 			return 0, fmt.Errorf("retry dead letters: %w", err)
 		}
 	}
-	res, err := tx.ExecContext(ctx, `DELETE FROM deadletter`+where, args...)
+	res, err := tx.ExecContext(ctx, `DELETE FROM deadletter`+where, args...) //nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
 	if err != nil {
 		return 0, fmt.Errorf("remove dead letters: %w", err)
 	}
@@ -399,7 +400,7 @@ func insertSeen(ctx context.Context, tx *sql.Tx, recs []*Record) error {
 		for _, r := range chunk {
 			args = append(args, r.DeviceID, r.ID[:], r.Expires.Unix())
 		}
-		q := `INSERT INTO seen(device_id, message_id, expires) VALUES (?,?,?)` + strings.Repeat(",(?,?,?)", len(chunk)-1)
+		q := `INSERT INTO seen(device_id, message_id, expires) VALUES (?,?,?)` + strings.Repeat(",(?,?,?)", len(chunk)-1) //nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("insert seen: %w", err)
 		}
