@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -446,4 +448,36 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// TestPprofRefusedOffLoopback: `iotgw serve` with http.pprof on and a
+// non-loopback http.listen exits at once with one line naming http.pprof.
+// (192.0.2.1 is TEST-NET-1: not ours, so even a gateway without the check
+// could not bind it; nothing ever listens off loopback.)
+func TestPprofRefusedOffLoopback(t *testing.T) {
+	f := newFixture(t)
+	cfg := strings.Replace(f.config(9464, gatewayOpts{}), "listen: 127.0.0.1:9464", "listen: 192.0.2.1:9464", 1)
+	if !strings.Contains(cfg, "listen: 192.0.2.1:9464") || !strings.Contains(cfg, "pprof: true") {
+		t.Fatalf("fixture config changed shape:\n%s", cfg)
+	}
+	path := filepath.Join(f.dir, "pprof.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(f.bin, "serve", "--config", path)
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("iotgw serve kept running with pprof on a non-loopback address:\n%s", out)
+	}
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || !strings.Contains(string(out), "http.pprof") {
+		t.Fatalf("iotgw serve = %v, want a non-zero exit naming http.pprof; output:\n%s", err, out)
+	}
 }

@@ -15,8 +15,9 @@ import (
 )
 
 // metrics are the gateway's Prometheus series. Names and labels are stable;
-// docs/OPERATIONS.md lists them, and deploy/grafana and deploy/prometheus
-// use them (a test checks that every name they use is served).
+// docs/OBSERVABILITY.md lists them, and deploy/grafana and
+// deploy/prometheus use them (test/observability_test.go checks that every
+// name they use is served).
 //
 // Types: every *_total is a counter; levels are gauges; durations are
 // histograms. To add a series: a field here, its constructor in
