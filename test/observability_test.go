@@ -119,6 +119,28 @@ func TestObservability(t *testing.T) {
 		}
 	})
 
+	t.Run("broker connection state follows the broker", func(t *testing.T) {
+		rx, tx := `iotgw_broker_connected{connection="receive"}`, `iotgw_broker_connected{connection="replies"}`
+		waitGauge := func(series string, want float64) {
+			t.Helper()
+			deadline := time.Now().Add(15 * time.Second)
+			for g.metric(series) != want {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s = %v, want %v within 15s", series, g.metric(series), want)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		waitGauge(rx, 1)
+		waitGauge(tx, 1)
+		f.broker.Stop()
+		waitGauge(rx, 0)
+		waitGauge(tx, 0)
+		f.broker.Restart()
+		waitGauge(rx, 1)
+		waitGauge(tx, 1)
+	})
+
 	t.Run("no secret in logs, metrics or the CLI", func(t *testing.T) {
 		show := []string{}
 		for _, id := range []string{"sensor_001", "sensor_002"} {
