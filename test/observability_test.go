@@ -154,6 +154,17 @@ func TestObservability(t *testing.T) {
 		if err != nil {
 			t.Fatalf("device list: %v\n%s", err, list)
 		}
+		// Refused admin commands given a secret: the error must not echo it.
+		var refused []string
+		for _, s := range secretsOf(f)[:1] {
+			for _, stdin := range []string{s.value + "\n", " " + s.value + "\n"} { // a duplicate device; a bad secret
+				out, err := runCLI(f.bin, stdin, "device", "add", "sensor_001", "--secret-stdin", "--db", f.db)
+				if err == nil {
+					t.Fatalf("device add sensor_001 again succeeded:\n%s", out)
+				}
+				refused = append(refused, out)
+			}
+		}
 		g.signal(15, 15*time.Second) // SIGTERM: the shutdown lines are in the log too
 		logText, err := os.ReadFile(g.logPath)
 		if err != nil {
@@ -163,7 +174,7 @@ func TestObservability(t *testing.T) {
 			t.Fatalf("the log lacks the rejection or the backend error; the run did not exercise them:\n%s", lastBytes(logText, 2048))
 		}
 		haystacks := map[string]string{"gateway log": string(logText), "/metrics": body, "device list": list,
-			"device show": strings.Join(show, "\n")}
+			"device show": strings.Join(show, "\n"), "refused device add": strings.Join(refused, "\n")}
 		for _, s := range secretsOf(f) {
 			for where, text := range haystacks {
 				for _, form := range secretForms(s.value) {
