@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin/iotgw
 export CGO_ENABLED := 1
 
-.PHONY: all build demo test unit e2e bench fuzz vet fmt deps clean
+.PHONY: all build demo test unit e2e bench fuzz vet lint fmt deps clean
 
 all: build
 
@@ -21,7 +21,7 @@ demo: deps build
 
 # test: every test, the end-to-end and fault-injection ones included
 # (those print one line per fault scenario: sent, forwarded, duplicate, lost).
-test: deps vet unit e2e
+test: deps vet lint unit e2e
 
 unit:
 	$(GO) test -count=1 ./pkg/... ./cmd/...
@@ -41,6 +41,12 @@ fuzz:
 
 vet:
 	$(GO) vet ./...
+
+# lint: golangci-lint v2 with gosec, errorlint, bodyclose and sqlclosecheck
+# (.golangci.yml); scripts/install-deps.sh installs it.
+GOLANGCI_LINT ?= $(shell command -v golangci-lint || echo "$$($(GO) env GOPATH)/bin/golangci-lint")
+lint: deps
+	$(GOLANGCI_LINT) run ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

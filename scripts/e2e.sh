@@ -10,7 +10,7 @@ log=$(mktemp "${TMPDIR:-/tmp}/iotgw-e2e.XXXXXX.log")
 "$GO" test -count=1 -timeout "${E2E_TIMEOUT:-12m}" -v ./test/... >"$log" 2>&1
 status=$?
 if [ "$status" -eq 0 ]; then
-  grep -E '^(scenario |--- |ok |FAIL)' "$log"
+  grep -E '^(scenario |--- |ok |FAIL)|SKIPPED:' "$log"
   rm -f "$log"
 else
   grep -vE '^=== (RUN|PAUSE|CONT|NAME)' "$log"

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Installs what iotgw's tests and demo need on a fresh Debian/Ubuntu with Go:
 # mosquitto (the broker), gcc (cgo for SQLite), python3 and openssl (the
-# test-vector cross-check). Does nothing when all are present.
+# test-vector cross-check), promtool (Debian package prometheus: checks
+# deploy/prometheus/alerts.yml) and golangci-lint v2 (make lint; built with
+# go install from the Go module proxy). Does nothing when all are present.
 set -euo pipefail
+GOLANGCI_LINT_VERSION=v2.15.0
+gobin="$(go env GOBIN)"; [ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+lint="$(command -v golangci-lint || echo "$gobin/golangci-lint")"
+if ! "$lint" version 2>/dev/null | grep -q 'version 2\.'; then
+  echo "installing: golangci-lint $GOLANGCI_LINT_VERSION (go install)"
+  go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_LINT_VERSION" ||
+    { echo "iotgw: go install golangci-lint@$GOLANGCI_LINT_VERSION failed" >&2; exit 1; }
+fi
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing: ${need[*]}"
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -23,6 +34,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq || { echo "iotgw: apt-get update failed; install ${need[*]} by hand" >&2; exit 1; }
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || { echo "iotgw: apt-get install ${need[*]} failed" >&2; exit 1; }
-# Debian's package starts a system broker on 1883; iotgw's tests and demo
+# Debian's packages start a system broker on 1883 (mosquitto) and a
+# Prometheus on 9090 (prometheus, for promtool) where systemd runs; iotgw's tests and demo
 # run their own on free ports and never use it.
 echo "installed: ${need[*]}"

@@ -419,7 +419,9 @@ func TestFaultReplayAfterRestart(t *testing.T) {
 		var e struct {
 			DeviceID string `json:"device_id"`
 		}
-		json.Unmarshal(raw, &e)
+		if err := json.Unmarshal(raw, &e); err != nil {
+			t.Fatalf("own message %q: %v", raw, err)
+		}
 		byDev[e.DeviceID].send(t, raw)
 	}
 	g.waitMetric(`iotgw_messages_rejected_total{reason="replay"}`, float64(len(raws)), 30*time.Second)
@@ -443,11 +445,17 @@ func TestFaultDiskFull(t *testing.T) {
 	}
 	f := newFaultFixture(t)
 	mnt := filepath.Join(f.dir, "small")
-	os.MkdirAll(mnt, 0o700)
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", mnt).CombinedOutput(); err != nil {
 		t.Fatalf("mount tmpfs: %v: %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
+			t.Logf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
 	f.outboxPath = filepath.Join(mnt, "outbox.db")
 	g := f.startGateway(gatewayOpts{})
 	s := newStream(t, f)

@@ -227,7 +227,7 @@ func (g *gatewayProc) waitReady(timeout time.Duration) {
 		}
 		resp, err := httpClient.Get("http://" + g.http + "/readyz")
 		if err == nil {
-			io.Copy(io.Discard, resp.Body)
+			_, _ = io.Copy(io.Discard, resp.Body) // draining only
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				return
@@ -241,7 +241,9 @@ func (g *gatewayProc) waitReady(timeout time.Duration) {
 // signal sends sig and waits for exit, returning the exit code.
 func (g *gatewayProc) signal(sig syscall.Signal, timeout time.Duration) int {
 	g.t.Helper()
-	g.cmd.Process.Signal(sig)
+	if err := g.cmd.Process.Signal(sig); err != nil {
+		g.t.Fatalf("signal %s: %v", sig, err)
+	}
 	select {
 	case <-g.done:
 	case <-time.After(timeout):
@@ -254,7 +256,7 @@ func (g *gatewayProc) kill() {
 	select {
 	case <-g.done:
 	default:
-		g.cmd.Process.Kill()
+		_ = g.cmd.Process.Kill() // it may be exiting already; done tells
 		<-g.done
 	}
 }
@@ -343,7 +345,7 @@ func newRecorder(t *testing.T) *recorder {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
-		io.WriteString(w, out)
+		_, _ = io.WriteString(w, out) // a failed write shows on the gateway's side
 	})
 	rec.URL = fmt.Sprintf("http://127.0.0.1:%d", rec.port)
 	rec.up(t)
@@ -379,7 +381,7 @@ func (rec *recorder) batch(w http.ResponseWriter, r *http.Request) {
 	}
 	rec.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
-	io.WriteString(w, "["+strings.Join(out, ",")+"]")
+	_, _ = io.WriteString(w, "["+strings.Join(out, ",")+"]") // as above
 }
 
 // up starts serving on the recorder's port (again, after down).
@@ -400,7 +402,7 @@ func (r *recorder) up(t *testing.T) {
 	r.mu.Lock()
 	r.srv = srv
 	r.mu.Unlock()
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // ErrServerClosed after down
 }
 
 // down stops the backend: connections are refused until up. Requests

@@ -236,9 +236,9 @@ func TestThousandMessagesExactlyOnce(t *testing.T) {
 		devs[i] = f.device(id)
 	}
 	want := publishConcurrently(t, devs, per, func(d *device, i int) string { return fmt.Sprintf(`{"seq":%d}`, i) })
-	reqs := f.backend.waitCount(t, len(ids)*per, 60*time.Second)
+	f.backend.waitCount(t, len(ids)*per, 60*time.Second)
 	time.Sleep(500 * time.Millisecond)
-	reqs = f.backend.requests()
+	reqs := f.backend.requests()
 	seen := map[string]int{}
 	for _, r := range reqs {
 		seen[r.Header.Get("X-Message-ID")]++

@@ -50,11 +50,15 @@ func (f *fixture) addSealedDevice(id, kek string) string {
 }
 
 // secretForms are the byte strings a leaked secret could appear as: the
-// secret itself, its hex encoding, and (for a hex secret) its decoded bytes.
+// secret itself, its hex encoding, (for a hex secret) its decoded bytes,
+// and each half.
 func secretForms(secret string) [][]byte {
 	forms := [][]byte{[]byte(secret), []byte(hex.EncodeToString([]byte(secret)))}
 	if raw, err := hex.DecodeString(secret); err == nil {
 		forms = append(forms, raw)
+	}
+	if len(secret) >= 32 { // a half is still a leak
+		forms = append(forms, []byte(secret[:len(secret)/2]), []byte(secret[len(secret)/2:]))
 	}
 	return forms
 }

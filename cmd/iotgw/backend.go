@@ -128,7 +128,7 @@ func runBackend(ctx context.Context, o backendOptions, out, errOut io.Writer) er
 	}
 	b.errOut = errOut
 	if o.logPath != "" {
-		f, err := os.OpenFile(o.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		f, err := os.OpenFile(o.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return fmt.Errorf("backend log: %w", err)
 		}

@@ -216,7 +216,7 @@ broker.`,
 				}
 				if err := pki.Issue(certsDir, id, time.Now()); err != nil {
 					if rerr := r.Remove(ctx, id); rerr != nil {
-						return fmt.Errorf("%w; and undoing the registration failed: %v", err, rerr)
+						return fmt.Errorf("%w; and undoing the registration failed: %w", err, rerr)
 					}
 					return fmt.Errorf("%w; device not registered", err)
 				}

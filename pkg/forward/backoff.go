@@ -21,7 +21,7 @@ func ExponentialJitter(initial, max time.Duration) Backoff {
 			d = max
 		}
 		half := d / 2
-		return half + rand.N(half+1)
+		return half + rand.N(half+1) //nolint:gosec // G404: retry jitter, not a secret; predictability costs nothing
 	}
 }
 

@@ -41,7 +41,7 @@ func backend(t *testing.T, answer http.HandlerFunc) (*httptest.Server, <-chan re
 func reply(status int, body string) http.HandlerFunc {
 	return func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(status)
-		io.WriteString(w, body)
+		_, _ = io.WriteString(w, body) // a failed write shows as the client's error
 	}
 }
 
@@ -214,16 +214,16 @@ func TestClientPostTransportFailuresAreRetryable(t *testing.T) {
 	// notice the client hanging up and cancel r.Context().
 	release := make(chan struct{})
 	hang := func(w http.ResponseWriter, r *http.Request) { // answers nothing until the client gives up
-		io.Copy(io.Discard, r.Body)
+		_, _ = io.Copy(io.Discard, r.Body) // draining only
 		select {
 		case <-r.Context().Done():
 		case <-release:
 		}
 	}
 	slowBody := func(w http.ResponseWriter, r *http.Request) { // headers now, body never
-		io.Copy(io.Discard, r.Body)
+		_, _ = io.Copy(io.Discard, r.Body) // draining only
 		w.WriteHeader(200)
-		io.WriteString(w, "partial")
+		_, _ = io.WriteString(w, "partial") // the client may have gone
 		w.(http.Flusher).Flush()
 		select {
 		case <-r.Context().Done():

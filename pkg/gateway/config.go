@@ -37,8 +37,9 @@ type Config struct {
 type HTTPConfig struct {
 	// Listen is the address serving /healthz, /readyz and /metrics; "" disables it. Default "127.0.0.1:9464".
 	Listen string `mapstructure:"listen"`
-	// Pprof serves /debug/pprof/ on the same address. Default false: keep
-	// it off where the address is reachable by others.
+	// Pprof serves /debug/pprof/ on the same address. Default false. Only
+	// allowed when Listen is a loopback address (127.0.0.0/8, ::1,
+	// localhost); Validate refuses it otherwise.
 	Pprof bool `mapstructure:"pprof"`
 }
 
@@ -76,10 +77,8 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
-	if c.HTTP.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
-			return fmt.Errorf("http.listen: %q is not host:port", c.HTTP.Listen)
-		}
+	if err := c.HTTP.Validate(); err != nil {
+		return err
 	}
 	if c.Pipeline.Workers < 1 || c.Pipeline.Workers > 256 {
 		return fmt.Errorf("pipeline.workers: must be 1..256, got %d", c.Pipeline.Workers)
@@ -91,4 +90,31 @@ func (c Config) Validate() error {
 		return errors.New("shutdown_grace: must be positive")
 	}
 	return nil
+}
+
+// Validate checks the listen address and that pprof is only ever served on
+// a loopback address: its profiles show memory contents and goroutine
+// stacks, and /debug/pprof/profile costs CPU on demand.
+func (c HTTPConfig) Validate() error {
+	if c.Listen == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return fmt.Errorf("http.listen: %q is not host:port", c.Listen)
+	}
+	if c.Pprof && !isLoopback(host) {
+		return fmt.Errorf("http.pprof: true needs a loopback http.listen (127.0.0.1, ::1, localhost), got %q", c.Listen)
+	}
+	return nil
+}
+
+// isLoopback reports whether host is "localhost" or a loopback IP; an empty
+// host (all interfaces) and other names are not.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -367,7 +367,10 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 	var res validate.Result
 	for {
 		var err error
-		if res, err = g.validator.Check(ctx, dev, m.Payload); err == nil {
+		start := time.Now()
+		res, err = g.validator.Check(ctx, dev, m.Payload)
+		g.metrics.validation.Observe(time.Since(start).Seconds())
+		if err == nil {
 			break
 		}
 		g.metrics.infraErrors.WithLabelValues("validate").Inc()
@@ -418,7 +421,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 }
 
 func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env *envelope.Envelope, rej *validate.Rejection) {
-	g.metrics.rejected.WithLabelValues(string(rej.Reason)).Inc()
+	g.metrics.reject(rej.Reason)
 	fields := []zap.Field{zap.String("device_id", dev), zap.String("reason", string(rej.Reason))}
 	if env.MessageID != nil {
 		fields = append(fields, zap.ByteString("message_id", env.MessageID))
@@ -485,7 +488,7 @@ func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
 // committed runs on the Writer's goroutine once a batch is durable.
 func (g *Gateway) committed(batch []*outbox.Record) {
 	g.metrics.commitBatch.Observe(float64(len(batch)))
-	g.metrics.accepted.Add(float64(len(batch)))
+	g.metrics.accept(len(batch))
 	if p := g.commitErr.Load(); p != nil {
 		g.commitErr.Store(nil)
 		g.log.Info("outbox writable again")
@@ -517,6 +520,7 @@ func (g *Gateway) commitFailed(err error, n int, delay time.Duration) {
 
 func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
 	g.metrics.forwarded.WithLabelValues("retry").Inc()
+	g.metrics.backendAnswer(0, err)
 	g.log.Warn("forward failed; will retry", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID),
 		zap.Int("attempt", j.Attempts), zap.Duration("retry_in", delay), zap.Error(err))
 }
@@ -527,6 +531,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	g.pendingQ.release(j.DeviceID)
 	if o.Dead {
 		g.metrics.forwarded.WithLabelValues("dead").Inc()
+		g.metrics.backendAnswer(0, o.Err)
 		g.log.Error("forward gave up; moved to the dead-letter table", zap.String("device_id", j.DeviceID),
 			zap.String("message_id", j.MessageID), zap.Int("attempts", j.Attempts), zap.Error(o.Err))
 		for delay := 100 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
@@ -546,6 +551,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 		result = "final"
 	}
 	g.metrics.forwarded.WithLabelValues(result).Inc()
+	g.metrics.backendAnswer(o.Response.Status, nil)
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
 	g.notify(ctx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
 	g.writer.Settle(j.Seq)

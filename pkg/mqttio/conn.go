@@ -98,7 +98,7 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 func (c *coalescingConn) SetWriteDeadline(time.Time) error { return nil }
 
 // SetDeadline sets the read deadline only, for the same reason.
-func (c *coalescingConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
+func (c *coalescingConn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
 
 func (c *coalescingConn) flusher() {
 	defer close(c.done)

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"strings"
@@ -263,6 +264,17 @@ func (c *Client) Publish(topic string, payload []byte) error {
 // Disconnect closes the session, waiting up to quiesce for queued work.
 func (c *Client) Disconnect(quiesce time.Duration) {
 	c.connected.Store(false)
-	c.c.Disconnect(uint(quiesce.Milliseconds()))
-	c.pub.Disconnect(uint(quiesce.Milliseconds()))
+	var ms uint
+	if n := quiesce.Milliseconds(); n > 0 && n <= math.MaxUint32 {
+		ms = uint(n)
+	}
+	c.c.Disconnect(ms)
+	c.pub.Disconnect(ms)
+}
+
+// ConnState reports each connection apart: receive is the session that
+// receives device/+/data (up and subscribed), replies the connection that
+// publishes replies and notices.
+func (c *Client) ConnState() (receive, replies bool) {
+	return c.connected.Load() && c.c.IsConnectionOpen(), c.pub.IsConnectionOpen()
 }

@@ -248,7 +248,7 @@ func deleteSeqs(ctx context.Context, tx *sql.Tx, seqs []int64) error {
 		for i, s := range chunk {
 			args[i] = s
 		}
-		q := `DELETE FROM outbox WHERE seq IN (?` + strings.Repeat(",?", len(chunk)-1) + `)`
+		q := `DELETE FROM outbox WHERE seq IN (?` + strings.Repeat(",?", len(chunk)-1) + `)` //nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("delete outbox: %w", err)
 		}
@@ -469,13 +469,14 @@ func (s *Store) deadOp(ctx context.Context, seqs []int64, retry bool) (int, erro
 		}
 	}
 	if retry {
+		//nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
 		if _, err := tx.ExecContext(ctx, `INSERT INTO outbox(device_id, message_id, timestamp, payload, received_at)
 			SELECT device_id, message_id, timestamp, payload, ? FROM deadletter`+where+` ORDER BY seq`,
 			append([]any{time.Now().UnixMilli()}, args...)...); err != nil {
 			return 0, fmt.Errorf("retry dead letters: %w", err)
 		}
 	}
-	res, err := tx.ExecContext(ctx, `DELETE FROM deadletter`+where, args...)
+	res, err := tx.ExecContext(ctx, `DELETE FROM deadletter`+where, args...) //nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
 	if err != nil {
 		return 0, fmt.Errorf("remove dead letters: %w", err)
 	}
@@ -506,10 +507,35 @@ func insertSeen(ctx context.Context, tx *sql.Tx, recs []*Record) error {
 			}
 			args = append(args, r.DeviceID, r.ID[:], r.Expires.Unix(), ts)
 		}
-		q := `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)` + strings.Repeat(",(?,?,?,?)", len(chunk)-1)
+		q := `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)` + strings.Repeat(",(?,?,?,?)", len(chunk)-1) //nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
 		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
 			return fmt.Errorf("insert seen: %w", err)
 		}
 	}
 	return nil
+}
+
+// Stats is what the gateway's /metrics reports about the database.
+type Stats struct {
+	// Oldest is when the oldest pending row was received; zero when the
+	// outbox is empty.
+	Oldest time.Time
+	// DeadLetters is how many rows wait in the dead-letter table.
+	DeadLetters int
+}
+
+// Stats reads the oldest pending row's receive time (by primary key, so it
+// is one index lookup) and counts the dead letters.
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	var st Stats
+	var ms sql.NullInt64
+	err := s.db.QueryRowContext(ctx, `SELECT (SELECT received_at FROM outbox ORDER BY seq LIMIT 1), (SELECT COUNT(*) FROM deadletter)`).
+		Scan(&ms, &st.DeadLetters)
+	if err != nil {
+		return Stats{}, fmt.Errorf("outbox stats: %w", err)
+	}
+	if ms.Valid {
+		st.Oldest = time.UnixMilli(ms.Int64)
+	}
+	return st, nil
 }

@@ -504,3 +504,27 @@ func TestStoreSeenHorizon(t *testing.T) {
 		t.Fatalf("horizon after reopen = %d, want %d", horizon(), want)
 	}
 }
+
+// TestStoreStats: the oldest pending row's receive time (zero when empty)
+// and the dead-letter count, as /metrics reports them.
+func TestStoreStats(t *testing.T) {
+	s := openStore(t, testConfig(t, nil))
+	if st, err := s.Stats(bg()); err != nil || !st.Oldest.IsZero() || st.DeadLetters != 0 {
+		t.Fatalf("empty Stats = %+v, %v; want zero", st, err)
+	}
+	recs := []*Record{rec("a", 1, t0), rec("b", 2, t0), rec("c", 3, t0)}
+	for i, r := range recs {
+		r.ReceivedAt = t0.Add(time.Duration(i) * time.Second)
+	}
+	insert(t, s, recs...)
+	if err := s.Bury(bg(), recs[0].Seq, 3, "backend answered 503", t0); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Stats(bg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := recs[1].ReceivedAt.Truncate(time.Millisecond); !st.Oldest.Equal(want) || st.DeadLetters != 1 {
+		t.Errorf("Stats = %+v, want oldest %v (the first row still pending) and 1 dead letter", st, want)
+	}
+}

@@ -232,11 +232,11 @@ func (b *Broker) start() error {
 			b.cmd = nil
 			werr := b.waitErr
 			b.mu.Unlock()
-			return fmt.Errorf("start mosquitto: it exited (%v); log:\n%s", werr, tail(b.LogFile))
+			return fmt.Errorf("start mosquitto: it exited (%w); log:\n%s", werr, tail(b.LogFile))
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("start mosquitto: no TLS on %s after %v: %v; log:\n%s", addr, startTimeout, err, tail(b.LogFile))
+			return fmt.Errorf("start mosquitto: no TLS on %s after %v: %w; log:\n%s", addr, startTimeout, err, tail(b.LogFile))
 		}
 	}
 }
@@ -257,7 +257,7 @@ func (b *Broker) stop() error {
 	}
 	select {
 	case <-exited:
-		return fmt.Errorf("stop mosquitto: it had already exited (%v)", b.exitErr())
+		return fmt.Errorf("stop mosquitto: it had already exited (%w)", b.exitErr())
 	default:
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)

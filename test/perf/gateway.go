@@ -154,7 +154,7 @@ func (g *Gateway) waitReady(timeout time.Duration) error {
 		select {
 		case <-g.done:
 			b, _ := os.ReadFile(g.LogPath)
-			return fmt.Errorf("gateway exited at start: %v\n%s", g.waitErr, lastBytes(b, 4096))
+			return fmt.Errorf("gateway exited at start: %w\n%s", g.waitErr, lastBytes(b, 4096))
 		default:
 		}
 		if resp, err := httpClient.Get("http://" + g.HTTP + "/readyz"); err == nil {
@@ -197,7 +197,7 @@ func (g *Gateway) terminate() error {
 	defer func() { g.cmd = nil }()
 	select {
 	case <-g.done:
-		return fmt.Errorf("gateway had exited by itself: %v", g.waitErr)
+		return fmt.Errorf("gateway had exited by itself: %w", g.waitErr)
 	default:
 	}
 	g.cmd.Process.Signal(syscall.SIGTERM) //nolint:errcheck
@@ -223,7 +223,7 @@ func (r *Rig) dropSession(t testing.TB) error {
 		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(harness.ConnectTimeout)
 	c := mqtt.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(harness.ConnectTimeout+time.Second) || tok.Error() != nil {
-		return fmt.Errorf("drop the gateway's session: %v", tok.Error())
+		return fmt.Errorf("drop the gateway's session: %w", tok.Error())
 	}
 	c.Disconnect(100)
 	return nil

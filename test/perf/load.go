@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strconv"
@@ -99,8 +100,8 @@ func (r *Rig) load(ctx context.Context, s LoadSpec, started func(pid int)) (Load
 		res.CPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
 	if jerr := json.Unmarshal(stdout.Bytes(), &res.SimSummary); jerr != nil {
-		return res, fmt.Errorf("iotgw %s: %v (summary: %v)\nstdout: %s\nstderr: %s",
-			strings.Join(args, " "), err, jerr, lastBytes(stdout.Bytes(), 2048), lastBytes(stderr.Bytes(), 2048))
+		return res, fmt.Errorf("iotgw %s: %w\nstdout: %s\nstderr: %s",
+			strings.Join(args, " "), errors.Join(err, fmt.Errorf("summary: %w", jerr)), lastBytes(stdout.Bytes(), 2048), lastBytes(stderr.Bytes(), 2048))
 	}
 	return res, nil
 }

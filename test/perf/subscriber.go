@@ -68,12 +68,12 @@ func (s *Subscriber) connect(t testing.TB) error {
 		SetConnectTimeout(harness.ConnectTimeout)
 	c := mqtt.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(harness.ConnectTimeout+time.Second) || tok.Error() != nil {
-		return fmt.Errorf("subscriber: connect: %v", tok.Error())
+		return fmt.Errorf("subscriber: connect: %w", tok.Error())
 	}
 	tok := c.Subscribe(dataTopic, 1, s.handle)
 	if !tok.WaitTimeout(harness.ConnectTimeout) || tok.Error() != nil {
 		c.Disconnect(0)
-		return fmt.Errorf("subscriber: subscribe %s: %v", dataTopic, tok.Error())
+		return fmt.Errorf("subscriber: subscribe %s: %w", dataTopic, tok.Error())
 	}
 	s.c = c
 	return nil

@@ -33,7 +33,7 @@ func OpenSync(path, synchronous string) (*sql.DB, error) {
 		return nil, fmt.Errorf("database directory %s does not exist", dir)
 	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600) //nolint:gosec // G304: the database path is the operator's config (registry.path, outbox.path)
 		if err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("create database %s: %w", path, err)
 		}
@@ -75,11 +75,11 @@ func Migrate(ctx context.Context, db *sql.DB, ms []Migration) error {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
-			tx.Rollback()
+			_ = tx.Rollback() // the migration error is the one to report
 			return fmt.Errorf("migration %d: %w", m.Version, err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations(version, applied_at) VALUES(?, ?)`, m.Version, time.Now().Unix()); err != nil {
-			tx.Rollback()
+			_ = tx.Rollback() // the migration error is the one to report
 			return fmt.Errorf("migration %d: %w", m.Version, err)
 		}
 		if err := tx.Commit(); err != nil {
