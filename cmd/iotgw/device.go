@@ -40,6 +40,7 @@ generated secret exactly once.`,
 	cmd.PersistentFlags().String("db", "", "registry SQLite file (default $IOTGW_REGISTRY_PATH, else "+defaultRegistryPath+")")
 	cmd.AddCommand(newDeviceAddCmd(), newDeviceListCmd(), newDeviceShowCmd(),
 		newDeviceSetEnabledCmd(false), newDeviceSetEnabledCmd(true), newDeviceRemoveCmd())
+	cmd.AddCommand(newDeviceRevokeCmd())
 	return cmd
 }
 

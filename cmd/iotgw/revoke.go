@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/iotgw/iotgw/pkg/pki"
+	"github.com/iotgw/iotgw/pkg/registry"
+)
+
+// mosquittoRestartStep is printed after a revocation: Mosquitto 2.0 reads
+// its crlfile only when it starts (mosquitto#35; the reload fix is an
+// unmerged pull request), so until the broker restarts it still accepts
+// the revoked certificate, and the registry alone rejects the device's
+// messages.
+const mosquittoRestartStep = `NEXT STEP: restart Mosquitto so it loads the new CRL (Mosquitto 2.0 reads crlfile only at start, mosquitto#35; SIGHUP is not enough):
+  systemctl restart mosquitto            (a packaged broker)
+  docker compose restart mosquitto       (docker-compose.yml)
+Until then the broker still accepts the certificate; the gateway already rejects the device's messages as "disabled".`
+
+// newDeviceRevokeCmd returns "device revoke ID --certs DIR": disable the
+// device in the registry and put its certificate on the CRL.
+func newDeviceRevokeCmd() *cobra.Command {
+	var certsDir string
+	cmd := &cobra.Command{
+		Use:   "revoke ID --certs DIR",
+		Short: "Revoke a device: disable it and add its certificate to DIR/crl.pem",
+		Long: `revoke disables the device in the registry (a running gateway rejects its
+messages within its registry refresh interval) and adds its certificate,
+DIR/devices/ID.crt, to DIR/crl.pem, the CRL signed by the CA in DIR that
+Mosquitto's crlfile names. It then prints the broker restart step: Mosquitto
+2.0 reads the CRL only when it starts.
+
+Running it again is safe: a certificate already on the CRL is left there.
+A device missing from the registry (removed) still has its certificate
+revoked.`,
+		Example: `  iotgw device revoke sensor_001 --certs /etc/iotgw/certs --db /var/lib/iotgw/registry.db`,
+		Args:    deviceIDArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			if id == pki.GatewayIdentity {
+				return usagef("device id %q is reserved: it is the gateway's identity at the broker", id)
+			}
+			if strings.HasPrefix(id, ".") { // "..": a path outside devices/ (issue 9, finding 7)
+				return usagef("bad device id %q: %v", id, pki.ErrInvalidDeviceID)
+			}
+			if !cmd.Flags().Changed("certs") {
+				return usagef("device revoke: --certs DIR is required (the PKI directory with ca.key)")
+			}
+			out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
+			err := withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
+				return revokeInRegistry(ctx, r, id)
+			})
+			switch {
+			case errors.Is(err, registry.ErrNotFound):
+				fmt.Fprintf(errOut, "device %s is not in the registry %s; revoking its certificate anyway\n", id, registryPath(cmd))
+			case err != nil:
+				return err
+			default:
+				fmt.Fprintf(out, "disabled device %s in the registry\n", id)
+			}
+			rev, err := pki.Revoke(certsDir, id, time.Now())
+			switch {
+			case errors.Is(err, pki.ErrAlreadyRevoked):
+				fmt.Fprintf(out, "certificate of %s is already on %s\n", id, pki.Paths(certsDir).CRL)
+			case errors.Is(err, fs.ErrNotExist):
+				crt, _ := pki.DeviceCert(certsDir, id)
+				return fmt.Errorf("no certificate %s to revoke (was it issued from another PKI directory?)", crt)
+			case err != nil:
+				return err
+			default:
+				fmt.Fprintf(out, "revoked certificate of %s (serial %x) in %s\n", id, rev.Serial, rev.CRL)
+			}
+			_, err = fmt.Fprintln(out, mosquittoRestartStep)
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&certsDir, "certs", "certs", "PKI directory made by \"iotgw pki init\" (holds ca.key and crl.pem)")
+	return cmd
+}
+
+// revokeInRegistry is the registry half of a revocation, in one place:
+// today it disables the device; once the registry has a revoked state
+// (Registry.Revoke), this becomes that call.
+func revokeInRegistry(ctx context.Context, r *registry.Registry, id string) error {
+	return r.SetEnabled(ctx, id, false)
+}
