@@ -14,12 +14,12 @@ import (
 	"github.com/iotgw/iotgw/pkg/registry"
 )
 
-// mosquittoRestartStep is printed after a revocation: Mosquitto 2.0 reads
-// its crlfile only when it starts (mosquitto#35; the reload fix is an
-// unmerged pull request), so until the broker restarts it still accepts
-// the revoked certificate, and the registry alone rejects the device's
-// messages.
-const mosquittoRestartStep = `NEXT STEP: restart Mosquitto so it loads the new CRL (Mosquitto 2.0 reads crlfile only at start, mosquitto#35; SIGHUP is not enough):
+// mosquittoRestartStep is printed after a revocation. mosquitto#35: 2.0
+// reads its crlfile only at start. 2.0.11 was seen to apply a new CRL to
+// new handshakes after SIGHUP, but the revoked device's open connection
+// stayed open; a restart does both. Until then the registry alone rejects
+// the device's messages.
+const mosquittoRestartStep = `NEXT STEP: restart Mosquitto, so it loads the new CRL and drops the device's open connection (mosquitto#35; a reload/SIGHUP leaves that connection open):
   systemctl restart mosquitto            (a packaged broker)
   docker compose restart mosquitto       (docker-compose.yml)
 Until then the broker still accepts the certificate; the gateway already rejects the device's messages as "disabled".`
@@ -34,8 +34,8 @@ func newDeviceRevokeCmd() *cobra.Command {
 		Long: `revoke disables the device in the registry (a running gateway rejects its
 messages within its registry refresh interval) and adds its certificate,
 DIR/devices/ID.crt, to DIR/crl.pem, the CRL signed by the CA in DIR that
-Mosquitto's crlfile names. It then prints the broker restart step: Mosquitto
-2.0 reads the CRL only when it starts.
+Mosquitto's crlfile names. It then prints the broker restart step: the
+restart loads the CRL and drops the device's open connection.
 
 Running it again is safe: a certificate already on the CRL is left there.
 A device missing from the registry (removed) still has its certificate

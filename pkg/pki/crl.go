@@ -41,8 +41,8 @@ type Revoked struct {
 // by one. A missing crl.pem (a PKI made before CRLs) is created. now is the
 // revocation time.
 //
-// Mosquitto 2.0 reads its crlfile only when it starts (mosquitto#35), so
-// the broker must be restarted before it refuses the certificate.
+// The broker must then be restarted to refuse the certificate and drop
+// its open connection (mosquitto#35; see mosquitto/README.md).
 //
 // Revoke fails with an error wrapping ErrInvalidDeviceID or
 // ErrReservedDeviceID for such ids, fs.ErrNotExist when the device has no
