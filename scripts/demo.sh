@@ -138,10 +138,11 @@ done
 step "registry: ${devices[*]} registered with fresh secrets, sealed under the KEK in $(basename "$IOTGW_SECURITY_KEK_FILE"); $intruder has a certificate but is not registered"
 
 free_port mqtt_port
+free_port gateway_mqtt_port
 free_port backend_port
 free_port ops_port
 
-start mosquitto "$work/mosquitto.log" "$root/mosquitto/run-local.sh" --certs "$certs" --port "$mqtt_port" --dir "$work/mosquitto"
+start mosquitto "$work/mosquitto.log" "$root/mosquitto/run-local.sh" --certs "$certs" --port "$mqtt_port" --gateway-port "$gateway_mqtt_port" --dir "$work/mosquitto"
 for i in $(seq 100); do
   alive 0 "$work/mosquitto.log"
   # "running" follows the listener's start; the TCP probe is a fallback.
@@ -151,6 +152,7 @@ for i in $(seq 100); do
   sleep 0.1
 done
 step "Mosquitto: ssl://127.0.0.1:$mqtt_port, client certificates required, the project ACL"
+step "Mosquitto: the gateway's own listener ssl://127.0.0.1:$gateway_mqtt_port (devices' client ids are their CN on $mqtt_port)"
 
 backend_log=$work/backend-requests.jsonl
 start backend "$work/backend.log" "$bin" backend --listen "127.0.0.1:$backend_port" --log "$backend_log"
@@ -165,8 +167,8 @@ step "sample backend: http://127.0.0.1:$backend_port (each request it gets is lo
 cat >"$work/iotgw.yaml" <<EOF
 # Written by scripts/demo.sh; see examples/iotgw.yaml for every key.
 mqtt:
-  broker: ssl://127.0.0.1:$mqtt_port
-  client_id: iotgw-demo-gateway
+  broker: ssl://127.0.0.1:$gateway_mqtt_port
+  client_id: iotgw:demo-gateway
   ca_file: $certs/ca.crt
   cert_file: $certs/gateway.crt
   key_file: $certs/gateway.key
@@ -200,6 +202,7 @@ set +e
   --db "$db" \
   --devices "$(IFS=,; echo "${devices[*]}")" \
   --intruder "$intruder" \
+  --gateway-client-id iotgw:demo-gateway \
   --backend-log "$backend_log" \
   --metrics "http://127.0.0.1:$ops_port/metrics"
 status=$?

@@ -43,6 +43,9 @@ type fixture struct {
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 
+// fixtureClientID is the gateway's mqtt.client_id in every fixture.
+const fixtureClientID = "iotgw:test"
+
 func newFixture(t *testing.T, devices ...string) *fixture {
 	t.Helper()
 	f := &fixture{t: t, bin: harness.BuildIotgw(t), certs: harness.PKI(t), dir: t.TempDir(), secrets: map[string]string{}}
@@ -88,7 +91,7 @@ func (f *fixture) config(httpPort int, o gatewayOpts) string {
 	}
 	return fmt.Sprintf(`mqtt:
   broker: %s
-  client_id: iotgw-test
+  client_id: %s
   ca_file: %s/ca.crt
   cert_file: %s/gateway.crt
   key_file: %s/gateway.key
@@ -112,7 +115,7 @@ backend:
 shutdown_grace: %s
 %slog:
   level: debug
-%s`, f.broker.Addr, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), o.backendExtra, httpPort, grace, o.limitsOr(), o.extra)
+%s`, f.broker.GatewayAddr, fixtureClientID, f.certs, f.certs, f.certs, f.db, f.outbox(), backend, o.timeoutOr("5s"), o.attemptsOr(50), o.backendExtra, httpPort, grace, o.limitsOr(), o.extra)
 }
 
 func (f *fixture) outbox() string {

@@ -46,6 +46,7 @@ clear and add and rotate warn. See iotgw kek.`,
 	cmd.PersistentFlags().String("config", "", "YAML config file (for registry.path and security.kek_file)")
 	cmd.AddCommand(newDeviceAddCmd(), newDeviceListCmd(), newDeviceShowCmd(), newDeviceRotateCmd(),
 		newDeviceSetEnabledCmd(false), newDeviceSetEnabledCmd(true), newDeviceRemoveCmd())
+	cmd.AddCommand(newDeviceRevokeCmd())
 	return cmd
 }
 

@@ -26,7 +26,7 @@ the layout and file permissions.`,
 	}
 	// Unknown or malformed flags are bad usage (exit status 2).
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
-	cmd.AddCommand(newPKIInitCmd(), newPKIIssueCmd())
+	cmd.AddCommand(newPKIInitCmd(), newPKIIssueCmd(), newPKICRLCmd())
 	return cmd
 }
 
@@ -79,6 +79,32 @@ with a dot; "gateway" is reserved). It refuses to overwrite an existing device c
 			}
 			crt, key := pki.DeviceCert(dir, args[0])
 			return printWritten(cmd.OutOrStdout(), key, crt)
+		},
+	}
+	addDirFlag(cmd.Flags(), &dir)
+	return cmd
+}
+
+func newPKICRLCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "crl --dir DIR",
+		Short: "Write an empty DIR/crl.pem if there is none (a PKI made before revocation)",
+		Long: `crl writes DIR/crl.pem, an empty CRL signed by the CA in DIR, unless it
+exists. Mosquitto refuses to start when the crlfile that mosquitto.conf names
+is missing; "iotgw pki init" writes it, so this is for older PKI directories.
+"iotgw device revoke" adds certificates to it.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			wrote, err := pki.EnsureCRL(dir, time.Now())
+			if err != nil {
+				return err
+			}
+			if !wrote {
+				_, err = fmt.Fprintln(cmd.OutOrStdout(), "kept", pki.Paths(dir).CRL)
+				return err
+			}
+			return printWritten(cmd.OutOrStdout(), pki.Paths(dir).CRL)
 		},
 	}
 	addDirFlag(cmd.Flags(), &dir)

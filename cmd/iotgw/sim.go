@@ -282,6 +282,8 @@ type connectOptions struct {
 	TLS *tls.Config
 	// Reconnect makes Paho reconnect by itself after a lost connection.
 	Reconnect bool
+	// Persistent asks for a persistent session (clean session off).
+	Persistent bool
 	// Subscribe, when set, is subscribed at QoS 1 with OnMessage on every
 	// (re)connection; dial returns once the first SUBACK granted it.
 	Subscribe string
@@ -289,7 +291,7 @@ type connectOptions struct {
 	OnMessage mqtt.MessageHandler
 }
 
-// dial connects one client with a clean session.
+// dial connects one client, with a clean session unless co.Persistent.
 func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, error) {
 	subscribed := make(chan error, 1)
 	opts := mqtt.NewClientOptions().
@@ -300,7 +302,7 @@ func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, 
 		// system calls under load, as the gateway does.
 		SetCustomOpenConnectionFn(mqttio.OpenTLS(co.TLS, o.connectTimeout)).
 		SetProtocolVersion(4). // MQTT 3.1.1, without Paho's fallback to 3.1 and a second attempt
-		SetCleanSession(true).
+		SetCleanSession(!co.Persistent).
 		SetOrderMatters(false).
 		SetKeepAlive(30 * time.Second).
 		SetConnectTimeout(o.connectTimeout).

@@ -27,6 +27,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iotgw/iotgw/pkg/envelope"
+	"github.com/iotgw/iotgw/pkg/mqttio"
 )
 
 // demoOptions are the flags of "iotgw sim demo".
@@ -41,6 +42,9 @@ type demoOptions struct {
 	metrics      string
 	json         bool
 	flood        int
+	// gatewayClientID is the gateway's mqtt.client_id, for the session
+	// takeover row.
+	gatewayClientID string
 }
 
 func newSimDemoCmd(so *simOptions) *cobra.Command {
@@ -97,6 +101,7 @@ fails. docs/DEMO.md explains each row.`,
 	f.StringVar(&o.metrics, "metrics", "", "URL of the gateway's /metrics, to confirm unknown_device rejections")
 	f.BoolVar(&o.json, "json", false, "print the rows as one JSON object instead of a table")
 	f.IntVar(&o.flood, "flood", 2000, "validly signed messages the first device floods in the last row (0 skips it)")
+	f.StringVar(&o.gatewayClientID, "gateway-client-id", mqttio.DefaultClientID, "the gateway's mqtt.client_id, which the takeover row asks for with the --intruder's certificate")
 	return cmd
 }
 
@@ -163,6 +168,7 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 		d.foreignCA,
 		d.reflectedNotice,
 		d.reflectedReply,
+		d.takeover,
 		d.flooding, // last: it empties the first device's rate-limit bucket
 	}
 	for _, step := range steps {
@@ -878,4 +884,75 @@ func (d *demo) rejectedCount(ctx context.Context, reason string) (float64, error
 		}
 	}
 	return 0, errors.New("no " + reason + " series in " + d.o.metrics)
+}
+
+// takeover connects the --intruder's certificate with the gateway's client
+// id, first with a persistent session (to inherit the gateway's queued
+// messages), then with a clean one (to discard them), and subscribes to
+// everything; meanwhile the first device sends readings. The broker's
+// device listener gives the intruder its CN as client id instead
+// (use_username_as_clientid), so it gets nothing and every reading is
+// answered and forwarded once.
+func (d *demo) takeover(ctx context.Context) demoRow {
+	row := demoRow{Scenario: fmt.Sprintf("(o) %q connects with the gateway's client id %q", d.o.intruder, d.o.gatewayClientID),
+		Expected: "intruder gets nothing; readings all answered 200"}
+	if d.o.intruder == "" {
+		row.Observed, row.Pass = "skipped (--intruder \"\")", true
+		return row
+	}
+	cfg, err := d.f.tlsConfig(d.o.intruder)
+	if err != nil {
+		row.Observed = err.Error()
+		return row
+	}
+	var mu sync.Mutex
+	got := 0
+	count := func(mqtt.Client, mqtt.Message) { mu.Lock(); got++; mu.Unlock() }
+	const perRound = 3
+	ok, seen, total := 0, 0, 0
+	var problems []string
+	for round, persistent := range []bool{true, false} {
+		c, err := d.so.dial(ctx, connectOptions{ClientID: d.o.gatewayClientID, TLS: cfg, Persistent: persistent, Subscribe: "#", OnMessage: count})
+		if err != nil {
+			problems = append(problems, "intruder connect: "+shortErr(err))
+			continue
+		}
+		mark := d.a.mark()
+		var ids []string
+		for i := range perRound {
+			id, raw := d.a.message(time.Now().Unix(), reading(100+round*perRound+i))
+			if err := d.publish(d.a, dataTopic(d.a.id), raw); err != nil {
+				problems = append(problems, "publish: "+err.Error())
+				continue
+			}
+			ids = append(ids, id)
+		}
+		for _, id := range ids {
+			total++
+			r, answered := d.a.replyTo(ctx, mark, id, d.o.timeout)
+			if answered && r.Verified && r.Status == 200 {
+				ok++
+			} else if !answered {
+				problems = append(problems, "no reply")
+			} else {
+				problems = append(problems, "got "+describe(r))
+			}
+			if n, err := d.backendCount(ctx, id); err == nil && n == 1 {
+				seen++
+			}
+		}
+		c.Disconnect(100)
+	}
+	mu.Lock()
+	intruderGot := got
+	mu.Unlock()
+	row.Observed = fmt.Sprintf("intruder got %d; %d/%d answered 200", intruderGot, ok, 2*perRound)
+	if d.hasBackend() {
+		row.Observed += fmt.Sprintf(", backend got %d/%d once", seen, 2*perRound)
+	}
+	if len(problems) > 0 {
+		row.Observed += " (" + problems[0] + ")"
+	}
+	row.Pass = intruderGot == 0 && ok == 2*perRound && total == 2*perRound && len(problems) == 0 && (!d.hasBackend() || seen == 2*perRound)
+	return row
 }

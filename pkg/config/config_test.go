@@ -367,7 +367,7 @@ func TestExampleConfigKeys(t *testing.T) {
 	if err != nil {
 		t.Fatalf("examples/iotgw.yaml: %v", err)
 	}
-	if f.Backend.URL != "http://127.0.0.1:8080/ingest/{device_id}" || f.MQTT.Broker != "ssl://localhost:8883" {
+	if f.Backend.URL != "http://127.0.0.1:8080/ingest/{device_id}" || f.MQTT.Broker != "ssl://localhost:8884" || f.MQTT.ClientID != "iotgw:gateway" {
 		t.Errorf("examples/iotgw.yaml loaded backend.url %q, mqtt.broker %q", f.Backend.URL, f.MQTT.Broker)
 	}
 }

@@ -15,19 +15,25 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
+
+	"github.com/iotgw/iotgw/pkg/internal/secretfile"
 )
 
 // Config holds the broker connection settings.
 type Config struct {
 	// Broker is the broker URL, ssl://host:8883 (tls:// and mqtts:// also accepted). Required.
 	Broker string `mapstructure:"broker"`
-	// ClientID is the stable client id of the persistent session. Default "iotgw-gateway".
+	// ClientID is the stable client id of the persistent session; the reply
+	// connection uses ClientID+"-replies". It must contain ":", which no
+	// device id ([A-Za-z0-9_.-]) can, so a device can never be given the
+	// gateway's session. Default "iotgw:gateway".
 	ClientID string `mapstructure:"client_id"`
 	// CAFile is the PEM CA bundle that signed the broker's certificate. Required.
 	CAFile string `mapstructure:"ca_file"`
 	// CertFile is the gateway's client certificate (CN gateway). Required.
 	CertFile string `mapstructure:"cert_file"`
-	// KeyFile is the gateway's private key. Required.
+	// KeyFile is the gateway's private key, a secret file: refused if its
+	// group or other users may read it (chmod 600). Required.
 	KeyFile string `mapstructure:"key_file"`
 	// Topic is the uplink subscription. Default "device/+/data".
 	Topic string `mapstructure:"topic"`
@@ -41,9 +47,20 @@ type Config struct {
 	MaxReconnectInterval time.Duration `mapstructure:"max_reconnect_interval"`
 }
 
+// DefaultClientID is mqtt.client_id's default. Before issue 9 it was
+// "iotgw-gateway"; a gateway upgraded with the default starts a new
+// persistent session, and the broker keeps the old one (and whatever was
+// queued on it) until it expires.
+const DefaultClientID = "iotgw:gateway"
+
+// ClientIDMark is the character every mqtt.client_id must contain: device
+// ids cannot, so no device's client id (forced to its certificate CN by
+// the broker's device listener) equals the gateway's.
+const ClientIDMark = ":"
+
 // DefaultConfig returns the defaults (Broker and files empty).
 func DefaultConfig() Config {
-	return Config{ClientID: "iotgw-gateway", Topic: "device/+/data", KeepAlive: 30 * time.Second,
+	return Config{ClientID: DefaultClientID, Topic: "device/+/data", KeepAlive: 30 * time.Second,
 		ConnectTimeout: 10 * time.Second, MaxReconnectInterval: 30 * time.Second}
 }
 
@@ -63,6 +80,9 @@ func (c Config) Validate() error {
 	}
 	if c.ClientID == "" || strings.ContainsAny(c.ClientID, " \t\n+#/") {
 		return fmt.Errorf("mqtt.client_id: %q must be non-empty with no spaces, + # or /", c.ClientID)
+	}
+	if !strings.Contains(c.ClientID, ClientIDMark) {
+		return fmt.Errorf("mqtt.client_id: %q must contain %q, which no device id can, so that no device can take the gateway's session (e.g. %q)", c.ClientID, ClientIDMark, DefaultClientID)
 	}
 	if c.Topic == "" {
 		return errors.New("mqtt.topic: required")
@@ -89,7 +109,15 @@ func (c Config) TLSConfig() (*tls.Config, error) {
 	if !pool.AppendCertsFromPEM(ca) {
 		return nil, fmt.Errorf("mqtt.ca_file: %s holds no PEM certificate", c.CAFile)
 	}
-	pair, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	certPEM, err := os.ReadFile(c.CertFile)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt.cert_file: %w", err)
+	}
+	keyPEM, err := secretfile.Read(c.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt.key_file: %w", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt.cert_file/mqtt.key_file: %w", err)
 	}

@@ -28,4 +28,6 @@
 //	broker.crt broker.key           the broker's server certificate (2 years)
 //	gateway.crt gateway.key         the gateway's client certificate, CN "gateway" (2 years)
 //	devices/<id>.crt devices/<id>.key  one client certificate per device, CN <id> (2 years)
+//	crl.pem                         the CRL (Mosquitto's crlfile), signed by the CA: empty
+//	                                from Init, extended by Revoke; 0644, valid until the CA expires
 package pki

@@ -30,6 +30,7 @@ func ExampleInit() {
 	// broker.crt
 	// gateway.key
 	// gateway.crt
+	// crl.pem
 }
 
 func ExampleIssue() {

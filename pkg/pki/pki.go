@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -55,12 +56,15 @@ type Files struct {
 	CACert, CAKey           string
 	BrokerCert, BrokerKey   string
 	GatewayCert, GatewayKey string
+	// CRL is the certificate revocation list (crl.pem) that Mosquitto's
+	// crlfile names; Init writes it empty and Revoke adds to it.
+	CRL string
 }
 
 // All returns every file in the order Init writes them: ca.key first, as
 // it is the claim on the directory.
 func (f Files) All() []string {
-	return []string{f.CAKey, f.CACert, f.BrokerKey, f.BrokerCert, f.GatewayKey, f.GatewayCert}
+	return []string{f.CAKey, f.CACert, f.BrokerKey, f.BrokerCert, f.GatewayKey, f.GatewayCert, f.CRL}
 }
 
 // Paths returns the names of the files Init writes in dir.
@@ -72,6 +76,7 @@ func Paths(dir string) Files {
 		BrokerKey:   filepath.Join(dir, "broker.key"),
 		GatewayCert: filepath.Join(dir, "gateway.crt"),
 		GatewayKey:  filepath.Join(dir, "gateway.key"),
+		CRL:         filepath.Join(dir, "crl.pem"),
 	}
 }
 
@@ -141,6 +146,11 @@ func Init(dir string, hosts []string, now time.Time) error {
 		return fmt.Errorf("init PKI: %w", err)
 	}
 	if err := writeLeaf(gateway, files.GatewayCert, files.GatewayKey, keyMode, false, replace); err != nil {
+		return fmt.Errorf("init PKI: %w", err)
+	}
+	// Mosquitto refuses to start if the crlfile it names is missing, so
+	// the CRL exists from the start, empty.
+	if err := writeCRL(ca, files.CRL, nil, big.NewInt(1), now); err != nil {
 		return fmt.Errorf("init PKI: %w", err)
 	}
 	return nil

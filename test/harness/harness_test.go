@@ -2,6 +2,7 @@ package harness_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +18,7 @@ func TestMosquittoConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := "listener 8883\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n"
+	good := "listener 8883\nlistener 8884 127.0.0.1\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n"
 	tests := []struct {
 		name     string
 		conf     string
@@ -26,20 +27,22 @@ func TestMosquittoConfig(t *testing.T) {
 		want     []string
 	}{
 		{name: "project file", conf: string(project), certsDir: "/c",
-			want: []string{"\nlistener 4321 127.0.0.1\n", "cafile /c/ca.crt\n", "certfile /c/broker.crt\n", "keyfile /c/broker.key\n", "acl_file /a/acl\n", "persistence true\n", "persistence_location /d/\n"}},
+			want: []string{"\nlistener 4321 127.0.0.1\n", "\nlistener 4322 127.0.0.1\n", "crlfile /c/crl.pem\n", "cafile /c/ca.crt\n", "certfile /c/broker.crt\n", "keyfile /c/broker.key\n", "acl_file /a/acl\n", "persistence true\n", "persistence_location /d/\n"}},
 		{name: "trailing slash", conf: good, certsDir: "/c/", want: []string{"cafile /c/ca.crt\n"}},
-		{name: "no listener", conf: "cafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "listener 8883"},
+		{name: "no gateway listener", conf: "listener 8883\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "listener 8884 127.0.0.1"},
+		{name: "gateway listener on every interface", conf: strings.Replace(good, "listener 8884 127.0.0.1", "listener 8884", 1), certsDir: "/c", wantErr: "listener 8884 127.0.0.1"},
+		{name: "no listener", conf: "listener 8884 127.0.0.1\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "listener 8883"},
 		{name: "two listeners", conf: good + "listener 8883\n", certsDir: "/c", wantErr: "found 2"},
-		{name: "no certs", conf: "listener 8883\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "/etc/iotgw/certs/"},
-		{name: "no acl", conf: "listener 8883\ncafile /etc/iotgw/certs/ca.crt\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "/etc/iotgw/mosquitto/acl"},
-		{name: "no data dir", conf: "listener 8883\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\n", certsDir: "/c", wantErr: "/var/lib/iotgw/mosquitto/"},
+		{name: "no certs", conf: "listener 8883\nlistener 8884 127.0.0.1\nacl_file /etc/iotgw/mosquitto/acl\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "/etc/iotgw/certs/"},
+		{name: "no acl", conf: "listener 8883\nlistener 8884 127.0.0.1\ncafile /etc/iotgw/certs/ca.crt\npersistence_location /var/lib/iotgw/mosquitto/\n", certsDir: "/c", wantErr: "/etc/iotgw/mosquitto/acl"},
+		{name: "no data dir", conf: "listener 8883\nlistener 8884 127.0.0.1\ncafile /etc/iotgw/certs/ca.crt\nacl_file /etc/iotgw/mosquitto/acl\n", certsDir: "/c", wantErr: "/var/lib/iotgw/mosquitto/"},
 		{name: "unknown data path", conf: good + "persistence_file /var/lib/iotgw/other.db\n", certsDir: "/c", wantErr: "unhandled path"},
 		{name: "unknown path", conf: good + "persistence_location /etc/iotgw/db/\n", certsDir: "/c", wantErr: "unhandled path"},
 		{name: "space in path", conf: good, certsDir: "/my certs", wantErr: "white space"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := harness.MosquittoConfig([]byte(tc.conf), tc.certsDir, "/a/acl", "/d", 4321)
+			got, err := harness.MosquittoConfig([]byte(tc.conf), tc.certsDir, "/a/acl", "/d", 4321, 4322)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
@@ -55,12 +58,77 @@ func TestMosquittoConfig(t *testing.T) {
 				}
 			}
 			for _, line := range strings.Split(string(got), "\n") {
-				if !strings.HasPrefix(line, "#") && strings.Contains(line, "8883") {
-					t.Errorf("config still uses 8883: %q", line)
+				if !strings.HasPrefix(line, "#") && (strings.Contains(line, "8883") || strings.Contains(line, "8884")) {
+					t.Errorf("config still uses 8883 or 8884: %q", line)
 				}
 			}
 		})
 	}
+}
+
+// TestProjectListeners reads the shipped mosquitto.conf: the device
+// listener forces client ids to the CN and checks the CRL, the gateway
+// listener is bound to loopback, and no listener option precedes the
+// first listener (that would open a plaintext listener on 1883).
+func TestProjectListeners(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(harness.RepoRoot(t), "mosquitto", "mosquitto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string][]string{}
+	cur := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if strings.HasPrefix(line, "listener ") {
+			cur = line
+		}
+		sections[cur] = append(sections[cur], line)
+	}
+	want := map[string][]string{
+		"listener 8883":           {"require_certificate true", "use_identity_as_username true", "use_username_as_clientid true", "crlfile /etc/iotgw/certs/crl.pem"},
+		"listener 8884 127.0.0.1": {"require_certificate true", "use_identity_as_username true", "crlfile /etc/iotgw/certs/crl.pem"},
+		"":                        {"per_listener_settings false", "allow_anonymous false", "acl_file /etc/iotgw/mosquitto/acl"},
+	}
+	for sec, lines := range want {
+		for _, l := range lines {
+			if !contains(sections[sec], l) {
+				t.Errorf("section %q lacks %q", sec, l)
+			}
+		}
+	}
+	if contains(sections["listener 8884 127.0.0.1"], "use_username_as_clientid true") {
+		t.Error("the gateway listener renames client ids: the gateway's two connections would kick each other")
+	}
+	for _, l := range sections[""] {
+		for _, opt := range []string{"cafile", "certfile", "keyfile", "require_certificate", "use_identity_as_username", "use_username_as_clientid", "crlfile"} {
+			if strings.HasPrefix(l, opt+" ") {
+				t.Errorf("listener option %q before the first listener configures the default listener (plaintext 1883)", l)
+			}
+		}
+	}
+	if len(sections) != 3 {
+		t.Errorf("mosquitto.conf has listeners %v, want exactly 8883 and 8884 on 127.0.0.1", keys(sections))
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func keys(m map[string][]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
 
 func TestPKIReadableByBroker(t *testing.T) {
@@ -104,6 +172,12 @@ func TestBroker(t *testing.T) {
 	harness.NewDeviceClient(t, b, dir, "d1")
 	b.Restart()
 	harness.NewDeviceClient(t, b, dir, "d1")
+	if b.GatewayPort == b.Port || !strings.HasSuffix(b.GatewayAddr, fmt.Sprintf(":%d", b.GatewayPort)) {
+		t.Errorf("GatewayAddr %q, GatewayPort %d, Port %d: want a second listener", b.GatewayAddr, b.GatewayPort, b.Port)
+	}
+	if _, err := harness.Connect(t, b.GatewayAddr, harness.TLSConfig(t, dir, "gateway"), "iotgw:test"); err != nil {
+		t.Errorf("gateway listener: %v", err)
+	}
 }
 
 // TestBuildIotgwPKI builds the iotgw binary and runs "iotgw pki" with it.

@@ -27,8 +27,12 @@ const (
 	dataPrefix   = "/var/lib/iotgw/"
 )
 
-// confListener matches the listener line of mosquitto/mosquitto.conf.
-var confListener = regexp.MustCompile(`(?m)^listener 8883[ \t]*$`)
+// confListener matches the device listener line of mosquitto/mosquitto.conf,
+// confGatewayListener the gateway's.
+var (
+	confListener        = regexp.MustCompile(`(?m)^listener 8883[ \t]*$`)
+	confGatewayListener = regexp.MustCompile(`(?m)^listener 8884 127\.0\.0\.1[ \t]*$`)
+)
 
 // startTimeout bounds how long StartMosquitto and Restart wait for the
 // broker to accept TLS connections.
@@ -37,11 +41,14 @@ const startTimeout = 10 * time.Second
 // MosquittoConfig returns the project's mosquitto.conf (conf) made runnable
 // elsewhere: the certificate directory /etc/iotgw/certs/ becomes certsDir,
 // the ACL /etc/iotgw/mosquitto/acl becomes aclFile, the persistence
-// directory /var/lib/iotgw/mosquitto/ becomes dataDir, and "listener 8883"
-// becomes a listener on 127.0.0.1:port. It fails if any of these is
-// missing from conf, if another /etc/iotgw/ or /var/lib/iotgw/ path
-// remains, or if a path holds white space (Mosquitto cannot read it).
-func MosquittoConfig(conf []byte, certsDir, aclFile, dataDir string, port int) ([]byte, error) {
+// directory /var/lib/iotgw/mosquitto/ becomes dataDir, the device listener
+// "listener 8883" becomes a listener on 127.0.0.1:port and the gateway
+// listener "listener 8884 127.0.0.1" one on 127.0.0.1:gatewayPort. The
+// crlfile (/etc/iotgw/certs/crl.pem) moves with the certificate directory.
+// It fails if any of these is missing from conf, if another /etc/iotgw/ or
+// /var/lib/iotgw/ path remains, or if a path holds white space (Mosquitto
+// cannot read it).
+func MosquittoConfig(conf []byte, certsDir, aclFile, dataDir string, port, gatewayPort int) ([]byte, error) {
 	for _, p := range []string{certsDir, aclFile, dataDir} {
 		if strings.ContainsAny(p, " \t\r\n") {
 			return nil, fmt.Errorf("mosquitto config: path %q contains white space", p)
@@ -56,10 +63,14 @@ func MosquittoConfig(conf []byte, certsDir, aclFile, dataDir string, port int) (
 	if n := len(confListener.FindAllStringIndex(s, -1)); n != 1 {
 		return nil, fmt.Errorf("mosquitto config: want one \"listener 8883\" line, found %d; update test/harness to match mosquitto.conf", n)
 	}
+	if n := len(confGatewayListener.FindAllStringIndex(s, -1)); n != 1 {
+		return nil, fmt.Errorf("mosquitto config: want one \"listener 8884 127.0.0.1\" line, found %d; update test/harness to match mosquitto.conf", n)
+	}
 	s = strings.ReplaceAll(s, confCertsDir, strings.TrimSuffix(certsDir, "/")+"/")
 	s = strings.ReplaceAll(s, confACLFile, aclFile)
 	s = strings.ReplaceAll(s, confDataDir, strings.TrimSuffix(dataDir, "/")+"/")
 	s = confListener.ReplaceAllLiteralString(s, "listener "+strconv.Itoa(port)+" 127.0.0.1")
+	s = confGatewayListener.ReplaceAllLiteralString(s, "listener "+strconv.Itoa(gatewayPort)+" 127.0.0.1")
 	for _, line := range strings.Split(s, "\n") {
 		if !strings.HasPrefix(strings.TrimSpace(line), "#") && (strings.Contains(line, confPrefix) || strings.Contains(line, dataPrefix)) {
 			return nil, fmt.Errorf("mosquitto config: unhandled path in %q; update test/harness to match mosquitto.conf", line)
@@ -71,10 +82,16 @@ func MosquittoConfig(conf []byte, certsDir, aclFile, dataDir string, port int) (
 // Broker is a running Mosquitto process started by StartMosquitto.
 // Its methods must be called from the test's goroutine.
 type Broker struct {
-	// Addr is the broker's URL for Paho: "ssl://127.0.0.1:PORT".
+	// Addr is the DEVICE listener's URL for Paho: "ssl://127.0.0.1:PORT".
+	// It forces each client id to the certificate's CN.
 	Addr string
-	// Port is the TLS listener's port; Restart keeps it.
+	// Port is the device listener's port; Restart keeps it.
 	Port int
+	// GatewayAddr is the gateway listener's URL, "ssl://127.0.0.1:PORT":
+	// client ids are kept as asked. The gateway connects here.
+	GatewayAddr string
+	// GatewayPort is the gateway listener's port; Restart keeps it.
+	GatewayPort int
 	// CertsDir is the PKI directory the broker uses.
 	CertsDir string
 	// LogFile holds Mosquitto's output over all its runs.
@@ -128,8 +145,11 @@ func StartMosquitto(t testing.TB, certsDir string) *Broker {
 	if err := os.Chmod(dataDir, 0o777); err != nil {
 		t.Fatalf("harness: %v", err)
 	}
-	port := FreePort(t)
-	conf, err := MosquittoConfig(projectConf, certsDir, aclFile, dataDir, port)
+	port, gatewayPort := FreePort(t), FreePort(t)
+	for gatewayPort == port {
+		gatewayPort = FreePort(t)
+	}
+	conf, err := MosquittoConfig(projectConf, certsDir, aclFile, dataDir, port, gatewayPort)
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
@@ -137,13 +157,15 @@ func StartMosquitto(t testing.TB, certsDir string) *Broker {
 		conf = append(conf, "\nlog_type all\n"...)
 	}
 	b := &Broker{
-		Addr:     "ssl://127.0.0.1:" + strconv.Itoa(port),
-		Port:     port,
-		CertsDir: certsDir,
-		LogFile:  filepath.Join(dir, "mosquitto.log"),
-		t:        t,
-		bin:      bin,
-		conf:     filepath.Join(dir, "mosquitto.conf"),
+		Addr:        "ssl://127.0.0.1:" + strconv.Itoa(port),
+		Port:        port,
+		GatewayAddr: "ssl://127.0.0.1:" + strconv.Itoa(gatewayPort),
+		GatewayPort: gatewayPort,
+		CertsDir:    certsDir,
+		LogFile:     filepath.Join(dir, "mosquitto.log"),
+		t:           t,
+		bin:         bin,
+		conf:        filepath.Join(dir, "mosquitto.conf"),
 	}
 	if err := os.WriteFile(b.conf, conf, 0o644); err != nil {
 		t.Fatalf("harness: %v", err)
@@ -192,7 +214,7 @@ func (b *Broker) start() error {
 	if err != nil {
 		return fmt.Errorf("start mosquitto: %w", err)
 	}
-	fmt.Fprintf(log, "=== harness: %s -c %s (port %d) at %s\n", b.bin, b.conf, b.Port, time.Now().Format(time.RFC3339Nano))
+	fmt.Fprintf(log, "=== harness: %s -c %s (device port %d, gateway port %d) at %s\n", b.bin, b.conf, b.Port, b.GatewayPort, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(b.bin, "-c", b.conf)
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own process group, so a Ctrl-C to the test's group does not
@@ -219,8 +241,18 @@ func (b *Broker) start() error {
 	if err != nil {
 		return fmt.Errorf("start mosquitto: %w", err)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
 	deadline := time.Now().Add(startTimeout)
+	for _, port := range []int{b.Port, b.GatewayPort} {
+		if err := b.waitTLS(exited, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cfg, deadline); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitTLS waits until addr completes a TLS handshake, the broker exits or
+// deadline passes.
+func (b *Broker) waitTLS(exited <-chan struct{}, addr string, cfg *tls.Config, deadline time.Time) error {
 	for {
 		err := probeTLS(addr, cfg)
 		if err == nil {

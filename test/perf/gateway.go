@@ -27,7 +27,7 @@ import (
 // gatewayClientID is the MQTT client id of every gateway the rig starts.
 // The gateway keeps a persistent session; Stop removes it, so no message
 // is queued for a gateway that is not running.
-const gatewayClientID = "iotgw-bench"
+const gatewayClientID = "iotgw:bench"
 
 // stopTimeout bounds a gateway's graceful stop (its shutdown_grace is 10 s).
 const stopTimeout = 30 * time.Second
@@ -99,7 +99,7 @@ func (r *Rig) StartGatewayWith(t testing.TB, registered int, backend, backendExt
 	}
 	port := harness.FreePort(t)
 	files := pki.Paths(r.Certs)
-	cfg := fmt.Sprintf(gatewayConfig, r.Broker.Addr, gatewayClientID, files.CACert, files.GatewayCert, files.GatewayKey,
+	cfg := fmt.Sprintf(gatewayConfig, r.Broker.GatewayAddr, gatewayClientID, files.CACert, files.GatewayCert, files.GatewayKey,
 		r.Registry(t, registered), filepath.Join(dir, "outbox.db"), backend, backendExtra, port)
 	cfgPath := filepath.Join(dir, "iotgw.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -219,7 +219,7 @@ func (g *Gateway) terminate() error {
 // disconnects.
 func (r *Rig) dropSession(t testing.TB) error {
 	cfg := harness.TLSConfig(t, r.Certs, pki.GatewayIdentity)
-	opts := mqtt.NewClientOptions().AddBroker(r.Broker.Addr).SetClientID(gatewayClientID).SetTLSConfig(cfg).
+	opts := mqtt.NewClientOptions().AddBroker(r.Broker.GatewayAddr).SetClientID(gatewayClientID).SetTLSConfig(cfg).
 		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(harness.ConnectTimeout)
 	c := mqtt.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(harness.ConnectTimeout+time.Second) || tok.Error() != nil {

@@ -57,8 +57,8 @@ func (s *Subscriber) connect(t testing.TB) error {
 	var id [4]byte
 	rand.Read(id[:]) //nolint:errcheck // never fails
 	opts := mqtt.NewClientOptions().
-		AddBroker(s.rig.Broker.Addr).
-		SetClientID("bench-subscriber-" + hex.EncodeToString(id[:])).
+		AddBroker(s.rig.Broker.GatewayAddr).
+		SetClientID("bench:subscriber-" + hex.EncodeToString(id[:])).
 		SetTLSConfig(cfg).
 		SetCustomOpenConnectionFn(mqttio.OpenTLS(cfg, harness.ConnectTimeout)).
 		SetProtocolVersion(4).
