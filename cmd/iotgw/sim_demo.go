@@ -343,13 +343,7 @@ func (d *demo) expectRejection(ctx context.Context, name string, dev *demoDevice
 // backendWant deliveries of id afterwards.
 func (d *demo) expectRejectionN(ctx context.Context, name string, dev *demoDevice, topic string, id string, raw []byte, reason string, backendWant int) demoRow {
 	row := demoRow{Scenario: name, Expected: "rejected: " + reason}
-	if d.noticeAt == nil {
-		d.noticeAt = map[string]time.Time{}
-	}
-	if wait := time.Until(d.noticeAt[dev.id+" "+reason].Add(1100 * time.Millisecond)); wait > 0 {
-		sleepCtx(ctx, wait)
-	}
-	defer func() { d.noticeAt[dev.id+" "+reason] = time.Now() }()
+	defer d.noticeSlot(ctx, dev, reason)()
 	mark := dev.mark()
 	if err := d.publish(dev, topic, raw); err != nil {
 		row.Observed = "publish failed: " + err.Error()
@@ -369,6 +363,20 @@ func (d *demo) expectRejectionN(ctx context.Context, name string, dev *demoDevic
 		row.Observed, row.Pass = d.checkBackend(ctx, row.Observed, row.Pass, id, backendWant)
 	}
 	return row
+}
+
+// noticeSlot waits until the gateway will send dev a notice for reason
+// again (it sends at most one per limits.notice_interval, 1 s, per device
+// and reason), and returns the function that records that one was sent.
+func (d *demo) noticeSlot(ctx context.Context, dev *demoDevice, reason string) func() {
+	if d.noticeAt == nil {
+		d.noticeAt = map[string]time.Time{}
+	}
+	key := dev.id + " " + reason
+	if wait := time.Until(d.noticeAt[key].Add(1100 * time.Millisecond)); wait > 0 {
+		sleepCtx(ctx, wait)
+	}
+	return func() { d.noticeAt[key] = time.Now() }
 }
 
 // describe summarizes a verified reply.
@@ -788,6 +796,9 @@ func (d *demo) reflectedReply(ctx context.Context) demoRow {
 // device's data topic: it must be rejected as bad_signature and never
 // reach the backend.
 func (d *demo) reflect(ctx context.Context, name string, trigger []byte, id string) demoRow {
+	if id == "" { // the trigger is malformed: its notice is rate-limited too
+		defer d.noticeSlot(ctx, d.a, "malformed")()
+	}
 	mark := d.a.mark()
 	if err := d.publish(d.a, dataTopic(d.a.id), trigger); err != nil {
 		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: "publish failed: " + err.Error()}
@@ -809,7 +820,7 @@ func (d *demo) reflect(ctx context.Context, name string, trigger []byte, id stri
 // before the HMAC, the device gets about one notice a second rather than
 // one per message, and the second device is still answered.
 func (d *demo) flooding(ctx context.Context) demoRow {
-	row := demoRow{Scenario: fmt.Sprintf("(o) %s floods %d validly signed messages", d.a.id, d.o.flood),
+	row := demoRow{Scenario: fmt.Sprintf("(p) %s floods %d validly signed messages", d.a.id, d.o.flood),
 		Expected: "most rate_limited, ≤ ~1 notice/s, " + d.b.id + " still answered"}
 	if d.o.flood <= 0 {
 		row.Observed, row.Pass = "skipped (--flood 0)", true
