@@ -133,6 +133,22 @@ func noArguments(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
+// newOrStdinSecret returns a fresh secret, or with fromStdin the first line
+// of stdin after checking it is a valid secret (for device add and rotate).
+func newOrStdinSecret(cmd *cobra.Command, fromStdin bool) (string, error) {
+	if !fromStdin {
+		return registry.NewSecret()
+	}
+	secret, _, err := readSecretLine(cmd.InOrStdin())
+	if err != nil {
+		return "", err
+	}
+	if !registry.ValidSecret(secret) {
+		return "", usagef("%v", registry.ErrBadSecret)
+	}
+	return secret, nil
+}
+
 // readSecretLine reads the first line of r as a secret. Only the line end
 // ("\n" or "\r\n") is removed. It returns a reader positioned after that
 // line, for callers that read more from the same stream.
@@ -195,16 +211,9 @@ broker.`,
 					return fmt.Errorf("no CA in %s (run: iotgw pki init --dir %s)", certsDir, certsDir)
 				}
 			}
-			secret, generated := "", !fromStdin
-			var err error
-			if fromStdin {
-				if secret, _, err = readSecretLine(cmd.InOrStdin()); err != nil {
-					return err
-				}
-				if !registry.ValidSecret(secret) {
-					return usagef("%v", registry.ErrBadSecret)
-				}
-			} else if secret, err = registry.NewSecret(); err != nil {
+			generated := !fromStdin
+			secret, err := newOrStdinSecret(cmd, fromStdin)
+			if err != nil {
 				return err
 			}
 			err = withRegistry(cmd, true, func(ctx context.Context, r *registry.Registry) error {
@@ -393,16 +402,9 @@ registry.refresh. A revoked device cannot be rotated.`,
 			if overlap < 0 {
 				return usagef("--overlap: %v", registry.ErrBadOverlap)
 			}
-			secret, generated := "", !fromStdin
-			var err error
-			if fromStdin {
-				if secret, _, err = readSecretLine(cmd.InOrStdin()); err != nil {
-					return err
-				}
-				if !registry.ValidSecret(secret) {
-					return usagef("%v", registry.ErrBadSecret)
-				}
-			} else if secret, err = registry.NewSecret(); err != nil {
+			generated := !fromStdin
+			secret, err := newOrStdinSecret(cmd, fromStdin)
+			if err != nil {
 				return err
 			}
 			var k registry.KeyInfo
