@@ -265,8 +265,15 @@ func (g *gatewayProc) kill() {
 }
 
 // metric returns the value of one Prometheus series, e.g.
-// `iotgw_messages_rejected_total{reason="replay"}`.
+// `iotgw_messages_rejected_total{reason="replay"}`, or 0 when it is absent.
 func (g *gatewayProc) metric(series string) float64 {
+	g.t.Helper()
+	v, _ := g.metricOK(series)
+	return v
+}
+
+// metricOK is metric that also reports whether the series exists.
+func (g *gatewayProc) metricOK(series string) (float64, bool) {
 	g.t.Helper()
 	resp, err := httpClient.Get("http://" + g.http + "/metrics")
 	if err != nil {
@@ -275,13 +282,12 @@ func (g *gatewayProc) metric(series string) float64 {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		line := sc.Text()
-		if name, val, ok := strings.Cut(line, " "); ok && name == series {
+		if name, val, ok := strings.Cut(sc.Text(), " "); ok && name == series {
 			v, _ := strconv.ParseFloat(val, 64)
-			return v
+			return v, true
 		}
 	}
-	return 0
+	return 0, false
 }
 
 // waitMetric waits until series reaches at least want.

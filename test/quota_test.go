@@ -1,11 +1,9 @@
 package test
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -115,24 +113,6 @@ func TestFloodOneDeviceQuota(t *testing.T) {
 			}
 		})
 	}
-}
-
-// metricOK is metric that also reports whether the series exists.
-func (g *gatewayProc) metricOK(series string) (float64, bool) {
-	g.t.Helper()
-	resp, err := httpClient.Get("http://" + g.http + "/metrics")
-	if err != nil {
-		g.t.Fatalf("metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if name, val, ok := strings.Cut(sc.Text(), " "); ok && name == series {
-			v, _ := strconv.ParseFloat(val, 64)
-			return v, true
-		}
-	}
-	return 0, false
 }
 
 // liveHeap forces a GC in the gateway (pprof's heap profile with gc=1;
