@@ -63,8 +63,13 @@ func TestFloodRateLimited(t *testing.T) {
 			mu.Lock()
 			sentAt[id] = time.Now()
 			mu.Unlock()
-			if tok := b.c.Publish("device/sensor_b/data", 1, false, raw); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-				bErr = fmt.Errorf("sensor_b publish %d: %v", i, tok.Error())
+			tok := b.c.Publish("device/sensor_b/data", 1, false, raw)
+			if !tok.WaitTimeout(10 * time.Second) {
+				bErr = fmt.Errorf("sensor_b publish %d: no PUBACK within 10s", i)
+				return
+			}
+			if err := tok.Error(); err != nil {
+				bErr = fmt.Errorf("sensor_b publish %d: %w", i, err)
 				return
 			}
 		}

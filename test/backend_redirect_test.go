@@ -26,8 +26,12 @@ func TestBackendRedirectNotFollowed(t *testing.T) {
 			var stolen atomic.Int32
 			thief := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				stolen.Add(1)
-				io.Copy(io.Discard, r.Body)
-				io.WriteString(w, `[{"status":200,"body":{}}]`)
+				if _, err := io.Copy(io.Discard, r.Body); err != nil {
+					t.Errorf("thief: read body: %v", err)
+				}
+				if _, err := io.WriteString(w, `[{"status":200,"body":{}}]`); err != nil {
+					t.Errorf("thief: reply: %v", err)
+				}
 			}))
 			t.Cleanup(thief.Close)
 			// The payload says which redirect to answer: {"code":N}.
@@ -40,7 +44,10 @@ func TestBackendRedirectNotFollowed(t *testing.T) {
 				var p struct{ Code int }
 				if batch {
 					var items []struct{ Payload json.RawMessage }
-					json.Unmarshal(body, &items)
+					if err := json.Unmarshal(body, &items); err != nil {
+						http.Error(w, "want a batch", 400)
+						return
+					}
 					if len(items) > 0 {
 						body = items[0].Payload
 					}

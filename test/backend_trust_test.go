@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -69,7 +70,12 @@ func startSampleBackend(t *testing.T, bin string, args ...string) *sampleBackend
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() {
+		if err := cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			t.Errorf("kill iotgw backend: %v", err)
+		}
+		_ = cmd.Wait() // "signal: killed": the kill above
+	})
 	b := &sampleBackend{}
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -87,7 +93,9 @@ func startSampleBackend(t *testing.T, bin string, args ...string) *sampleBackend
 				addr <- a
 			}
 		}
-		io.Copy(io.Discard, stdout)
+		// Keep draining so the child never blocks on a full pipe; an error
+		// means the pipe is gone and there is nothing left to drain.
+		_, _ = io.Copy(io.Discard, stdout)
 	}()
 	select {
 	case b.URL = <-addr:
@@ -196,11 +204,15 @@ func TestBackendTrustMutualTLS(t *testing.T) {
 	var mu sync.Mutex
 	var got []string // X-Message-Id of requests that passed the handshake
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			t.Errorf("backend: read body: %v", err)
+		}
 		mu.Lock()
 		got = append(got, r.Header.Get("X-Message-Id"))
 		mu.Unlock()
-		io.WriteString(w, `{"ok":true}`)
+		if _, err := io.WriteString(w, `{"ok":true}`); err != nil {
+			t.Errorf("backend: reply: %v", err)
+		}
 	}))
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool}
 	srv.EnableHTTP2 = true

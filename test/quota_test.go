@@ -123,8 +123,11 @@ func (g *gatewayProc) liveHeap() float64 {
 	if err != nil {
 		g.t.Fatalf("pprof heap: %v", err)
 	}
-	io.Copy(io.Discard, resp.Body)
+	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	if err != nil {
+		g.t.Fatalf("pprof heap: read: %v", err)
+	}
 	return g.metric("go_memstats_heap_alloc_bytes")
 }
 

@@ -112,7 +112,9 @@ func tlsAlert(t *testing.T, port int, cfg *tls.Config) error {
 		return err
 	}
 	defer conn.Close()
-	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if err := conn.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+		t.Fatalf("set read deadline: %v", err)
+	}
 	_, err = conn.Read(make([]byte, 1))
 	return err
 }

@@ -44,7 +44,9 @@ func sendWith(t *testing.T, tokenFile, keyFile string) (single, batch captured) 
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		got <- captured{r.Method, r.RequestURI, r.Header.Clone(), body}
-		io.WriteString(w, `[{"status":200,"body":{}}]`)
+		if _, err := io.WriteString(w, `[{"status":200,"body":{}}]`); err != nil {
+			t.Errorf("backend reply: %v", err)
+		}
 	}))
 	defer srv.Close()
 	cfg := forward.DefaultConfig()
@@ -146,7 +148,9 @@ func TestBackendRequiresSignatureAndToken(t *testing.T) {
 // start, with one line.
 func TestBackendAuthFlags(t *testing.T) {
 	open := writeSecret(t, authKey)
-	os.Chmod(open, 0o644)
+	if err := os.Chmod(open, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, o := range []backendOptions{
 		{signingKeyFile: "/nonexistent/key", signingMaxSkew: time.Minute},
 		{signingKeyFile: open, signingMaxSkew: time.Minute},

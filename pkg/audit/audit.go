@@ -112,13 +112,17 @@ func (l *Log) Close() error { return l.db.Close() }
 func Hash(e *Entry) [32]byte {
 	b := make([]byte, 0, 14+8+8+8+32+4*5+len(e.Actor)+len(e.Device)+len(e.Action)+len(e.Reason)+len(e.MessageID))
 	b = append(b, "iotgw-audit-v1"...)
-	b = binary.BigEndian.AppendUint64(b, uint64(e.Seq))
+	// Seq and Count are encoded as 64-bit two's complement (the uint64
+	// conversions reinterpret the bits, an injective map on int64), string
+	// lengths as uint32: check caps fields at 128 bytes on Append, and rows
+	// Verify reads back are SQLite values, below 2^31 bytes (its hard limit).
+	b = binary.BigEndian.AppendUint64(b, uint64(e.Seq)) //nolint:gosec // G115: two's-complement encoding, not arithmetic
 	b = binary.BigEndian.AppendUint64(b, uint64(e.At.UnixMilli()))
 	for _, s := range []string{e.Actor, e.Device, e.Action, e.Reason, e.MessageID} {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s))) //nolint:gosec // G115: lengths < 2^32, see above
 		b = append(b, s...)
 	}
-	b = binary.BigEndian.AppendUint64(b, uint64(e.Count))
+	b = binary.BigEndian.AppendUint64(b, uint64(e.Count)) //nolint:gosec // G115: two's-complement encoding, not arithmetic
 	b = append(b, e.PrevHash[:]...)
 	return sha256.Sum256(b)
 }

@@ -296,7 +296,9 @@ func TestWriterBoundedNeverBlocks(t *testing.T) {
 	}
 	cancel()
 	w.Record(Entry{At: t0, Actor: "gateway", Device: "late", Action: "reject", Reason: "stale"}) // over max: dropped
-	lock.Rollback()
+	if err := lock.Rollback(); err != nil {
+		t.Fatal(err)
+	}
 	if err := w.Flush(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,9 @@ func redirecting(t *testing.T, code int) (string, *atomic.Int32) {
 	var stolen atomic.Int32
 	thief := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		stolen.Add(1)
-		w.Write([]byte(`[{"status":200,"body":{}}]`)) // a batch answer too
+		if _, err := w.Write([]byte(`[{"status":200,"body":{}}]`)); err != nil { // a batch answer too
+			t.Errorf("thief reply: %v", err)
+		}
 	}))
 	t.Cleanup(thief.Close)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

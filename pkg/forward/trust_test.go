@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -419,7 +420,7 @@ func TestSecretsNotInErrors(t *testing.T) {
 	refused := "http://" + ln.Addr().String() + "/ingest"
 	ln.Close()
 	redir := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, "http://127.0.0.1:1/x?token="+r.Header.Get("Authorization"), 307)
+		http.Redirect(w, r, "http://127.0.0.1:1/x?token="+r.Header.Get("Authorization"), http.StatusTemporaryRedirect)
 	}))
 	t.Cleanup(redir.Close)
 	for _, u := range []string{refused, redir.URL} {
@@ -504,8 +505,10 @@ func FuzzVerifyRequest(f *testing.F) {
 		if forward.VerifyRequest(key, r, body, time.Unix(1727712005, 0), 100*365*24*time.Hour) != nil {
 			return
 		}
-		var n int64
-		fmt.Sscan(ts, &n)
+		n, err := strconv.ParseInt(ts, 10, 64)
+		if err != nil {
+			t.Fatalf("accepted timestamp %q is not decimal: %v", ts, err)
+		}
 		if want := forward.Sign(key, "POST", r.URL.RequestURI(), dev, idem, n, body); sig != want {
 			t.Fatalf("accepted %q, Sign gives %q", sig, want)
 		}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 )
@@ -48,6 +49,28 @@ type storedKey struct {
 	sealed bool
 }
 
+// storedKeys reads every device key row in tx. The rows are closed when it
+// returns, before the caller writes in the same transaction.
+func storedKeys(ctx context.Context, tx *sql.Tx) ([]storedKey, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT device_id, key_id, secret, sealed FROM device_keys ORDER BY device_id, key_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var keys []storedKey
+	for rows.Next() {
+		var k storedKey
+		if err := rows.Scan(&k.device, &k.id, &k.blob, &k.sealed); err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return keys, nil
+}
+
 func (r *Registry) reseal(ctx context.Context, next *KEK) (int, error) {
 	tx, err := r.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -59,21 +82,8 @@ func (r *Registry) reseal(ctx context.Context, next *KEK) (int, error) {
 	} else if (fp != "") != r.sealed {
 		return 0, errors.New("registry sealing changed since it was opened; run the command again")
 	}
-	rows, err := tx.QueryContext(ctx, `SELECT device_id, key_id, secret, sealed FROM device_keys ORDER BY device_id, key_id`)
+	keys, err := storedKeys(ctx, tx)
 	if err != nil {
-		return 0, err
-	}
-	var keys []storedKey
-	for rows.Next() {
-		var k storedKey
-		if err := rows.Scan(&k.device, &k.id, &k.blob, &k.sealed); err != nil {
-			rows.Close()
-			return 0, err
-		}
-		keys = append(keys, k)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return 0, err
 	}
 	for _, k := range keys {

@@ -114,9 +114,37 @@ func TestLoadKEKRefusesOpenFile(t *testing.T) {
 	if _, err := LoadKEK(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatalf("LoadKEK of a 0644 file: %v", err)
 	}
-	os.Chmod(p, 0o600)
+	if err := os.Chmod(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := LoadKEK(p); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSealNonceIsFresh: sealing one secret for one device and key twice
+// gives two different nonces (so two different blobs), and both open. A
+// fixed or reused GCM nonce under one key would leak the XOR of secrets and
+// allow forgeries.
+func TestSealNonceIsFresh(t *testing.T) {
+	k := testKEK(t, 3)
+	secret := bytes.Repeat([]byte{0x5a}, 32)
+	n := k.aead.NonceSize()
+	seen := map[string]bool{}
+	for i := 0; i < 64; i++ {
+		blob, err := k.seal("dev-1", 1, secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nonce := string(blob[1 : 1+n])
+		if seen[nonce] {
+			t.Fatalf("seal %d reused nonce %x", i, nonce)
+		}
+		seen[nonce] = true
+		plain, err := k.open("dev-1", 1, blob)
+		if err != nil || !bytes.Equal(plain, secret) {
+			t.Fatalf("open seal %d: %v", i, err)
+		}
 	}
 }
 

@@ -147,7 +147,6 @@ type Validator struct {
 	keys   KeyStore
 	replay ReplayStore
 	now    func() time.Time
-	macs   sync.Map // device id → *macPool, for signing replies
 	vmacs  sync.Map // device id → *deviceMACs, for verifying
 	dummy  *macPool
 
@@ -184,9 +183,8 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	}
 	dev, err := v.keys.Device(ctx, env.DeviceID)
 	if errors.Is(err, ErrUnknownDevice) {
-		v.dummy.verify(&env)        // same cost as a known device
-		v.macs.Delete(env.DeviceID) // a removed device's key leaves memory
-		v.downMacs.Delete(env.DeviceID)
+		v.dummy.verify(&env)            // same cost as a known device
+		v.downMacs.Delete(env.DeviceID) // a removed device's key leaves memory
 		v.vmacs.Delete(env.DeviceID)
 		return reject(env, UnknownDevice, ""), nil
 	}
@@ -194,7 +192,6 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return Result{}, fmt.Errorf("look up device: %w", err)
 	}
 	if !dev.Enabled {
-		v.macs.Delete(env.DeviceID)
 		v.downMacs.Delete(env.DeviceID)
 		v.vmacs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
@@ -287,16 +284,6 @@ func (p *macPool) verify(e *envelope.Envelope) bool {
 	ok := envelope.Verify(m, e)
 	p.put(m)
 	return ok
-}
-
-// macFor returns the pool for id, rebuilding it when the secret changed.
-func (v *Validator) macFor(id string, secret []byte) *macPool {
-	if p, ok := v.macs.Load(id); ok && bytes.Equal(p.(*macPool).secret, secret) {
-		return p.(*macPool)
-	}
-	p := newMACPool(secret)
-	v.macs.Store(id, p)
-	return p
 }
 
 // replySecret picks the secret replies are signed with: key keyID if it is

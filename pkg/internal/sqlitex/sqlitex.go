@@ -102,37 +102,46 @@ func MigrateTable(ctx context.Context, db *sql.DB, table string, ms []Migration)
 		return err
 	}
 	for _, m := range ms {
-		// One transaction per step, and the version read inside it
-		// (BEGIN IMMEDIATE), so two processes migrating at once apply
-		// each step exactly once.
-		tx, err := db.BeginTx(ctx, nil)
-		if err != nil {
+		if err := migrateStep(ctx, db, table, m, ms[len(ms)-1].Version); err != nil {
 			return err
 		}
-		var cur int
-		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM `+table).Scan(&cur); err != nil { //nolint:gosec // checked identifier
-			tx.Rollback()
-			return err
+	}
+	return nil
+}
+
+// migrateStep applies m unless the database is already at m.Version or
+// later. One transaction per step, and the version read inside it (BEGIN
+// IMMEDIATE), so two processes migrating at once apply each step exactly
+// once. latest is the newest version this binary knows.
+func migrateStep(ctx context.Context, db *sql.DB, table string, m Migration, latest int) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// After Commit, Rollback is a no-op returning sql.ErrTxDone.
+		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+			err = errors.Join(err, fmt.Errorf("%s migration %d: rollback: %w", table, m.Version, rerr))
 		}
-		if cur > ms[len(ms)-1].Version {
-			tx.Rollback()
-			return fmt.Errorf("%s: database schema version %d is newer than this binary knows (%d)", table, cur, ms[len(ms)-1].Version)
-		}
-		if m.Version <= cur {
-			tx.Rollback()
-			continue
-		}
-		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO `+table+`(version, applied_at) VALUES(?, ?)`, m.Version, time.Now().Unix()); err != nil { //nolint:gosec // checked identifier
-			tx.Rollback()
-			return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
-		}
-		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
-		}
+	}()
+	var cur int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM `+table).Scan(&cur); err != nil { //nolint:gosec // checked identifier
+		return err
+	}
+	if cur > latest {
+		return fmt.Errorf("%s: database schema version %d is newer than this binary knows (%d)", table, cur, latest)
+	}
+	if m.Version <= cur {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+		return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+table+`(version, applied_at) VALUES(?, ?)`, m.Version, time.Now().Unix()); err != nil { //nolint:gosec // checked identifier
+		return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("%s migration %d: %w", table, m.Version, err)
 	}
 	return nil
 }
