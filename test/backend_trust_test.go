@@ -237,8 +237,11 @@ func TestBackendTrustMutualTLS(t *testing.T) {
 	if n := len(received()); n != 0 {
 		t.Fatalf("backend got %d requests from a gateway without a client certificate", n)
 	}
-	if l := readLog(t, g); !strings.Contains(l, "certificate required") {
-		t.Errorf("gateway log does not say the backend wants a certificate")
+	// Under TLS 1.3 the client sends its request before it reads the
+	// server's alert, so the error it logs is either the alert or the
+	// broken connection that follows it.
+	if l := readLog(t, g); !strings.Contains(l, "certificate required") && !strings.Contains(l, "broken pipe") && !strings.Contains(l, "connection reset by peer") {
+		t.Errorf("gateway log names neither the backend's certificate alert nor the connection it closed")
 	}
 	g.signal(syscall.SIGTERM, 15*time.Second)
 
