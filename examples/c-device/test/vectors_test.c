@@ -16,6 +16,10 @@
  * reply not verifying as an uplink, nor with a tampered byte, nor for
  * another device; and iotgw_object_member finds in_reply_to.
  *
+ * And every prefix and seeded random mutations of every vector, each in a
+ * heap buffer of its exact size, so the sanitizer run catches any read
+ * past the end.
+ *
  * Prints "N vectors checked" and exits 0, or prints every failure and
  * exits 1.
  */
@@ -298,9 +302,51 @@ static void check_units(void)
     }
 }
 
+/* check_bounds feeds every prefix of every vector, and seeded random byte
+ * mutations of each, in a heap buffer of exactly that size (so that
+ * AddressSanitizer catches a read past the end) to the parser, the reply
+ * verifier and the member lookup. A proper prefix of accepted_basic (which
+ * ends at its closing brace) is always malformed. */
+static void check_bounds(void)
+{
+    uint32_t seed = 12345;
+    char k_down[IOTGW_HEX_SIZE];
+    size_t k, n, j;
+    iotgw_envelope env;
+    iotgw_span v;
+    iotgw_downlink_key(u8("s"), 1, k_down);
+    for (k = 0; k < COUNT(vectors) + COUNT(replies); k++) {
+        const char *msg = k < COUNT(vectors) ? vectors[k].msg : replies[k - COUNT(vectors)].msg;
+        size_t len = k < COUNT(vectors) ? vectors[k].len : replies[k - COUNT(vectors)].len;
+        int basic = k < COUNT(vectors) && strcmp(vectors[k].name, "accepted_basic") == 0;
+        for (n = 0; n <= (len ? len + 200 : 0); n++) {
+            size_t cut = n <= len ? n : len;
+            char *b = malloc(cut ? cut : 1);
+            if (b == NULL) return;
+            memcpy(b, msg, cut);
+            if (n > len) { /* a random mutation of the whole message */
+                for (j = 0; j < 1 + n % 4; j++) {
+                    seed = seed * 1103515245u + 12345u;
+                    b[(seed >> 8) % len] = (char)(seed >> 24);
+                }
+            }
+            if (iotgw_parse(b, cut, 0, &env) == IOTGW_OK) {
+                (void)iotgw_object_member(env.payload.ptr, env.payload.len, "in_reply_to", &v);
+            }
+            if (basic && n < len && iotgw_parse(b, cut, 0, &env) != IOTGW_ERR_MALFORMED) {
+                fail("accepted_basic", "a truncated message parses", 0);
+            }
+            (void)iotgw_verify_reply(k_down, NULL, b, cut, &env);
+            (void)iotgw_object_member(b, cut, "payload", &v);
+            free(b);
+        }
+    }
+}
+
 int main(void)
 {
     size_t k;
+    check_bounds();
     for (k = 0; k < COUNT(vectors); k++) check_uplink(&vectors[k]);
     for (k = 0; k < COUNT(replies); k++) check_reply(&replies[k]);
     check_units();
