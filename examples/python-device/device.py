@@ -98,19 +98,24 @@ def main() -> int:
     ap.add_argument("--payload", default="{}", help="JSON, signed and sent byte for byte")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the reply")
     a = ap.parse_args()
-    if os.stat(a.secret_file).st_mode & 0o077:
-        ap.error("%s is readable by group or others: chmod 600 it" % a.secret_file)
-    with open(a.secret_file, "rb") as fh:
-        secret = fh.readline().rstrip(b"\r\n")
     try:
-        json.loads(a.payload, parse_constant=_no_constant)
+        if os.stat(a.secret_file).st_mode & 0o077:
+            ap.error("%s is readable by group or others: chmod 600 it" % a.secret_file)
+        with open(a.secret_file, "rb") as fh:
+            secret = fh.readline().rstrip(b"\r\n")
+    except OSError as e:
+        ap.error("secret file: %s" % e)
+    if not secret:
+        ap.error("%s: the first line (the secret) is empty" % a.secret_file)
+    payload = a.payload.strip(" \t\r\n")
+    try:
+        _strict(_dec.decode(payload), 2)
     except ValueError as e:
-        ap.error("--payload is not JSON: %s" % e)
+        ap.error("--payload is not JSON the gateway accepts: %s" % e)
     import paho.mqtt.client as mqtt
     kw = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION1} if hasattr(mqtt, "CallbackAPIVersion") else {}
     c = mqtt.Client(client_id=a.device, clean_session=True, protocol=mqtt.MQTTv311, **kw)
-    c.tls_set(ca_certs=a.ca, certfile=a.cert, keyfile=a.key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    mid, done, result = str(uuid.uuid4()), threading.Event(), []
+    mid, done, result, sent = str(uuid.uuid4()), threading.Event(), [], []
     k_down, topic = downlink_key(secret), "device/%s/response" % a.device
 
     def on_connect(cl, _u, _f, rc):
@@ -122,8 +127,8 @@ def main() -> int:
     def on_subscribe(cl, _u, _m, granted):
         if granted[0] > 1:
             result.append((1, "subscribe %s refused" % topic)); done.set()
-        else:
-            cl.publish("device/%s/data" % a.device, build(secret, a.device, a.payload.strip().encode(), int(time.time()), mid), qos=1)
+        elif not sent:  # once: a resubscription after a reconnect must not resend (that is a replay)
+            sent.append(cl.publish("device/%s/data" % a.device, build(secret, a.device, payload.encode(), int(time.time()), mid), qos=1))
 
     def on_message(_cl, _u, msg):
         try:
@@ -139,6 +144,10 @@ def main() -> int:
         result.append((1, "rejected: %s" % p["error"]) if "error" in p else (0, f["payload"])); done.set()
 
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+    try:
+        c.tls_set(ca_certs=a.ca, certfile=a.cert, keyfile=a.key, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    except (OSError, ssl.SSLError) as e:
+        print("tls files %s, %s, %s: %s" % (a.ca, a.cert, a.key, e), file=sys.stderr); return 1
     try:
         c.connect(a.host, a.port)
     except (OSError, ssl.SSLError) as e:
