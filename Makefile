@@ -21,10 +21,18 @@ demo: deps build
 
 # test: every test, the end-to-end and fault-injection ones included
 # (those print one line per fault scenario: sent, forwarded, duplicate, lost).
-test: deps vet lint unit e2e
+test: deps vet lint unit examples e2e
 
 unit:
 	$(GO) test -count=1 ./pkg/... ./cmd/...
+
+# examples: the C device library (host build, then under ASan/UBSan) and
+# the Python device against every vector in testdata/vectors.json; the
+# Python device's run against a live gateway is in e2e (TestPythonDevice).
+.PHONY: examples
+examples: deps
+	@$(MAKE) --no-print-directory -C examples/c-device test
+	@python3 examples/python-device/test_device.py
 
 e2e: deps
 	@GO=$(GO) scripts/e2e.sh

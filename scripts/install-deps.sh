@@ -2,8 +2,10 @@
 # Installs what iotgw's tests and demo need on a fresh Debian/Ubuntu with Go:
 # mosquitto (the broker), gcc (cgo for SQLite), python3 and openssl (the
 # test-vector cross-check), promtool (Debian package prometheus: checks
-# deploy/prometheus/alerts.yml) and golangci-lint v2 (make lint; built with
-# go install from the Go module proxy). Does nothing when all are present.
+# deploy/prometheus/alerts.yml), golangci-lint v2 (make lint; built with
+# go install from the Go module proxy), libmbedtls-dev (the C device
+# example) and python3-paho-mqtt (the Python device example). Does nothing
+# when all are present.
 set -euo pipefail
 GOLANGCI_LINT_VERSION=v2.15.0
 gobin="$(go env GOBIN)"; [ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
@@ -19,6 +21,9 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+[ -f /usr/include/mbedtls/sha256.h ] || need+=(libmbedtls-dev)
+# Debian's python3-paho-mqtt is for Debian's python3 (/usr/bin/python3).
+/usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3-paho-mqtt)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing: ${need[*]}"
 if ! command -v apt-get >/dev/null 2>&1; then
