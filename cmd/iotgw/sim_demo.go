@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math/big"
 	"net/http"
@@ -26,6 +25,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 )
@@ -113,15 +113,32 @@ type demoRow struct {
 	Pass     bool   `json:"pass"`
 }
 
-// demoDevice is a connected device that records its replies.
+// demoDevice is a device connected through pkg/device that records every
+// downlink it receives.
 type demoDevice struct {
-	*signer
-	client mqtt.Client
+	*device.Device
+	id string
 
-	mu      sync.Mutex // guards replies and verify
+	mu      sync.Mutex // guards replies
 	replies []reply
-	verify  hash.Hash
 	notify  chan struct{}
+}
+
+// reply is one downlink a demo device received, as pkg/device read it.
+type reply struct {
+	// Verified is true when pkg/device verified it: an envelope naming the
+	// device, signed with its downlink key.
+	Verified bool
+	// Problem says why Verified is false.
+	Problem string
+	// InReplyTo is the uplink message id, "" for null.
+	InReplyTo string
+	// Status is the backend's HTTP status after a forward, 0 otherwise.
+	Status int
+	// Error is the rejection reason after a rejection, "" otherwise.
+	Error string
+	// Raw is the downlink exactly as received.
+	Raw []byte
 }
 
 // demo runs the scenarios.
@@ -147,11 +164,11 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 	if d.a, err = d.connect(ctx, ids[0], f.secrets[ids[0]]); err != nil {
 		return err
 	}
-	defer d.a.client.Disconnect(100)
+	defer d.a.Close()
 	if d.b, err = d.connect(ctx, ids[1], f.secrets[ids[1]]); err != nil {
 		return err
 	}
-	defer d.b.client.Disconnect(100)
+	defer d.b.Close()
 
 	accepted := d.valid(ctx)
 	steps := []func(context.Context) demoRow{
@@ -200,36 +217,37 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 	return nil
 }
 
-// connect connects id with its certificate and subscribes to its replies,
-// which it verifies with secret.
+// connect connects id through pkg/device and records its downlinks,
+// which pkg/device verifies with secret's downlink key.
 func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevice, error) {
-	cfg, err := d.f.tlsConfig(id)
-	if err != nil {
-		return nil, err
-	}
-	dev := &demoDevice{signer: newSigner(id, secret), notify: make(chan struct{}, 1)}
-	dev.verify = envelope.NewDownlinkMAC(dev.secret)
-	dev.client, err = d.so.dial(ctx, connectOptions{
-		ClientID:  clientID(id, "demo"),
-		TLS:       cfg,
-		Subscribe: "device/" + id + "/response",
-		OnMessage: func(_ mqtt.Client, m mqtt.Message) { dev.received(m.Payload()) },
-	})
+	dev := &demoDevice{id: id, notify: make(chan struct{}, 1)}
+	var err error
+	dev.Device, err = d.f.device(ctx, id, secret, false, dev.received)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s to %s: %w", id, d.so.broker, err)
 	}
 	return dev, nil
 }
 
-func (dev *demoDevice) received(raw []byte) {
-	at := time.Now()
+func (dev *demoDevice) received(r *device.Reply, err error) {
+	rep := reply{Verified: err == nil, InReplyTo: r.InReplyTo, Status: r.Status, Error: r.Reason, Raw: r.Raw}
+	if err != nil {
+		rep.Problem = strings.TrimPrefix(err.Error(), "device: ")
+	}
 	dev.mu.Lock()
-	dev.replies = append(dev.replies, parseReply(dev.id, dev.verify, raw, at))
+	dev.replies = append(dev.replies, rep)
 	dev.mu.Unlock()
 	select {
 	case dev.notify <- struct{}{}:
 	default:
 	}
+}
+
+// message returns a new message of dev signed with its secret, timestamp
+// ts, and its message id.
+func (dev *demoDevice) message(ts int64, payload []byte) (id string, raw []byte) {
+	m := dev.Sign(time.Unix(ts, 0), payload)
+	return m.ID, m.Raw
 }
 
 // mark returns a position in the reply history; replyTo only looks after it.
@@ -272,7 +290,9 @@ func (dev *demoDevice) since(mark int) []reply {
 
 // publish sends raw on topic at QoS 1 and waits for the broker's PUBACK.
 func (d *demo) publish(dev *demoDevice, topic string, raw []byte) error {
-	return waitToken(dev.client.Publish(topic, 1, false, raw), d.o.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), d.o.timeout)
+	defer cancel()
+	return dev.PublishRaw(ctx, topic, raw)
 }
 
 func dataTopic(id string) string { return "device/" + id + "/data" }
@@ -425,7 +445,9 @@ func (d *demo) future(ctx context.Context) demoRow {
 }
 
 func (d *demo) wrongSecret(ctx context.Context) demoRow {
-	id, raw := newSigner(d.a.id, envelope.NewMessageID()).message(time.Now().Unix(), reading(93))
+	id := string(envelope.NewMessageID())
+	e := envelope.New(envelope.NewMessageID(), d.a.id, time.Now().Unix(), id, reading(93))
+	raw := envelope.AppendJSON(nil, &e)
 	return d.expectRejection(ctx, "(i) signed with a wrong secret", d.a, dataTopic(d.a.id), id, raw, "bad_signature")
 }
 
@@ -522,7 +544,7 @@ func (d *demo) foreignCA(ctx context.Context) demoRow {
 
 func (d *demo) expectRefused(ctx context.Context, name string, cfg *tls.Config) demoRow {
 	row := demoRow{Scenario: name, Expected: "TLS handshake refused"}
-	c, err := d.so.dial(ctx, connectOptions{ClientID: clientID("nocert", "demo"), TLS: cfg})
+	c, err := d.so.dial(ctx, connectOptions{ClientID: "nocert-demo", TLS: cfg})
 	if err == nil {
 		c.Disconnect(0)
 		row.Observed = "connected"
@@ -584,7 +606,7 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 		row.Observed = err.Error()
 		return row
 	}
-	defer dev.client.Disconnect(100)
+	defer dev.Close()
 	msgID, raw := dev.message(time.Now().Unix(), reading(95))
 	if err := d.publish(dev, dataTopic(id), raw); err != nil {
 		row.Observed = "publish failed: " + err.Error()
@@ -829,13 +851,14 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 	before, metricErr := d.rejectedCount(ctx, "rate_limited")
 	markA := d.a.mark()
 	start := time.Now()
-	toks := make([]mqtt.Token, 0, d.o.flood)
+	sent := make([]*device.Pending, 0, d.o.flood)
 	for i := range d.o.flood {
-		_, raw := d.a.message(time.Now().Unix(), reading(1000+i))
-		toks = append(toks, d.a.client.Publish(dataTopic(d.a.id), 1, false, raw))
+		sent = append(sent, d.a.Send(d.a.Sign(time.Now(), reading(1000+i))))
 	}
-	for _, tok := range toks {
-		if err := waitToken(tok, 4*d.o.timeout); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 4*d.o.timeout)
+	defer cancel()
+	for _, p := range sent {
+		if err := p.Wait(fctx); err != nil {
 			row.Observed = "flood publish: " + err.Error()
 			return row
 		}
@@ -843,7 +866,7 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 	// The second device, right behind the flood.
 	markB := d.b.mark()
 	probe, raw := d.b.message(time.Now().Unix(), reading(98))
-	sent := time.Now()
+	probeAt := time.Now()
 	if err := d.publish(d.b, dataTopic(d.b.id), raw); err != nil {
 		row.Observed = "probe publish: " + err.Error()
 		return row
@@ -853,7 +876,7 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 		row.Observed = fmt.Sprintf("%s not answered with 200 in %v during the flood", d.b.id, d.o.timeout)
 		return row
 	}
-	bLatency := time.Since(sent)
+	bLatency := time.Since(probeAt)
 	sleepCtx(ctx, d.o.quiet) // late notices
 	elapsed := time.Since(start)
 	notices := 0

@@ -72,6 +72,11 @@ type Config struct {
 	// timestamps within its freshness window (±5 minutes by default), so
 	// the device's clock must be set (NTP). Nil means time.Now.
 	Now func() time.Time
+	// PublishOnly skips the subscription to the response topic: the
+	// device only publishes, Request fails with ErrPublishOnly and
+	// OnDownlink is never called (for load generators that do not read
+	// replies; the broker then delivers them to no one).
+	PublishOnly bool
 	// OnDownlink, when set, is called for every message received on the
 	// response topic, verified or not, before a waiting Request gets it:
 	// err is nil for a verified downlink, else wraps ErrBadReplySignature
@@ -104,6 +109,8 @@ func (c *Config) Validate() error {
 		return bad("give TLS or CAFile/CertFile/KeyFile, not both")
 	case c.TLS == nil && (c.CAFile == "" || c.CertFile == "" || c.KeyFile == ""):
 		return bad("CAFile, CertFile and KeyFile are required (or TLS)")
+	case c.PublishOnly && c.OnDownlink != nil:
+		return bad("OnDownlink is never called with PublishOnly")
 	case c.ConnectTimeout < 0 || c.KeepAlive < 0 || c.MaxReconnectInterval < 0:
 		return bad("negative timeout")
 	}

@@ -25,10 +25,11 @@ func ResponseTopic(id string) string { return "device/" + id + "/response" }
 
 // Device is one connected device. Its methods are safe for concurrent use.
 type Device struct {
-	id     string
-	client mqtt.Client
-	now    func() time.Time
-	onDown func(*Reply, error)
+	id          string
+	client      mqtt.Client
+	publishOnly bool
+	now         func() time.Time
+	onDown      func(*Reply, error)
 
 	signMu  sync.Mutex // guards signMAC
 	signMAC hash.Hash
@@ -47,8 +48,9 @@ type result struct {
 }
 
 // Dial connects cfg.DeviceID to the broker over mutual TLS (MQTT 3.1.1,
-// clean session), subscribes to its response topic at QoS 1, and returns
-// once the broker granted the subscription, so no reply is missed. It
+// clean session), subscribes to its response topic at QoS 1 (unless
+// cfg.PublishOnly), and returns once the broker granted the subscription,
+// so no reply is missed. It
 // fails when ctx ends first, the broker refuses the connection or the
 // subscription, or cfg is invalid (ErrConfig).
 func Dial(ctx context.Context, cfg Config) (*Device, error) {
@@ -61,12 +63,13 @@ func Dial(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	secret := append([]byte(nil), cfg.Secret...)
 	d := &Device{
-		id:      cfg.DeviceID,
-		now:     cfg.Now,
-		onDown:  cfg.OnDownlink,
-		signMAC: envelope.NewMAC(secret),
-		downMAC: envelope.NewDownlinkMAC(secret),
-		waiters: map[string]chan result{},
+		id:          cfg.DeviceID,
+		now:         cfg.Now,
+		onDown:      cfg.OnDownlink,
+		signMAC:     envelope.NewMAC(secret),
+		downMAC:     envelope.NewDownlinkMAC(secret),
+		waiters:     map[string]chan result{},
+		publishOnly: cfg.PublishOnly,
 	}
 	if d.now == nil {
 		d.now = time.Now
@@ -86,9 +89,12 @@ func Dial(ctx context.Context, cfg Config) (*Device, error) {
 		SetWriteTimeout(timeout).
 		SetAutoReconnect(!cfg.NoReconnect).
 		SetMaxReconnectInterval(orDuration(cfg.MaxReconnectInterval, DefaultMaxReconnectInterval)).
-		SetConnectRetry(false).
+		SetConnectRetry(false)
+	if cfg.PublishOnly {
+		subscribed <- nil
+	} else {
 		// Clean session: subscribe again on every (re)connection.
-		SetOnConnectHandler(func(c mqtt.Client) {
+		opts.SetOnConnectHandler(func(c mqtt.Client) {
 			t := c.Subscribe(topic, QoS, d.received)
 			go func() {
 				err := subackError(t, topic, timeout)
@@ -98,6 +104,7 @@ func Dial(ctx context.Context, cfg Config) (*Device, error) {
 				}
 			}()
 		})
+	}
 	if cfg.OpenConnection != nil {
 		opts.SetCustomOpenConnectionFn(cfg.OpenConnection)
 	}
@@ -224,6 +231,9 @@ func (d *Device) PublishRaw(ctx context.Context, topic string, raw []byte) error
 // ctx ends first (the gateway may still forward the message: its answer
 // is then dropped, or passed to Config.OnDownlink).
 func (d *Device) Request(ctx context.Context, payload []byte) (*Reply, error) {
+	if d.publishOnly {
+		return nil, ErrPublishOnly
+	}
 	m := d.Sign(d.now(), payload)
 	ch := make(chan result, 1)
 	d.mu.Lock()
@@ -282,6 +292,10 @@ func (d *Device) parse(raw []byte, at time.Time) (*Reply, error) {
 // another device or whose signature is not valid under the device's
 // downlink key.
 var ErrBadReplySignature = errors.New("device: reply signature invalid")
+
+// ErrPublishOnly is the error of Request on a device dialled with
+// Config.PublishOnly.
+var ErrPublishOnly = errors.New("device: Request on a publish-only device")
 
 // ErrMalformedReply is wrapped by the error of a downlink that is not a
 // well-formed envelope with a reply or notice payload.
