@@ -65,14 +65,25 @@ func TestDeviceSDK(t *testing.T) {
 		t.Fatalf("backend got %s, want message %s", reqs[0].Body, r.InReplyTo)
 	}
 
+	// Resending a message that was accepted (a retry after a lost reply)
+	// is answered "replay", and not forwarded twice.
+	m := d.Sign(time.Now(), []byte(`{"temperature":21.55}`))
+	if r, err := d.RequestMessage(ctx, m); err != nil || r.Status != 200 {
+		t.Fatalf("RequestMessage: %+v, %v", r, err)
+	}
+	var rej *sdk.RejectedError
+	if _, err := d.RequestMessage(ctx, m); !errors.As(err, &rej) || rej.Reason != "replay" || rej.MessageID != m.ID {
+		t.Fatalf("resent message: err = %v, want *RejectedError{replay}", err)
+	}
+
 	// Publish: acknowledged by the broker, then forwarded.
 	id, err := d.Publish(ctx, []byte(`{"temperature":21.6}`))
 	if err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	reqs = f.backend.waitCount(t, 2, 10*time.Second)
-	if reqs[1].Header.Get("X-Message-Id") != id {
-		t.Fatalf("backend got %s, want message %s", reqs[1].Body, id)
+	reqs = f.backend.waitCount(t, 3, 10*time.Second)
+	if reqs[2].Header.Get("X-Message-Id") != id {
+		t.Fatalf("backend got %s, want message %s", reqs[2].Body, id)
 	}
 
 	// A device whose clock is 10 minutes late: rejected as stale. It is
@@ -83,15 +94,14 @@ func TestDeviceSDK(t *testing.T) {
 	cfg.Now = func() time.Time { return time.Now().Add(-10 * time.Minute) }
 	late := f.dialSDK(cfg)
 	r, err = late.Request(ctx, []byte(`{"temperature":21.7}`))
-	var rej *sdk.RejectedError
 	if !errors.As(err, &rej) || rej.Reason != "stale" {
 		t.Fatalf("Request with a late clock: err = %v, want *RejectedError{stale}", err)
 	}
 	if r == nil || r.InReplyTo != rej.MessageID || r.Reason != "stale" {
 		t.Fatalf("rejection reply = %+v", r)
 	}
-	if n := len(f.backend.requests()); n != 2 {
-		t.Fatalf("backend got %d requests, want 2", n)
+	if n := len(f.backend.requests()); n != 3 {
+		t.Fatalf("backend got %d requests, want 3", n)
 	}
 }
 

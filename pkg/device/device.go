@@ -221,8 +221,14 @@ func (d *Device) PublishRaw(ctx context.Context, topic string, raw []byte) error
 
 // Request signs and publishes payload like Publish, then waits for the
 // downlink that answers it (in_reply_to = its message id) and returns it
-// verified. The waiter is registered before the publish, so a reply that
-// beats the PUBACK is not lost.
+// verified. It is RequestMessage with a new message signed now.
+func (d *Device) Request(ctx context.Context, payload []byte) (*Reply, error) {
+	return d.RequestMessage(ctx, d.Sign(d.now(), payload))
+}
+
+// RequestMessage publishes m (from Sign) at QoS 1 and waits for the
+// downlink answering it, verified. The waiter is registered before the
+// publish, so a reply that beats the PUBACK is not lost.
 //
 // The error is a *RejectedError when the gateway rejected the message
 // (the Reply is returned too); wraps ErrBadReplySignature when the
@@ -230,11 +236,14 @@ func (d *Device) PublishRaw(ctx context.Context, topic string, raw []byte) error
 // forged or reflected reply: do not act on it); and wraps ctx.Err() when
 // ctx ends first (the gateway may still forward the message: its answer
 // is then dropped, or passed to Config.OnDownlink).
-func (d *Device) Request(ctx context.Context, payload []byte) (*Reply, error) {
+//
+// To retry after a timeout without risking a duplicate, send the same m
+// again: the gateway answers it, or rejects it as "replay" when the first
+// copy was accepted (while m's timestamp is fresh, ±5 minutes).
+func (d *Device) RequestMessage(ctx context.Context, m Message) (*Reply, error) {
 	if d.publishOnly {
 		return nil, ErrPublishOnly
 	}
-	m := d.Sign(d.now(), payload)
 	ch := make(chan result, 1)
 	d.mu.Lock()
 	d.waiters[m.ID] = ch
