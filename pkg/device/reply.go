@@ -42,7 +42,7 @@ func parseDownlink(id string, mac hash.Hash, raw []byte, at time.Time) (*Reply, 
 	r := &Reply{ReceivedAt: at, Raw: raw}
 	e, err := envelope.Parse(raw, envelope.Limits{})
 	if err != nil {
-		return r, fmt.Errorf("%w: %v", ErrMalformedReply, err)
+		return r, fmt.Errorf("%w: %w", ErrMalformedReply, err)
 	}
 	r.MessageID = string(e.MessageID)
 	var p struct {
@@ -53,7 +53,7 @@ func parseDownlink(id string, mac hash.Hash, raw []byte, at time.Time) (*Reply, 
 		Error     string          `json:"error"`
 	}
 	if err := json.Unmarshal(e.Payload, &p); err != nil {
-		return r, fmt.Errorf("%w: payload: %v", ErrMalformedReply, err)
+		return r, fmt.Errorf("%w: payload: %w", ErrMalformedReply, err)
 	}
 	if p.InReplyTo != nil {
 		r.InReplyTo = *p.InReplyTo
