@@ -128,10 +128,18 @@ func brokerURL(u string) string {
 	return ""
 }
 
-// tlsConfig returns the client TLS configuration of c.
+// tlsConfig returns the client TLS configuration of c. Its certificate's
+// CN must be the device id: the broker takes the CN as the device's
+// identity, so any other id would publish where the ACL drops everything.
 func (c *Config) tlsConfig() (*tls.Config, error) {
 	if c.TLS != nil {
-		return c.TLS.Clone(), nil
+		cfg := c.TLS.Clone()
+		if len(cfg.Certificates) > 0 {
+			if err := c.checkCN(cfg.Certificates[0]); err != nil {
+				return nil, err
+			}
+		}
+		return cfg, nil
 	}
 	ca, err := os.ReadFile(c.CAFile)
 	if err != nil {
@@ -145,6 +153,9 @@ func (c *Config) tlsConfig() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load certificate of %s: %w", c.DeviceID, err)
 	}
+	if err := c.checkCN(pair); err != nil {
+		return nil, err
+	}
 	return &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
 }
 
@@ -153,4 +164,19 @@ func orDuration(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// checkCN checks that cert's Common Name is the device id.
+func (c *Config) checkCN(cert tls.Certificate) error {
+	if len(cert.Certificate) == 0 {
+		return fmt.Errorf("%w: empty client certificate", ErrConfig)
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("parse certificate of %s: %w", c.DeviceID, err)
+	}
+	if cn := leaf.Subject.CommonName; cn != c.DeviceID {
+		return fmt.Errorf("%w: the certificate is for %q, not for device %q (the broker takes the CN as the device id)", ErrConfig, cn, c.DeviceID)
+	}
+	return nil
 }

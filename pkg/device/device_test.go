@@ -2,8 +2,14 @@ package device
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"strings"
 	"sync"
 	"testing"
@@ -287,5 +293,26 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("err = %v, want ErrConfig with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// A certificate for another device is refused before connecting: the
+// broker would take its CN as the device id and drop every message.
+func TestDialRefusesCertificateOfAnotherDevice(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sensor-2"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Broker: "ssl://127.0.0.1:1", DeviceID: testID, Secret: []byte(testSecret),
+		TLS: &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}
+	_, err = Dial(context.Background(), cfg)
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), `"sensor-2"`) {
+		t.Fatalf("err = %v, want ErrConfig naming the certificate's CN", err)
 	}
 }
