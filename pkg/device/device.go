@@ -39,6 +39,9 @@ type Device struct {
 
 	mu      sync.Mutex // guards waiters
 	waiters map[string]chan result
+
+	closeOnce sync.Once
+	closed    chan struct{}
 }
 
 // result is what a Request waits for.
@@ -70,6 +73,7 @@ func Dial(ctx context.Context, cfg Config) (*Device, error) {
 		downMAC:     envelope.NewDownlinkMAC(secret),
 		waiters:     map[string]chan result{},
 		publishOnly: cfg.PublishOnly,
+		closed:      make(chan struct{}),
 	}
 	if d.now == nil {
 		d.now = time.Now
@@ -149,9 +153,18 @@ func subackError(t mqtt.Token, topic string, timeout time.Duration) error {
 // ID returns the device id.
 func (d *Device) ID() string { return d.id }
 
-// Close disconnects, waiting up to 250 ms for in-flight work. Requests
-// still waiting end with their context.
-func (d *Device) Close() { d.client.Disconnect(250) }
+// Close disconnects, waiting up to 250 ms for in-flight work; Requests
+// still waiting for a reply end with ErrClosed. Close may be called more
+// than once.
+func (d *Device) Close() {
+	d.closeOnce.Do(func() {
+		close(d.closed)
+		d.client.Disconnect(250)
+	})
+}
+
+// ErrClosed is the error of a Request still waiting when Close was called.
+var ErrClosed = errors.New("device: closed")
 
 // Message is a signed envelope ready to send.
 type Message struct {
@@ -261,6 +274,8 @@ func (d *Device) RequestMessage(ctx context.Context, m Message) (*Reply, error) 
 		return res.r, res.err
 	case <-ctx.Done():
 		return nil, fmt.Errorf("reply to %s: %w", m.ID, ctx.Err())
+	case <-d.closed:
+		return nil, fmt.Errorf("reply to %s: %w", m.ID, ErrClosed)
 	}
 }
 

@@ -40,7 +40,10 @@ func (t fakeToken) Error() error                 { return t.err }
 type fakeClient struct {
 	mqtt.Client // nil: any other method panics
 	answer      func(topic string, raw []byte)
+	disconnect  func()
 }
+
+func (c *fakeClient) Disconnect(uint) { c.disconnect() }
 
 func (c *fakeClient) Publish(topic string, _ byte, _ bool, payload any) mqtt.Token {
 	c.answer(topic, payload.([]byte))
@@ -60,7 +63,7 @@ func newTestDevice(t *testing.T, answer func(d *Device, topic string, raw []byte
 	d := &Device{
 		id: testID, now: func() time.Time { return testNow },
 		signMAC: envelope.NewMAC([]byte(testSecret)), downMAC: envelope.NewDownlinkMAC([]byte(testSecret)),
-		waiters: map[string]chan result{},
+		waiters: map[string]chan result{}, closed: make(chan struct{}),
 	}
 	d.client = &fakeClient{answer: func(topic string, raw []byte) { answer(d, topic, raw) }}
 	return d
@@ -314,5 +317,17 @@ func TestDialRefusesCertificateOfAnotherDevice(t *testing.T) {
 	_, err = Dial(context.Background(), cfg)
 	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), `"sensor-2"`) {
 		t.Fatalf("err = %v, want ErrConfig naming the certificate's CN", err)
+	}
+}
+
+// Close ends a Request that is still waiting for its reply.
+func TestCloseEndsRequest(t *testing.T) {
+	sent := make(chan struct{})
+	d := newTestDevice(t, func(*Device, string, []byte) { close(sent) })
+	d.client.(*fakeClient).disconnect = func() {}
+	go func() { <-sent; d.Close(); d.Close() }()
+	_, err := d.Request(context.Background(), []byte(`1`))
+	if !errors.Is(err, ErrClosed) {
+		t.Fatalf("err = %v, want ErrClosed", err)
 	}
 }
