@@ -599,7 +599,7 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 		row.Observed, row.Pass = "skipped (--intruder \"\")", true
 		return row
 	}
-	before, metricErr := d.unknownDevices(ctx)
+	before, metricErr := d.rejectedCount(ctx, "unknown_device")
 	// It has no secret the gateway knows: any will do.
 	dev, err := d.connect(ctx, id, envelope.NewMessageID())
 	if err != nil {
@@ -617,7 +617,7 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 		// Wait until the gateway has judged it, then a moment for a reply.
 		deadline := time.Now().Add(d.o.timeout)
 		for {
-			after, err := d.unknownDevices(ctx)
+			after, err := d.rejectedCount(ctx, "unknown_device")
 			if err == nil && after > before {
 				counted = fmt.Sprintf("; gateway counted unknown_device +%g", after-before)
 				break
@@ -644,24 +644,6 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 	}
 	row.Observed, row.Pass = d.checkBackend(ctx, obs, pass, msgID, 0)
 	return row
-}
-
-// unknownDevices reads the gateway's unknown_device rejection counter.
-func (d *demo) unknownDevices(ctx context.Context) (float64, error) {
-	if d.o.metrics == "" {
-		return 0, nil
-	}
-	body, err := d.get(ctx, d.o.metrics)
-	if err != nil {
-		return 0, err
-	}
-	const series = `iotgw_messages_rejected_total{reason="unknown_device"} `
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, series); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	return 0, errors.New("no unknown_device series in " + d.o.metrics)
 }
 
 func (d *demo) get(ctx context.Context, u string) ([]byte, error) {
