@@ -180,3 +180,13 @@ func (c *Config) checkCN(cert tls.Certificate) error {
 	}
 	return nil
 }
+
+// String describes c without its secret, so printing a Config (%v, %+v)
+// never shows it.
+func (c Config) String() string {
+	return fmt.Sprintf("device.Config{Broker:%q DeviceID:%q CAFile:%q CertFile:%q KeyFile:%q Secret:[%d bytes redacted]}",
+		c.Broker, c.DeviceID, c.CAFile, c.CertFile, c.KeyFile, len(c.Secret))
+}
+
+// GoString is String, for %#v.
+func (c Config) GoString() string { return c.String() }

@@ -153,6 +153,13 @@ func subackError(t mqtt.Token, topic string, timeout time.Duration) error {
 // ID returns the device id.
 func (d *Device) ID() string { return d.id }
 
+// String names the device, and nothing of its keys (its HMAC states hold
+// key material), for %v, %+v and %s.
+func (d *Device) String() string { return "device.Device{ID:" + strconv.Quote(d.id) + "}" }
+
+// GoString is String, for %#v.
+func (d *Device) GoString() string { return d.String() }
+
 // Close disconnects, waiting up to 250 ms for in-flight work; Requests
 // still waiting for a reply end with ErrClosed. Close may be called more
 // than once.

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"sync"
@@ -329,5 +330,21 @@ func TestCloseEndsRequest(t *testing.T) {
 	_, err := d.Request(context.Background(), []byte(`1`))
 	if !errors.Is(err, ErrClosed) {
 		t.Fatalf("err = %v, want ErrClosed", err)
+	}
+}
+
+func TestConfigPrintsNoSecret(t *testing.T) {
+	c := Config{DeviceID: testID, Secret: []byte(testSecret), Broker: "ssl://127.0.0.1:8883"}
+	for _, verb := range []string{"%v", "%+v", "%#v", "%s"} {
+		if s := fmt.Sprintf(verb, c); strings.Contains(s, testSecret) || !strings.Contains(s, testID) {
+			t.Errorf("%s: %s", verb, s)
+		}
+		if s := fmt.Sprintf(verb, &c); strings.Contains(s, testSecret) {
+			t.Errorf("%s of a pointer: %s", verb, s)
+		}
+		d := newTestDevice(t, nil)
+		if s := fmt.Sprintf(verb, d); s != `device.Device{ID:"`+testID+`"}` {
+			t.Errorf("%s of a Device: %s", verb, s)
+		}
 	}
 }
