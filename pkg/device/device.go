@@ -51,11 +51,13 @@ type result struct {
 }
 
 // Dial connects cfg.DeviceID to the broker over mutual TLS (MQTT 3.1.1,
-// clean session), subscribes to its response topic at QoS 1 (unless
-// cfg.PublishOnly), and returns once the broker granted the subscription,
-// so no reply is missed. It
-// fails when ctx ends first, the broker refuses the connection or the
-// subscription, or cfg is invalid (ErrConfig).
+// clean session, client id = the device id), subscribes to its response
+// topic at QoS 1 (unless cfg.PublishOnly), and returns once the broker
+// granted the subscription, so no reply is missed. It fails when ctx ends
+// first, the broker refuses the connection or the subscription, or cfg is
+// invalid (ErrConfig, also for a certificate whose CN is not the device
+// id). After a lost connection Paho reconnects by itself (unless
+// cfg.NoReconnect) and Dial's handler subscribes again.
 func Dial(ctx context.Context, cfg Config) (*Device, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
