@@ -308,41 +308,24 @@ func (d *demo) valid(ctx context.Context) []byte {
 	for _, dev := range []*demoDevice{d.a, d.b} {
 		row := demoRow{Scenario: "(a) valid readings from " + dev.id,
 			Expected: fmt.Sprintf("%d forwarded, status 200", d.o.readings)}
-		mark := dev.mark()
-		var ids []string
-		var err error
-		for i := 1; i <= d.o.readings && err == nil; i++ {
-			id, raw := dev.message(time.Now().Unix(), reading(i))
-			if err = d.publish(dev, dataTopic(dev.id), raw); err == nil {
-				ids = append(ids, id)
+		ok, seen, problems := 0, 0, []string(nil)
+		for i := 1; i <= d.o.readings; i++ {
+			m, problem := d.request(ctx, dev, reading(i))
+			if problem != "" {
+				problems = append(problems, problem)
+			} else {
+				ok++
 				if first == nil {
-					first = raw
+					first = m.Raw
 				}
 			}
-		}
-		ok, seen, problems := 0, 0, []string(nil)
-		for _, id := range ids {
-			r, got := dev.replyTo(ctx, mark, id, d.o.timeout)
-			switch {
-			case !got:
-				problems = append(problems, "no reply")
-			case !r.Verified:
-				problems = append(problems, r.Problem)
-			case r.Status != 200:
-				problems = append(problems, "got "+describe(r))
-			default:
-				ok++
-			}
-			if n, err := d.backendCount(ctx, id); err == nil && n > 0 {
+			if n, err := d.backendCount(ctx, m.ID); err == nil && n > 0 {
 				seen++
 			}
 		}
 		row.Observed = fmt.Sprintf("%d/%d status 200", ok, d.o.readings)
 		if d.hasBackend() {
 			row.Observed += fmt.Sprintf(", backend got %d/%d", seen, d.o.readings)
-		}
-		if err != nil {
-			problems = append(problems, "publish: "+err.Error())
 		}
 		if len(problems) > 0 {
 			row.Observed += " (" + problems[0] + ")"
@@ -351,6 +334,29 @@ func (d *demo) valid(ctx context.Context) []byte {
 		d.rows = append(d.rows, row)
 	}
 	return first
+}
+
+// request sends payload from dev as any device does, with pkg/device's
+// RequestMessage (signed now, published at QoS 1, its reply awaited and
+// verified with the downlink key), and returns the message and "" when
+// the backend answered 200, else what happened instead.
+func (d *demo) request(ctx context.Context, dev *demoDevice, payload []byte) (device.Message, string) {
+	m := dev.Sign(time.Now(), payload)
+	ctx, cancel := context.WithTimeout(ctx, 2*d.o.timeout) // the PUBACK, then the reply
+	defer cancel()
+	r, err := dev.RequestMessage(ctx, m)
+	var rej *device.RejectedError
+	switch {
+	case errors.As(err, &rej):
+		return m, "got rejected: " + rej.Reason
+	case errors.Is(err, context.DeadlineExceeded):
+		return m, "no reply"
+	case err != nil:
+		return m, strings.TrimPrefix(err.Error(), "device: ")
+	case r.Status != 200:
+		return m, "got forwarded, status " + strconv.Itoa(r.Status)
+	}
+	return m, ""
 }
 
 // expectRejection publishes raw from dev on topic and expects the signed
@@ -483,13 +489,8 @@ func (d *demo) crossTopic(ctx context.Context) demoRow {
 // on its own topic and waits for the probe's reply (the gateway handles a
 // device's messages in order), then --quiet more.
 func (d *demo) silence(ctx context.Context, dev *demoDevice, mark int, id string) (string, bool) {
-	probeMark := dev.mark()
-	probe, raw := dev.message(time.Now().Unix(), reading(99))
-	if err := d.publish(dev, dataTopic(dev.id), raw); err != nil {
-		return "probe publish failed: " + err.Error(), false
-	}
-	if r, ok := dev.replyTo(ctx, probeMark, probe, d.o.timeout); !ok || !r.Verified || r.Status != 200 {
-		return fmt.Sprintf("probe from %s not answered with 200 in %v", dev.id, d.o.timeout), false
+	if _, problem := d.request(ctx, dev, reading(99)); problem != "" {
+		return fmt.Sprintf("probe from %s not answered with 200 (%s)", dev.id, problem), false
 	}
 	if ok := sleepCtx(ctx, d.o.quiet); !ok {
 		return ctx.Err().Error(), false
@@ -846,16 +847,9 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 		}
 	}
 	// The second device, right behind the flood.
-	markB := d.b.mark()
-	probe, raw := d.b.message(time.Now().Unix(), reading(98))
 	probeAt := time.Now()
-	if err := d.publish(d.b, dataTopic(d.b.id), raw); err != nil {
-		row.Observed = "probe publish: " + err.Error()
-		return row
-	}
-	r, ok := d.b.replyTo(ctx, markB, probe, d.o.timeout)
-	if !ok || !r.Verified || r.Status != 200 {
-		row.Observed = fmt.Sprintf("%s not answered with 200 in %v during the flood", d.b.id, d.o.timeout)
+	if _, problem := d.request(ctx, d.b, reading(98)); problem != "" {
+		row.Observed = fmt.Sprintf("%s not answered with 200 during the flood (%s)", d.b.id, problem)
 		return row
 	}
 	bLatency := time.Since(probeAt)
@@ -933,27 +927,15 @@ func (d *demo) takeover(ctx context.Context) demoRow {
 			problems = append(problems, "intruder connect: "+shortErr(err))
 			continue
 		}
-		mark := d.a.mark()
-		var ids []string
 		for i := range perRound {
-			id, raw := d.a.message(time.Now().Unix(), reading(100+round*perRound+i))
-			if err := d.publish(d.a, dataTopic(d.a.id), raw); err != nil {
-				problems = append(problems, "publish: "+err.Error())
-				continue
-			}
-			ids = append(ids, id)
-		}
-		for _, id := range ids {
 			total++
-			r, answered := d.a.replyTo(ctx, mark, id, d.o.timeout)
-			if answered && r.Verified && r.Status == 200 {
+			m, problem := d.request(ctx, d.a, reading(100+round*perRound+i))
+			if problem == "" {
 				ok++
-			} else if !answered {
-				problems = append(problems, "no reply")
 			} else {
-				problems = append(problems, "got "+describe(r))
+				problems = append(problems, problem)
 			}
-			if n, err := d.backendCount(ctx, id); err == nil && n == 1 {
+			if n, err := d.backendCount(ctx, m.ID); err == nil && n == 1 {
 				seen++
 			}
 		}
