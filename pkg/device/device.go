@@ -261,7 +261,9 @@ func (d *Device) Request(ctx context.Context, payload []byte) (*Reply, error) {
 //
 // To retry after a timeout without risking a duplicate, send the same m
 // again: the gateway answers it, or rejects it as "replay" when the first
-// copy was accepted (while m's timestamp is fresh, ±5 minutes).
+// copy was accepted (while m's timestamp is fresh, ±5 minutes). Run at
+// most one RequestMessage for a given m at a time: the waiter is keyed by
+// its message id.
 func (d *Device) RequestMessage(ctx context.Context, m Message) (*Reply, error) {
 	if d.publishOnly {
 		return nil, ErrPublishOnly
