@@ -3,17 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -21,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iotgw/iotgw/pkg/config"
+	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/pki"
@@ -197,91 +193,40 @@ func (f *fleet) tlsConfig(id string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// signer signs messages for one device. It is not safe for concurrent use.
-type signer struct {
-	id     string
-	secret []byte
-	mac    hash.Hash
-}
-
-func newSigner(id string, secret []byte) *signer {
-	return &signer{id: id, secret: secret, mac: envelope.NewMAC(secret)}
-}
-
-// message returns a new signed message with timestamp ts and payload, and
-// its message id.
-func (s *signer) message(ts int64, payload []byte) (id string, raw []byte) {
-	id = string(envelope.NewMessageID())
-	e := envelope.Envelope{DeviceID: s.id, Timestamp: ts, TimestampRaw: strconv.AppendInt(nil, ts, 10),
-		MessageID: []byte(id), Payload: payload}
-	e.Signature = envelope.SignWith(s.mac, &e)
-	return id, envelope.AppendJSON(make([]byte, 0, 192+len(payload)), &e)
-}
-
-// reply is a downlink message from the gateway on device/<id>/response.
-type reply struct {
-	// Verified is true when the envelope parsed, names the device and
-	// carries a valid signature under the device's downlink key.
-	Verified bool
-	// Problem says why Verified is false.
-	Problem string
-	// InReplyTo is the uplink message id, "" for null.
-	InReplyTo string
-	// Status is the backend's HTTP status after a forward, 0 otherwise.
-	Status int
-	// Body is the backend's body after a forward.
-	Body json.RawMessage
-	// Error is the rejection reason after a rejection, "" otherwise.
-	Error string
-	// At is when it arrived.
-	At time.Time
-	// Raw is the downlink exactly as received.
-	Raw []byte
-}
-
-// parseReply parses and verifies a downlink for device id; mac is
-// envelope.NewDownlinkMAC of the device's secret.
-func parseReply(id string, mac hash.Hash, raw []byte, at time.Time) reply {
-	r := reply{At: at, Raw: raw}
-	e, err := envelope.Parse(raw, envelope.Limits{})
+// device connects device id with its certificate through pkg/device:
+// signed messages, the response topic subscribed before it returns, and
+// every downlink verified with the device's downlink key and passed to
+// onDownlink; with a nil onDownlink the device only publishes (no
+// subscription). reconnect lets Paho reconnect after a lost connection.
+func (f *fleet) device(ctx context.Context, id string, secret []byte, reconnect bool, onDownlink func(*device.Reply, error)) (*device.Device, error) {
+	cfg, err := f.tlsConfig(id)
 	if err != nil {
-		r.Problem = "malformed reply: " + err.Error()
-		return r
+		return nil, err
 	}
-	if e.DeviceID != id {
-		r.Problem = "reply names device " + e.DeviceID
-		return r
-	}
-	var p struct {
-		InReplyTo *string         `json:"in_reply_to"`
-		Status    int             `json:"status"`
-		Body      json.RawMessage `json:"body"`
-		Error     string          `json:"error"`
-	}
-	if err := json.Unmarshal(e.Payload, &p); err != nil {
-		r.Problem = "reply payload: " + err.Error()
-		return r
-	}
-	if p.InReplyTo != nil {
-		r.InReplyTo = *p.InReplyTo
-	}
-	r.Status, r.Body, r.Error = p.Status, p.Body, p.Error
-	if !envelope.Verify(mac, &e) {
-		r.Problem = "reply signature invalid"
-		return r
-	}
-	r.Verified = true
-	return r
+	return device.Dial(ctx, device.Config{
+		Broker:               f.opts.broker,
+		TLS:                  cfg,
+		DeviceID:             id,
+		Secret:               secret,
+		ConnectTimeout:       f.opts.connectTimeout,
+		NoReconnect:          !reconnect,
+		MaxReconnectInterval: 2 * time.Second,
+		OnDownlink:           onDownlink,
+		PublishOnly:          onDownlink == nil,
+		// Batches each connection's packets into fewer TLS records and
+		// system calls under load, as the gateway does.
+		OpenConnection: mqttio.OpenTLS(cfg, f.opts.connectTimeout),
+	})
 }
 
-// connectOptions configures dial.
+// connectOptions configures dial, the raw Paho connection of the demo
+// rows that play what no device does (no certificate, a foreign CA, a
+// chosen client id); every device connects through fleet.device.
 type connectOptions struct {
 	// ClientID is the MQTT client id.
 	ClientID string
 	// TLS is the client TLS configuration.
 	TLS *tls.Config
-	// Reconnect makes Paho reconnect by itself after a lost connection.
-	Reconnect bool
 	// Persistent asks for a persistent session (clean session off).
 	Persistent bool
 	// Subscribe, when set, is subscribed at QoS 1 with OnMessage on every
@@ -291,7 +236,7 @@ type connectOptions struct {
 	OnMessage mqtt.MessageHandler
 }
 
-// dial connects one client, with a clean session unless co.Persistent.
+// dial connects one raw client, with a clean session unless co.Persistent.
 func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, error) {
 	subscribed := make(chan error, 1)
 	opts := mqtt.NewClientOptions().
@@ -307,8 +252,7 @@ func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, 
 		SetKeepAlive(30 * time.Second).
 		SetConnectTimeout(o.connectTimeout).
 		SetWriteTimeout(o.connectTimeout).
-		SetAutoReconnect(co.Reconnect).
-		SetMaxReconnectInterval(2 * time.Second).
+		SetAutoReconnect(false).
 		SetConnectRetry(false)
 	if co.Subscribe != "" {
 		opts.SetOnConnectHandler(func(c mqtt.Client) {
@@ -357,14 +301,6 @@ func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, 
 	}
 }
 
-// clientID returns a client id for device id that no other run uses, so
-// two runs never knock each other off the broker.
-func clientID(id, role string) string {
-	var b [4]byte
-	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
-	return id + "-" + role + "-" + hex.EncodeToString(b[:])
-}
-
 // splitIDs parses a comma-separated list of device ids.
 func splitIDs(flag, s string) ([]string, error) {
 	var ids []string
@@ -384,14 +320,6 @@ func splitIDs(flag, s string) ([]string, error) {
 		ids = append(ids, id)
 	}
 	return ids, nil
-}
-
-// waitToken waits for t within d; a timeout is an error.
-func waitToken(t mqtt.Token, d time.Duration) error {
-	if !t.WaitTimeout(d) {
-		return fmt.Errorf("no acknowledgement after %v", d)
-	}
-	return t.Error()
 }
 
 // errSimFailed is returned when the simulation ran but its checks failed

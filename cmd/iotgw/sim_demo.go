@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"math/big"
 	"net/http"
@@ -26,6 +25,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 )
@@ -113,15 +113,32 @@ type demoRow struct {
 	Pass     bool   `json:"pass"`
 }
 
-// demoDevice is a connected device that records its replies.
+// demoDevice is a device connected through pkg/device that records every
+// downlink it receives.
 type demoDevice struct {
-	*signer
-	client mqtt.Client
+	*device.Device
+	id string
 
-	mu      sync.Mutex // guards replies and verify
+	mu      sync.Mutex // guards replies
 	replies []reply
-	verify  hash.Hash
 	notify  chan struct{}
+}
+
+// reply is one downlink a demo device received, as pkg/device read it.
+type reply struct {
+	// Verified is true when pkg/device verified it: an envelope naming the
+	// device, signed with its downlink key.
+	Verified bool
+	// Problem says why Verified is false.
+	Problem string
+	// InReplyTo is the uplink message id, "" for null.
+	InReplyTo string
+	// Status is the backend's HTTP status after a forward, 0 otherwise.
+	Status int
+	// Error is the rejection reason after a rejection, "" otherwise.
+	Error string
+	// Raw is the downlink exactly as received.
+	Raw []byte
 }
 
 // demo runs the scenarios.
@@ -147,11 +164,11 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 	if d.a, err = d.connect(ctx, ids[0], f.secrets[ids[0]]); err != nil {
 		return err
 	}
-	defer d.a.client.Disconnect(100)
+	defer d.a.Close()
 	if d.b, err = d.connect(ctx, ids[1], f.secrets[ids[1]]); err != nil {
 		return err
 	}
-	defer d.b.client.Disconnect(100)
+	defer d.b.Close()
 
 	accepted := d.valid(ctx)
 	steps := []func(context.Context) demoRow{
@@ -200,36 +217,37 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 	return nil
 }
 
-// connect connects id with its certificate and subscribes to its replies,
-// which it verifies with secret.
+// connect connects id through pkg/device and records its downlinks,
+// which pkg/device verifies with secret's downlink key.
 func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevice, error) {
-	cfg, err := d.f.tlsConfig(id)
-	if err != nil {
-		return nil, err
-	}
-	dev := &demoDevice{signer: newSigner(id, secret), notify: make(chan struct{}, 1)}
-	dev.verify = envelope.NewDownlinkMAC(dev.secret)
-	dev.client, err = d.so.dial(ctx, connectOptions{
-		ClientID:  clientID(id, "demo"),
-		TLS:       cfg,
-		Subscribe: "device/" + id + "/response",
-		OnMessage: func(_ mqtt.Client, m mqtt.Message) { dev.received(m.Payload()) },
-	})
+	dev := &demoDevice{id: id, notify: make(chan struct{}, 1)}
+	var err error
+	dev.Device, err = d.f.device(ctx, id, secret, false, dev.received)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s to %s: %w", id, d.so.broker, err)
 	}
 	return dev, nil
 }
 
-func (dev *demoDevice) received(raw []byte) {
-	at := time.Now()
+func (dev *demoDevice) received(r *device.Reply, err error) {
+	rep := reply{Verified: err == nil, InReplyTo: r.InReplyTo, Status: r.Status, Error: r.Reason, Raw: r.Raw}
+	if err != nil {
+		rep.Problem = strings.TrimPrefix(err.Error(), "device: ")
+	}
 	dev.mu.Lock()
-	dev.replies = append(dev.replies, parseReply(dev.id, dev.verify, raw, at))
+	dev.replies = append(dev.replies, rep)
 	dev.mu.Unlock()
 	select {
 	case dev.notify <- struct{}{}:
 	default:
 	}
+}
+
+// message returns a new message of dev signed with its secret, timestamp
+// ts, and its message id.
+func (dev *demoDevice) message(ts int64, payload []byte) (id string, raw []byte) {
+	m := dev.Sign(time.Unix(ts, 0), payload)
+	return m.ID, m.Raw
 }
 
 // mark returns a position in the reply history; replyTo only looks after it.
@@ -272,7 +290,9 @@ func (dev *demoDevice) since(mark int) []reply {
 
 // publish sends raw on topic at QoS 1 and waits for the broker's PUBACK.
 func (d *demo) publish(dev *demoDevice, topic string, raw []byte) error {
-	return waitToken(dev.client.Publish(topic, 1, false, raw), d.o.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), d.o.timeout)
+	defer cancel()
+	return dev.PublishRaw(ctx, topic, raw)
 }
 
 func dataTopic(id string) string { return "device/" + id + "/data" }
@@ -288,41 +308,24 @@ func (d *demo) valid(ctx context.Context) []byte {
 	for _, dev := range []*demoDevice{d.a, d.b} {
 		row := demoRow{Scenario: "(a) valid readings from " + dev.id,
 			Expected: fmt.Sprintf("%d forwarded, status 200", d.o.readings)}
-		mark := dev.mark()
-		var ids []string
-		var err error
-		for i := 1; i <= d.o.readings && err == nil; i++ {
-			id, raw := dev.message(time.Now().Unix(), reading(i))
-			if err = d.publish(dev, dataTopic(dev.id), raw); err == nil {
-				ids = append(ids, id)
+		ok, seen, problems := 0, 0, []string(nil)
+		for i := 1; i <= d.o.readings; i++ {
+			m, problem := d.request(ctx, dev, reading(i))
+			if problem != "" {
+				problems = append(problems, problem)
+			} else {
+				ok++
 				if first == nil {
-					first = raw
+					first = m.Raw
 				}
 			}
-		}
-		ok, seen, problems := 0, 0, []string(nil)
-		for _, id := range ids {
-			r, got := dev.replyTo(ctx, mark, id, d.o.timeout)
-			switch {
-			case !got:
-				problems = append(problems, "no reply")
-			case !r.Verified:
-				problems = append(problems, r.Problem)
-			case r.Status != 200:
-				problems = append(problems, "got "+describe(r))
-			default:
-				ok++
-			}
-			if n, err := d.backendCount(ctx, id); err == nil && n > 0 {
+			if n, err := d.backendCount(ctx, m.ID); err == nil && n > 0 {
 				seen++
 			}
 		}
 		row.Observed = fmt.Sprintf("%d/%d status 200", ok, d.o.readings)
 		if d.hasBackend() {
 			row.Observed += fmt.Sprintf(", backend got %d/%d", seen, d.o.readings)
-		}
-		if err != nil {
-			problems = append(problems, "publish: "+err.Error())
 		}
 		if len(problems) > 0 {
 			row.Observed += " (" + problems[0] + ")"
@@ -331,6 +334,29 @@ func (d *demo) valid(ctx context.Context) []byte {
 		d.rows = append(d.rows, row)
 	}
 	return first
+}
+
+// request sends payload from dev as any device does, with pkg/device's
+// RequestMessage (signed now, published at QoS 1, its reply awaited and
+// verified with the downlink key), and returns the message and "" when
+// the backend answered 200, else what happened instead.
+func (d *demo) request(ctx context.Context, dev *demoDevice, payload []byte) (device.Message, string) {
+	m := dev.Sign(time.Now(), payload)
+	ctx, cancel := context.WithTimeout(ctx, 2*d.o.timeout) // the PUBACK, then the reply
+	defer cancel()
+	r, err := dev.RequestMessage(ctx, m)
+	var rej *device.RejectedError
+	switch {
+	case errors.As(err, &rej):
+		return m, "got rejected: " + rej.Reason
+	case errors.Is(err, context.DeadlineExceeded):
+		return m, "no reply"
+	case err != nil:
+		return m, strings.TrimPrefix(err.Error(), "device: ")
+	case r.Status != 200:
+		return m, "got forwarded, status " + strconv.Itoa(r.Status)
+	}
+	return m, ""
 }
 
 // expectRejection publishes raw from dev on topic and expects the signed
@@ -425,7 +451,9 @@ func (d *demo) future(ctx context.Context) demoRow {
 }
 
 func (d *demo) wrongSecret(ctx context.Context) demoRow {
-	id, raw := newSigner(d.a.id, envelope.NewMessageID()).message(time.Now().Unix(), reading(93))
+	id := string(envelope.NewMessageID())
+	e := envelope.New(envelope.NewMessageID(), d.a.id, time.Now().Unix(), id, reading(93))
+	raw := envelope.AppendJSON(nil, &e)
 	return d.expectRejection(ctx, "(i) signed with a wrong secret", d.a, dataTopic(d.a.id), id, raw, "bad_signature")
 }
 
@@ -461,13 +489,8 @@ func (d *demo) crossTopic(ctx context.Context) demoRow {
 // on its own topic and waits for the probe's reply (the gateway handles a
 // device's messages in order), then --quiet more.
 func (d *demo) silence(ctx context.Context, dev *demoDevice, mark int, id string) (string, bool) {
-	probeMark := dev.mark()
-	probe, raw := dev.message(time.Now().Unix(), reading(99))
-	if err := d.publish(dev, dataTopic(dev.id), raw); err != nil {
-		return "probe publish failed: " + err.Error(), false
-	}
-	if r, ok := dev.replyTo(ctx, probeMark, probe, d.o.timeout); !ok || !r.Verified || r.Status != 200 {
-		return fmt.Sprintf("probe from %s not answered with 200 in %v", dev.id, d.o.timeout), false
+	if _, problem := d.request(ctx, dev, reading(99)); problem != "" {
+		return fmt.Sprintf("probe from %s not answered with 200 (%s)", dev.id, problem), false
 	}
 	if ok := sleepCtx(ctx, d.o.quiet); !ok {
 		return ctx.Err().Error(), false
@@ -522,7 +545,7 @@ func (d *demo) foreignCA(ctx context.Context) demoRow {
 
 func (d *demo) expectRefused(ctx context.Context, name string, cfg *tls.Config) demoRow {
 	row := demoRow{Scenario: name, Expected: "TLS handshake refused"}
-	c, err := d.so.dial(ctx, connectOptions{ClientID: clientID("nocert", "demo"), TLS: cfg})
+	c, err := d.so.dial(ctx, connectOptions{ClientID: "nocert-demo", TLS: cfg})
 	if err == nil {
 		c.Disconnect(0)
 		row.Observed = "connected"
@@ -577,14 +600,14 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 		row.Observed, row.Pass = "skipped (--intruder \"\")", true
 		return row
 	}
-	before, metricErr := d.unknownDevices(ctx)
+	before, metricErr := d.rejectedCount(ctx, "unknown_device")
 	// It has no secret the gateway knows: any will do.
 	dev, err := d.connect(ctx, id, envelope.NewMessageID())
 	if err != nil {
 		row.Observed = err.Error()
 		return row
 	}
-	defer dev.client.Disconnect(100)
+	defer dev.Close()
 	msgID, raw := dev.message(time.Now().Unix(), reading(95))
 	if err := d.publish(dev, dataTopic(id), raw); err != nil {
 		row.Observed = "publish failed: " + err.Error()
@@ -595,7 +618,7 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 		// Wait until the gateway has judged it, then a moment for a reply.
 		deadline := time.Now().Add(d.o.timeout)
 		for {
-			after, err := d.unknownDevices(ctx)
+			after, err := d.rejectedCount(ctx, "unknown_device")
 			if err == nil && after > before {
 				counted = fmt.Sprintf("; gateway counted unknown_device +%g", after-before)
 				break
@@ -622,24 +645,6 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 	}
 	row.Observed, row.Pass = d.checkBackend(ctx, obs, pass, msgID, 0)
 	return row
-}
-
-// unknownDevices reads the gateway's unknown_device rejection counter.
-func (d *demo) unknownDevices(ctx context.Context) (float64, error) {
-	if d.o.metrics == "" {
-		return 0, nil
-	}
-	body, err := d.get(ctx, d.o.metrics)
-	if err != nil {
-		return 0, err
-	}
-	const series = `iotgw_messages_rejected_total{reason="unknown_device"} `
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, series); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	return 0, errors.New("no unknown_device series in " + d.o.metrics)
 }
 
 func (d *demo) get(ctx context.Context, u string) ([]byte, error) {
@@ -829,31 +834,25 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 	before, metricErr := d.rejectedCount(ctx, "rate_limited")
 	markA := d.a.mark()
 	start := time.Now()
-	toks := make([]mqtt.Token, 0, d.o.flood)
+	sent := make([]*device.Pending, 0, d.o.flood)
 	for i := range d.o.flood {
-		_, raw := d.a.message(time.Now().Unix(), reading(1000+i))
-		toks = append(toks, d.a.client.Publish(dataTopic(d.a.id), 1, false, raw))
+		sent = append(sent, d.a.Send(d.a.Sign(time.Now(), reading(1000+i))))
 	}
-	for _, tok := range toks {
-		if err := waitToken(tok, 4*d.o.timeout); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, 4*d.o.timeout)
+	defer cancel()
+	for _, p := range sent {
+		if err := p.Wait(fctx); err != nil {
 			row.Observed = "flood publish: " + err.Error()
 			return row
 		}
 	}
 	// The second device, right behind the flood.
-	markB := d.b.mark()
-	probe, raw := d.b.message(time.Now().Unix(), reading(98))
-	sent := time.Now()
-	if err := d.publish(d.b, dataTopic(d.b.id), raw); err != nil {
-		row.Observed = "probe publish: " + err.Error()
+	probeAt := time.Now()
+	if _, problem := d.request(ctx, d.b, reading(98)); problem != "" {
+		row.Observed = fmt.Sprintf("%s not answered with 200 during the flood (%s)", d.b.id, problem)
 		return row
 	}
-	r, ok := d.b.replyTo(ctx, markB, probe, d.o.timeout)
-	if !ok || !r.Verified || r.Status != 200 {
-		row.Observed = fmt.Sprintf("%s not answered with 200 in %v during the flood", d.b.id, d.o.timeout)
-		return row
-	}
-	bLatency := time.Since(sent)
+	bLatency := time.Since(probeAt)
 	sleepCtx(ctx, d.o.quiet) // late notices
 	elapsed := time.Since(start)
 	notices := 0
@@ -928,27 +927,15 @@ func (d *demo) takeover(ctx context.Context) demoRow {
 			problems = append(problems, "intruder connect: "+shortErr(err))
 			continue
 		}
-		mark := d.a.mark()
-		var ids []string
 		for i := range perRound {
-			id, raw := d.a.message(time.Now().Unix(), reading(100+round*perRound+i))
-			if err := d.publish(d.a, dataTopic(d.a.id), raw); err != nil {
-				problems = append(problems, "publish: "+err.Error())
-				continue
-			}
-			ids = append(ids, id)
-		}
-		for _, id := range ids {
 			total++
-			r, answered := d.a.replyTo(ctx, mark, id, d.o.timeout)
-			if answered && r.Verified && r.Status == 200 {
+			m, problem := d.request(ctx, d.a, reading(100+round*perRound+i))
+			if problem == "" {
 				ok++
-			} else if !answered {
-				problems = append(problems, "no reply")
 			} else {
-				problems = append(problems, "got "+describe(r))
+				problems = append(problems, problem)
 			}
-			if n, err := d.backendCount(ctx, id); err == nil && n == 1 {
+			if n, err := d.backendCount(ctx, m.ID); err == nil && n == 1 {
 				seen++
 			}
 		}

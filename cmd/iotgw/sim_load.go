@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"sort"
@@ -15,9 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
 )
 
@@ -157,12 +156,11 @@ type replySummary struct {
 
 // loadDevice is one connected simulated device.
 type loadDevice struct {
-	*signer
-	client mqtt.Client
+	id  string
+	dev *device.Device
 
-	mu     sync.Mutex // guards verify and sent
-	verify hash.Hash
-	sent   map[string]time.Time // message id → publish time, awaiting a reply
+	mu   sync.Mutex           // guards sent
+	sent map[string]time.Time // message id → publish time, awaiting a reply
 }
 
 // load is the state of one run.
@@ -287,19 +285,15 @@ func (l *load) connect(ctx context.Context, ids []string) error {
 }
 
 func (l *load) dial(ctx context.Context, id string) (*loadDevice, error) {
-	cfg, err := l.f.tlsConfig(id)
-	if err != nil {
-		return nil, err
-	}
-	d := &loadDevice{signer: newSigner(id, l.f.secrets[id])}
-	co := connectOptions{ClientID: clientID(id, "load"), TLS: cfg, Reconnect: true}
+	d := &loadDevice{id: id}
+	var onDownlink func(*device.Reply, error)
 	if l.o.expectReplies {
-		d.verify = envelope.NewDownlinkMAC(d.secret)
 		d.sent = map[string]time.Time{}
-		co.Subscribe = "device/" + id + "/response"
-		co.OnMessage = func(_ mqtt.Client, m mqtt.Message) { l.reply(d, m.Payload()) }
+		onDownlink = func(r *device.Reply, err error) { l.reply(d, r, err) }
 	}
-	if d.client, err = l.so.dial(ctx, co); err != nil {
+	// Without --expect-replies the device only publishes.
+	var err error
+	if d.dev, err = l.f.device(ctx, id, l.f.secrets[id], true, onDownlink); err != nil {
 		return nil, fmt.Errorf("connect %s: %w", id, err)
 	}
 	return d, nil
@@ -312,21 +306,14 @@ func (l *load) disconnect() {
 			continue
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); d.client.Disconnect(100) }()
+		go func() { defer wg.Done(); d.dev.Close() }()
 	}
 	wg.Wait()
 }
 
-// inflight is a PUBLISH awaiting its PUBACK.
-type inflight struct {
-	tok mqtt.Token
-	id  string
-}
-
 // publish sends d's messages, keeping at most --window unacknowledged.
 func (l *load) publish(ctx context.Context, d *loadDevice, start time.Time) {
-	window := make([]inflight, 0, l.o.window)
-	topic := dataTopic(d.id)
+	window := make([]*device.Pending, 0, l.o.window)
 	payload := make([]byte, 0, 64)
 	for seq := 1; seq <= l.o.messages; seq++ {
 		if !l.pace(ctx, start) {
@@ -334,21 +321,21 @@ func (l *load) publish(ctx context.Context, d *loadDevice, start time.Time) {
 		}
 		now := time.Now()
 		payload = fmt.Appendf(payload[:0], `{"seq":%d,"sent_ns":%d}`, seq, now.UnixNano())
-		id, raw := d.message(now.Unix(), payload)
+		m := d.dev.Sign(now, payload)
 		if d.sent != nil {
 			d.mu.Lock()
-			d.sent[id] = now
+			d.sent[m.ID] = now
 			d.mu.Unlock()
 		}
-		window = append(window, inflight{d.client.Publish(topic, 1, false, raw), id})
+		window = append(window, d.dev.Send(m))
 		l.published.Add(1)
 		if len(window) == l.o.window {
-			l.settle(d, window[0])
+			l.settle(ctx, d, window[0])
 			window = window[1:]
 		}
 	}
 	for _, p := range window {
-		l.settle(d, p)
+		l.settle(ctx, d, p)
 	}
 }
 
@@ -369,15 +356,18 @@ func (l *load) pace(ctx context.Context, start time.Time) bool {
 }
 
 // settle waits for one PUBACK and counts it.
-func (l *load) settle(d *loadDevice, p inflight) {
-	if err := waitToken(p.tok, l.o.publishTimeout); err != nil {
+func (l *load) settle(ctx context.Context, d *loadDevice, p *device.Pending) {
+	wctx, cancel := context.WithTimeout(ctx, l.o.publishTimeout)
+	err := p.Wait(wctx)
+	cancel()
+	if err != nil {
 		if l.errs.Add(1) == 1 {
 			msg := d.id + ": " + err.Error()
 			l.firstErr.Store(&msg)
 		}
 		if d.sent != nil {
 			d.mu.Lock()
-			delete(d.sent, p.id)
+			delete(d.sent, p.ID)
 			d.mu.Unlock()
 		}
 		return
@@ -385,18 +375,18 @@ func (l *load) settle(d *loadDevice, p inflight) {
 	l.acked.Add(1)
 	if l.record != nil {
 		l.recMu.Lock()
-		fmt.Fprintf(l.record, "%s %s\n", d.id, p.id)
+		fmt.Fprintf(l.record, "%s %s\n", d.id, p.ID)
 		l.recMu.Unlock()
 	}
 }
 
-// reply counts one downlink of d. It runs on Paho's goroutines.
-func (l *load) reply(d *loadDevice, raw []byte) {
-	at := time.Now()
+// reply counts one downlink of d, as pkg/device parsed and verified it
+// (err != nil: it did not verify). It runs on Paho's goroutines.
+func (l *load) reply(d *loadDevice, r *device.Reply, err error) {
+	verified := err == nil
 	d.mu.Lock()
-	r := parseReply(d.id, d.verify, raw, at)
 	sent, ok := d.sent[r.InReplyTo]
-	if ok && r.Verified {
+	if ok && verified {
 		delete(d.sent, r.InReplyTo)
 	}
 	d.mu.Unlock()
@@ -405,21 +395,21 @@ func (l *load) reply(d *loadDevice, raw []byte) {
 	defer l.rmu.Unlock()
 	l.replies.Received++
 	switch {
-	case !r.Verified:
+	case !verified:
 		l.replies.BadSignature++
 		return
 	case !ok:
 		l.replies.Unmatched++
 		return
-	case r.Error != "":
-		l.replies.Rejected[r.Error]++
+	case r.Reason != "":
+		l.replies.Rejected[r.Reason]++
 	case r.Status >= 200 && r.Status < 300:
 		l.replies.OK++
 	default:
 		l.replies.OtherStatus++
 	}
 	l.matched++
-	l.latencies = append(l.latencies, at.Sub(sent))
+	l.latencies = append(l.latencies, r.ReceivedAt.Sub(sent))
 }
 
 // awaitReplies waits until every acknowledged message has its reply, or

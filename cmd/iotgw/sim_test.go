@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/iotgw/iotgw/pkg/envelope"
 )
 
 func TestSecretsFromFile(t *testing.T) {
@@ -47,66 +45,6 @@ func TestSecretsFromFile(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestParseReply(t *testing.T) {
-	secret := []byte("0123456789abcdef0123456789abcdef")
-	const id = "sensor_001"
-	// signed returns a downlink as the gateway signs it, with the
-	// downlink key of the device secret key.
-	signed := func(dev string, key []byte, payload string) []byte {
-		e := envelope.New(envelope.DownlinkKey(key), dev, 1700000000, string(envelope.NewMessageID()), []byte(payload))
-		return envelope.AppendJSON(nil, &e)
-	}
-	uplinkKey := envelope.New(secret, id, 1700000000, string(envelope.NewMessageID()), []byte(`{"in_reply_to":"m1","error":"stale"}`))
-	tests := []struct {
-		name    string
-		raw     []byte
-		want    reply
-		problem string
-	}{
-		{"forwarded", signed(id, secret, `{"in_reply_to":"m1","status":200,"body":{"ok":true}}`),
-			reply{Verified: true, InReplyTo: "m1", Status: 200}, ""},
-		{"rejected, null id", signed(id, secret, `{"in_reply_to":null,"error":"malformed"}`),
-			reply{Verified: true, Error: "malformed"}, ""},
-		{"wrong key", signed(id, []byte("another-secret-of-16+"), `{"in_reply_to":"m1","error":"stale"}`),
-			reply{InReplyTo: "m1", Error: "stale"}, "signature invalid"},
-		{"uplink key, not the downlink key", envelope.AppendJSON(nil, &uplinkKey), reply{InReplyTo: "m1", Error: "stale"}, "signature invalid"},
-		{"other device", signed("sensor_002", secret, `{"in_reply_to":"m1","error":"stale"}`), reply{}, "names device sensor_002"},
-		{"not an envelope", []byte(`{"in_reply_to":"m1"}`), reply{}, "malformed reply"},
-		{"payload not a reply", signed(id, secret, `[1,2]`), reply{}, "reply payload"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got := parseReply(id, envelope.NewDownlinkMAC(secret), tc.raw, time.Time{})
-			if !strings.Contains(got.Problem, tc.problem) || (tc.problem == "") != (got.Problem == "") {
-				t.Errorf("Problem = %q, want one containing %q", got.Problem, tc.problem)
-			}
-			if got.Verified != tc.want.Verified || got.InReplyTo != tc.want.InReplyTo || got.Status != tc.want.Status || got.Error != tc.want.Error {
-				t.Errorf("got %+v, want %+v", got, tc.want)
-			}
-		})
-	}
-}
-
-// TestSignerRoundTrip checks that sim's messages pass the gateway's parser
-// and verifier.
-func TestSignerRoundTrip(t *testing.T) {
-	secret := []byte("0123456789abcdef0123456789abcdef")
-	s := newSigner("sensor_001", secret)
-	for i := range 3 {
-		id, raw := s.message(1700000000+int64(i), reading(i))
-		e, err := envelope.Parse(raw, envelope.Limits{})
-		if err != nil {
-			t.Fatalf("Parse(%s): %v", raw, err)
-		}
-		if string(e.MessageID) != id || !envelope.ValidMessageID(e.MessageID) || e.DeviceID != "sensor_001" {
-			t.Errorf("parsed %+v from %s", e, raw)
-		}
-		if !envelope.Verify(envelope.NewMAC(secret), &e) {
-			t.Errorf("signature of %s does not verify", raw)
-		}
 	}
 }
 
