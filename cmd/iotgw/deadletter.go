@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -25,6 +26,11 @@ func newDeadletterCmd() *cobra.Command {
 				return nil, err
 			}
 			p = f.Outbox.Path
+		}
+		// Opening would create an empty database: a typo in --outbox
+		// would then list "0 dead letter(s)".
+		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("outbox %s does not exist (give --outbox, or --config with outbox.path)", p)
 		}
 		cfg := outbox.DefaultConfig()
 		cfg.Path = p

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +57,7 @@ type Gateway struct {
 	commitErr                 atomic.Pointer[string]
 	http                      *http.Server
 	httpLn                    net.Listener
+	unlock                    func() // the outbox lock file (outbox.Lock)
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
@@ -71,6 +73,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if err != nil {
 		return nil, err
 	}
+	// Only `iotgw device add` creates a registry: one created empty here
+	// (a typo in the path) would reject every device as unknown.
+	if _, err := os.Stat(cfg.Registry.Path); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("registry.path: %s does not exist (iotgw device add creates it)", cfg.Registry.Path)
+	} else if err != nil {
+		return nil, fmt.Errorf("registry.path: %w", err)
+	}
 	if g.reg, err = registry.Open(ctx, cfg.Registry.Path, registry.WithKEK(kek), registry.WithClock(now)); err != nil {
 		return nil, fmt.Errorf("registry.path: %w", err)
 	}
@@ -84,6 +93,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if g.keys, err = registry.NewCache(ctx, g.reg); err != nil {
 		g.close()
 		return nil, err
+	}
+	if g.unlock, err = outbox.Lock(cfg.Outbox.Path); err != nil {
+		g.close()
+		return nil, fmt.Errorf("outbox.path: %w", err)
 	}
 	if g.store, err = outbox.Open(ctx, cfg.Outbox); err != nil {
 		g.close()
@@ -292,6 +305,9 @@ func (g *Gateway) close() {
 	}
 	if g.store != nil {
 		g.store.Close()
+	}
+	if g.unlock != nil {
+		g.unlock()
 	}
 	g.abuse.close()
 }

@@ -93,3 +93,11 @@ func TestKeyFileIsASecretFile(t *testing.T) {
 		t.Errorf("missing key: %v", err)
 	}
 }
+
+// TestGatewayIdentityMatchesPKI: the CN checked at start is the one
+// iotgw pki init puts in gateway.crt and the ACL grants.
+func TestGatewayIdentityMatchesPKI(t *testing.T) {
+	if GatewayIdentity != pki.GatewayIdentity {
+		t.Fatalf("mqttio.GatewayIdentity %q != pki.GatewayIdentity %q", GatewayIdentity, pki.GatewayIdentity)
+	}
+}
