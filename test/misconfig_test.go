@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/iotgw/iotgw/pkg/pki"
+	"github.com/iotgw/iotgw/pkg/registry"
 	"github.com/iotgw/iotgw/test/harness"
 )
 
@@ -233,4 +234,40 @@ func flatKeys(t *testing.T, b []byte) map[string]bool {
 	}
 	walk("", doc)
 	return keys
+}
+
+// TestDeviceUsableAtOnce: a device added while the gateway runs is
+// accepted on its first message, sent right after the add, even though the
+// periodic registry refresh is a minute away: the miss re-reads the
+// registry before rejecting unknown_device.
+func TestDeviceUsableAtOnce(t *testing.T) {
+	f := newFixture(t, "sensor-1")
+	g := f.startGateway(gatewayOpts{edit: func(c string) string {
+		return strings.Replace(c, "refresh: 200ms", "refresh: 1m", 1)
+	}})
+	harness.IssueDevice(t, f.certs, "sensor-new")
+	d := f.device("sensor-new") // connected and subscribed before it is registered
+	r, err := registry.Open(context.Background(), f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := registry.NewSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Add(context.Background(), "sensor-new", secret); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	d.secret = secret
+	raw, msgID := d.signed(`{"first":true}`, time.Now().Unix())
+	d.publish("", raw)
+	rep, ok := d.nextReply(10 * time.Second)
+	if !ok {
+		t.Fatalf("no reply to the new device's first message (rejected: %v)", g.metric(`iotgw_messages_rejected_total{reason="unknown_device"}`))
+	}
+	p := replyPayload(t, rep)
+	if !rep.valid || p["in_reply_to"] != msgID || p["status"] != float64(200) {
+		t.Fatalf("first message of a just-added device: reply %s (valid %v)", rep.env.Payload, rep.valid)
+	}
 }
