@@ -106,7 +106,8 @@ within seconds. The outbox is found with --outbox, else outbox.path from
 					return err
 				}
 				if len(ids) > 0 && n != len(ids) {
-					return fmt.Errorf("%sed %d of %d: some ids are not dead letters", use, n, len(ids))
+					past := map[bool]string{true: "retried", false: "dropped"}[retry]
+					return fmt.Errorf("%s %d of %d: some ids are not dead letters", past, n, len(ids))
 				}
 				verb := map[bool]string{true: "moved back to the outbox", false: "dropped"}[retry]
 				fmt.Fprintf(cmd.OutOrStdout(), "%d dead letter(s) %s\n", n, verb)

@@ -113,6 +113,7 @@ func (c LogConfig) Logger() (*zap.Logger, error) {
 	zc.DisableStacktrace = true
 	zc.EncoderConfig.TimeKey = "ts"
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder // "grace":"10s", not 10
 	return zc.Build()
 }
 

@@ -245,6 +245,10 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 	return cl, nil
 }
 
+// OnConnect sets f to run each time the session is connected and
+// subscribed. Call it before Connect; f must not block.
+func (c *Client) OnConnect(f func()) { c.onConnect = f }
+
 // Connected reports whether the session is up and subscribed and the reply
 // connection is up.
 func (c *Client) Connected() bool {
