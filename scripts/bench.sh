@@ -8,12 +8,12 @@
 #   bench/results/<YYYY-MM-DD>.json        every figure, the machine, the sizes
 #   bench/results/<YYYY-MM-DD>.md          the tables (for docs/PERFORMANCE.md)
 #   bench/results/<YYYY-MM-DD>.micro.txt   the micro-benchmarks' output
-# IOTGW_BENCH_OUT overrides the .json path (the others follow it).
+# BENCH_OUT overrides the .json path (the others follow it).
 # Takes about 5 minutes on 2 cores; see docs/PERFORMANCE.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
-out=$(realpath -m "${IOTGW_BENCH_OUT:-bench/results/$(date +%F).json}")
+out=$(realpath -m "${BENCH_OUT:-bench/results/$(date +%F).json}")
 micro=${out%.json}.micro.txt
 mkdir -p "$(dirname "$out")"
 start=$(date +%s)
@@ -23,7 +23,7 @@ echo "== micro-benchmarks: go test -bench . ./pkg/... (output in $micro)"
 
 echo
 echo "== end-to-end benchmark: test/perf (results in $out)"
-IOTGW_BENCH_OUT=$out IOTGW_BENCH_MICRO=$micro \
+BENCH_OUT=$out BENCH_MICRO=$micro \
   "$GO" test -count=1 -run '^$' -bench EndToEnd -benchtime 1x -timeout "${BENCH_TIMEOUT:-15m}" ./test/perf
 
 echo "bench: done in $(( $(date +%s) - start ))s"

@@ -5,15 +5,15 @@
 # the gateway, and "iotgw sim demo", which prints a verdict table.
 #
 # "make demo" runs it after building bin/iotgw. Everything lives in a work
-# directory (./demo-run, recreated on each run; IOTGW_DEMO_DIR overrides
+# directory (./demo-run, recreated on each run; DEMO_DIR overrides
 # it) that keeps the logs afterwards. Every process started here is stopped
 # on exit, even on failure; the exit status is sim's. The system broker on
 # 1883 is never touched.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bin=${IOTGW_BIN:-$root/bin/iotgw}
-work=${IOTGW_DEMO_DIR:-$root/demo-run}
+bin=${DEMO_BIN:-$root/bin/iotgw}
+work=${DEMO_DIR:-$root/demo-run}
 devices=(sensor_001 sensor_002)
 intruder=intruder
 
@@ -25,7 +25,7 @@ case "$work" in
   /*) ;;
   *) work=$PWD/$work ;;
 esac
-case "$work" in *[[:space:]]*) die "work dir \"$work\" contains white space, which Mosquitto cannot read; set IOTGW_DEMO_DIR" ;; esac
+case "$work" in *[[:space:]]*) die "work dir \"$work\" contains white space, which Mosquitto cannot read; set DEMO_DIR" ;; esac
 
 # Mosquitto started as root drops to the mosquitto user, which must be able
 # to reach the certificates: every directory above the work dir must be

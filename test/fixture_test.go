@@ -179,6 +179,14 @@ type gatewayProc struct {
 // startGateway starts `iotgw serve` and waits until /readyz says ready.
 func (f *fixture) startGateway(o gatewayOpts) *gatewayProc {
 	f.t.Helper()
+	g := f.startGatewayNoWait(o)
+	g.waitReady(15 * time.Second)
+	return g
+}
+
+// startGatewayNoWait starts `iotgw serve` without waiting for /readyz.
+func (f *fixture) startGatewayNoWait(o gatewayOpts) *gatewayProc {
+	f.t.Helper()
 	port := harness.FreePort(f.t)
 	cfgPath := filepath.Join(f.dir, "iotgw.yaml")
 	cfg := f.config(port, o)
@@ -207,7 +215,6 @@ func (f *fixture) startGateway(o gatewayOpts) *gatewayProc {
 			f.t.Logf("gateway log %s (last 4 KiB):\n%s", logPath, lastBytes(b, 4096))
 		}
 	})
-	g.waitReady(15 * time.Second)
 	return g
 }
 

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"database/sql"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	outboxpkg "github.com/iotgw/iotgw/pkg/outbox"
 )
 
 // TestAuditRecordsAdminActions: each admin command leaves one entry by
@@ -13,6 +16,11 @@ import (
 func TestAuditRecordsAdminActions(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "registry.db")
 	outbox := filepath.Join(t.TempDir(), "outbox.db")
+	st, err := outboxpkg.Open(context.Background(), outboxpkg.Config{Path: outbox}) // deadletter refuses a missing outbox
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
 	add := runCLI(t, "", "device", "add", "sensor_000", "--db", db)
 	secret := strings.TrimSpace(add.stdout)
 	if add.code != 0 || len(secret) != 64 {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -25,6 +26,11 @@ func newDeadletterCmd() *cobra.Command {
 				return nil, err
 			}
 			p = f.Outbox.Path
+		}
+		// Opening would create an empty database: a typo in --outbox
+		// would then list "0 dead letter(s)".
+		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("outbox %s does not exist (give --outbox, or --config with outbox.path)", p)
 		}
 		cfg := outbox.DefaultConfig()
 		cfg.Path = p
@@ -100,7 +106,8 @@ within seconds. The outbox is found with --outbox, else outbox.path from
 					return err
 				}
 				if len(ids) > 0 && n != len(ids) {
-					return fmt.Errorf("%sed %d of %d: some ids are not dead letters", use, n, len(ids))
+					past := map[bool]string{true: "retried", false: "dropped"}[retry]
+					return fmt.Errorf("%s %d of %d: some ids are not dead letters", past, n, len(ids))
 				}
 				verb := map[bool]string{true: "moved back to the outbox", false: "dropped"}[retry]
 				fmt.Fprintf(cmd.OutOrStdout(), "%d dead letter(s) %s\n", n, verb)

@@ -37,7 +37,7 @@ SIGINT/SIGTERM drain in-flight work within shutdown_grace and exit 0.`,
 			}
 			defer log.Sync() //nolint:errcheck
 			ctx := cmd.Context()
-			g, err := gateway.New(ctx, cfg.Config, log.With(zap.String("component", "gateway")), time.Now)
+			g, err := gateway.New(ctx, cfg.Config, log, time.Now)
 			if err != nil {
 				return err
 			}

@@ -64,6 +64,9 @@ func load(path string) (File, error) {
 	v.SetEnvPrefix("IOTGW")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
+	if err := checkEnv(v.AllKeys(), os.Environ()); err != nil {
+		return def, err
+	}
 	if path != "" {
 		if _, err := os.Stat(path); err != nil {
 			return def, fmt.Errorf("config file %s: %w", path, errors.Unwrap(err))
@@ -110,6 +113,7 @@ func (c LogConfig) Logger() (*zap.Logger, error) {
 	zc.DisableStacktrace = true
 	zc.EncoderConfig.TimeKey = "ts"
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.EncoderConfig.EncodeDuration = zapcore.StringDurationEncoder // "grace":"10s", not 10
 	return zc.Build()
 }
 
@@ -173,4 +177,61 @@ func oneLine(err error) string {
 		}
 	}
 	return strings.ReplaceAll(strings.Join(parts, "; "), "'' has invalid keys:", "unknown top-level keys:")
+}
+
+// EnvPrefix starts every environment variable that sets a key.
+const EnvPrefix = "IOTGW_"
+
+// EnvName returns the environment variable that sets key (e.g.
+// backend.url → IOTGW_BACKEND_URL).
+func EnvName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// checkEnv refuses an IOTGW_ variable that sets no key: a misspelt one
+// would otherwise be ignored without a word. It names the closest known
+// variable.
+func checkEnv(keys, environ []string) error {
+	known := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		known[EnvName(k)] = true
+	}
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) || known[name] {
+			continue
+		}
+		best, bestD := "", 4 // suggest only a near miss
+		for k := range known {
+			if d := distance(name, k); d < bestD || (d == bestD && k < best) {
+				best, bestD = k, d
+			}
+		}
+		if best != "" {
+			return fmt.Errorf("%s: unknown setting; did you mean %s?", name, best)
+		}
+		return fmt.Errorf("%s: unknown setting (variables starting %s set config keys, e.g. IOTGW_BACKEND_URL; see iotgw config print-defaults)", name, EnvPrefix)
+	}
+	return nil
+}
+
+// distance is the Levenshtein edit distance between a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

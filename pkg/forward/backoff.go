@@ -36,7 +36,12 @@ type Breaker struct {
 	failures  int
 	openUntil time.Time
 	probing   bool
+	onChange  func(open bool)
 }
+
+// OnChange sets f to run when the breaker opens (true) or closes again
+// (false), outside its lock. Call it before use; f must not block.
+func (b *Breaker) OnChange(f func(open bool)) { b.onChange = f }
 
 // NewBreaker returns a closed breaker.
 func NewBreaker(threshold int, cooldown time.Duration, now func() time.Time) *Breaker {
@@ -63,8 +68,12 @@ func (b *Breaker) Allow() (bool, time.Duration) {
 // Success records a successful call and closes the breaker.
 func (b *Breaker) Success() {
 	b.mu.Lock()
+	closed := b.failures >= b.threshold
 	b.failures, b.probing = 0, false
 	b.mu.Unlock()
+	if closed && b.onChange != nil {
+		b.onChange(false)
+	}
 }
 
 // Failure records a failed call, opening the breaker at the threshold.
@@ -72,10 +81,14 @@ func (b *Breaker) Failure() {
 	b.mu.Lock()
 	b.failures++
 	b.probing = false
+	opened := b.failures == b.threshold // a failed probe keeps it open: not a change
 	if b.failures >= b.threshold {
 		b.openUntil = b.now().Add(b.cooldown)
 	}
 	b.mu.Unlock()
+	if opened && b.onChange != nil {
+		b.onChange(true)
+	}
 }
 
 // Abandon ends a call that says nothing about the backend's health (the

@@ -181,3 +181,25 @@ func TestBreaker(t *testing.T) {
 		})
 	}
 }
+
+// TestBreakerOnChange: the hook hears each opening and closing once; a
+// failed probe while open and successes while closed are not changes.
+func TestBreakerOnChange(t *testing.T) {
+	now := time.Unix(0, 0)
+	b := forward.NewBreaker(2, time.Second, func() time.Time { return now })
+	var got []bool
+	b.OnChange(func(open bool) { got = append(got, open) })
+	b.Success()
+	b.Failure()
+	b.Failure() // opens
+	now = now.Add(time.Second)
+	b.Allow()
+	b.Failure() // the probe failed: still open
+	now = now.Add(time.Second)
+	b.Allow()
+	b.Success() // closes
+	b.Success()
+	if len(got) != 2 || !got[0] || got[1] {
+		t.Fatalf("changes = %v, want [true false]", got)
+	}
+}

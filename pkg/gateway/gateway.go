@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,20 +57,30 @@ type Gateway struct {
 	commitErr                 atomic.Pointer[string]
 	http                      *http.Server
 	httpLn                    net.Listener
+	unlock                    func() // the outbox lock file (outbox.Lock)
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
 // pending rows, and prepares every stage. It fails with one clear error on
 // bad config or unreadable files; a broker that is down is not an error
-// (Run retries it).
+// (Run retries it). Each component names itself in log (key "component").
 func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time) (*Gateway, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	base := log
+	log = base.With(zap.String("component", "gateway"))
 	g := &Gateway{cfg: cfg, log: log, now: now, seed: maphash.MakeSeed()}
 	kek, err := cfg.Security.LoadKEK()
 	if err != nil {
 		return nil, err
+	}
+	// Only `iotgw device add` creates a registry: one created empty here
+	// (a typo in the path) would reject every device as unknown.
+	if _, err := os.Stat(cfg.Registry.Path); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("registry.path: %s does not exist (iotgw device add creates it)", cfg.Registry.Path)
+	} else if err != nil {
+		return nil, fmt.Errorf("registry.path: %w", err)
 	}
 	if g.reg, err = registry.Open(ctx, cfg.Registry.Path, registry.WithKEK(kek), registry.WithClock(now)); err != nil {
 		return nil, fmt.Errorf("registry.path: %w", err)
@@ -84,6 +95,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if g.keys, err = registry.NewCache(ctx, g.reg); err != nil {
 		g.close()
 		return nil, err
+	}
+	if g.unlock, err = outbox.Lock(cfg.Outbox.Path); err != nil {
+		g.close()
+		return nil, fmt.Errorf("outbox.path: %w", err)
 	}
 	if g.store, err = outbox.Open(ctx, cfg.Outbox); err != nil {
 		g.close()
@@ -149,8 +164,16 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if w := cfg.Backend.PlaintextWarning(); w != "" {
 		log.Warn(w)
 	}
-	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster,
-		forward.NewBreaker(cfg.Backend.BreakerThreshold, cfg.Backend.BreakerCooldown, now),
+	breaker := forward.NewBreaker(cfg.Backend.BreakerThreshold, cfg.Backend.BreakerCooldown, now)
+	breaker.OnChange(func(open bool) {
+		if open {
+			log.Warn("backend circuit breaker open: forwarding paused, messages wait in the outbox",
+				zap.Int("failures", cfg.Backend.BreakerThreshold), zap.Duration("cooldown", cfg.Backend.BreakerCooldown))
+			return
+		}
+		log.Info("backend circuit breaker closed: the backend answers again, forwarding resumed")
+	})
+	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster, breaker,
 		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now,
 		forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload})
 	for _, r := range pending { // forwarded first, before any new message
@@ -162,7 +185,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	for i := range g.queues {
 		g.queues[i] = make(chan *mqttio.Message, cfg.Pipeline.QueueDepth)
 	}
-	if g.mqtt, err = mqttio.New(cfg.MQTT, g.receive, log.With(zap.String("component", "mqtt"))); err != nil {
+	if g.mqtt, err = mqttio.New(cfg.MQTT, g.receive, base.With(zap.String("component", "mqtt"))); err != nil {
 		g.close()
 		return nil, err
 	}
@@ -172,7 +195,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 			return nil, fmt.Errorf("http.listen: %w", err)
 		}
 	}
-	log.Info("gateway ready", zap.Int("devices", g.keys.Len()), zap.Int("replay_ids_loaded", loaded),
+	// "ready" waits for the broker: /readyz says 503 until then.
+	var ready sync.Once
+	g.mqtt.OnConnect(func() {
+		ready.Do(func() { log.Info("ready", zap.String("broker", cfg.MQTT.Broker), zap.Int("devices", g.keys.Len())) })
+	})
+	log.Info("gateway started", zap.Int("devices", g.keys.Len()), zap.Int("replay_ids_loaded", loaded),
 		zap.Int("outbox_pending", len(pending)))
 	return g, nil
 }
@@ -292,6 +320,9 @@ func (g *Gateway) close() {
 	}
 	if g.store != nil {
 		g.store.Close()
+	}
+	if g.unlock != nil {
+		g.unlock()
 	}
 	g.abuse.close()
 }
@@ -493,7 +524,11 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 		g.commitErr.Store(nil)
 		g.log.Info("outbox writable again")
 	}
+	debug := g.log.Core().Enabled(zap.DebugLevel)
 	for _, r := range batch {
+		if debug {
+			g.log.Debug("accepted", zap.String("device_id", r.DeviceID), zap.String("message_id", r.MessageID))
+		}
 		for _, ack := range g.inflight.durable(r.DeviceID, r.ID) {
 			ack()
 		}
@@ -553,6 +588,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	g.metrics.forwarded.WithLabelValues(result).Inc()
 	g.metrics.backendAnswer(o.Response.Status, nil)
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
+	g.log.Debug("forwarded", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID), zap.Int("status", o.Response.Status))
 	g.notify(ctx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
 	g.writer.Settle(j.Seq)
 }

@@ -93,3 +93,30 @@ func TestKeyFileIsASecretFile(t *testing.T) {
 		t.Errorf("missing key: %v", err)
 	}
 }
+
+// TestGatewayIdentityMatchesPKI: the CN checked at start is the one
+// iotgw pki init puts in gateway.crt and the ACL grants.
+func TestGatewayIdentityMatchesPKI(t *testing.T) {
+	if GatewayIdentity != pki.GatewayIdentity {
+		t.Fatalf("mqttio.GatewayIdentity %q != pki.GatewayIdentity %q", GatewayIdentity, pki.GatewayIdentity)
+	}
+}
+
+// TestDeviceCertificateRefused: a device's certificate (another CN) as
+// mqtt.cert_file fails Validate with one line naming the key and both CNs.
+func TestDeviceCertificateRefused(t *testing.T) {
+	c := testConfig(t)
+	if err := c.Validate(); err != nil {
+		t.Fatalf("gateway certificate: %v", err)
+	}
+	dir := filepath.Dir(c.CertFile)
+	if err := pki.Issue(dir, "sensor-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	c.CertFile, c.KeyFile = pki.DeviceCert(dir, "sensor-1")
+	err := c.Validate()
+	if err == nil || !strings.HasPrefix(err.Error(), "mqtt.cert_file: ") || !strings.Contains(err.Error(), `CN "sensor-1"`) ||
+		!strings.Contains(err.Error(), `"gateway"`) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("device certificate: %v", err)
+	}
+}

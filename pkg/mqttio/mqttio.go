@@ -47,6 +47,11 @@ type Config struct {
 	MaxReconnectInterval time.Duration `mapstructure:"max_reconnect_interval"`
 }
 
+// GatewayIdentity is the Common Name the gateway's certificate must carry:
+// the broker takes it as the username, and its ACL grants "gateway" the
+// uplink subscription (pki.GatewayIdentity, mosquitto/acl).
+const GatewayIdentity = "gateway"
+
 // DefaultClientID is mqtt.client_id's default. Before issue 9 it was
 // "iotgw-gateway"; a gateway upgraded with the default starts a new
 // persistent session, and the broker keeps the old one (and whatever was
@@ -120,6 +125,15 @@ func (c Config) TLSConfig() (*tls.Config, error) {
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("mqtt.cert_file/mqtt.key_file: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("mqtt.cert_file: %w", err)
+	}
+	if cn := leaf.Subject.CommonName; cn != GatewayIdentity {
+		// A device's certificate connects and subscribes, but the ACL
+		// gives it only its own topics: nothing would ever arrive.
+		return nil, fmt.Errorf("mqtt.cert_file: %s has CN %q, not the gateway identity %q: this is not the gateway's certificate (iotgw pki init makes gateway.crt)", c.CertFile, cn, GatewayIdentity)
 	}
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
 }
@@ -230,6 +244,10 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 		}))
 	return cl, nil
 }
+
+// OnConnect sets f to run each time the session is connected and
+// subscribed. Call it before Connect; f must not block.
+func (c *Client) OnConnect(f func()) { c.onConnect = f }
 
 // Connected reports whether the session is up and subscribed and the reply
 // connection is up.

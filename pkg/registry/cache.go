@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,7 +22,17 @@ type Cache struct {
 	loads   atomic.Int64
 	// nextExpiry is the earliest expiry of a cached key (zero: none).
 	nextExpiry time.Time
+	// mu serializes reloads: Run's ticker and the reloads on a miss.
+	mu sync.Mutex
+	// lastMiss is when a miss last re-read the registry (Unix ns).
+	lastMiss atomic.Int64
 }
+
+// MissReloadEvery bounds the re-reads on a miss: at most one per interval
+// for all devices together, so a flood of unknown ids costs at most ten
+// PRAGMA data_version queries a second (and a reload only when the
+// registry changed).
+const MissReloadEvery = 100 * time.Millisecond
 
 // NewCache loads every device into memory. It pins one connection, used to
 // poll PRAGMA data_version, which changes when another connection commits.
@@ -38,13 +49,33 @@ func NewCache(ctx context.Context, r *Registry) (*Cache, error) {
 	return c, nil
 }
 
-// Device implements validate.KeyStore from memory.
-func (c *Cache) Device(_ context.Context, id string) (validate.Device, error) {
-	d, ok := (*c.devices.Load())[id]
-	if !ok {
-		return validate.Device{}, validate.ErrUnknownDevice
+// Device implements validate.KeyStore from memory. On a miss it first
+// re-reads the registry if it changed (at most once per MissReloadEvery
+// overall), so a device added by `iotgw device add` is known at once, not
+// only at the next refresh. A failed re-read leaves the miss a miss; Run
+// reports the error.
+func (c *Cache) Device(ctx context.Context, id string) (validate.Device, error) {
+	if d, ok := (*c.devices.Load())[id]; ok {
+		return d, nil
 	}
-	return d, nil
+	if c.missReload(ctx) {
+		if d, ok := (*c.devices.Load())[id]; ok {
+			return d, nil
+		}
+	}
+	return validate.Device{}, validate.ErrUnknownDevice
+}
+
+// missReload refreshes unless a miss did within MissReloadEvery, and
+// reports whether the devices were reloaded.
+func (c *Cache) missReload(ctx context.Context) bool {
+	now := c.r.now().UnixNano()
+	last := c.lastMiss.Load()
+	if now-last < int64(MissReloadEvery) || !c.lastMiss.CompareAndSwap(last, now) {
+		return false
+	}
+	changed, err := c.Refresh(ctx)
+	return err == nil && changed
 }
 
 // Len returns the number of cached devices.
@@ -60,6 +91,8 @@ func (c *Cache) Loads() int64 { return c.loads.Load() }
 // KEK) fails the whole reload with an error naming the device; the last
 // good snapshot keeps serving.
 func (c *Cache) Refresh(ctx context.Context) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var v int64
 	if err := c.conn.QueryRowContext(ctx, `PRAGMA data_version`).Scan(&v); err != nil {
 		return false, fmt.Errorf("registry cache: data_version: %w", err)

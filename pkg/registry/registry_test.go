@@ -358,3 +358,47 @@ func TestCacheRun(t *testing.T) {
 }
 
 var _ validate.KeyStore = (*registry.Cache)(nil)
+
+// TestCacheMissReloads: a lookup of a device added since the last load
+// re-reads the registry at once, but at most once per MissReloadEvery for
+// all misses together, so unknown ids cannot turn into a load.
+func TestCacheMissReloads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	now := time.Unix(1_700_000_000, 0)
+	gw, err := registry.Open(ctx(), path, registry.WithClock(func() time.Time { return now }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	cli := open(t, path)
+	c, err := registry.NewCache(ctx(), gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := cli.Add(ctx(), "sensor_001", secret1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Device(ctx(), "sensor_001"); err != nil {
+		t.Fatalf("device added after the load: %v, want found by the miss reload", err)
+	}
+	loads := c.Loads()
+	for range 100 { // a flood of unknown ids within one interval: no reload
+		if _, err := c.Device(ctx(), "nobody"); !errors.Is(err, validate.ErrUnknownDevice) {
+			t.Fatalf("unknown = %v", err)
+		}
+	}
+	if err := cli.Add(ctx(), "sensor_002", secret2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Device(ctx(), "sensor_002"); !errors.Is(err, validate.ErrUnknownDevice) {
+		t.Fatalf("within MissReloadEvery of the last miss reload: %v, want unknown (rate-limited)", err)
+	}
+	if c.Loads() != loads {
+		t.Fatalf("loads %d → %d within one interval", loads, c.Loads())
+	}
+	now = now.Add(registry.MissReloadEvery)
+	if _, err := c.Device(ctx(), "sensor_002"); err != nil {
+		t.Fatalf("after MissReloadEvery: %v", err)
+	}
+}

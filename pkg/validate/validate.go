@@ -207,7 +207,10 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	now := clock.Truncate(time.Second)
 	msgTime := time.Unix(env.Timestamp, 0)
 	if d := now.Sub(msgTime); d > v.cfg.MaxClockSkew || d < -v.cfg.MaxClockSkew {
-		return reject(env, Stale, fmt.Sprintf("timestamp is %s from now", d.Truncate(time.Second))), nil
+		if d < 0 {
+			return reject(env, Stale, fmt.Sprintf("timestamp is %s in the future", -d)), nil
+		}
+		return reject(env, Stale, fmt.Sprintf("timestamp is %s old", d)), nil
 	}
 	keyID, ok := v.macsFor(env.DeviceID, &dev).verify(&env, now)
 	if !ok {

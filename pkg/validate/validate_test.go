@@ -154,6 +154,15 @@ func TestCheckClockSkew(t *testing.T) {
 			if got != tc.want {
 				t.Fatalf("verdict = %q (%v), want %q", got, res.Rejection, tc.want)
 			}
+			if got == validate.Stale { // worded for a reader: no "-10m0s from now"
+				want := fmt.Sprintf("timestamp is %s old", time.Duration(tc.delta)*time.Second)
+				if tc.delta < 0 {
+					want = fmt.Sprintf("timestamp is %s in the future", time.Duration(-tc.delta)*time.Second)
+				}
+				if res.Rejection.Detail != want {
+					t.Fatalf("detail = %q, want %q", res.Rejection.Detail, want)
+				}
+			}
 		})
 	}
 }

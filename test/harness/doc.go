@@ -13,6 +13,6 @@
 //	dev := harness.NewDeviceClient(t, broker, certs, "sensor-1")
 //
 // The broker's log is written to a file and printed when the test fails.
-// Set IOTGW_MOSQUITTO_DEBUG=1 to make Mosquitto log everything, denied
+// Set HARNESS_MOSQUITTO_DEBUG=1 to make Mosquitto log everything, denied
 // publishes and subscriptions included.
 package harness

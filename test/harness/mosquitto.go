@@ -153,7 +153,7 @@ func StartMosquitto(t testing.TB, certsDir string) *Broker {
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
-	if os.Getenv("IOTGW_MOSQUITTO_DEBUG") != "" {
+	if os.Getenv("HARNESS_MOSQUITTO_DEBUG") != "" {
 		conf = append(conf, "\nlog_type all\n"...)
 	}
 	b := &Broker{

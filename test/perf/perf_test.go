@@ -19,17 +19,17 @@ import (
 //	go test -run '^$' -bench EndToEnd -benchtime 1x -timeout 15m ./test/perf
 //
 // It prints progress, then the markdown tables, and writes the results as
-// JSON to $IOTGW_BENCH_OUT (default bench/results/<YYYY-MM-DD>.json) and
-// the tables next to it (.md). $IOTGW_BENCH_MICRO names a file of
+// JSON to $BENCH_OUT (default bench/results/<YYYY-MM-DD>.json) and
+// the tables next to it (.md). $BENCH_MICRO names a file of
 // `go test -bench ./pkg/...` output whose bytes-per-id figures the memory
-// table cites. IOTGW_BENCH_PLAN=smoke runs the tiny plan of TestSmoke.
+// table cites. BENCH_PLAN=smoke runs the tiny plan of TestSmoke.
 func BenchmarkEndToEnd(b *testing.B) {
 	plan := DefaultPlan()
-	if os.Getenv("IOTGW_BENCH_PLAN") == "smoke" {
+	if os.Getenv("BENCH_PLAN") == "smoke" {
 		plan = SmokePlan()
 	}
 	var micro []Micro
-	if path := os.Getenv("IOTGW_BENCH_MICRO"); path != "" {
+	if path := os.Getenv("BENCH_MICRO"); path != "" {
 		f, err := os.Open(path)
 		if err != nil {
 			b.Fatal(err)
@@ -37,7 +37,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		micro = ParseMicro(f)
 		f.Close()
 	}
-	out := os.Getenv("IOTGW_BENCH_OUT")
+	out := os.Getenv("BENCH_OUT")
 	if out == "" {
 		out = filepath.Join(harness.RepoRoot(b), "bench", "results", time.Now().Format(time.DateOnly)+".json")
 	}
