@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what iotgw's tests and demo need on a fresh Debian/Ubuntu with Go:
 # mosquitto (the broker), gcc (cgo for SQLite), python3 and openssl (the
-# test-vector cross-check). Does nothing when all are present.
+# test-vector cross-check), systemd (systemd-analyze checks the unit file). Does nothing when all are present.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing: ${need[*]}"
 if ! command -v apt-get >/dev/null 2>&1; then
