@@ -4,8 +4,8 @@
 # test-vector cross-check), promtool (Debian package prometheus: checks
 # deploy/prometheus/alerts.yml), golangci-lint v2 (make lint; built with
 # go install from the Go module proxy), libmbedtls-dev (the C device
-# example) and python3-paho-mqtt (the Python device example). Does nothing
-# when all are present.
+# example), python3-paho-mqtt (the Python device example) and systemd
+# (systemd-analyze checks the unit file). Does nothing when all are present.
 set -euo pipefail
 GOLANGCI_LINT_VERSION=v2.15.0
 gobin="$(go env GOBIN)"; [ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
@@ -24,6 +24,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -f /usr/include/mbedtls/sha256.h ] || need+=(libmbedtls-dev)
 # Debian's python3-paho-mqtt is for Debian's python3 (/usr/bin/python3).
 /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3-paho-mqtt)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing: ${need[*]}"
 if ! command -v apt-get >/dev/null 2>&1; then

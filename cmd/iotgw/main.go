@@ -34,6 +34,7 @@ func newRoot() *cobra.Command {
 	for _, c := range commands {
 		root.AddCommand(c())
 	}
+	setVersionFlag(root) // iotgw --version, as `iotgw version`
 	return root
 }
 
