@@ -220,8 +220,14 @@ func TestComposeStack(t *testing.T) {
 		t.Fatalf("backend saw %d message(s) from %s, want 2 (stats %+v)", stats.ByDevice[deviceID], deviceID, stats)
 	}
 
-	// Restart the gateway: its registry and outbox are on volumes.
-	s.run(cmdTimeout, "restart", "gateway")
+	// Restart the gateway as a new container (a plain "restart" keeps the
+	// container's own file system, so it would not show that the registry
+	// and the outbox are on volumes).
+	s.run(cmdTimeout, "rm", "--stop", "--force", "gateway")
+	s.run(cmdTimeout, "up", "-d", "--no-deps", "gateway")
+	if id := s.container("gateway"); id == gw {
+		t.Fatalf("gateway container %s was not replaced", id)
+	}
 	waitReady(t, readyz)
 	// The outbox survived: the first message, sent again, is a replay
 	// (the replay window is reloaded from the outbox at start).
