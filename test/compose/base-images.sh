@@ -38,7 +38,13 @@ recipe() {
 }
 pull() { timeout 120 docker pull -q "$1" >/dev/null 2>&1; }
 # Standard build of a stand-in: legacy builder, host network (no bridge).
-build() { DOCKER_BUILDKIT=0 docker build -q --network host --label "iotgw.standin=$HASH" "$@" >/dev/null; }
+build() {
+  local log; log="$(mktemp)"
+  if ! DOCKER_BUILDKIT=0 docker build --network host --label "iotgw.standin=$HASH" "$@" >"$log" 2>&1; then
+    tail -30 "$log" >&2; rm -f "$log"; return 1
+  fi
+  rm -f "$log"
+}
 
 slim() {
   local recipe="debootstrap --variant=minbase bookworm $MIRROR v1"
