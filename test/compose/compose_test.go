@@ -210,6 +210,12 @@ func TestComposeStack(t *testing.T) {
 	if u := containerUser(t, gw); u != "10001:10001" {
 		t.Errorf("gateway runs as %q, want the non-root 10001:10001", u)
 	}
+	// The gateway cannot mint device certificates: the CA key is not
+	// readable by it, and its certificates mount is read-only.
+	if out, err := exec.Command("docker", "exec", gw, "sh", "-c",
+		"test ! -r /etc/iotgw/certs/ca.key && ! touch /etc/iotgw/certs/x 2>/dev/null").CombinedOutput(); err != nil {
+		t.Errorf("gateway container can read the CA key or write the certificates: %v %s", err, out)
+	}
 
 	// Provision a device as the compose file's header says, and copy its
 	// certificate out of the volume.
