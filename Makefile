@@ -63,6 +63,16 @@ unit-file:
 e2e: deps
 	@GO=$(GO) scripts/e2e.sh
 
+# test-compose: the docker-compose test alone (test/compose), with a private
+# Docker engine started and stopped around it (scripts/docker-engine.sh;
+# needs root; installs docker.io, docker-compose and debootstrap if missing).
+# `make test` runs the same test whenever an engine answers at DOCKER_HOST.
+.PHONY: test-compose
+test-compose:
+	@set -e; env="$$(scripts/docker-engine.sh start)"; eval "$$env"; \
+	trap 'scripts/docker-engine.sh stop' EXIT; \
+	test/compose/base-images.sh && $(GO) test -count=1 -v -timeout 30m ./test/compose/
+
 # bench: the packages' micro-benchmarks, then the end-to-end benchmark
 # (test/perf, about 5 minutes): markdown tables on stdout, results in
 # bench/results/<date>.json; see docs/PERFORMANCE.md.
