@@ -306,3 +306,23 @@ func TestWriterBoundedNeverBlocks(t *testing.T) {
 		t.Fatalf("Verify = %d, %v; errs %d dropped %d; want 10 entries, 1 error, 41 dropped", n, err, errs, w.Dropped())
 	}
 }
+
+// TestWriterBadEntryDoesNotBlockTheTrail: an entry Append refuses (a
+// device id longer than a field may be, from a certificate with a long
+// CN) is dropped and counted when recorded; it is never queued, where it
+// would fail every later flush and stop the trail for good.
+func TestWriterBadEntryDoesNotBlockTheTrail(t *testing.T) {
+	l, _ := openTemp(t)
+	w := NewWriter(l, 100, clockAt(t0.Add(time.Hour)), nil)
+	w.Record(Entry{At: t0, Actor: "gateway", Device: strings.Repeat("d", maxField+1), Action: "reject", Reason: "malformed"})
+	w.Record(Entry{At: t0, Actor: "gateway", Device: "sensor", Action: "reject", Reason: "malformed"})
+	if err := w.Flush(context.Background(), false); err != nil {
+		t.Fatalf("Flush: %v (one bad entry blocks every other)", err)
+	}
+	if n, err := l.Verify(context.Background()); err != nil || n != 1 {
+		t.Fatalf("Verify = %d, %v; want the good entry only", n, err)
+	}
+	if w.Dropped() != 1 || w.Written() != 1 {
+		t.Fatalf("Dropped = %d, Written = %d; want 1 and 1", w.Dropped(), w.Written())
+	}
+}

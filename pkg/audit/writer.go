@@ -52,6 +52,12 @@ func (w *Writer) Record(e Entry) {
 	if e.Count <= 0 {
 		e.Count = 1
 	}
+	if check(&e) != nil {
+		// Append would refuse it, and with it every entry of every later
+		// flush: drop and count it instead.
+		w.dropped.Add(e.Count)
+		return
+	}
 	k := foldKey{e.At.Unix(), e.Actor, e.Device, e.Action, e.Reason}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -142,7 +148,8 @@ func (w *Writer) requeue(batch []*Entry) {
 }
 
 // Dropped returns how many events were not recorded because too many
-// entries were waiting.
+// entries were waiting, or because Append would refuse them (a field over
+// its limit).
 func (w *Writer) Dropped() int64 { return w.dropped.Load() }
 
 // Written returns how many entries were appended.

@@ -240,7 +240,8 @@ func Sign(key []byte, method, target, deviceID, idempotencyKey string, ts int64,
 // exact bytes, read by the caller) with key, in constant time, and that
 // its timestamp is within maxSkew of now. It returns nil,
 // ErrSignatureMissing, ErrSignatureInvalid (malformed or repeated
-// headers, or no match) or ErrSignatureStale (a valid signature, but too
+// headers, an X-Message-Id other than the signed Idempotency-Key, or no
+// match) or ErrSignatureStale (a valid signature, but too
 // old or too far ahead: a replay or a clock off).
 func VerifyRequest(key []byte, r *http.Request, body []byte, now time.Time, maxSkew time.Duration) error {
 	one := func(name string) (string, bool) {
@@ -257,8 +258,14 @@ func VerifyRequest(key []byte, r *http.Request, body []byte, now time.Time, maxS
 	tsRaw, ok2 := one(TimestampHeader)
 	dev, ok3 := one("X-Device-Id")
 	idem, ok4 := one("Idempotency-Key")
-	if !ok1 || !ok2 || !ok3 || !ok4 {
+	msgID, ok5 := one("X-Message-Id")
+	if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
 		return fmt.Errorf("%w: a signed header is repeated or holds a line break", ErrSignatureInvalid)
+	}
+	// X-Message-Id is not signed on its own: the gateway sends it equal to
+	// the signed Idempotency-Key, so any other value was changed on the way.
+	if msgID != "" && msgID != idem {
+		return fmt.Errorf("%w: X-Message-Id differs from the signed Idempotency-Key", ErrSignatureInvalid)
 	}
 	if sig == "" || tsRaw == "" {
 		return ErrSignatureMissing

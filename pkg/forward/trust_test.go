@@ -310,6 +310,22 @@ func TestVerifyRequestRejects(t *testing.T) {
 			r.Header.Add("X-Device-Id", "sensor_002")
 			return r, body, now
 		}, forward.ErrSignatureInvalid},
+		// X-Message-Id is not in the signing bytes: it must repeat the
+		// signed Idempotency-Key, or a captured request replays with a new
+		// message id under the same signature.
+		{"X-Message-Id same as Idempotency-Key", func(r *http.Request) (*http.Request, []byte, time.Time) {
+			r.Header.Set("X-Message-Id", "550e8400-e29b-41d4-a716-446655440000")
+			return r, body, now
+		}, nil},
+		{"tampered X-Message-Id", func(r *http.Request) (*http.Request, []byte, time.Time) {
+			r.Header.Set("X-Message-Id", "650e8400-e29b-41d4-a716-446655440000")
+			return r, body, now
+		}, forward.ErrSignatureInvalid},
+		{"second X-Message-Id header", func(r *http.Request) (*http.Request, []byte, time.Time) {
+			r.Header.Set("X-Message-Id", "550e8400-e29b-41d4-a716-446655440000")
+			r.Header.Add("X-Message-Id", "650e8400-e29b-41d4-a716-446655440000")
+			return r, body, now
+		}, forward.ErrSignatureInvalid},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -75,7 +75,7 @@ func (a *abuse) register(reg *prometheus.Registry, now func() time.Time) {
 			Help: "Devices that had a message refused as rate_limited within the last minute."},
 			func() float64 { return float64(a.limits.LimitedDevices(now(), time.Minute)) }),
 		counter("iotgw_audit_entries_written_total", "Entries appended to the audit trail (folded rejections count once).", a.writer.Written),
-		counter("iotgw_audit_dropped_total", "Events not recorded in the audit trail because too many entries waited for the disk.", a.writer.Dropped),
+		counter("iotgw_audit_dropped_total", "Events not recorded in the audit trail because too many entries waited for the disk, or a field was over its limit.", a.writer.Dropped),
 		counter("iotgw_audit_errors_total", "Failed audit trail appends (retried at the next flush).", a.writer.Failed),
 	)
 }

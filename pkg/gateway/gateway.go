@@ -461,8 +461,11 @@ func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env
 		fields = append(fields, zap.String("detail", rej.Detail))
 	}
 	notice := g.rejected(dev, env, rej)
-	if rej.Reason == validate.RateLimited && !notice {
-		g.log.Debug("rejected", fields...) // a flood: logged at info once a second per device, counted always
+	if !notice {
+		// A flood (of any reason: malformed and identity_mismatch come
+		// before the rate limiter): logged at info once a second per
+		// device and reason, counted always.
+		g.log.Debug("rejected", fields...)
 	} else {
 		g.log.Info("rejected", fields...)
 	}
