@@ -60,7 +60,7 @@ func LoadUnvalidated(path string) (File, error) { return load(path) }
 func load(path string) (File, error) {
 	v := viper.New()
 	def := Defaults()
-	setDefaults(v, "", reflect.ValueOf(def))
+	setDefaults(v, reflect.ValueOf(def))
 	v.SetEnvPrefix("IOTGW")
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
 	v.AutomaticEnv()
@@ -119,33 +119,18 @@ func (c LogConfig) Logger() (*zap.Logger, error) {
 
 // setDefaults registers every leaf of val under its mapstructure key, so
 // that environment variables bind to it (viper only binds known keys).
-func setDefaults(v *viper.Viper, prefix string, val reflect.Value) {
-	t := val.Type()
-	for i := range t.NumField() {
-		f := t.Field(i)
-		tag := strings.Split(f.Tag.Get("mapstructure"), ",")
-		fv := val.Field(i)
-		if len(tag) > 1 && tag[1] == "squash" {
-			setDefaults(v, prefix, fv)
-			continue
+func setDefaults(v *viper.Viper, val reflect.Value) {
+	walkKeys(val, nil, func(path []string, fv reflect.Value, section bool) {
+		if section {
+			return
 		}
-		key := tag[0]
-		if key == "" || key == "-" {
-			continue
-		}
-		if prefix != "" {
-			key = prefix + "." + key
-		}
-		if fv.Kind() == reflect.Struct && fv.Type() != reflect.TypeOf(time.Time{}) {
-			setDefaults(v, key, fv)
-			continue
-		}
+		key := strings.Join(path, ".")
 		if d, ok := fv.Interface().(time.Duration); ok {
 			v.SetDefault(key, d.String())
-			continue
+			return
 		}
 		v.SetDefault(key, fv.Interface())
-	}
+	})
 }
 
 // decodeHook is viper's default (durations and lists from strings) with one

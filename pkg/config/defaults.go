@@ -16,31 +16,46 @@ func DefaultsYAML() []byte {
 	var b strings.Builder
 	b.WriteString("# iotgw configuration: every key with its default (iotgw config print-defaults).\n")
 	b.WriteString("# Each key can also be set as IOTGW_<SECTION>_<KEY>; see examples/iotgw.yaml.\n")
-	writeYAML(&b, 0, reflect.ValueOf(Defaults()))
+	writeYAML(&b, reflect.ValueOf(Defaults()))
 	return []byte(b.String())
 }
 
-func writeYAML(b *strings.Builder, indent int, val reflect.Value) {
+func writeYAML(b *strings.Builder, val reflect.Value) {
+	walkKeys(val, nil, func(path []string, v reflect.Value, section bool) {
+		pad := strings.Repeat("  ", len(path)-1)
+		if section {
+			fmt.Fprintf(b, "%s%s:\n", pad, path[len(path)-1])
+			return
+		}
+		fmt.Fprintf(b, "%s%s: %s\n", pad, path[len(path)-1], yamlScalar(v.Interface()))
+	})
+}
+
+// walkKeys calls fn for every key of the config struct val, in field
+// order, with its path of mapstructure names: once for a section (a
+// nested struct, before its keys) and once for each leaf. Squashed
+// structs add no level; fields without a name, or named "-", are skipped.
+// It is the one reading of the struct tags that print-defaults and the
+// environment binding share.
+func walkKeys(val reflect.Value, path []string, fn func(path []string, v reflect.Value, section bool)) {
 	t := val.Type()
 	for i := range t.NumField() {
-		f := t.Field(i)
-		tag := strings.Split(f.Tag.Get("mapstructure"), ",")
+		tag := strings.Split(t.Field(i).Tag.Get("mapstructure"), ",")
 		fv := val.Field(i)
 		if len(tag) > 1 && tag[1] == "squash" {
-			writeYAML(b, indent, fv)
+			walkKeys(fv, path, fn)
 			continue
 		}
-		key := tag[0]
-		if key == "" || key == "-" {
+		if tag[0] == "" || tag[0] == "-" {
 			continue
 		}
-		pad := strings.Repeat("  ", indent)
+		p := append(path[:len(path):len(path)], tag[0])
 		if fv.Kind() == reflect.Struct && fv.Type() != reflect.TypeOf(time.Time{}) {
-			fmt.Fprintf(b, "%s%s:\n", pad, key)
-			writeYAML(b, indent+1, fv)
+			fn(p, fv, true)
+			walkKeys(fv, p, fn)
 			continue
 		}
-		fmt.Fprintf(b, "%s%s: %s\n", pad, key, yamlScalar(fv.Interface()))
+		fn(p, fv, false)
 	}
 }
 
