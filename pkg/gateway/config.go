@@ -12,13 +12,17 @@ import (
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/registry"
 	"github.com/iotgw/iotgw/pkg/replay"
+	"github.com/iotgw/iotgw/pkg/storage"
 	"github.com/iotgw/iotgw/pkg/validate"
 )
 
 // Config is everything `iotgw serve` needs: each stage's own Config plus
 // the gateway's.
 type Config struct {
-	MQTT       mqttio.Config   `mapstructure:"mqtt"`
+	MQTT mqttio.Config `mapstructure:"mqtt"`
+	// Storage chooses the engine: sqlite (registry.path, outbox.path) or
+	// postgres (storage.dsn, shared by several gateways).
+	Storage    storage.Config  `mapstructure:"storage"`
 	Registry   registry.Config `mapstructure:"registry"`
 	Validation validate.Config `mapstructure:"validation"`
 	Replay     replay.Config   `mapstructure:"replay"`
@@ -57,6 +61,7 @@ type PipelineConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		MQTT:          mqttio.DefaultConfig(),
+		Storage:       storage.DefaultConfig(),
 		Registry:      registry.DefaultConfig(),
 		Validation:    validate.DefaultConfig(),
 		Replay:        replay.DefaultConfig(),
@@ -72,7 +77,7 @@ func DefaultConfig() Config {
 
 // Validate checks every section and returns the first problem, naming its key.
 func (c Config) Validate() error {
-	for _, v := range []interface{ Validate() error }{c.MQTT, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend, c.Limits, c.Security} {
+	for _, v := range []interface{ Validate() error }{c.MQTT, c.Storage, c.Registry, c.Validation, c.Replay, c.Outbox, c.Backend, c.Limits, c.Security} {
 		if err := v.Validate(); err != nil {
 			return err
 		}

@@ -1,0 +1,60 @@
+// Package storage is the one place that chooses the storage engine:
+// SQLite files on the gateway's own disk (the default) or one PostgreSQL
+// database shared by several gateways (package pgstore). Nothing else
+// looks at Config.Engine; the stages see only the interfaces they declare.
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Engines.
+const (
+	SQLite   = "sqlite"
+	Postgres = "postgres"
+)
+
+// Config is the storage section.
+type Config struct {
+	// Engine is "sqlite" (default: registry.path and outbox.path, one
+	// gateway) or "postgres" (storage.dsn, any number of gateways).
+	Engine string `mapstructure:"engine"`
+	// DSN is the PostgreSQL connection string (URL or key=value), for
+	// engine postgres. Keep the password out of it: libpq's PGPASSFILE
+	// or PGPASSWORD are read too. Never logged.
+	DSN string `mapstructure:"dsn"`
+	// Lease is how long a gateway owns a device's pending rows without
+	// renewing (engine postgres): a gateway that dies has its rows taken
+	// over by another within this. It renews every Lease/3 and stops
+	// posting a device's rows once its lease may have run out. Must exceed
+	// backend.timeout. Default 15s.
+	Lease time.Duration `mapstructure:"lease"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config { return Config{Engine: SQLite, Lease: 15 * time.Second} }
+
+// Shared reports whether the engine is shared by several gateways.
+func (c Config) Shared() bool { return c.Engine == Postgres }
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	switch c.Engine {
+	case SQLite:
+		if c.DSN != "" {
+			return errors.New("storage.dsn: set, but storage.engine is sqlite (set storage.engine: postgres, or remove storage.dsn)")
+		}
+	case Postgres:
+		if c.DSN == "" {
+			return errors.New("storage.dsn: required with storage.engine postgres")
+		}
+	default:
+		return fmt.Errorf("storage.engine: must be sqlite or postgres, got %q", c.Engine)
+	}
+	if c.Lease < 2*time.Second || c.Lease > 10*time.Minute {
+		return fmt.Errorf("storage.lease: must be 2s..10m, got %s", c.Lease)
+	}
+	return nil
+}
