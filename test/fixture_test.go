@@ -322,6 +322,10 @@ type recorder struct {
 	mu      sync.Mutex
 	reqs    []recorded
 	behave  func(r recorded) (status int, body string, delay time.Duration)
+	// inflight counts requests being handled per X-Device-Id; maxInflight
+	// is the most one device ever had at once.
+	inflight    map[string]int
+	maxInflight int
 }
 
 type recorded struct {
@@ -332,7 +336,7 @@ type recorded struct {
 }
 
 func newRecorder(t *testing.T) *recorder {
-	rec := &recorder{port: harness.FreePort(t)}
+	rec := &recorder{port: harness.FreePort(t), inflight: map[string]int{}}
 	rec.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/batch" {
 			rec.batch(w, r)
@@ -340,9 +344,17 @@ func newRecorder(t *testing.T) *recorder {
 		}
 		body, _ := io.ReadAll(r.Body)
 		req := recorded{Path: r.URL.Path, Header: r.Header.Clone(), Body: body, At: time.Now()}
+		dev := r.Header.Get("X-Device-Id")
 		rec.mu.Lock()
 		behave := rec.behave
+		rec.inflight[dev]++
+		rec.maxInflight = max(rec.maxInflight, rec.inflight[dev])
 		rec.mu.Unlock()
+		defer func() {
+			rec.mu.Lock()
+			rec.inflight[dev]--
+			rec.mu.Unlock()
+		}()
 		status, out, delay := 200, `{"ok":true}`, time.Duration(0)
 		if behave != nil {
 			status, out, delay = behave(req)

@@ -139,6 +139,9 @@ func (c Config) Validate() error {
 type Job struct {
 	// Seq is the outbox row id.
 	Seq int64
+	// Order increases in commit order per device (outbox DSeq); sent as
+	// X-Iotgw-Seq when positive, so a backend can see the order and gaps.
+	Order int64
 	// DeviceID, MessageID and Timestamp (raw digits) go into headers.
 	DeviceID, MessageID, Timestamp string
 	// Payload is POSTed verbatim. The Dispatcher may drop it while the Job
@@ -276,6 +279,9 @@ func (c *Client) Post(ctx context.Context, j *Job) (Response, error) {
 	h["X-Message-Id"] = []string{j.MessageID}
 	h["X-Device-Timestamp"] = []string{j.Timestamp}
 	h["Idempotency-Key"] = []string{j.MessageID}
+	if j.Order > 0 {
+		h["X-Iotgw-Seq"] = []string{strconv.FormatInt(j.Order, 10)}
+	}
 	c.authenticate(req, j.DeviceID, j.MessageID, j.Payload)
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -43,7 +43,16 @@ type Hooks struct {
 	// dead-letters the Job; any other is retried after a backoff, without
 	// counting an attempt. When Load is nil, payloads are always kept.
 	Load func(ctx context.Context, j *Job) ([]byte, error)
+	// Admit, when set, is asked before each attempt whether j may be
+	// posted now. An error wrapping ErrRelinquished drops j without
+	// settling it (another gateway owns it now); any other error retries
+	// it after a backoff without counting an attempt.
+	Admit func(j *Job) error
 }
+
+// ErrRelinquished is returned by Hooks.Admit for a Job that is no longer
+// this dispatcher's to deliver.
+var ErrRelinquished = errors.New("job relinquished")
 
 // ErrPayloadGone is returned by Hooks.Load when the payload no longer exists.
 var ErrPayloadGone = errors.New("payload gone")
@@ -368,6 +377,19 @@ func (d *Dispatcher) takeReady(jobs []*Job) []*Job {
 // it was dropped. It reports false when j cannot be posted now: it was
 // then dead-lettered (payload gone) or rescheduled (read failed).
 func (d *Dispatcher) load(ctx context.Context, j *Job) bool {
+	if d.hooks.Admit != nil {
+		if err := d.hooks.Admit(j); errors.Is(err, ErrRelinquished) {
+			d.done(j)
+			return false
+		} else if err != nil {
+			delay := d.backoff(max(j.Attempts, 1))
+			if d.hooks.Retry != nil {
+				d.hooks.Retry(j, err, delay)
+			}
+			d.later(ctx, j.DeviceID, delay)
+			return false
+		}
+	}
 	if j.Payload != nil || d.hooks.Load == nil {
 		return true
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/registry"
 	"github.com/iotgw/iotgw/pkg/replay"
+	"github.com/iotgw/iotgw/pkg/storage"
 	"github.com/iotgw/iotgw/pkg/validate"
 )
 
@@ -37,7 +38,9 @@ type Gateway struct {
 	replay     *replay.Memory
 	inflight   *inflightReplay
 	validator  *validate.Validator
-	store      *outbox.Store
+	engine     *storage.Engine
+	store      storage.Outbox
+	shared     *sharedFwd // storage.engine postgres: rows claimed under leases
 	writer     *outbox.Writer
 	dispatcher *forward.Dispatcher
 	mqtt       *mqttio.Client
@@ -57,7 +60,6 @@ type Gateway struct {
 	commitErr                 atomic.Pointer[string]
 	http                      *http.Server
 	httpLn                    net.Listener
-	unlock                    func() // the outbox lock file (outbox.Lock)
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
@@ -96,14 +98,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
-	if g.unlock, err = outbox.Lock(cfg.Outbox.Path); err != nil {
+	if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
 		g.close()
-		return nil, fmt.Errorf("outbox.path: %w", err)
+		return nil, err
 	}
-	if g.store, err = outbox.Open(ctx, cfg.Outbox); err != nil {
-		g.close()
-		return nil, fmt.Errorf("outbox.path: %w", err)
-	}
+	g.store = g.engine.Outbox
 	g.replay = replay.New(cfg.Replay)
 	loaded := 0
 	// Each id is kept until the later of its stored expiry and its
@@ -138,12 +137,17 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	}
 	// Without payloads: the dispatcher reads each back when it posts it,
 	// so a large backlog need not fit in memory.
-	pending, err := g.store.PendingMeta(ctx)
-	if err != nil {
+	// With a shared engine, rows are claimed (sharedFwd), not reloaded,
+	// and the database enforces the per-device quota fleet-wide.
+	var pending []*outbox.Record
+	quota := cfg.Outbox.MaxPendingPerDevice
+	if g.engine.Shared != nil {
+		g.shared, quota = newSharedFwd(g, g.engine.Shared), 0
+	} else if pending, err = g.store.PendingMeta(ctx); err != nil {
 		g.close()
 		return nil, err
 	}
-	g.pendingQ = newDeviceQuota(cfg.Outbox.MaxPendingPerDevice)
+	g.pendingQ = newDeviceQuota(quota)
 	for _, r := range pending {
 		g.pendingQ.force(r.DeviceID)
 	}
@@ -155,6 +159,8 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		Committed: g.committed,
 		Foreign:   g.foreign,
 		Failed:    g.commitFailed,
+		Refused:   g.refused,
+		HandOff:   g.shared != nil,
 	})
 	poster, err := forward.NewClient(cfg.Backend)
 	if err != nil {
@@ -173,9 +179,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		}
 		log.Info("backend circuit breaker closed: the backend answers again, forwarding resumed")
 	})
+	hooks := forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload}
+	if g.shared != nil {
+		hooks.Admit = g.shared.admit
+	}
 	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster, breaker,
-		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now,
-		forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload})
+		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now, hooks)
 	for _, r := range pending { // forwarded first, before any new message
 		g.dispatcher.Submit(job(r))
 	}
@@ -224,7 +233,7 @@ func (g *Gateway) loadPayload(ctx context.Context, j *forward.Job) ([]byte, erro
 }
 
 func job(r *outbox.Record) *forward.Job {
-	return &forward.Job{Seq: r.Seq, DeviceID: r.DeviceID, MessageID: r.MessageID, Timestamp: r.Timestamp, Payload: r.Payload, ReceivedAt: r.ReceivedAt}
+	return &forward.Job{Seq: r.Seq, Order: r.DSeq, DeviceID: r.DeviceID, MessageID: r.MessageID, Timestamp: r.Timestamp, Payload: r.Payload, ReceivedAt: r.ReceivedAt}
 }
 
 // Run serves until ctx is cancelled, then drains within ShutdownGrace.
@@ -251,6 +260,18 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	})
 	goBG(func() { g.prune(bg) })
+	sharedCtx, stopShared := context.WithCancel(context.Background())
+	sharedDone := make(chan struct{})
+	if g.shared != nil {
+		goBG(func() {
+			g.engine.Shared.Listen(bg, g.engine.Wakeups, g.shared.kick, func(err error) {
+				g.log.Warn("storage notifications lost; polling every second until they return", zap.Error(err))
+			})
+		})
+		go func() { g.shared.run(sharedCtx); close(sharedDone) }()
+	} else {
+		close(sharedDone)
+	}
 	goBG(func() { g.abuse.writer.Run(bg) }) // flushes the rest once bg is cancelled, after the workers stopped
 
 	// Stages, in the order they are stopped.
@@ -288,6 +309,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.dispatcher.Abort()
 		<-dispDone
 	}
+	stopShared()
+	<-sharedDone
+	if g.shared != nil {
+		g.shared.stop() // deletes what settled, releases the leases
+	}
 	g.writer.Close() // commits what was accepted (and acks it) and the last deletions
 	select {
 	case <-writerDone:
@@ -318,11 +344,8 @@ func (g *Gateway) close() {
 	if g.reg != nil {
 		g.reg.Close()
 	}
-	if g.store != nil {
-		g.store.Close()
-	}
-	if g.unlock != nil {
-		g.unlock()
+	if g.engine != nil {
+		g.engine.Close()
 	}
 	g.abuse.close()
 }
@@ -422,7 +445,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 			g.metrics.redelivered.Inc()
 			return // our own redelivery: acked when the original commits
 		}
-		g.reject(ctx, m, dev, env, rej)
+		g.reject(ctx, m.Ack, dev, env, rej)
 		return
 	}
 	if !g.pendingQ.take(env.DeviceID) {
@@ -433,7 +456,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 			ack()
 		}
 		g.replay.Forget(context.Background(), env.DeviceID, env.UUID()) //nolint:errcheck // memory store cannot fail
-		g.reject(ctx, m, dev, env, &validate.Rejection{Reason: validate.QuotaExceeded,
+		g.reject(ctx, m.Ack, dev, env, &validate.Rejection{Reason: validate.QuotaExceeded,
 			Detail: "pending outbox rows of this device at outbox.max_pending_per_device"})
 		return
 	}
@@ -451,7 +474,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 	}
 }
 
-func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env *envelope.Envelope, rej *validate.Rejection) {
+func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envelope.Envelope, rej *validate.Rejection) {
 	g.metrics.reject(rej.Reason)
 	fields := []zap.Field{zap.String("device_id", dev), zap.String("reason", string(rej.Reason))}
 	if env.MessageID != nil {
@@ -476,7 +499,7 @@ func (g *Gateway) reject(ctx context.Context, m *mqttio.Message, dev string, env
 			g.abuse.suppressed.WithLabelValues(string(rej.Reason)).Inc() // at most one per second and reason: no amplifier
 		}
 	}
-	m.Ack()
+	ack()
 }
 
 // noteKey remembers that dev's message verified with key id, keeping the
@@ -535,7 +558,33 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 		for _, ack := range g.inflight.durable(r.DeviceID, r.ID) {
 			ack()
 		}
-		g.dispatcher.Submit(job(r))
+		if g.shared == nil {
+			g.dispatcher.Submit(job(r))
+		}
+	}
+	if g.shared != nil {
+		g.shared.kick()
+	}
+}
+
+// refused runs on the Writer's goroutine for records the shared database
+// refused at commit: a replay another gateway committed first, or a device
+// at its fleet-wide quota. Each is acked and answered like any rejection.
+func (g *Gateway) refused(rs []outbox.Refusal) {
+	ctx := context.Background()
+	for _, r := range rs {
+		acks := g.inflight.durable(r.Rec.DeviceID, r.Rec.ID)
+		rej := &validate.Rejection{Reason: validate.Replay, Detail: "committed first through another gateway"}
+		if r.Quota {
+			rej = &validate.Rejection{Reason: validate.QuotaExceeded, Detail: "pending outbox rows of this device at outbox.max_pending_per_device (fleet-wide)"}
+			g.replay.Forget(ctx, r.Rec.DeviceID, r.Rec.ID) //nolint:errcheck // memory store cannot fail
+		}
+		env := &envelope.Envelope{DeviceID: r.Rec.DeviceID, MessageID: []byte(r.Rec.MessageID)}
+		g.reject(ctx, func() {
+			for _, ack := range acks {
+				ack()
+			}
+		}, r.Rec.DeviceID, env, rej)
 	}
 }
 
@@ -581,7 +630,11 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 			g.log.Error("cannot move to dead letters; retrying", zap.String("message_id", j.MessageID), zap.Error(err))
 			time.Sleep(delay)
 		}
-		g.writer.Release(1)
+		if g.shared != nil {
+			g.shared.settled(j)
+		} else {
+			g.writer.Release(1)
+		}
 		return
 	}
 	result := "ok"
@@ -593,6 +646,10 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
 	g.log.Debug("forwarded", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID), zap.Int("status", o.Response.Status))
 	g.notify(ctx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
+	if g.shared != nil {
+		g.shared.settled(j)
+		return
+	}
 	g.writer.Settle(j.Seq)
 }
 
@@ -628,6 +685,11 @@ func (g *Gateway) routes() http.Handler {
 		}
 		if p := g.commitErr.Load(); p != nil {
 			problems = append(problems, "outbox: commit failing: "+*p)
+		}
+		if g.shared != nil {
+			if p := g.shared.lastErr.Load(); p != nil {
+				problems = append(problems, "storage: "+*p)
+			}
 		}
 		if g.writer.Occupied() >= g.cfg.Outbox.MaxPending {
 			problems = append(problems, "outbox: full (backpressure)")

@@ -34,6 +34,7 @@ type metrics struct {
 	accepted    prometheus.Counter
 	rejected    *prometheus.CounterVec
 	infraErrors *prometheus.CounterVec
+	claimed     prometheus.Counter
 	forwarded   *prometheus.CounterVec
 	// backend is iotgw_backend_responses_total{class}: one per POST
 	// attempt per message, by the backend's status class, or "error"
@@ -73,6 +74,8 @@ func newMetrics(g *Gateway) *metrics {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_messages_rejected_total", Help: "Messages rejected, by reason code."}, []string{"reason"}),
 		infraErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_infra_errors_total",
 			Help: "Infrastructure faults by stage (validate, outbox_commit, deadletter); the message is retried, not rejected."}, []string{"stage"}),
+		claimed: prometheus.NewCounter(prometheus.CounterOpts{Name: "iotgw_rows_claimed_total",
+			Help: "Outbox rows this gateway took under a device lease to forward (storage.engine postgres)."}),
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_forward_total",
 			Help: "Forward outcomes: ok (2xx), final (4xx), retry (retryable failure), dead (dead-lettered)."}, []string{"result"}),
 		backend: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "iotgw_backend_responses_total",
@@ -119,6 +122,13 @@ func newMetrics(g *Gateway) *metrics {
 			}
 			return b2f(up(g.mqtt.ConnState()))
 		})
+	}
+	if g.shared != nil {
+		reg.MustRegister(m.claimed,
+			gauge("iotgw_leases_held", "Devices whose rows this gateway forwards under a lease (storage.engine postgres).", func() float64 { return float64(g.shared.heldCount()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_leases_lost_total",
+				Help: "Device leases found taken over by another gateway at renewal (this gateway was cut off from the database for longer than storage.lease)."},
+				func() float64 { return float64(g.shared.lost.Load()) }))
 	}
 	reg.MustRegister(m.messages, m.received, m.accepted, m.rejected, m.infraErrors, m.forwarded, m.backend, m.redelivered, m.queueFull, m.replyErrors,
 		m.commitBatch, m.validation, m.latency,

@@ -124,6 +124,10 @@ INSERT INTO seen_horizon(id, ts) VALUES (1, 0);`},
 type Record struct {
 	// Seq is the row id, set by Insert.
 	Seq int64
+	// DSeq orders a device's rows: increasing in commit order per device
+	// (on SQLite it is Seq; on PostgreSQL a per-device counter). The
+	// backend sees it as X-Iotgw-Seq.
+	DSeq int64
 	// DeviceID, MessageID and Timestamp (raw digits) as received.
 	DeviceID, MessageID, Timestamp string
 	// ID is the message id as 16 bytes, for the seen table.
@@ -180,6 +184,13 @@ func (s *Store) Insert(ctx context.Context, recs []*Record) error {
 	return err
 }
 
+// Commit implements Committer: SQLite's single gateway refuses nothing
+// (its replay store in memory is the authority).
+func (s *Store) Commit(ctx context.Context, recs []*Record, dels []int64, lastSeq int64) (Result, error) {
+	foreign, err := s.write(ctx, recs, dels, lastSeq)
+	return Result{Foreign: foreign}, err
+}
+
 // write inserts recs and deletes the settled rows dels in one transaction.
 // When lastSeq ≥ 0 it also returns, read in the same transaction, rows
 // another process inserted after lastSeq and before recs (a dead letter
@@ -203,6 +214,7 @@ func (s *Store) write(ctx context.Context, recs []*Record, dels []int64, lastSeq
 		if r.Seq, err = res.LastInsertId(); err != nil {
 			return nil, fmt.Errorf("insert outbox: %w", err)
 		}
+		r.DSeq = r.Seq
 	}
 	if err := insertSeen(ctx, tx, recs); err != nil {
 		return nil, err
@@ -297,7 +309,7 @@ func (s *Store) PendingMeta(ctx context.Context) ([]*Record, error) {
 		if err := rows.Scan(&r.Seq, &r.DeviceID, &r.MessageID, &r.Timestamp, &ms); err != nil {
 			return nil, fmt.Errorf("load outbox: %w", err)
 		}
-		r.ReceivedAt = time.UnixMilli(ms)
+		r.DSeq, r.ReceivedAt = r.Seq, time.UnixMilli(ms)
 		out = append(out, r)
 	}
 	return out, rows.Err()
@@ -337,7 +349,7 @@ func pendingBetween(ctx context.Context, db querier, after, before int64) ([]*Re
 		if err := rows.Scan(&r.Seq, &r.DeviceID, &r.MessageID, &r.Timestamp, &r.Payload, &ms); err != nil {
 			return nil, fmt.Errorf("load outbox: %w", err)
 		}
-		r.ReceivedAt = time.UnixMilli(ms)
+		r.DSeq, r.ReceivedAt = r.Seq, time.UnixMilli(ms)
 		out = append(out, r)
 	}
 	return out, rows.Err()

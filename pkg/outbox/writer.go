@@ -5,6 +5,33 @@ import (
 	"time"
 )
 
+// Committer is the database the Writer commits to: *Store on SQLite, the
+// PostgreSQL engine's outbox when several gateways share one.
+type Committer interface {
+	// Commit inserts recs (setting Seq and DSeq) and deletes the settled
+	// rows dels in one transaction. Records it refused are not inserted
+	// and come back in Result.Refused. When lastSeq ≥ 0, Result.Foreign
+	// holds rows another process inserted after lastSeq (SQLite only).
+	Commit(ctx context.Context, recs []*Record, dels []int64, lastSeq int64) (Result, error)
+	// Pending returns rows with seq > after, oldest first; an engine whose
+	// rows are claimed rather than owned returns none.
+	Pending(ctx context.Context, after int64) ([]*Record, error)
+}
+
+// Result is what a commit did besides inserting.
+type Result struct {
+	Foreign []*Record
+	Refused []Refusal
+}
+
+// Refusal is a record the database refused in the commit: a replay (its
+// id was committed first by another gateway sharing the database) or, with
+// Quota, its device is at outbox.max_pending_per_device fleet-wide.
+type Refusal struct {
+	Rec   *Record
+	Quota bool
+}
+
 // WriterHooks are the Writer's callbacks, called from its one goroutine.
 type WriterHooks struct {
 	// Committed receives each batch once it is durable, Seqs set.
@@ -15,6 +42,13 @@ type WriterHooks struct {
 	// Failed is called after each failed commit; the batch is retried
 	// after delay and nothing is acked meanwhile.
 	Failed func(err error, batchLen int, delay time.Duration)
+	// Refused receives the records the database refused (Result.Refused),
+	// before Committed receives the rest of their batch.
+	Refused func(refused []Refusal)
+	// HandOff frees a row's slot when it commits instead of when it is
+	// settled: with a shared database, any gateway may forward and delete
+	// the row, so Append's bound covers only rows not yet committed.
+	HandOff bool
 }
 
 // Writer group-commits records: whatever accumulates while one commit runs
@@ -25,7 +59,7 @@ type WriterHooks struct {
 // It also bounds the outbox: Append blocks while MaxPending rows wait for
 // the backend, until Release frees room. That is the gateway's backpressure.
 type Writer struct {
-	s       *Store
+	s       Committer
 	cfg     Config
 	hooks   WriterHooks
 	in      chan *Record
@@ -40,7 +74,7 @@ type Writer struct {
 // the caller (from Store.Pending at start); rows above it that the Writer
 // did not insert are reported through Foreign. occupied is how many rows
 // already wait in the outbox.
-func NewWriter(s *Store, cfg Config, lastSeq int64, occupied int, hooks WriterHooks) *Writer {
+func NewWriter(s Committer, cfg Config, lastSeq int64, occupied int, hooks WriterHooks) *Writer {
 	w := &Writer{s: s, cfg: cfg, hooks: hooks, in: make(chan *Record, cfg.BatchMax*2), del: make(chan int64, 8192),
 		slots: make(chan struct{}, cfg.MaxPending), closed: make(chan struct{}), lastSeq: lastSeq, poll: 2 * time.Second}
 	for range min(occupied, cfg.MaxPending) {
@@ -190,16 +224,27 @@ func (w *Writer) Run(ctx context.Context) {
 func (w *Writer) commit(ctx context.Context, recs []*Record, dels []int64) bool {
 	delay := 50 * time.Millisecond
 	for {
-		foreign, err := w.s.write(ctx, recs, dels, w.lastSeq)
+		res, err := w.s.Commit(ctx, recs, dels, w.lastSeq)
 		if err == nil {
-			if len(recs) > 0 {
+			if len(recs) > 0 && recs[len(recs)-1].Seq > w.lastSeq {
 				w.lastSeq = recs[len(recs)-1].Seq
 			}
-			if len(foreign) > 0 && w.hooks.Foreign != nil {
-				w.hooks.Foreign(foreign)
+			if len(res.Foreign) > 0 && w.hooks.Foreign != nil {
+				w.hooks.Foreign(res.Foreign)
 			}
-			if len(recs) > 0 && w.hooks.Committed != nil {
-				w.hooks.Committed(recs)
+			accepted := recs
+			if len(res.Refused) > 0 {
+				accepted = without(recs, res.Refused)
+				if w.hooks.Refused != nil {
+					w.hooks.Refused(res.Refused)
+				}
+				w.Release(len(res.Refused)) // never became rows
+			}
+			if len(accepted) > 0 && w.hooks.Committed != nil {
+				w.hooks.Committed(accepted)
+			}
+			if w.hooks.HandOff {
+				w.Release(len(accepted))
 			}
 			w.Release(len(dels))
 			return true
@@ -225,4 +270,19 @@ func (w *Writer) pollForeign(ctx context.Context) {
 	if w.hooks.Foreign != nil {
 		w.hooks.Foreign(rows)
 	}
+}
+
+// without returns recs minus the refused ones, in order, in a new slice.
+func without(recs []*Record, refused []Refusal) []*Record {
+	gone := make(map[*Record]bool, len(refused))
+	for _, r := range refused {
+		gone[r.Rec] = true
+	}
+	out := make([]*Record, 0, len(recs)-len(refused))
+	for _, r := range recs {
+		if !gone[r] {
+			out = append(out, r)
+		}
+	}
+	return out
 }

@@ -27,14 +27,14 @@ type Config struct {
 	DSN string `mapstructure:"dsn"`
 	// Lease is how long a gateway owns a device's pending rows without
 	// renewing (engine postgres): a gateway that dies has its rows taken
-	// over by another within this. It renews every Lease/3 and stops
+	// over by another within this. It renews every Lease/4 and stops
 	// posting a device's rows once its lease may have run out. Must exceed
-	// backend.timeout. Default 15s.
+	// twice backend.timeout. Default 30s.
 	Lease time.Duration `mapstructure:"lease"`
 }
 
 // DefaultConfig returns the defaults.
-func DefaultConfig() Config { return Config{Engine: SQLite, Lease: 15 * time.Second} }
+func DefaultConfig() Config { return Config{Engine: SQLite, Lease: 30 * time.Second} }
 
 // Shared reports whether the engine is shared by several gateways.
 func (c Config) Shared() bool { return c.Engine == Postgres }

@@ -1,0 +1,274 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/storage"
+)
+
+// Forwarding from a database shared by several gateways (storage.engine
+// postgres). A gateway does not forward the rows it accepted: any gateway
+// claims any device's pending rows under a lease (storage.Shared.Claim),
+// posts them in order through the Dispatcher, deletes them and hands the
+// lease on (Finish), and renews its leases every Lease/4. One lease per
+// device keeps one POST in flight per device fleet-wide.
+//
+// Fail closed: a job is posted only while its device's lease is known to
+// outlast the POST (Admit: now + backend.timeout < the lease's end as
+// this gateway last confirmed it), so when the database is unreachable,
+// renewals fail and posting stops before another gateway can take over.
+const (
+	sharedRowsPerDevice = 16   // rows taken per device per claim
+	sharedMaxDevices    = 1024 // devices one gateway holds at most
+	sharedPoll          = time.Second
+)
+
+type sharedFwd struct {
+	g       *Gateway
+	st      storage.Shared
+	owner   string
+	lease   time.Duration
+	timeout time.Duration
+	log     *zap.Logger
+
+	mu      sync.Mutex
+	held    map[string]*heldDev
+	done    []*outbox.Record // settled rows not yet deleted
+	drained []string         // devices whose claimed rows all settled
+	wake    chan struct{}
+	lastErr atomic.Pointer[string]
+
+	lost atomic.Int64 // leases found taken over at renewal
+}
+
+type heldDev struct {
+	n     int       // claimed jobs not yet settled or dropped
+	until time.Time // the lease's end as last confirmed (local clock)
+	lost  bool
+}
+
+func newSharedFwd(g *Gateway, st storage.Shared) *sharedFwd {
+	b := make([]byte, 4)
+	rand.Read(b) //nolint:errcheck // never fails
+	host, _ := os.Hostname()
+	return &sharedFwd{g: g, st: st, lease: g.cfg.Storage.Lease, timeout: g.cfg.Backend.Timeout,
+		owner: fmt.Sprintf("%s@%s/%d/%s", g.cfg.MQTT.ClientID, host, os.Getpid(), hex.EncodeToString(b)),
+		log:   g.log.With(zap.String("component", "lease")), held: map[string]*heldDev{}, wake: make(chan struct{}, 1)}
+}
+
+func (s *sharedFwd) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// admit is forward.Hooks.Admit.
+func (s *sharedFwd) admit(j *forward.Job) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.held[j.DeviceID]
+	if h == nil || h.lost {
+		if h != nil {
+			if h.n--; h.n <= 0 {
+				delete(s.held, j.DeviceID)
+			}
+		}
+		return forward.ErrRelinquished
+	}
+	if !time.Now().Add(s.timeout).Before(h.until) {
+		return errors.New("device lease not confirmed for the length of a POST (storage unreachable?): not posting")
+	}
+	return nil
+}
+
+// settled records a settled (or buried) job for deletion and lease hand-on.
+func (s *sharedFwd) settled(j *forward.Job) {
+	s.mu.Lock()
+	s.done = append(s.done, &outbox.Record{Seq: j.Seq, DeviceID: j.DeviceID})
+	if h := s.held[j.DeviceID]; h != nil {
+		if h.n--; h.n <= 0 {
+			delete(s.held, j.DeviceID)
+			if !h.lost {
+				s.drained = append(s.drained, j.DeviceID)
+			}
+		}
+	}
+	s.mu.Unlock()
+	s.kick()
+}
+
+// submit hands claimed rows to the dispatcher; sent is when the claim
+// (or Finish) that leased them was sent.
+func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
+	if len(rows) == 0 {
+		return
+	}
+	s.mu.Lock()
+	for _, r := range rows {
+		h := s.held[r.DeviceID]
+		if h == nil {
+			h = &heldDev{}
+			s.held[r.DeviceID] = h
+		}
+		h.n++
+		h.until = sent.Add(s.lease)
+	}
+	s.mu.Unlock()
+	for _, r := range rows {
+		s.g.dispatcher.Submit(job(r))
+	}
+	s.g.metrics.claimed.Add(float64(len(rows)))
+}
+
+func (s *sharedFwd) heldCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held)
+}
+
+func (s *sharedFwd) fail(op string, err error) {
+	msg := op + ": " + err.Error()
+	if s.lastErr.Swap(&msg) == nil {
+		s.log.Error("STORAGE UNREACHABLE: not forwarding until it answers (rows stay stored)", zap.String("op", op), zap.Error(err))
+	}
+	s.g.metrics.infraErrors.WithLabelValues("storage_" + op).Inc()
+}
+
+func (s *sharedFwd) ok() {
+	if s.lastErr.Swap(nil) != nil {
+		s.log.Info("storage answers again; forwarding resumed")
+	}
+}
+
+// run claims, finishes and renews until ctx ends.
+func (s *sharedFwd) run(ctx context.Context) {
+	poll := time.NewTicker(sharedPoll)
+	defer poll.Stop()
+	renew := time.NewTicker(s.lease / 4)
+	defer renew.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-poll.C:
+		case <-renew.C:
+			s.renew(ctx)
+		}
+		s.finish(ctx)
+		s.claim(ctx)
+	}
+}
+
+func (s *sharedFwd) finish(ctx context.Context) {
+	s.mu.Lock()
+	done, drained := s.done, s.drained
+	s.done, s.drained = nil, nil
+	s.mu.Unlock()
+	if len(done) == 0 && len(drained) == 0 {
+		return
+	}
+	sent := time.Now()
+	more, err := s.st.Finish(ctx, s.owner, done, drained, sharedRowsPerDevice, s.lease)
+	if err != nil {
+		s.mu.Lock() // keep them for the next round
+		s.done, s.drained = append(done, s.done...), append(drained, s.drained...)
+		s.mu.Unlock()
+		if ctx.Err() == nil {
+			s.fail("finish", err)
+		}
+		return
+	}
+	s.ok()
+	s.submit(more, sent)
+}
+
+func (s *sharedFwd) claim(ctx context.Context) {
+	free := sharedMaxDevices - s.heldCount()
+	if free <= 0 || s.g.stopping.Load() || s.g.dispatcher.BreakerOpen() {
+		return
+	}
+	sent := time.Now()
+	rows, err := s.st.Claim(ctx, s.owner, free, sharedRowsPerDevice, s.lease)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.fail("claim", err)
+		}
+		return
+	}
+	s.ok()
+	s.submit(rows, sent)
+}
+
+func (s *sharedFwd) renew(ctx context.Context) {
+	s.mu.Lock()
+	devs := make([]string, 0, len(s.held))
+	for id, h := range s.held {
+		if !h.lost {
+			devs = append(devs, id)
+		}
+	}
+	s.mu.Unlock()
+	if len(devs) == 0 {
+		return
+	}
+	sort.Strings(devs)
+	sent := time.Now()
+	kept, err := s.st.Renew(ctx, s.owner, devs, s.lease)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.fail("renew", err)
+		}
+		return
+	}
+	s.ok()
+	k := make(map[string]bool, len(kept))
+	for _, id := range kept {
+		k[id] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range devs {
+		h := s.held[id]
+		switch {
+		case h == nil:
+		case k[id]:
+			h.until = sent.Add(s.lease)
+		default:
+			h.lost = true
+			s.lost.Add(1)
+			s.log.Warn("lease taken over by another gateway; dropping this device's claimed rows", zap.String("device_id", id))
+		}
+	}
+}
+
+// stop deletes what settled and gives up every lease, once the dispatcher
+// has stopped, so other gateways take the rest over at once.
+func (s *sharedFwd) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s.mu.Lock()
+	done := s.done
+	s.done, s.drained = nil, nil
+	s.mu.Unlock()
+	if _, err := s.st.Finish(ctx, s.owner, done, nil, 0, s.lease); err != nil {
+		s.log.Warn("cannot delete settled rows at shutdown; the gateway that takes their devices over posts them again", zap.Int("rows", len(done)), zap.Error(err))
+	}
+	if err := s.st.Release(ctx, s.owner); err != nil {
+		s.log.Warn("cannot release leases at shutdown; other gateways take them over when they expire", zap.Error(err))
+	}
+}

@@ -1,0 +1,88 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/pgstore"
+)
+
+// Outbox is the outbox on either engine: what the gateway and the CLI use.
+type Outbox interface {
+	outbox.Committer
+	Seen(ctx context.Context, now time.Time, window time.Duration, fn func(deviceID string, id [16]byte, expires time.Time) error) error
+	SeenHorizon(ctx context.Context) (time.Time, error)
+	PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error)
+	PendingMeta(ctx context.Context) ([]*outbox.Record, error)
+	Payload(ctx context.Context, seq int64) ([]byte, error)
+	Bury(ctx context.Context, seq int64, attempts int, lastErr string, now time.Time) error
+	Stats(ctx context.Context) (outbox.Stats, error)
+	Count(ctx context.Context) (int, error)
+	DeadLetters(ctx context.Context) ([]outbox.Dead, error)
+	RetryDead(ctx context.Context, seqs []int64) (int, error)
+	DropDead(ctx context.Context, seqs []int64) (int, error)
+}
+
+// Shared is what an engine shared by several gateways adds: rows are not
+// owned by the gateway that accepted them but claimed under a lease by
+// whichever forwards them (see pgstore.Outbox).
+type Shared interface {
+	Claim(ctx context.Context, owner string, devices, rows int, lease time.Duration) ([]*outbox.Record, error)
+	Renew(ctx context.Context, owner string, devs []string, lease time.Duration) ([]string, error)
+	Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string, rows int, lease time.Duration) ([]*outbox.Record, error)
+	Release(ctx context.Context, owner string) error
+	// Listen calls fn on each notification on channel until ctx ends,
+	// reconnecting after errors (reported to onErr).
+	Listen(ctx context.Context, channel string, fn func(), onErr func(error))
+}
+
+// Engine is an open storage engine.
+type Engine struct {
+	Outbox Outbox
+	// Shared is nil on SQLite.
+	Shared Shared
+	// Wakeups is the channel whose notifications mean "new rows" (Shared only).
+	Wakeups string
+	closers []func()
+}
+
+// Close releases everything Open opened, in reverse order.
+func (e *Engine) Close() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+	e.closers = nil
+}
+
+// OpenOutbox opens the outbox of cfg's engine. On SQLite it first takes the
+// outbox lock (one gateway per file) and fails with an error naming
+// outbox.path; on PostgreSQL it connects and migrates, naming storage.dsn.
+func OpenOutbox(ctx context.Context, cfg Config, oc outbox.Config) (*Engine, error) {
+	e := &Engine{}
+	switch cfg.Engine {
+	case Postgres:
+		db, err := pgstore.Open(ctx, cfg.DSN)
+		if err != nil {
+			return nil, err
+		}
+		e.closers = append(e.closers, db.Close)
+		o := db.Outbox(oc.MaxPendingPerDevice)
+		e.Outbox, e.Shared, e.Wakeups = o, o, pgstore.OutboxChannel
+	default:
+		unlock, err := outbox.Lock(oc.Path)
+		if err != nil {
+			return nil, fmt.Errorf("outbox.path: %w", err)
+		}
+		e.closers = append(e.closers, unlock)
+		s, err := outbox.Open(ctx, oc)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("outbox.path: %w", err)
+		}
+		e.closers = append(e.closers, func() { s.Close() })
+		e.Outbox = s
+	}
+	return e, nil
+}
