@@ -548,10 +548,14 @@ func (o *Outbox) DeadLetters(ctx context.Context) ([]outbox.Dead, error) {
 
 // RetryDead moves dead letters (all when seqs is empty) back into the
 // outbox as new rows, each at the end of its device's order.
-func (o *Outbox) RetryDead(ctx context.Context, seqs []int64) (int, error) { return o.deadOp(ctx, seqs, true) }
+func (o *Outbox) RetryDead(ctx context.Context, seqs []int64) (int, error) {
+	return o.deadOp(ctx, seqs, true)
+}
 
 // DropDead deletes dead letters for good (all when seqs is empty).
-func (o *Outbox) DropDead(ctx context.Context, seqs []int64) (int, error) { return o.deadOp(ctx, seqs, false) }
+func (o *Outbox) DropDead(ctx context.Context, seqs []int64) (int, error) {
+	return o.deadOp(ctx, seqs, false)
+}
 
 func (o *Outbox) deadOp(ctx context.Context, seqs []int64, retry bool) (int, error) {
 	var n int
