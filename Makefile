@@ -34,6 +34,7 @@ release:
 # deps installs what the tests and the demo need and a fresh Debian lacks.
 deps:
 	@scripts/install-deps.sh
+	@scripts/postgres.sh
 
 # demo: PKI, two devices, Mosquitto with the project's config, the gateway,
 # a sample backend and a simulated device with every attack; prints a table.

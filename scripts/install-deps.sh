@@ -25,6 +25,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Debian's python3-paho-mqtt is for Debian's python3 (/usr/bin/python3).
 /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3-paho-mqtt)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# PostgreSQL: the storage.engine postgres tests (scripts/postgres.sh starts it).
+command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing: ${need[*]}"
 if ! command -v apt-get >/dev/null 2>&1; then

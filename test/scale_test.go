@@ -1,10 +1,17 @@
 package test
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,9 +21,20 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// pgAdmin is the machine's PostgreSQL (trust auth); each test makes its
-// own database and drops it.
-const pgAdmin = "postgres://127.0.0.1:5432/test?sslmode=disable"
+// pgAdmin is the PostgreSQL the tests use (IOTGW_TEST_PG, default the
+// machine's, trust auth; scripts/postgres.sh makes sure it answers); each
+// test makes its own database and drops it.
+var pgAdmin = cmp.Or(os.Getenv("IOTGW_TEST_PG"), "postgres://127.0.0.1:5432/test?sslmode=disable")
+
+// pgDSN returns pgAdmin with database name instead.
+func pgDSN(t *testing.T, name string) string {
+	u, err := url.Parse(pgAdmin)
+	if err != nil {
+		t.Fatalf("IOTGW_TEST_PG: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
 
 // newPGDatabase creates a fresh database and returns its DSN.
 func newPGDatabase(t *testing.T) string {
@@ -41,7 +59,7 @@ func newPGDatabase(t *testing.T) string {
 		defer c.Close(context.Background())
 		c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") //nolint:errcheck // best effort
 	})
-	return "postgres://127.0.0.1:5432/" + name + "?sslmode=disable"
+	return pgDSN(t, name)
 }
 
 // sharedOpts configures gateway n of a group sharing dsn: its own client
@@ -148,5 +166,292 @@ func TestScaleThreeGateways(t *testing.T) {
 	f.backend.mu.Unlock()
 	if most != 1 {
 		t.Fatalf("a device had %d POSTs in flight at once, want 1", most)
+	}
+}
+
+// sum adds one series over gateways.
+func sum(gws []*gatewayProc, series string) float64 {
+	var n float64
+	for _, g := range gws {
+		n += g.metric(series)
+	}
+	return n
+}
+
+// TestScaleReplayAcrossGateways: a message accepted through one gateway
+// is refused by whichever gateway gets a copy later, and ten copies
+// published at once, spread over three gateways by the share group, give
+// exactly one POST: the unique key on (device, message id), written in the
+// commit, lets one win.
+func TestScaleReplayAcrossGateways(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dsn := newPGDatabase(t)
+	f := newFixture(t, "rp-1")
+	var gws []*gatewayProc
+	for n := range 3 {
+		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
+	}
+	d := f.device("rp-1")
+	// 1. Accepted once, then copies: each gateway gets some (share group).
+	raw, id := d.signed(`{"x":1}`, time.Now().Unix())
+	d.publish("", raw)
+	f.backend.waitCount(t, 1, 10*time.Second)
+	for range 6 {
+		d.publish("", raw)
+	}
+	// 2. Ten simultaneous copies of a fresh message.
+	raw2, id2 := d.signed(`{"x":2}`, time.Now().Unix())
+	var toks []interface{ WaitTimeout(time.Duration) bool }
+	for range 10 {
+		toks = append(toks, d.c.Publish("device/rp-1/data", 1, false, raw2))
+	}
+	for _, tok := range toks {
+		tok.WaitTimeout(5 * time.Second)
+	}
+	// Every copy is accounted for: 6 + 9 refused (a copy that reached the
+	// gateway holding the original in flight is acked with it, counted as
+	// redelivered; any other is a replay rejection).
+	deadline := time.Now().Add(15 * time.Second)
+	var refused float64
+	for time.Now().Before(deadline) {
+		refused = sum(gws, `iotgw_messages_rejected_total{reason="replay"}`) + sum(gws, "iotgw_redelivered_inflight_total")
+		if refused >= 15 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	got := map[string]int{}
+	for _, r := range f.backend.requests() {
+		got[r.Header.Get("X-Message-Id")]++
+	}
+	if got[id] != 1 || got[id2] != 1 || len(got) != 2 {
+		t.Fatalf("backend got %v, want each of %s and %s once", got, id, id2)
+	}
+	if refused != 15 {
+		t.Fatalf("refused copies = %v, want 15", refused)
+	}
+	var through []string
+	for i, g := range gws {
+		through = append(through, fmt.Sprintf("gw%d: received %.0f, replay %.0f", i, g.metric("iotgw_messages_received_total"),
+			g.metric(`iotgw_messages_rejected_total{reason="replay"}`)))
+	}
+	t.Log(strings.Join(through, "; "))
+}
+
+// TestScaleKillOneGateway: kill -9 one of three gateways mid-stream and
+// never restart it. Its committed rows are forwarded by the others once
+// its leases run out; the messages the broker had queued for its
+// persistent session are drained by a replacement with its client id and
+// no local state. Nothing is lost; the only duplicates are POSTs the dead
+// gateway made whose rows it had not yet deleted (the crash window).
+func TestScaleKillOneGateway(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dsn := newPGDatabase(t)
+	var ids []string
+	for i := range 10 {
+		ids = append(ids, fmt.Sprintf("kill-%02d", i))
+	}
+	f := newFixture(t, ids...)
+	// Slow enough that rows pile up in the outbox: the victim holds leases
+	// with rows claimed when it dies.
+	f.backend.setBehave(func(recorded) (int, string, time.Duration) { return 200, `{"ok":true}`, 20 * time.Millisecond })
+	var gws []*gatewayProc
+	for n := range 3 {
+		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
+	}
+	var devs []*device
+	for _, id := range ids {
+		devs = append(devs, f.device(id))
+	}
+	done := make(chan struct{})
+	go func() { publishAll(t, devs, 100); close(done) }()
+	victim := gws[1]
+	victim.waitMetric("iotgw_leases_held", 1, 20*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	held := victim.metric("iotgw_leases_held")
+	victim.kill() // SIGKILL
+	t.Logf("killed gateway 1 holding %v leases", held)
+	<-done
+	// The survivors forward everything that was committed, within the lease.
+	// The broker keeps the victim's share in its persistent session: start a
+	// replacement with its client id (and no outbox or registry state of
+	// its own beyond the shared registry) to drain it.
+	time.Sleep(6 * time.Second) // > storage.lease: the victim's rows are taken over
+	before := len(f.backend.requests())
+	f.startGateway(sharedOpts(dsn, 1))
+	reqs := f.backend.waitCount(t, 1000, 60*time.Second)
+	time.Sleep(2 * time.Second)
+	reqs = f.backend.requests()
+	seen := map[string]int{}
+	for _, r := range reqs {
+		seen[r.Header.Get("X-Message-Id")]++
+	}
+	dups := len(reqs) - len(seen)
+	t.Logf("forwarded before the replacement: %d; total POSTs %d, distinct %d, duplicates %d", before, len(reqs), len(seen), dups)
+	if len(seen) != 1000 {
+		t.Fatalf("backend got %d distinct messages, want 1000", len(seen))
+	}
+	// One POST in flight per device the victim held, at most.
+	if dups > int(held) {
+		t.Fatalf("%d duplicates, more than the %v devices the killed gateway held", dups, held)
+	}
+}
+
+// pgCluster runs pg_ctlcluster on the machine's one cluster (stop, start,
+// restart). Only the tests in this package touch the cluster, and they run
+// one at a time.
+func pgCluster(t *testing.T, action string) {
+	t.Helper()
+	vers, err := filepath.Glob("/etc/postgresql/*")
+	if err != nil || len(vers) != 1 {
+		t.Fatalf("want one PostgreSQL version under /etc/postgresql, got %v (%v)", vers, err)
+	}
+	out, err := exec.Command("pg_ctlcluster", "--skip-systemctl-redirect", filepath.Base(vers[0]), "main", action, "-m", "fast").CombinedOutput()
+	if err != nil && action != "start" {
+		t.Fatalf("pg_ctlcluster %s: %v\n%s", action, err, out)
+	}
+	if action == "stop" {
+		return
+	}
+	for range 100 {
+		if c, err := pgx.Connect(context.Background(), pgAdmin); err == nil {
+			c.Close(context.Background())
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("PostgreSQL did not come back after %s", action)
+}
+
+// readyz returns the gateway's /readyz status and body.
+func (g *gatewayProc) readyz() (int, string) {
+	resp, err := httpClient.Get("http://" + g.http + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestScalePostgresOutage: PostgreSQL restarts mid-stream, and later stops
+// for 10 s, under two gateways. Nothing is lost, no replay gets through
+// (copies of accepted messages are published during the outage), and
+// /readyz is false, with the reason, while PostgreSQL is down.
+func TestScalePostgresOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dsn := newPGDatabase(t)
+	ids := []string{"pgo-1", "pgo-2", "pgo-3", "pgo-4"}
+	f := newFixture(t, ids...)
+	var gws []*gatewayProc
+	for n := range 2 {
+		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
+	}
+	var devs []*device
+	for _, id := range ids {
+		devs = append(devs, f.device(id))
+	}
+	var mu sync.Mutex
+	sent := map[string]bool{}
+	var early [][]byte // accepted before the outage; replayed during it
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, d := range devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				raw, id := d.signed(fmt.Sprintf(`{"n":%d}`, i), time.Now().Unix())
+				tok := d.c.Publish("device/"+d.id+"/data", 1, false, raw)
+				if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+					t.Errorf("publish: %v", tok.Error())
+					return
+				}
+				mu.Lock()
+				sent[id] = true
+				if i < 3 {
+					early = append(early, raw)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second)
+	pgCluster(t, "restart")
+	time.Sleep(3 * time.Second)
+	pgCluster(t, "stop")
+	downAt := time.Now()
+	mu.Lock()
+	replays := append([][]byte(nil), early...)
+	mu.Unlock()
+	for i, raw := range replays { // copies of accepted messages, while the database is down
+		devs[i%len(devs)].c.Publish("device/"+devs[i%len(devs)].id+"/data", 1, false, raw)
+	}
+	notReady := make([]string, len(gws))
+	for time.Since(downAt) < 10*time.Second {
+		for i, g := range gws {
+			if code, body := g.readyz(); code == 503 && notReady[i] == "" {
+				notReady[i] = strings.TrimSpace(body)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	pgCluster(t, "start")
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	for i, why := range notReady {
+		if !strings.Contains(why, "storage") && !strings.Contains(why, "outbox") {
+			t.Errorf("gateway %d: /readyz not false with a storage reason during the outage (got %q)", i, why)
+		}
+		t.Logf("gateway %d /readyz during the outage: %q", i, why)
+	}
+	mu.Lock()
+	want := len(sent)
+	mu.Unlock()
+	f.backend.waitCount(t, want, 60*time.Second)
+	time.Sleep(2 * time.Second)
+	got := map[string]int{}
+	for _, r := range f.backend.requests() {
+		got[r.Header.Get("X-Message-Id")]++
+	}
+	lost, dups := 0, 0
+	for id := range sent {
+		if got[id] == 0 {
+			lost++
+		}
+	}
+	for _, n := range got {
+		dups += n - 1
+	}
+	for _, raw := range replays {
+		var e struct {
+			MessageID string `json:"message_id"`
+		}
+		if err := json.Unmarshal(raw, &e); err != nil {
+			t.Fatal(err)
+		}
+		if got[e.MessageID] != 1 {
+			t.Errorf("replayed message %s reached the backend %d times", e.MessageID, got[e.MessageID])
+		}
+	}
+	t.Logf("scenario postgres-outage: sent=%d forwarded=%d duplicate=%d lost=%d replays_sent=%d", want, len(got), dups, lost, len(replays))
+	if lost != 0 || len(got) != want {
+		t.Fatalf("lost %d of %d (backend has %d distinct)", lost, want, len(got))
+	}
+	if dups > len(ids)*len(gws) {
+		t.Fatalf("%d duplicates: more than one in-flight POST per device and gateway", dups)
 	}
 }
