@@ -173,7 +173,54 @@ func TestShareGroupDeviceJoins(t *testing.T) {
 			t.Fatalf("d1's session delivered %q on %s", m.Payload(), m.Topic())
 		}
 		d1.Disconnect(50)
+		for len(gwData) > 0 {
+			<-gwData
+		}
+
+		// The operator's remedy: the gateway's certificate, on the gateway
+		// listener (which keeps client ids), connects as "d1" with a clean
+		// session, which discards d1's session and its share.
+		purge, err := harness.Connect(t, b.GatewayAddr, harness.TLSConfig(t, certs, "gateway"), "d1")
+		if err != nil {
+			t.Fatalf("connect as d1 on the gateway listener: %v", err)
+		}
+		purge.Disconnect(50)
+		publishN(t, d2, "d2", n, "after the purge")
+		if got := drain(t, observer, n, gwData); got[0] != n {
+			t.Errorf("after d1's session was discarded the gateway got %d of %d", got[0], n)
+		}
 	})
+}
+
+// TestShareGroupGatewayListenerManyShares: on the gateway listener client
+// ids are kept, so ONE device certificate that reaches it takes as many
+// turns as it opens connections (on the device listener, one: its id is
+// its CN). Three connections: the gateway gets 1 message in 4.
+func TestShareGroupGatewayListenerManyShares(t *testing.T) {
+	const n, conns = 20, 3
+	certs, b := brokerSetup(t)
+	gwData := mustSubscribe(t, gatewayOn(t, b, certs, fixtureClientID), shareFilter)
+	observer := mustSubscribe(t, gatewayOn(t, b, certs, "iotgw:observer"), "device/+/data")
+	d2 := harness.NewDeviceClient(t, b, certs, "d2")
+	var stolen []<-chan mqtt.Message
+	for i := range conns {
+		c, err := harness.Connect(t, b.GatewayAddr, harness.TLSConfig(t, certs, "d1"), fmt.Sprintf("d1-%d", i))
+		if err != nil {
+			t.Fatalf("d1 connection %d: %v", i, err)
+		}
+		stolen = append(stolen, mustSubscribe(t, c, shareFilter))
+	}
+	publishN(t, d2, "d2", n, "three shares")
+	got := drain(t, observer, n, append([]<-chan mqtt.Message{gwData}, stolen...)...)
+	t.Logf("%d messages, d1 with %d connections in the group: the gateway got %d, d1 got %v", n, conns, got[0], got[1:])
+	for i, k := range got[1:] {
+		if k != 0 {
+			t.Fatalf("d1 connection %d read %d messages", i, k)
+		}
+	}
+	if got[0] != n/(conns+1) {
+		t.Errorf("the gateway got %d of %d, want %d; if this changed, update docs/SECURITY.md", got[0], n, n/(conns+1))
+	}
 }
 
 // shareMember returns the options of one `iotgw serve` in the share
@@ -318,7 +365,8 @@ func TestShareGroupReplayAcrossMembers(t *testing.T) {
 // broker keeps giving A its round-robin turn, writing them to A's
 // connection, where nobody acks them. A is killed (SIGKILL): its
 // unacked messages stay in its persistent session; member B does not get
-// them. A replacement with A's client id and fresh state (its own empty
+// them, and of 20 more messages published while A is dead, A's offline
+// session still gets its turn. A replacement with A's client id and fresh state (its own empty
 // outbox, a registry copy) connects with clean session off and drains
 // them. Every message reaches the backend exactly once.
 func TestShareGroupRecoveryByClientID(t *testing.T) {
@@ -358,6 +406,20 @@ func TestShareGroupRecoveryByClientID(t *testing.T) {
 	if toA == 0 {
 		t.Fatal("nothing was left in A's session: the test proves nothing")
 	}
+
+	// While A is dead, the broker keeps giving its offline session its turn.
+	for id := range sendSigned(t, pubs, 5) {
+		ids[id] = true
+	}
+	b.waitMetric("iotgw_messages_received_total", float64(toB+1), 10*time.Second)
+	time.Sleep(time.Second) // B has its whole share of them
+	afterB := int(b.metric("iotgw_messages_received_total")) - toB
+	t.Logf("%d more published after A died: %d to B, %d queued in A's session", len(ids)-total, afterB, len(ids)-total-afterB)
+	if afterB == len(ids)-total {
+		t.Errorf("B got all %d messages published after A died", afterB)
+	}
+	toA += len(ids) - total - afterB
+	total = len(ids)
 
 	a2 := f.startGateway(f.shareMember("a2", "iotgw:share-a"))
 	f.backend.waitCount(t, total, 30*time.Second)
