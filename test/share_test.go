@@ -4,7 +4,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -428,5 +430,60 @@ func TestShareGroupRecoveryByClientID(t *testing.T) {
 	t.Logf("A's replacement received %v", a2.metric("iotgw_messages_received_total"))
 	if got := int(a2.metric("iotgw_messages_received_total")); got < toA {
 		t.Errorf("A's replacement received %d, want at least %d", got, toA)
+	}
+}
+
+// TestShareGroupStoppedMemberKeepsItsTurn: a member stopped cleanly
+// (SIGTERM) does not unsubscribe; its session keeps its turn, and
+// messages wait there until it (or a replacement with its client id)
+// is back. To retire a member for good, its session must be discarded:
+// a connection with its client id and a clean session, after which the
+// remaining member gets everything.
+func TestShareGroupStoppedMemberKeepsItsTurn(t *testing.T) {
+	f := newFixture(t, shareDevices...)
+	g1 := f.startGateway(f.shareMember("1", "iotgw:share-1"))
+	g2 := f.startGateway(f.shareMember("2", "iotgw:share-2"))
+	var pubs []*publisher
+	for _, id := range shareDevices {
+		pubs = append(pubs, f.publisher(id))
+	}
+	if code := g2.signal(syscall.SIGTERM, 20*time.Second); code != 0 {
+		t.Fatalf("member 2 exited %d on SIGTERM", code)
+	}
+	ids := sendSigned(t, pubs, 5) // 20
+	g1.waitMetric("iotgw_messages_received_total", 1, 10*time.Second)
+	time.Sleep(time.Second)
+	to1 := int(g1.metric("iotgw_messages_received_total"))
+	t.Logf("member 2 stopped with SIGTERM, %d messages published: %d to member 1, %d wait in member 2's session", len(ids), to1, len(ids)-to1)
+	if to1 == len(ids) {
+		t.Fatalf("member 1 got all %d: the stopped member left the group", to1)
+	}
+	g2b := f.startGateway(f.shareMember("2b", "iotgw:share-2"))
+	f.backend.waitCount(t, len(ids), 30*time.Second)
+	time.Sleep(quiet)
+	exactlyOnce(t, f.backend, ids)
+	t.Logf("member 2 restarted: it received %v", g2b.metric("iotgw_messages_received_total"))
+
+	// Retire member 2: stop it, then discard its session.
+	if code := g2b.signal(syscall.SIGTERM, 20*time.Second); code != 0 {
+		t.Fatalf("member 2 exited %d on SIGTERM", code)
+	}
+	// With the command docs/SCALING.md gives (clean session is
+	// mosquitto_sub's default).
+	purge := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(f.broker.GatewayPort),
+		"--cafile", filepath.Join(f.certs, "ca.crt"), "--cert", filepath.Join(f.certs, "gateway.crt"),
+		"--key", filepath.Join(f.certs, "gateway.key"), "-i", "iotgw:share-2", "-t", "none", "-E")
+	if out, err := purge.CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_sub -i iotgw:share-2: %v\n%s", err, out)
+	}
+	before := int(g1.metric("iotgw_messages_received_total"))
+	for id := range sendSigned(t, pubs, 5) {
+		ids[id] = true
+	}
+	f.backend.waitCount(t, len(ids), 30*time.Second)
+	time.Sleep(quiet)
+	exactlyOnce(t, f.backend, ids)
+	if got := int(g1.metric("iotgw_messages_received_total")) - before; got != 20 {
+		t.Errorf("after member 2's session was discarded member 1 got %d of 20", got)
 	}
 }
