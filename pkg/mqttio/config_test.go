@@ -120,3 +120,52 @@ func TestDeviceCertificateRefused(t *testing.T) {
 		t.Fatalf("device certificate: %v", err)
 	}
 }
+
+// TestShareGroupValidated: mqtt.share_group becomes one level of the
+// subscription's topic filter ($share/<group>/<topic>), so anything that
+// would change the filter is refused, with one line that names the key
+// and never quotes the value (the group name is a secret).
+func TestShareGroupValidated(t *testing.T) {
+	c := testConfig(t)
+	tests := []struct {
+		name, group, want string
+	}{
+		{"unset", "", ""},
+		{"plain", "iotgw-gateways", ""},
+		{"64 bytes", strings.Repeat("g", MaxShareGroupBytes), ""},
+		{"utf-8", "grüppe", ""},
+		{"65 bytes", strings.Repeat("g", MaxShareGroupBytes+1), "at most 64"},
+		{"slash", "a/b", "must not contain"},
+		{"plus", "a+", "must not contain"},
+		{"hash", "#", "must not contain"},
+		{"NUL", "a\x00b", "NUL"},
+		{"space", "a b", "white space"},
+		{"newline", "a\nb", "white space"},
+		{"only spaces", "  ", "white space"},
+		{"control", "a\x7fb", "control"},
+		{"invalid utf-8", "a\xffb", "UTF-8"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := c
+			c.ShareGroup = tc.group
+			err := c.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate accepted %q", tc.group)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, "mqtt.share_group: ") || !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") {
+				t.Fatalf("Validate = %q, want one line naming mqtt.share_group and containing %q", msg, tc.want)
+			}
+			if len(tc.group) > 1 && strings.Contains(msg, tc.group) {
+				t.Fatalf("Validate = %q quotes the group name", msg)
+			}
+		})
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
@@ -37,7 +39,12 @@ type Config struct {
 	KeyFile string `mapstructure:"key_file"`
 	// Topic is the uplink subscription. Default "device/+/data".
 	Topic string `mapstructure:"topic"`
-	// ShareGroup, when set, subscribes as $share/<group>/<topic> so several gateways split the load.
+	// ShareGroup, when set, subscribes as $share/<group>/<topic> so several
+	// gateways split the load: the broker gives each message to one member
+	// of the group. At most MaxShareGroupBytes of printable UTF-8 with no
+	// "/", "+", "#" or white space. Treat it as a secret: a device that
+	// knows it can join the group and make its share of the messages
+	// disappear (docs/SECURITY.md). Default "" (a plain subscription).
 	ShareGroup string `mapstructure:"share_group"`
 	// KeepAlive is the MQTT keep-alive. Default 30s.
 	KeepAlive time.Duration `mapstructure:"keepalive"`
@@ -69,6 +76,32 @@ func DefaultConfig() Config {
 		ConnectTimeout: 10 * time.Second, MaxReconnectInterval: 30 * time.Second}
 }
 
+// MaxShareGroupBytes bounds mqtt.share_group.
+const MaxShareGroupBytes = 64
+
+// validShareGroup checks mqtt.share_group. The error never quotes the
+// value: the group name is a secret.
+func validShareGroup(g string) error {
+	if g == "" {
+		return nil
+	}
+	if len(g) > MaxShareGroupBytes {
+		return fmt.Errorf("mqtt.share_group: %d bytes, at most %d", len(g), MaxShareGroupBytes)
+	}
+	if !utf8.ValidString(g) {
+		return errors.New("mqtt.share_group: not valid UTF-8")
+	}
+	for _, r := range g {
+		switch {
+		case r == '/' || r == '+' || r == '#':
+			return errors.New(`mqtt.share_group: must not contain "/", "+" or "#" (it is one level of the topic filter $share/<group>/<topic>)`)
+		case unicode.IsSpace(r) || !unicode.IsPrint(r):
+			return errors.New("mqtt.share_group: must not contain white space, NUL or control characters")
+		}
+	}
+	return nil
+}
+
 // Validate checks the settings and that the TLS files load.
 func (c Config) Validate() error {
 	if c.Broker == "" {
@@ -91,6 +124,9 @@ func (c Config) Validate() error {
 	}
 	if c.Topic == "" {
 		return errors.New("mqtt.topic: required")
+	}
+	if err := validShareGroup(c.ShareGroup); err != nil {
+		return err
 	}
 	if c.KeepAlive < time.Second || c.ConnectTimeout <= 0 || c.MaxReconnectInterval <= 0 {
 		return errors.New("mqtt.keepalive/connect_timeout/max_reconnect_interval: must be positive (keepalive ≥ 1s)")
@@ -191,9 +227,11 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 	handler := func(_ mqtt.Client, m mqtt.Message) {
 		h(&Message{Topic: m.Topic(), Payload: m.Payload(), Duplicate: m.Duplicate(), ack: m.Ack})
 	}
-	topic := cfg.Topic
+	// logTopic is the subscription as logged: the group name is a secret.
+	topic, logTopic := cfg.Topic, cfg.Topic
 	if cfg.ShareGroup != "" {
 		topic = "$share/" + cfg.ShareGroup + "/" + cfg.Topic
+		logTopic = "$share/<mqtt.share_group>/" + cfg.Topic
 	}
 	// What both connections share: broker, TLS with write coalescing,
 	// keep-alive, reconnection.
@@ -225,11 +263,11 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 			t := c.Subscribe(topic, 1, handler)
 			go func() {
 				if !t.WaitTimeout(cfg.ConnectTimeout) || t.Error() != nil {
-					log.Error("subscribe failed; reconnecting", zap.String("topic", topic), zap.Error(t.Error()))
+					log.Error("subscribe failed; reconnecting", zap.String("topic", logTopic), zap.Error(t.Error()))
 					return
 				}
 				cl.connected.Store(true)
-				log.Info("connected and subscribed", zap.String("broker", cfg.Broker), zap.String("topic", topic))
+				log.Info("connected and subscribed", zap.String("broker", cfg.Broker), zap.String("topic", logTopic))
 				if cl.onConnect != nil {
 					cl.onConnect()
 				}
