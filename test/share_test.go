@@ -25,7 +25,7 @@ import (
 // load is split and recovered between real `iotgw serve` processes.
 
 // shareGroup is the group name of these tests.
-const shareGroup = "iotgw-test-group"
+const shareGroup = "iotgw-test-group-5e1d"
 
 // shareFilter is the gateways' shared subscription.
 const shareFilter = "$share/" + shareGroup + "/device/+/data"

@@ -22,8 +22,10 @@ import (
 // Forwarding from a database shared by several gateways (storage.engine
 // postgres). A gateway does not forward the rows it accepted: any gateway
 // claims any device's pending rows under a lease (storage.Shared.Claim),
-// posts them in order through the Dispatcher, deletes them and hands the
-// lease on (Finish), and renews its leases every Lease/4. One lease per
+// posts them in order through the Dispatcher, one at a time per device,
+// deleting each (Finish) before posting the next, gives the lease back
+// once the claimed rows are done, so that every gateway may claim the
+// device's next rows, and renews its leases every Lease/4. One lease per
 // device keeps one POST in flight per device fleet-wide.
 //
 // Fail closed: a job is posted only while its device's lease is known to
@@ -34,6 +36,9 @@ const (
 	sharedRowsPerDevice = 16   // rows taken per device per claim
 	sharedMaxDevices    = 1024 // devices one gateway holds at most
 	sharedPoll          = time.Second
+	// sharedPace is the shortest round: wake-ups (a NOTIFY per commit of
+	// any gateway, a settle) arriving faster are folded into one round.
+	sharedPace = 10 * time.Millisecond
 )
 
 type sharedFwd struct {
@@ -47,16 +52,20 @@ type sharedFwd struct {
 	mu      sync.Mutex
 	held    map[string]*heldDev
 	done    []*outbox.Record // settled rows not yet deleted
-	drained []string         // devices whose claimed rows all settled
 	wake    chan struct{}
 	lastErr atomic.Pointer[string]
 
 	lost atomic.Int64 // leases found taken over at renewal
 }
 
+// heldDev is a device this gateway holds the lease of. Its claimed rows
+// go to the dispatcher one at a time: the next only once the previous
+// one's row is deleted (Finish committed), so that a crash or a lost
+// database repeats at most one POST per device (the at-least-once window).
 type heldDev struct {
-	n     int       // claimed jobs not yet settled or dropped
-	until time.Time // the lease's end as last confirmed (local clock)
+	queue []*outbox.Record // claimed, not yet submitted
+	busy  bool             // one job in the dispatcher, or settled and not yet deleted
+	until time.Time        // the lease's end as last confirmed (local clock)
 	lost  bool
 }
 
@@ -82,11 +91,7 @@ func (s *sharedFwd) admit(j *forward.Job) error {
 	defer s.mu.Unlock()
 	h := s.held[j.DeviceID]
 	if h == nil || h.lost {
-		if h != nil {
-			if h.n--; h.n <= 0 {
-				delete(s.held, j.DeviceID)
-			}
-		}
+		delete(s.held, j.DeviceID) // its other claimed rows go with it
 		return forward.ErrRelinquished
 	}
 	if !time.Now().Add(s.timeout).Before(h.until) {
@@ -95,28 +100,22 @@ func (s *sharedFwd) admit(j *forward.Job) error {
 	return nil
 }
 
-// settled records a settled (or buried) job for deletion and lease hand-on.
+// settled records a settled (or buried) job for deletion; the device's
+// next row is submitted once that deletion is committed (finish).
 func (s *sharedFwd) settled(j *forward.Job) {
 	s.mu.Lock()
 	s.done = append(s.done, &outbox.Record{Seq: j.Seq, DeviceID: j.DeviceID})
-	if h := s.held[j.DeviceID]; h != nil {
-		if h.n--; h.n <= 0 {
-			delete(s.held, j.DeviceID)
-			if !h.lost {
-				s.drained = append(s.drained, j.DeviceID)
-			}
-		}
-	}
 	s.mu.Unlock()
 	s.kick()
 }
 
-// submit hands claimed rows to the dispatcher; sent is when the claim
-// (or Finish) that leased them was sent.
+// submit queues claimed rows; sent is when the claim that leased them
+// was sent.
 func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
 	if len(rows) == 0 {
 		return
 	}
+	var next []*outbox.Record
 	s.mu.Lock()
 	for _, r := range rows {
 		h := s.held[r.DeviceID]
@@ -124,14 +123,27 @@ func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
 			h = &heldDev{}
 			s.held[r.DeviceID] = h
 		}
-		h.n++
 		h.until = sent.Add(s.lease)
+		h.queue = append(h.queue, r)
+	}
+	for _, h := range s.held {
+		if !h.busy && !h.lost && len(h.queue) > 0 {
+			next = append(next, h.pop())
+		}
 	}
 	s.mu.Unlock()
-	for _, r := range rows {
+	for _, r := range next {
 		s.g.dispatcher.Submit(job(r))
 	}
 	s.g.metrics.claimed.Add(float64(len(rows)))
+}
+
+func (h *heldDev) pop() *outbox.Record {
+	r := h.queue[0]
+	h.queue[0] = nil
+	h.queue = h.queue[1:]
+	h.busy = true
+	return r
 }
 
 func (s *sharedFwd) heldCount() int {
@@ -171,22 +183,32 @@ func (s *sharedFwd) run(ctx context.Context) {
 		}
 		s.finish(ctx)
 		s.claim(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(sharedPace):
+		}
 	}
 }
 
 func (s *sharedFwd) finish(ctx context.Context) {
 	s.mu.Lock()
-	done, drained := s.done, s.drained
-	s.done, s.drained = nil, nil
+	done := s.done
+	s.done = nil
+	var drained []string // devices with nothing left to post: their leases go back
+	for _, r := range done {
+		if h := s.held[r.DeviceID]; h != nil && len(h.queue) == 0 {
+			drained = append(drained, r.DeviceID)
+		}
+	}
 	s.mu.Unlock()
-	if len(done) == 0 && len(drained) == 0 {
+	if len(done) == 0 {
 		return
 	}
-	sent := time.Now()
-	more, err := s.st.Finish(ctx, s.owner, done, drained, sharedRowsPerDevice, s.lease)
+	_, err := s.st.Finish(ctx, s.owner, done, drained, 0, s.lease) // 0: drained devices go back to every gateway
 	if err != nil {
 		s.mu.Lock() // keep them for the next round
-		s.done, s.drained = append(done, s.done...), append(drained, s.drained...)
+		s.done = append(done, s.done...)
 		s.mu.Unlock()
 		if ctx.Err() == nil {
 			s.fail("finish", err)
@@ -194,7 +216,29 @@ func (s *sharedFwd) finish(ctx context.Context) {
 		return
 	}
 	s.ok()
-	s.submit(more, sent)
+	var next []*outbox.Record
+	s.mu.Lock()
+	for _, id := range drained {
+		delete(s.held, id)
+	}
+	for _, r := range done {
+		h := s.held[r.DeviceID]
+		if h == nil {
+			continue
+		}
+		if h.lost {
+			delete(s.held, r.DeviceID)
+			continue
+		}
+		h.busy = false
+		if !h.lost && len(h.queue) > 0 {
+			next = append(next, h.pop())
+		}
+	}
+	s.mu.Unlock()
+	for _, r := range next {
+		s.g.dispatcher.Submit(job(r))
+	}
 }
 
 func (s *sharedFwd) claim(ctx context.Context) {
@@ -250,6 +294,9 @@ func (s *sharedFwd) renew(ctx context.Context) {
 			h.until = sent.Add(s.lease)
 		default:
 			h.lost = true
+			if !h.busy { // nothing of it in the dispatcher
+				delete(s.held, id)
+			}
 			s.lost.Add(1)
 			s.log.Warn("lease taken over by another gateway; dropping this device's claimed rows", zap.String("device_id", id))
 		}
@@ -263,7 +310,7 @@ func (s *sharedFwd) stop() {
 	defer cancel()
 	s.mu.Lock()
 	done := s.done
-	s.done, s.drained = nil, nil
+	s.done = nil
 	s.mu.Unlock()
 	if _, err := s.st.Finish(ctx, s.owner, done, nil, 0, s.lease); err != nil {
 		s.log.Warn("cannot delete settled rows at shutdown; the gateway that takes their devices over posts them again", zap.Int("rows", len(done)), zap.Error(err))

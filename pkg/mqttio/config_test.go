@@ -131,19 +131,20 @@ func TestShareGroupValidated(t *testing.T) {
 		name, group, want string
 	}{
 		{"unset", "", ""},
-		{"plain", "iotgw-gateways", ""},
+		{"plain", "iotgw-gateways-7f3a9c", ""},
+		{"too short to be a secret", "iotgw-gateways", "at least 16"},
 		{"64 bytes", strings.Repeat("g", MaxShareGroupBytes), ""},
-		{"utf-8", "grüppe", ""},
+		{"utf-8", "grüppe-der-gateways", ""},
 		{"65 bytes", strings.Repeat("g", MaxShareGroupBytes+1), "at most 64"},
-		{"slash", "a/b", "must not contain"},
-		{"plus", "a+", "must not contain"},
-		{"hash", "#", "must not contain"},
-		{"NUL", "a\x00b", "NUL"},
-		{"space", "a b", "white space"},
-		{"newline", "a\nb", "white space"},
-		{"only spaces", "  ", "white space"},
-		{"control", "a\x7fb", "control"},
-		{"invalid utf-8", "a\xffb", "UTF-8"},
+		{"slash", "aaaaaaaaaaaaaaaa/b", "must not contain"},
+		{"plus", "aaaaaaaaaaaaaaaa+", "must not contain"},
+		{"hash", "aaaaaaaaaaaaaaaa#", "must not contain"},
+		{"NUL", "aaaaaaaaaaaaaaaa\x00b", "NUL"},
+		{"space", "aaaaaaaaaaaaaaaa b", "white space"},
+		{"newline", "aaaaaaaaaaaaaaaa\nb", "white space"},
+		{"only spaces", "                ", "white space"},
+		{"control", "aaaaaaaaaaaaaaaa\x7fb", "control"},
+		{"invalid utf-8", "aaaaaaaaaaaaaaaa\xffb", "UTF-8"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -79,11 +79,20 @@ func DefaultConfig() Config {
 // MaxShareGroupBytes bounds mqtt.share_group.
 const MaxShareGroupBytes = 64
 
+// MinShareGroupBytes is the shortest mqtt.share_group accepted: a device
+// that knows the group name can join it and make the broker drop its turn
+// of the gateways' messages (docs/SCALING.md), so the name must be a
+// secret nobody guesses, like a password.
+const MinShareGroupBytes = 16
+
 // validShareGroup checks mqtt.share_group. The error never quotes the
 // value: the group name is a secret.
 func validShareGroup(g string) error {
 	if g == "" {
 		return nil
+	}
+	if len(g) < MinShareGroupBytes {
+		return fmt.Errorf("mqtt.share_group: %d bytes, at least %d: it is a secret (a device that guesses it can make the broker drop messages); use a long random name", len(g), MinShareGroupBytes)
 	}
 	if len(g) > MaxShareGroupBytes {
 		return fmt.Errorf("mqtt.share_group: %d bytes, at most %d", len(g), MaxShareGroupBytes)

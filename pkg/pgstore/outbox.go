@@ -252,11 +252,18 @@ func (o *Outbox) Claim(ctx context.Context, owner string, devices, rows int, lea
 	return out, nil
 }
 
-// headRows returns up to n of the oldest rows of each device in ids.
+// claimPayloadBytes bounds the payload bytes one claim reads: rows past it
+// come without payload, and the dispatcher reads each back (Payload) when
+// it posts it, so a claim of many large rows cannot fill memory.
+const claimPayloadBytes = 8 << 20
+
+// headRows returns up to n of the oldest rows of each device in ids, with
+// payloads up to claimPayloadBytes in all.
 func headRows(ctx context.Context, tx pgx.Tx, ids []string, n int) ([]*outbox.Record, error) {
-	r, err := tx.Query(ctx, `SELECT seq, device_id, dseq, message_id, timestamp, payload, received_at FROM (
+	r, err := tx.Query(ctx, `SELECT seq, device_id, dseq, message_id, timestamp,
+			CASE WHEN sum(length(payload)) OVER (ORDER BY device_id, dseq) <= $3 THEN payload END, received_at FROM (
 			SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY dseq) AS rn FROM outbox WHERE device_id = ANY($1)
-		) x WHERE rn <= $2 ORDER BY device_id, dseq`, ids, n)
+		) x WHERE rn <= $2 ORDER BY device_id, dseq`, ids, n, claimPayloadBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -296,10 +303,14 @@ func (o *Outbox) Renew(ctx context.Context, owner string, devs []string, lease t
 }
 
 // Finish deletes the settled rows done and, for each device in drained
-// (all of whose claimed rows owner has settled), hands on: it returns up
-// to rows of the device's next rows with the lease renewed, or releases
-// the lease when none is left. One transaction, so a row is never both
-// deleted late and claimed again by another gateway. It locks every
+// (all of whose claimed rows owner has settled), hands on: with rows > 0
+// it returns up to rows of the device's next rows with the lease renewed
+// (the device stays with this gateway), or releases the lease when none
+// is left; with rows == 0 it releases every drained device's lease and
+// notifies OutboxChannel if any has rows left, so that every gateway may
+// claim it (forwarding spreads over the gateways instead of sticking to
+// the first that claimed a device). One transaction, so a row is never
+// both deleted late and claimed again by another gateway. It locks every
 // device it touches first, in device order (as Commit does), so that
 // gateways finishing and committing at once cannot deadlock.
 func (o *Outbox) Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string, rows int, lease time.Duration) ([]*outbox.Record, error) {
@@ -341,6 +352,18 @@ func (o *Outbox) Finish(ctx context.Context, owner string, done []*outbox.Record
 		}
 		if len(held) == 0 {
 			return nil
+		}
+		if rows == 0 {
+			var left bool
+			if err := tx.QueryRow(ctx, `WITH r AS (
+					UPDATE outbox_device SET lease_owner = '', lease_until = '-infinity' WHERE device_id = ANY($1) RETURNING pending)
+				SELECT COALESCE(bool_or(pending > 0), false) FROM r`, held).Scan(&left); err != nil {
+				return err
+			}
+			if left {
+				_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, OutboxChannel)
+			}
+			return err
 		}
 		if more, err = headRows(ctx, tx, held, rows); err != nil {
 			return err
