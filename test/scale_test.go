@@ -272,23 +272,38 @@ func TestScaleKillOneGateway(t *testing.T) {
 	go func() { publishAll(t, devs, 100); close(done) }()
 	victim := gws[1]
 	victim.waitMetric("iotgw_leases_held", 1, 20*time.Second)
-	time.Sleep(300 * time.Millisecond)
 	held := victim.metric("iotgw_leases_held")
 	victim.kill() // SIGKILL
 	killedAt := time.Now()
 	t.Logf("killed gateway 1 holding about %v leases", held)
 	<-done
+	// Published after the kill: the broker queues the dead member's turns
+	// in its persistent session.
+	publishAll(t, devs, 20)
 	// The survivors forward everything that was committed, within the lease.
 	// The broker keeps the victim's share in its persistent session: start a
 	// replacement with its client id (and no outbox or registry state of
 	// its own beyond the shared registry) to drain it.
-	time.Sleep(6 * time.Second) // > storage.lease: the victim's rows are taken over
-	if n := pgCount(t, dsn, "SELECT COUNT(*) FROM outbox"); n != 0 {
-		t.Fatalf("%d committed rows still pending %s after the kill: not taken over within the lease", n, time.Since(killedAt).Round(time.Second))
+	// Within the lease (5 s) and a claim round, no device with rows left is
+	// still leased to the dead gateway; then the survivors drain every
+	// committed row.
+	time.Sleep(time.Until(killedAt.Add(6500 * time.Millisecond)))
+	victimLeases := fmt.Sprintf("SELECT COUNT(*) FROM outbox_device WHERE pending > 0 AND lease_owner LIKE '%s-1@%%'", fixtureClientID)
+	if n := pgCount(t, dsn, victimLeases); n != 0 {
+		t.Fatalf("%d devices with pending rows still leased to the killed gateway 6.5 s after the kill (lease 5 s)", n)
 	}
-	before := len(f.backend.requests())
+	for deadline := time.Now().Add(60 * time.Second); pgCount(t, dsn, "SELECT COUNT(*) FROM outbox") != 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d committed rows still pending a minute after the kill", pgCount(t, dsn, "SELECT COUNT(*) FROM outbox"))
+		}
+	}
+	t.Logf("the survivors forwarded every committed row %s after the kill", time.Since(killedAt).Round(100*time.Millisecond))
+	before := distinct(f.backend.requests())
+	if before >= 1200 {
+		t.Fatalf("all %d messages forwarded without the replacement: the broker queued nothing for the dead member (test premise)", before)
+	}
 	f.startGateway(sharedOpts(dsn, 1))
-	reqs := f.backend.waitCount(t, 1000, 60*time.Second)
+	reqs := f.backend.waitCount(t, 1200, 60*time.Second)
 	time.Sleep(2 * time.Second)
 	reqs = f.backend.requests()
 	seen := map[string]int{}
@@ -300,9 +315,9 @@ func TestScaleKillOneGateway(t *testing.T) {
 		}
 	}
 	dups := len(reqs) - len(seen)
-	t.Logf("forwarded before the replacement: %d; total POSTs %d, distinct %d, duplicates %d", before, len(reqs), len(seen), dups)
-	if len(seen) != 1000 {
-		t.Fatalf("backend got %d distinct messages, want 1000", len(seen))
+	t.Logf("distinct messages forwarded before the replacement: %d of 1200; total POSTs %d, distinct %d, duplicates %d", before, len(reqs), len(seen), dups)
+	if len(seen) != 1200 {
+		t.Fatalf("backend got %d distinct messages, want 1200", len(seen))
 	}
 	// The crash window: a duplicate is a message first posted before the
 	// kill (by the victim: its POST in flight, or settled but its row not
@@ -497,4 +512,13 @@ func pgCount(t *testing.T, dsn, q string) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// distinct counts the distinct message ids in reqs.
+func distinct(reqs []recorded) int {
+	ids := map[string]bool{}
+	for _, r := range reqs {
+		ids[r.Header.Get("X-Message-Id")] = true
+	}
+	return len(ids)
 }
