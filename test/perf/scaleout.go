@@ -292,7 +292,7 @@ func (r *ScaleOutResults) Markdown() string {
 		w("| %d | %s | **%s** | **%.1f** | %s | %.1f | %s / %s / %s | %d | %s |\n", row.Gateways, num(d.Commits), num(float64(d.Commits)/rn.CPU.WallSeconds),
 			acc/float64(max(d.Commits, 1)), num(txs), mean, per(d.Inserted), per(d.Updated), per(d.Deleted), d.Rollbacks, num(float64(d.OtherCommits)/rn.CPU.WallSeconds))
 	}
-	w("\nCommits are `xact_commit` of the bench database from after the warm-up (and a %.0f s wait, so PostgreSQL's delayed statistics hold all of it) until every gateway had stopped and disconnected: "+
+	w("\nCommits are `xact_commit` of the bench database from after the warm-up (and %.0f s of waiting, so PostgreSQL's delayed statistics hold all of it) until every gateway had stopped and disconnected: "+
 		"the measured load plus a few idle lease polls before the first message and during the stop; commits/s divides by the measured window (first arrival → last reply). "+
 		"Messages per commit are the messages accepted (outbox rows inserted, `iotgw_messages_accepted_total`) over all commits: accepting, claiming, finishing and renewing. "+
 		"Accepting transactions are the gateways' group commits (`iotgw_outbox_commit_batch_size`). Other databases' commits are the same server's other users meanwhile (approximate: their statistics lag).\n\n",
