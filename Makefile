@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build release demo test unit unit-file e2e bench fuzz vet lint fmt deps clean
+.PHONY: all build release demo test unit unit-file e2e bench bench-scale fuzz vet lint fmt deps clean
 
 all: build
 
@@ -75,10 +75,15 @@ test-compose:
 	test/compose/base-images.sh && $(GO) test -count=1 -v -timeout 30m ./test/compose/
 
 # bench: the packages' micro-benchmarks, then the end-to-end benchmark
-# (test/perf, about 5 minutes): markdown tables on stdout, results in
-# bench/results/<date>.json; see docs/PERFORMANCE.md.
+# and the scale-out one (test/perf, about 7 minutes): markdown tables on
+# stdout, results in bench/results/<date>.json; see docs/PERFORMANCE.md.
 bench: deps build
 	@GO=$(GO) scripts/bench.sh
+
+# bench-scale: the scale-out part of bench alone (1, 2, 3 gateways on the
+# machine's PostgreSQL next to one on SQLite; about 2 minutes).
+bench-scale: deps build
+	@GO=$(GO) scripts/bench.sh scale
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./pkg/envelope

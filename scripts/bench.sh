@@ -3,13 +3,20 @@
 # of issue 5 (test/perf: real Mosquitto, real `iotgw serve`, `iotgw sim
 # load`, a sink backend and a bare subscriber in the benchmark process).
 #
-# Prints the end-to-end benchmark's progress and its markdown tables, and
-# writes, for today's date:
+# Then the scale-out benchmark of issue 11 (test/perf BenchmarkScaleOut:
+# one gateway on SQLite, 1, 2 and 3 on one PostgreSQL, the machine's at
+# 127.0.0.1:5432 or $BENCH_PG). `bench.sh scale` runs that part alone
+# (make bench-scale).
+#
+# Prints the benchmarks' progress and their markdown tables, and writes,
+# for today's date:
 #   bench/results/<YYYY-MM-DD>.json        every figure, the machine, the sizes
 #   bench/results/<YYYY-MM-DD>.md          the tables (for docs/PERFORMANCE.md)
 #   bench/results/<YYYY-MM-DD>.micro.txt   the micro-benchmarks' output
+#   bench/results/<YYYY-MM-DD>.scale.json  the scale-out's figures (.scale.md its tables)
 # BENCH_OUT overrides the .json path (the others follow it).
-# Takes about 5 minutes on 2 cores; see docs/PERFORMANCE.md.
+# Takes about 7 minutes on 2 cores (the scale-out part about 2); see
+# docs/PERFORMANCE.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
@@ -18,6 +25,17 @@ micro=${out%.json}.micro.txt
 mkdir -p "$(dirname "$out")"
 start=$(date +%s)
 
+scale() {
+  echo
+  echo "== scale-out benchmark: test/perf BenchmarkScaleOut (results in ${out%.json}.scale.json)"
+  BENCH_OUT=$out "$GO" test -count=1 -run '^$' -bench ScaleOut -benchtime 1x -timeout "${BENCH_TIMEOUT:-15m}" ./test/perf
+}
+if [ "${1:-}" = scale ]; then
+  scale
+  echo "bench: done in $(( $(date +%s) - start ))s"
+  exit 0
+fi
+
 echo "== micro-benchmarks: go test -bench . ./pkg/... (output in $micro)"
 "$GO" test -count=1 -run '^$' -bench . -benchmem ./pkg/... | tee "$micro"
 
@@ -25,5 +43,6 @@ echo
 echo "== end-to-end benchmark: test/perf (results in $out)"
 BENCH_OUT=$out BENCH_MICRO=$micro \
   "$GO" test -count=1 -run '^$' -bench EndToEnd -benchtime 1x -timeout "${BENCH_TIMEOUT:-15m}" ./test/perf
+scale
 
 echo "bench: done in $(( $(date +%s) - start ))s"

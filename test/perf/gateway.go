@@ -24,9 +24,10 @@ import (
 	"github.com/iotgw/iotgw/test/harness"
 )
 
-// gatewayClientID is the MQTT client id of every gateway the rig starts.
-// The gateway keeps a persistent session; Stop removes it, so no message
-// is queued for a gateway that is not running.
+// gatewayClientID is the MQTT client id of the gateways the rig starts
+// (GatewayOpts.ClientID sets another, for several at once). The gateway
+// keeps a persistent session; Stop removes it, so no message is queued for
+// a gateway that is not running.
 const gatewayClientID = "iotgw:bench"
 
 // stopTimeout bounds a gateway's graceful stop (its shutdown_grace is 10 s).
@@ -45,23 +46,25 @@ type Gateway struct {
 	// Registered is the number of devices in its registry.
 	Registered int
 
-	t       testing.TB
-	rig     *Rig
-	dir     string
-	cfgPath string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	waitErr error
+	t        testing.TB
+	rig      *Rig
+	dir      string
+	cfgPath  string
+	clientID string
+	cmd      *exec.Cmd
+	done     chan struct{}
+	waitErr  error
 }
 
 // gatewayConfig is the benchmark's gateway configuration: the durable
 // defaults (outbox.synchronous full), log level warn, pprof on (for the
 // heap measurements and for profiling a run), and every other key at its
-// default, so that the benchmark measures what ships.
+// default, so that the benchmark measures what ships. GatewayOpts adds
+// lines to the mqtt and backend sections and at the end.
 const gatewayConfig = `mqtt:
   broker: %s
   client_id: %s
-  ca_file: %s
+%s  ca_file: %s
   cert_file: %s
   key_file: %s
 registry:
@@ -78,7 +81,21 @@ limits:
   device_rate: 0 # off: the benchmarks measure throughput, one device at up to thousands of msg/s; the limiter has its own tests
 log:
   level: warn
-`
+%s`
+
+// GatewayOpts is how one gateway differs from the benchmark's defaults.
+type GatewayOpts struct {
+	// Registered selects the registry of DeviceID(1..Registered).
+	Registered int
+	// Backend is backend.url.
+	Backend string
+	// ClientID is mqtt.client_id; "" is gatewayClientID. Gateways running
+	// at once need distinct ones.
+	ClientID string
+	// MQTTExtra, BackendExtra and Extra are YAML lines added to the mqtt
+	// section, to the backend section (indented) and at the top level.
+	MQTTExtra, BackendExtra, Extra string
+}
 
 // StartGateway starts `iotgw serve` with the registry of registered
 // devices, a new outbox and backend as its backend.url, and waits until
@@ -93,20 +110,29 @@ func (r *Rig) StartGateway(t testing.TB, registered int, backend string) *Gatewa
 // added to the backend section, e.g. batch mode's keys.
 func (r *Rig) StartGatewayWith(t testing.TB, registered int, backend, backendExtra string) *Gateway {
 	t.Helper()
+	return r.StartGatewayOpts(t, GatewayOpts{Registered: registered, Backend: backend, BackendExtra: backendExtra})
+}
+
+// StartGatewayOpts is StartGateway configured by o.
+func (r *Rig) StartGatewayOpts(t testing.TB, o GatewayOpts) *Gateway {
+	t.Helper()
+	if o.ClientID == "" {
+		o.ClientID = gatewayClientID
+	}
 	dir, err := os.MkdirTemp(r.Dir, "gateway-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := harness.FreePort(t)
 	files := pki.Paths(r.Certs)
-	cfg := fmt.Sprintf(gatewayConfig, r.Broker.GatewayAddr, gatewayClientID, files.CACert, files.GatewayCert, files.GatewayKey,
-		r.Registry(t, registered), filepath.Join(dir, "outbox.db"), backend, backendExtra, port)
+	cfg := fmt.Sprintf(gatewayConfig, r.Broker.GatewayAddr, o.ClientID, o.MQTTExtra, files.CACert, files.GatewayCert, files.GatewayKey,
+		r.Registry(t, o.Registered), filepath.Join(dir, "outbox.db"), o.Backend, o.BackendExtra, port, o.Extra)
 	cfgPath := filepath.Join(dir, "iotgw.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := &Gateway{HTTP: "127.0.0.1:" + strconv.Itoa(port), LogPath: filepath.Join(dir, "gateway.log"), Registered: registered,
-		t: t, rig: r, dir: dir, cfgPath: cfgPath}
+	g := &Gateway{HTTP: "127.0.0.1:" + strconv.Itoa(port), LogPath: filepath.Join(dir, "gateway.log"), Registered: o.Registered,
+		t: t, rig: r, dir: dir, cfgPath: cfgPath, clientID: o.ClientID}
 	t.Cleanup(func() {
 		if err := g.Stop(); err != nil {
 			t.Error(err)
@@ -180,7 +206,7 @@ func (g *Gateway) Stop() error {
 	if err := g.terminate(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := g.rig.dropSession(g.t); err != nil {
+	if err := g.rig.dropSession(g.t, g.clientID); err != nil {
 		errs = append(errs, err)
 	}
 	if !g.t.Failed() {
@@ -214,12 +240,12 @@ func (g *Gateway) terminate() error {
 	}
 }
 
-// dropSession connects with the gateway's client id and a clean session,
+// dropSession connects with a gateway's client id and a clean session,
 // which makes the broker discard the gateway's persistent session, and
 // disconnects.
-func (r *Rig) dropSession(t testing.TB) error {
+func (r *Rig) dropSession(t testing.TB, clientID string) error {
 	cfg := harness.TLSConfig(t, r.Certs, pki.GatewayIdentity)
-	opts := mqtt.NewClientOptions().AddBroker(r.Broker.GatewayAddr).SetClientID(gatewayClientID).SetTLSConfig(cfg).
+	opts := mqtt.NewClientOptions().AddBroker(r.Broker.GatewayAddr).SetClientID(clientID).SetTLSConfig(cfg).
 		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(harness.ConnectTimeout)
 	c := mqtt.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(harness.ConnectTimeout+time.Second) || tok.Error() != nil {

@@ -32,11 +32,15 @@ type consumer interface {
 // log), with a clean or a persistent session alike, although far fewer
 // than max_queued_messages are outstanding. The gateway's connection has
 // not shown it (see docs/PERFORMANCE.md).
+//
+// Postgres, if set, returns the CPU time PostgreSQL's server processes
+// have used so far; the run then counts it as CPU.Postgres.
 type RunSpec struct {
 	Name        string
 	Load        LoadSpec
 	Chunks      int
 	BeforeChunk func() error
+	Postgres    func() time.Duration
 }
 
 // Run is a measurement's result.
@@ -78,15 +82,21 @@ type Run struct {
 // CPU is CPU time in seconds by process, from each chunk's first arrival
 // at the consumer to its end (the devices' connection set-up excluded).
 type CPU struct {
-	Gateway float64 `json:"gateway"`
-	Broker  float64 `json:"broker"`
+	// Gateway is every gateway of the run together; Gateways is each
+	// one's, when there are several.
+	Gateway  float64   `json:"gateway"`
+	Gateways []float64 `json:"gateways,omitempty"`
+	Broker   float64   `json:"broker"`
+	// Postgres is PostgreSQL's server processes, when RunSpec.Postgres
+	// was set (every database's work: the server is the machine's).
+	Postgres float64 `json:"postgres,omitempty"`
 	// LoadGenerator is the `iotgw sim load` process.
 	LoadGenerator float64 `json:"load_generator"`
 	// Bench is this process: the sink or the subscriber.
 	Bench float64 `json:"bench"`
 	// Other is what the rest of the machine used meanwhile (machine-wide
-	// busy and stolen time minus the four above): the noise of a shared
-	// machine.
+	// busy and stolen time minus the processes above): the noise of a
+	// shared machine.
 	Other float64 `json:"other"`
 	// LoadGeneratorTotal is the load generator's whole life, TLS
 	// handshakes included.
@@ -97,7 +107,14 @@ type CPU struct {
 
 func (c CPU) add(d CPU) CPU {
 	c.Gateway += d.Gateway
+	if c.Gateways == nil && d.Gateways != nil {
+		c.Gateways = make([]float64, len(d.Gateways))
+	}
+	for i, v := range d.Gateways {
+		c.Gateways[i] += v
+	}
 	c.Broker += d.Broker
+	c.Postgres += d.Postgres
 	c.LoadGenerator += d.LoadGenerator
 	c.Bench += d.Bench
 	c.Other += d.Other
@@ -140,26 +157,34 @@ func Per1000(seconds float64, messages int64) float64 {
 
 // GatewayStats is what the gateway reported about a run.
 type GatewayStats struct {
-	// Counters are the increase of every iotgw_*_total series over the
-	// run's chunks.
+	// Counters are the increase of every iotgw_*_total series, and of
+	// every histogram's _sum and _count, over the run's chunks; with
+	// several gateways, their sum.
 	Counters map[string]float64 `json:"counters"`
+	// PerGateway are each gateway's Counters, when there are several.
+	PerGateway []map[string]float64 `json:"per_gateway,omitempty"`
 }
 
 // cpuSample is the CPU time of each process, and of the machine, at one
 // instant.
 type cpuSample struct {
-	at                                  time.Time
-	gateway, broker, self, sim, machine time.Duration
+	at                                   time.Time
+	gateways                             []time.Duration
+	broker, self, sim, postgres, machine time.Duration
 }
 
-// sampleCPU samples; gw may be nil, simPID 0.
-func (r *Rig) sampleCPU(gw *Gateway, simPID int) cpuSample {
+// sampleCPU samples; gws may be empty, simPID 0, postgres nil.
+func (r *Rig) sampleCPU(gws []*Gateway, simPID int, postgres func() time.Duration) cpuSample {
 	s := cpuSample{at: time.Now(), machine: machineBusy(), broker: r.brokerCPU(), self: selfCPU()}
-	if gw != nil {
-		s.gateway, _ = procCPU(gw.PID)
+	for _, gw := range gws {
+		d, _ := procCPU(gw.PID)
+		s.gateways = append(s.gateways, d)
 	}
 	if simPID != 0 {
 		s.sim, _ = procCPU(simPID)
+	}
+	if postgres != nil {
+		s.postgres = postgres()
 	}
 	return s
 }
@@ -169,11 +194,27 @@ func (r *Rig) sampleCPU(gw *Gateway, simPID int) cpuSample {
 // message did not arrive exactly once at the consumer or, with replies,
 // a reply was missing, unverified or not 2xx.
 func (r *Rig) Measure(ctx context.Context, spec RunSpec, c consumer, gw *Gateway) (Run, error) {
+	var gws []*Gateway
+	if gw != nil {
+		gws = []*Gateway{gw}
+	}
+	return r.MeasureFleet(ctx, spec, c, gws)
+}
+
+// MeasureFleet is Measure with every gateway of gws in the path, sharing
+// the load (through the broker's share group); their CPU and counters are
+// summed, and kept per gateway when there are several.
+func (r *Rig) MeasureFleet(ctx context.Context, spec RunSpec, c consumer, gws []*Gateway) (Run, error) {
 	run := Run{Name: spec.Name, Consumer: "subscriber", Devices: spec.Load.Devices, MessagesPerDevice: spec.Load.Messages,
 		Chunks: max(spec.Chunks, 1), Rate: spec.Load.Rate}
-	if gw != nil {
+	if len(gws) > 0 {
 		run.Consumer = "gateway"
 		run.Gateway = &GatewayStats{Counters: map[string]float64{}}
+	}
+	if len(gws) > 1 {
+		for range gws {
+			run.Gateway.PerGateway = append(run.Gateway.PerGateway, map[string]float64{})
+		}
 	}
 	var latencies []int64
 	for i := range run.Chunks {
@@ -182,9 +223,9 @@ func (r *Rig) Measure(ctx context.Context, spec RunSpec, c consumer, gw *Gateway
 				return run, fmt.Errorf("%s: before chunk %d: %w", spec.Name, i+1, err)
 			}
 		}
-		var before map[string]float64
-		if gw != nil {
-			before = gw.Metrics()
+		before := make([]map[string]float64, len(gws))
+		for i, gw := range gws {
+			before[i] = gw.Metrics()
 		}
 		rec := NewRecorder(DevicePrefix, spec.Load.Devices, spec.Load.Messages)
 		c.Expect(rec)
@@ -197,12 +238,12 @@ func (r *Rig) Measure(ctx context.Context, spec RunSpec, c consumer, gw *Gateway
 			for rec.Received() == 0 {
 				select {
 				case <-stop:
-					first <- r.sampleCPU(gw, 0)
+					first <- r.sampleCPU(gws, 0, spec.Postgres)
 					return
 				case <-time.After(2 * time.Millisecond):
 				}
 			}
-			first <- r.sampleCPU(gw, int(simPID.Load()))
+			first <- r.sampleCPU(gws, int(simPID.Load()), spec.Postgres)
 		}()
 		res, err := r.load(ctx, spec.Load, func(pid int) { simPID.Store(int64(pid)) })
 		if err != nil {
@@ -212,7 +253,7 @@ func (r *Rig) Measure(ctx context.Context, spec RunSpec, c consumer, gw *Gateway
 		}
 		rec.Wait(ctx, 30*time.Second)
 		close(stop)
-		b, a := <-first, r.sampleCPU(gw, 0)
+		b, a := <-first, r.sampleCPU(gws, 0, spec.Postgres)
 		a.sim = res.CPU // the process has exited: its whole life
 		c.Expect(nil)
 
@@ -227,14 +268,24 @@ func (r *Rig) Measure(ctx context.Context, spec RunSpec, c consumer, gw *Gateway
 		}
 		run.Counts = addCounts(run.Counts, snap.Counts)
 		latencies = append(latencies, snap.latencies...)
-		cpu := CPU{Gateway: (a.gateway - b.gateway).Seconds(), Broker: (a.broker - b.broker).Seconds(), Bench: (a.self - b.self).Seconds(),
+		cpu := CPU{Broker: (a.broker - b.broker).Seconds(), Bench: (a.self - b.self).Seconds(), Postgres: (a.postgres - b.postgres).Seconds(),
 			LoadGenerator: (a.sim - b.sim).Seconds(), LoadGeneratorTotal: res.CPU.Seconds(), WallSeconds: a.at.Sub(b.at).Seconds()}
-		cpu.Other = (a.machine - b.machine).Seconds() - cpu.Gateway - cpu.Broker - cpu.Bench - cpu.LoadGenerator
+		for i := range gws {
+			d := (a.gateways[i] - b.gateways[i]).Seconds()
+			cpu.Gateway += d
+			if len(gws) > 1 {
+				cpu.Gateways = append(cpu.Gateways, d)
+			}
+		}
+		cpu.Other = (a.machine - b.machine).Seconds() - cpu.Gateway - cpu.Broker - cpu.Bench - cpu.LoadGenerator - cpu.Postgres
 		run.CPU = run.CPU.add(cpu)
 		run.Loads = append(run.Loads, res.SimSummary)
-		if gw != nil {
-			for k, v := range counterDelta(before, gw.Metrics()) {
+		for i, gw := range gws {
+			for k, v := range counterDelta(before[i], gw.Metrics()) {
 				run.Gateway.Counters[k] += v
+				if run.Gateway.PerGateway != nil {
+					run.Gateway.PerGateway[i][k] += v
+				}
 			}
 		}
 		if err := res.check(spec.Load); err != nil {
@@ -267,12 +318,13 @@ func addCounts(a, b Counts) Counts {
 	return a
 }
 
-// counterDelta returns after − before for every iotgw_*_total series.
+// counterDelta returns after − before for every iotgw_*_total series and
+// every histogram's _sum and _count.
 func counterDelta(before, after map[string]float64) map[string]float64 {
 	out := map[string]float64{}
 	for _, k := range slices.Sorted(maps.Keys(after)) {
 		name, _, _ := strings.Cut(k, "{")
-		if strings.HasPrefix(name, "iotgw_") && strings.HasSuffix(name, "_total") {
+		if strings.HasPrefix(name, "iotgw_") && (strings.HasSuffix(name, "_total") || strings.HasSuffix(name, "_sum") || strings.HasSuffix(name, "_count")) {
 			out[k] = after[k] - before[k]
 		}
 	}

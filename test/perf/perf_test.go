@@ -3,6 +3,7 @@ package perf
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -59,6 +60,94 @@ func BenchmarkEndToEnd(b *testing.B) {
 	b.ReportMetric(res.BrokerLimit.Throughput, "broker-msg/s")
 	b.ReportMetric(res.Ratio(), "ratio")
 	b.ReportMetric(res.Memory.HeapPerID, "heap-B/id")
+}
+
+// BenchmarkScaleOut is the scale-out benchmark (issue 11), run by
+// `make bench` after BenchmarkEndToEnd and alone by `make bench-scale`:
+//
+//	go test -run '^$' -bench ScaleOut -benchtime 1x -timeout 10m ./test/perf
+//
+// One gateway on SQLite, then 1, 2 and 3 sharing a new PostgreSQL
+// database (at $BENCH_PG, default DefaultPostgres) and a share group, the
+// same load in each row. It prints the markdown tables and writes the
+// results to $BENCH_OUT with .json replaced by .scale.json (and .scale.md);
+// BENCH_PLAN=smoke runs TestScaleOutSmoke's plan.
+func BenchmarkScaleOut(b *testing.B) {
+	plan := DefaultScaleOutPlan()
+	if os.Getenv("BENCH_PLAN") == "smoke" {
+		plan = SmokeScaleOutPlan()
+	}
+	out := os.Getenv("BENCH_OUT")
+	if out == "" {
+		out = filepath.Join(harness.RepoRoot(b), "bench", "results", time.Now().Format(time.DateOnly)+".json")
+	}
+	out = strings.TrimSuffix(out, ".json") + ".scale.json"
+	plain, _ := json.Marshal(plan)
+	os.Stdout.WriteString("scale-out plan: " + string(plain) + "\n")
+
+	res := RunScaleOut(b, plan, postgresDSN(), os.Stdout)
+	md := res.Markdown()
+	if err := res.WriteJSON(out); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(strings.TrimSuffix(out, ".json")+".md", []byte(md), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	os.Stdout.WriteString("\n" + md + "results: " + out + "\n")
+	for _, row := range res.Rows {
+		b.ReportMetric(row.Run.RepliedThroughput, fmt.Sprintf("%s-%dgw-msg/s", row.Engine, row.Gateways))
+	}
+}
+
+// postgresDSN returns $BENCH_PG or DefaultPostgres.
+func postgresDSN() string {
+	if dsn := os.Getenv("BENCH_PG"); dsn != "" {
+		return dsn
+	}
+	return DefaultPostgres
+}
+
+// TestScaleOutSmoke runs every row of the scale-out benchmark at a tiny
+// scale against the machine's PostgreSQL and checks the counts: every
+// message once, accepted once, every gateway of a shared row given a
+// share, and PostgreSQL's commits seen. It asserts no timing.
+func TestScaleOutSmoke(t *testing.T) {
+	var progress bytes.Buffer
+	p := SmokeScaleOutPlan()
+	res := RunScaleOut(t, p, postgresDSN(), &progress)
+	t.Log("\n" + progress.String())
+	if got, want := len(res.Rows), 1+len(p.Gateways); got != want {
+		t.Fatalf("%d rows, want %d", got, want)
+	}
+	msgs := int64(p.Devices * p.Messages)
+	for _, row := range res.Rows {
+		rn := row.Run
+		if rn.Counts.Unique != msgs || rn.Counts.Duplicates != 0 || row.Accepted() != float64(msgs) {
+			t.Errorf("%s × %d: counts %+v, accepted %v, want %d once", row.Engine, row.Gateways, rn.Counts, row.Accepted(), msgs)
+		}
+		if row.Engine == "sqlite" {
+			continue
+		}
+		if row.DB == nil || row.DB.Commits <= 0 || row.DB.Inserted < msgs {
+			t.Errorf("postgres × %d: pg_stat_database %+v, want commits and ≥ %d rows inserted", row.Gateways, row.DB, msgs)
+		}
+		if row.Gateways > 1 {
+			for i, c := range rn.Gateway.PerGateway {
+				if c["iotgw_messages_received_total"] == 0 {
+					t.Errorf("postgres × %d: gateway %d received nothing", row.Gateways, i+1)
+				}
+			}
+			if len(rn.CPU.Gateways) != row.Gateways {
+				t.Errorf("postgres × %d: %d per-gateway CPU figures", row.Gateways, len(rn.CPU.Gateways))
+			}
+		}
+	}
+	md := res.Markdown()
+	for _, h := range []string{"### 6. Scale-out on PostgreSQL", "overhead, not speedup", "messages per commit", "For a capacity plan"} {
+		if !strings.Contains(md, h) {
+			t.Errorf("markdown lacks %q", h)
+		}
+	}
 }
 
 // TestSmoke runs every measurement of the benchmark at a tiny scale and

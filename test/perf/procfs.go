@@ -16,23 +16,55 @@ import (
 const clockTicks = 100
 
 // procCPU returns the user + system CPU time process pid has used.
-func procCPU(pid int) (time.Duration, error) {
+func procCPU(pid int) (time.Duration, error) { return procTicks(pid, 11, 13) }
+
+// procTreeCPU returns the user + system CPU time of process pid, of its
+// children that have exited (cutime, cstime: the children it waited for)
+// and of its running children, and their exited children. A server that
+// forks a process per connection, as PostgreSQL does, is counted whole,
+// connections that came and went included.
+func procTreeCPU(pid int) (time.Duration, error) {
+	// The children first: one that exits after being read is counted
+	// twice (here and in pid's cutime) rather than not at all.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return 0, fmt.Errorf("children of %d: %w", pid, err)
+	}
+	var sum time.Duration
+	for _, f := range strings.Fields(string(b)) {
+		child, err := strconv.Atoi(f)
+		if err != nil {
+			return 0, fmt.Errorf("children of %d: %w", pid, err)
+		}
+		d, err := procTicks(child, 11, 15)
+		if err == nil { // it may have exited since
+			sum += d
+		}
+	}
+	d, err := procTicks(pid, 11, 15)
+	return sum + d, err
+}
+
+// procTicks returns the sum of /proc/<pid>/stat's fields from..to-1
+// (counted after the command name, from 0) as CPU time.
+func procTicks(pid, from, to int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, fmt.Errorf("cpu of %d: %w", pid, err)
 	}
 	// The command name, field 2, is in parentheses and may hold spaces;
-	// utime and stime are fields 14 and 15, so 12th and 13th after it.
+	// utime, stime, cutime and cstime are fields 14 to 17, so 12th to
+	// 15th after it.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
 		return 0, fmt.Errorf("cpu of %d: no ')' in /proc/%d/stat", pid, pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
+	if len(f) < to {
 		return 0, fmt.Errorf("cpu of %d: short /proc/%d/stat", pid, pid)
 	}
 	var ticks int64
-	for _, s := range f[11:13] {
+	for _, s := range f[from:to] {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return 0, fmt.Errorf("cpu of %d: %w", pid, err)

@@ -271,14 +271,21 @@ func (s *suite) gateway(registered int) *Gateway {
 // stop collects the gateway's log verdict and stops it.
 func (s *suite) stop(gw *Gateway, what string) {
 	s.t.Helper()
+	stopGateway(s.t, gw, what, s.problem)
+}
+
+// stopGateway reports, through problem, each of gw's log lines above info,
+// and stops it.
+func stopGateway(t testing.TB, gw *Gateway, what string, problem func(format string, args ...any)) {
+	t.Helper()
 	lines := gw.LogLines()
 	for _, l := range slices.SortedFunc(maps.Keys(lines), func(a, b LogLine) int { return strings.Compare(a.Level+a.Msg, b.Level+b.Msg) }) {
 		if l.Level != "info" && l.Level != "debug" {
-			s.problem("%s: gateway logged %d× at %s: %q", what, lines[l], l.Level, l.Msg)
+			problem("%s: gateway logged %d× at %s: %q", what, lines[l], l.Level, l.Msg)
 		}
 	}
 	if err := gw.Stop(); err != nil {
-		s.t.Fatal(err)
+		t.Fatal(err)
 	}
 }
 
