@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -179,56 +181,43 @@ func TestEnginesLifecycle(t *testing.T) {
 // attacker moving rows between deployments) would: the sealed bytes as is.
 func copyRegistry(t *testing.T, from, to *sql.DB, toD interface{ Rebind(string) string }) {
 	t.Helper()
-	type row struct{ q string }
-	rows, err := from.Query(`SELECT device_id, enabled, created_at, revoked_at FROM devices`)
+	copyRows(t, from, to, toD, "devices", "device_id, enabled, created_at, revoked_at", func() []any {
+		return []any{new(string), new(bool), new(int64), new(sql.NullInt64)}
+	})
+	copyRows(t, from, to, toD, "device_keys", "device_id, key_id, secret, sealed, created_at, expires_at", func() []any {
+		return []any{new(string), new(int64), new([]byte), new(bool), new(int64), new(sql.NullInt64)}
+	})
+	copyRows(t, from, to, toD, "registry_meta", "name, value", func() []any { return []any{new(string), new(string)} })
+}
+
+func copyRows(t *testing.T, from, to *sql.DB, toD interface{ Rebind(string) string }, table, cols string, dest func() []any) {
+	t.Helper()
+	rows, err := from.Query(`SELECT ` + cols + ` FROM ` + table)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer rows.Close()
+	var batch [][]any
 	for rows.Next() {
-		var id string
-		var en bool
-		var cr int64
-		var rv sql.NullInt64
-		if err := rows.Scan(&id, &en, &cr, &rv); err != nil {
+		d := dest()
+		if err := rows.Scan(d...); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := to.Exec(toD.Rebind(`INSERT INTO devices(device_id, enabled, created_at, revoked_at) VALUES(?, ?, ?, ?)`), id, en, cr, rv); err != nil {
-			t.Fatal(err)
-		}
+		batch = append(batch, d)
 	}
-	rows.Close()
-	rows, err = from.Query(`SELECT device_id, key_id, secret, sealed, created_at, expires_at FROM device_keys`)
-	if err != nil {
+	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	for rows.Next() {
-		var id string
-		var kid, cr int64
-		var sec []byte
-		var sealed bool
-		var ex sql.NullInt64
-		if err := rows.Scan(&id, &kid, &sec, &sealed, &cr, &ex); err != nil {
-			t.Fatal(err)
+	marks := strings.TrimSuffix(strings.Repeat("?, ", len(dest())), ", ")
+	for _, d := range batch {
+		args := make([]any, len(d))
+		for i, p := range d {
+			args[i] = reflect.ValueOf(p).Elem().Interface()
 		}
-		if _, err := to.Exec(toD.Rebind(`INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at, expires_at) VALUES(?, ?, ?, ?, ?, ?)`), id, kid, sec, sealed, cr, ex); err != nil {
+		if _, err := to.Exec(toD.Rebind(`INSERT INTO `+table+`(`+cols+`) VALUES(`+marks+`)`), args...); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rows.Close()
-	rows, err = from.Query(`SELECT name, value FROM registry_meta`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var n, v string
-		if err := rows.Scan(&n, &v); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := to.Exec(toD.Rebind(`INSERT INTO registry_meta(name, value) VALUES(?, ?)`), n, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rows.Close()
 }
 
 // TestSealedRegistryCopiedToPostgres (attack): a sealed SQLite registry
