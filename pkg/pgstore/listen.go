@@ -14,6 +14,10 @@ const (
 	RegistryChannel = "iotgw_registry"
 )
 
+// ListenApplication is the application_name of Listen's connection, as
+// pg_stat_activity shows it.
+const ListenApplication = "iotgw-listen"
+
 // Listen holds one connection of its own (not from the pool) listening on
 // channels, and calls fn with the channel of each notification, from its
 // own goroutine, one call at a time; fn must not block for long. After
@@ -41,7 +45,9 @@ func Listen(ctx context.Context, db *DB, channels []string, fn func(channel stri
 }
 
 func listenOnce(ctx context.Context, db *DB, channels []string, fn func(string), connected func()) error {
-	conn, err := pgx.ConnectConfig(ctx, db.cfg.ConnConfig.Copy())
+	cc := db.cfg.ConnConfig.Copy()
+	cc.RuntimeParams["application_name"] = ListenApplication
+	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return fmt.Errorf("storage: postgres: listen: %w", err)
 	}
