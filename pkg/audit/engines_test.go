@@ -97,4 +97,3 @@ func TestVerifyDuringAppends(t *testing.T) {
 		}
 	})
 }
-
