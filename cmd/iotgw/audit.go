@@ -14,20 +14,36 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/audit"
 	"github.com/iotgw/iotgw/pkg/config"
+	"github.com/iotgw/iotgw/pkg/storage"
 )
 
 func init() { commands = append(commands, newAuditCmd) }
 
 // recordAdmin appends one admin action (e.g. "device.add") by the current
-// user to the audit trail in the registry file dbPath. It is the one call
-// each admin command makes after its change succeeded; count is how many
-// objects it concerned (0 means 1).
+// user to the audit trail in the SQLite registry file dbPath.
 func recordAdmin(ctx context.Context, dbPath, action, device string, count int) error {
-	l, err := audit.Open(ctx, dbPath, time.Now)
+	return recordAdminIn(ctx, store{cfg: storage.DefaultConfig(), path: dbPath}, action, device, count)
+}
+
+// recordCmd is recordAdminIn on the store of cmd (storeOf).
+func recordCmd(cmd *cobra.Command, action, device string, count int) error {
+	s, err := storeOf(cmd)
 	if err != nil {
 		return fmt.Errorf("%s done, but not recorded in the audit trail: %w", action, err)
 	}
-	defer l.Close()
+	return recordAdminIn(cmd.Context(), s, action, device, count)
+}
+
+// recordAdminIn appends one admin action (e.g. "device.add") by the
+// current user to the audit trail of s. It is the one call each admin
+// command makes after its change succeeded; count is how many objects it
+// concerned (0 means 1).
+func recordAdminIn(ctx context.Context, s store, action, device string, count int) error {
+	l, closeLog, err := storage.OpenAudit(ctx, s.cfg, s.path, time.Now)
+	if err != nil {
+		return fmt.Errorf("%s done, but not recorded in the audit trail: %w", action, err)
+	}
+	defer closeLog() //nolint:errcheck // committed already
 	if err := l.Append(ctx, &audit.Entry{Actor: cliActor(), Device: device, Action: action, Count: int64(count)}); err != nil {
 		return fmt.Errorf("%s done, but not recorded in the audit trail: %w", action, err)
 	}
@@ -52,19 +68,26 @@ func cliActor() string {
 func newAuditCmd() *cobra.Command {
 	var dbPath, cfgPath string
 	var anchors []string
-	open := func(cmd *cobra.Command) (*audit.Log, error) {
+	// open returns the audit trail of --db, or of the storage section
+	// and registry.path from --config and the environment, and its closer.
+	open := func(cmd *cobra.Command) (*audit.Log, func() error, error) {
+		f, err := config.LoadUnvalidated(cfgPath)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := f.Storage.Validate(); err != nil {
+			return nil, nil, err
+		}
 		p := dbPath
 		if p == "" {
-			f, err := config.LoadUnvalidated(cfgPath)
-			if err != nil {
-				return nil, err
-			}
 			p = f.Registry.Path
+		} else if f.Storage.Shared() {
+			return nil, nil, usagef("--db names a SQLite file, but storage.engine is %s (drop --db)", f.Storage.Engine)
 		}
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("registry %s: %w", p, errors.Unwrap(err))
+		if err := f.Storage.RegistryExists(p); err != nil {
+			return nil, nil, err
 		}
-		return audit.Open(cmd.Context(), p, time.Now)
+		return storage.OpenAudit(cmd.Context(), f.Storage, p, time.Now)
 	}
 	cmd := &cobra.Command{
 		Use:   "audit",
@@ -74,7 +97,9 @@ every admin action (device add, rotate, disable, enable, revoke, remove,
 kek rotate, deadletter retry and drop) and every rejection by the gateway,
 repeated rejections folded into one entry per device, reason and second.
 The database is --db, else registry.path from --config or
-IOTGW_REGISTRY_PATH, else iotgw.db.
+IOTGW_REGISTRY_PATH, else iotgw.db; with storage.engine postgres (from
+--config or IOTGW_STORAGE_ENGINE and IOTGW_STORAGE_DSN) it is the shared
+PostgreSQL database.
 
 'verify' exits 1 naming the first broken entry if a row was edited,
 inserted or deleted. Someone who can write the file can still rewrite the
@@ -83,15 +108,15 @@ elsewhere and pass it later as --anchor to catch that.`,
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
 	cmd.PersistentFlags().StringVar(&dbPath, "db", "", "registry SQLite file holding the audit trail")
-	cmd.PersistentFlags().StringVar(&cfgPath, "config", "", "YAML config file (for registry.path)")
+	cmd.PersistentFlags().StringVar(&cfgPath, "config", "", "YAML config file (for storage and registry.path)")
 
 	verify := &cobra.Command{Use: "verify", Short: "Check the whole chain; exit 1 naming the first broken entry", Args: noArguments,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			l, err := open(cmd)
+			l, closeLog, err := open(cmd)
 			if err != nil {
 				return err
 			}
-			defer l.Close()
+			defer closeLog() //nolint:errcheck // read only
 			n, err := l.Verify(cmd.Context())
 			var be *audit.BrokenError
 			if errors.As(err, &be) {
@@ -123,11 +148,11 @@ elsewhere and pass it later as --anchor to catch that.`,
 			if n < 1 {
 				return usagef("-n must be at least 1")
 			}
-			l, err := open(cmd)
+			l, closeLog, err := open(cmd)
 			if err != nil {
 				return err
 			}
-			defer l.Close()
+			defer closeLog() //nolint:errcheck // read only
 			entries, err := l.Tail(cmd.Context(), n)
 			if err != nil {
 				return err

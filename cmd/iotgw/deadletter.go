@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"github.com/iotgw/iotgw/pkg/storage"
 	"os"
 	"strconv"
 	"text/tabwriter"
@@ -18,13 +20,26 @@ func init() { commands = append(commands, newDeadletterCmd) }
 
 func newDeadletterCmd() *cobra.Command {
 	var path, cfgPath, dbPath string
-	open := func(cmd *cobra.Command) (*outbox.Store, error) {
-		p := path
-		if p == "" {
-			f, err := config.LoadUnvalidated(cfgPath)
+	open := func(cmd *cobra.Command) (deadStore, error) {
+		f, err := config.LoadUnvalidated(cfgPath)
+		if err != nil {
+			return nil, err
+		}
+		if err := f.Storage.Validate(); err != nil {
+			return nil, err
+		}
+		if f.Storage.Shared() {
+			if path != "" {
+				return nil, usagef("--outbox names a SQLite file, but storage.engine is postgres")
+			}
+			e, err := storage.OpenOutbox(cmd.Context(), f.Storage, f.Outbox)
 			if err != nil {
 				return nil, err
 			}
+			return engineStore{e.Outbox, e}, nil
+		}
+		p := path
+		if p == "" {
 			p = f.Outbox.Path
 		}
 		// Opening would create an empty database: a typo in --outbox
@@ -34,7 +49,11 @@ func newDeadletterCmd() *cobra.Command {
 		}
 		cfg := outbox.DefaultConfig()
 		cfg.Path = p
-		return outbox.Open(cmd.Context(), cfg)
+		st, err := outbox.Open(cmd.Context(), cfg) // beside a running gateway: no lock
+		if err != nil {
+			return nil, err
+		}
+		return st, nil
 	}
 	seqs := func(args []string) ([]int64, error) {
 		var out []int64
@@ -125,11 +144,14 @@ within seconds. The outbox is found with --outbox, else outbox.path from
 // A registry that does not exist is not created: the action is then only
 // reported as unaudited on stderr.
 func recordDeadletter(cmd *cobra.Command, dbPath, cfgPath, action string, n int) error {
+	f, err := config.LoadUnvalidated(cfgPath)
+	if err != nil {
+		return err
+	}
+	if f.Storage.Shared() {
+		return recordAdminIn(cmd.Context(), store{cfg: f.Storage}, action, "", n)
+	}
 	if dbPath == "" {
-		f, err := config.LoadUnvalidated(cfgPath)
-		if err != nil {
-			return err
-		}
 		dbPath = f.Registry.Path
 	}
 	if _, err := os.Stat(dbPath); err != nil {
@@ -138,3 +160,19 @@ func recordDeadletter(cmd *cobra.Command, dbPath, cfgPath, action string, n int)
 	}
 	return recordAdmin(cmd.Context(), dbPath, action, "", n)
 }
+
+// deadStore is the dead-letter table on either engine.
+type deadStore interface {
+	DeadLetters(ctx context.Context) ([]outbox.Dead, error)
+	RetryDead(ctx context.Context, seqs []int64) (int, error)
+	DropDead(ctx context.Context, seqs []int64) (int, error)
+	Close() error
+}
+
+// engineStore closes the engine it came from.
+type engineStore struct {
+	storage.Outbox
+	e *storage.Engine
+}
+
+func (s engineStore) Close() error { s.e.Close(); return nil }

@@ -17,6 +17,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/pki"
 	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/storage"
 )
 
 func init() { commands = append(commands, newDeviceCmd) }
@@ -29,12 +30,15 @@ func newDeviceCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
 		Short: "Manage the device registry: add, list, show, rotate, disable, enable, remove",
-		Long: `device manages the SQLite device registry the gateway reads its devices and
+		Long: `device manages the device registry the gateway reads its devices and
 shared secrets from. A running gateway picks up every change within its
 registry refresh interval.
 
-The registry file is --db, else $IOTGW_REGISTRY_PATH, else ./iotgw.db. Its
-directory must exist. list and show never print secrets; add and rotate
+With storage.engine sqlite (the default) the registry is a SQLite file:
+--db, else $IOTGW_REGISTRY_PATH, else registry.path from --config, else
+./iotgw.db; its directory must exist. With storage.engine postgres (from
+--config, or $IOTGW_STORAGE_ENGINE and $IOTGW_STORAGE_DSN) it is the
+PostgreSQL database every gateway shares, and --db is refused. list and show never print secrets; add and rotate
 print a generated secret exactly once.
 
 Secrets are sealed under the KEK named by security.kek_file (from
@@ -67,6 +71,37 @@ func registryPath(cmd *cobra.Command) string {
 	return defaultRegistryPath
 }
 
+// store is where one CLI command finds the registry and the audit trail:
+// the storage section (engine) and, for SQLite, the registry file.
+type store struct {
+	cfg  storage.Config
+	path string
+}
+
+// String names the store for messages (never a DSN).
+func (s store) String() string { return s.cfg.Describe(s.path) }
+
+// storeOf returns the store for cmd: the storage section from --config (if
+// the command has it) and the environment, and registryPath. --db names a
+// SQLite file, so it is refused with storage.engine postgres.
+func storeOf(cmd *cobra.Command) (store, error) {
+	path := ""
+	if f := cmd.Flags().Lookup("config"); f != nil {
+		path = f.Value.String()
+	}
+	c, err := config.LoadUnvalidated(path)
+	if err != nil {
+		return store{}, err
+	}
+	if err := c.Storage.Validate(); err != nil {
+		return store{}, err
+	}
+	if f := cmd.Flags().Lookup("db"); f != nil && f.Changed && c.Storage.Shared() {
+		return store{}, usagef("--db names a SQLite file, but storage.engine is %s (drop --db)", c.Storage.Engine)
+	}
+	return store{cfg: c.Storage, path: registryPath(cmd)}, nil
+}
+
 // securityConfig returns the security section from --config (if any) and
 // the environment (IOTGW_SECURITY_KEK_FILE, IOTGW_SECURITY_REQUIRE_KEK).
 func securityConfig(cmd *cobra.Command) (registry.SecurityConfig, error) {
@@ -92,10 +127,13 @@ func warnUnsealed(cmd *cobra.Command, r *registry.Registry) {
 // withRegistry opens the registry, runs fn and closes it. Unless create is
 // set, a missing registry file is an error rather than a new empty registry.
 func withRegistry(cmd *cobra.Command, create bool, fn func(context.Context, *registry.Registry) error) error {
-	path := registryPath(cmd)
-	if !create && path != "" {
-		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("registry %s does not exist (iotgw device add creates it)", path)
+	s, err := storeOf(cmd)
+	if err != nil {
+		return err
+	}
+	if !create && s.path != "" {
+		if err := s.cfg.RegistryExists(s.path); err != nil {
+			return err
 		}
 	}
 	sec, err := securityConfig(cmd)
@@ -106,11 +144,11 @@ func withRegistry(cmd *cobra.Command, create bool, fn func(context.Context, *reg
 	if err != nil {
 		return err
 	}
-	r, err := registry.Open(cmd.Context(), path, registry.WithKEK(kek))
+	r, closeReg, err := storage.OpenRegistry(cmd.Context(), s.cfg, s.path, registry.WithKEK(kek))
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer closeReg() //nolint:errcheck // read or committed already
 	return fn(cmd.Context(), r)
 }
 
@@ -239,7 +277,7 @@ broker.`,
 			}
 			// The secret is printed even if the audit entry fails: it is
 			// registered and would otherwise be lost. The failure still exits 1.
-			auditErr := recordAdmin(cmd.Context(), registryPath(cmd), "device.add", id, 1)
+			auditErr := recordCmd(cmd, "device.add", id, 1)
 			if !generated {
 				fmt.Fprintf(cmd.ErrOrStderr(), "added device %s\n", id)
 				return auditErr
@@ -345,7 +383,7 @@ func newDeviceSetEnabledCmd(enabled bool) *cobra.Command {
 				if err := r.SetEnabled(ctx, args[0], enabled); err != nil {
 					return err
 				}
-				if err := recordAdmin(ctx, r.Path(), "device."+verb, args[0], 1); err != nil {
+				if err := recordCmd(cmd, "device."+verb, args[0], 1); err != nil {
 					return err
 				}
 				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%sd device %s\n", verb, args[0])
@@ -365,7 +403,7 @@ func newDeviceRemoveCmd() *cobra.Command {
 				if err := r.Remove(ctx, args[0]); err != nil {
 					return err
 				}
-				if err := recordAdmin(ctx, r.Path(), "device.remove", args[0], 1); err != nil {
+				if err := recordCmd(cmd, "device.remove", args[0], 1); err != nil {
 					return err
 				}
 				_, err := fmt.Fprintf(cmd.OutOrStdout(), "removed device %s\n", args[0])
@@ -420,7 +458,7 @@ registry.refresh. A revoked device cannot be rotated.`,
 			if overlap > 0 {
 				ends = "at " + k.CreatedAt.Add(overlap).Format(time.RFC3339)
 			}
-			auditErr := recordAdmin(cmd.Context(), registryPath(cmd), "device.rotate", id, 1)
+			auditErr := recordCmd(cmd, "device.rotate", id, 1)
 			if !generated {
 				fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s\n", id, k.ID, ends)
 				return auditErr

@@ -113,7 +113,7 @@ is started with security.kek_file pointing at the new file.`,
 				if _, err = fmt.Fprintf(cmd.OutOrStdout(), "%s %d device keys under KEK %s; now point security.kek_file at %s\n", verb, n, next.Short(), newFile); err != nil {
 					return err
 				}
-				return recordAdmin(ctx, r.Path(), "kek.rotate", "", n)
+				return recordCmd(cmd, "kek.rotate", "", n)
 			})
 		},
 	}

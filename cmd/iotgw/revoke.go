@@ -55,11 +55,11 @@ revoked.`,
 			}
 			out, errOut := cmd.OutOrStdout(), cmd.ErrOrStderr()
 			err := withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
-				return revokeInRegistry(ctx, r, id)
+				return revokeInRegistry(cmd, r, id)
 			})
 			switch {
 			case errors.Is(err, registry.ErrNotFound):
-				fmt.Fprintf(errOut, "device %s is not in the registry %s; revoking its certificate anyway\n", id, registryPath(cmd))
+				fmt.Fprintf(errOut, "device %s is not in the registry %s; revoking its certificate anyway\n", id, registryName(cmd))
 			case err != nil:
 				return err
 			default:
@@ -88,9 +88,17 @@ revoked.`,
 // revokeInRegistry is the registry half of a revocation, in one place: the
 // device is disabled and marked revoked (device enable then refuses it),
 // and the revocation is recorded in the audit trail.
-func revokeInRegistry(ctx context.Context, r *registry.Registry, id string) error {
-	if err := r.Revoke(ctx, id); err != nil {
+func revokeInRegistry(cmd *cobra.Command, r *registry.Registry, id string) error {
+	if err := r.Revoke(cmd.Context(), id); err != nil {
 		return err
 	}
-	return recordAdmin(ctx, r.Path(), "device.revoke", id, 1)
+	return recordCmd(cmd, "device.revoke", id, 1)
+}
+
+// registryName names the registry of cmd in messages.
+func registryName(cmd *cobra.Command) string {
+	if s, err := storeOf(cmd); err == nil {
+		return s.String()
+	}
+	return registryPath(cmd)
 }

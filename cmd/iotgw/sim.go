@@ -20,7 +20,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/pki"
-	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/storage"
 )
 
 func init() { commands = append(commands, newSimCmd) }
@@ -32,6 +32,9 @@ type simOptions struct {
 	db             string
 	secretsFile    string
 	connectTimeout time.Duration
+	// shared: neither --db nor --secrets-file, and the environment names
+	// a shared registry (storage.engine postgres); set by check.
+	shared bool
 }
 
 func newSimCmd() *cobra.Command {
@@ -42,8 +45,10 @@ func newSimCmd() *cobra.Command {
 		Long: `sim plays devices against a running broker and gateway. Each simulated device
 connects with its own certificate (--certs DIR/devices/<id>.crt and .key,
 trusting DIR/ca.crt) and signs its messages with its shared secret, read
-from the registry (--db, opened read-only) or from --secrets-file (lines
-"<id> <secret>"; blank lines and lines starting with # are ignored).
+from the registry (--db, opened read-only; or, with neither flag, the
+shared registry of IOTGW_STORAGE_ENGINE=postgres and IOTGW_STORAGE_DSN) or
+from --secrets-file (lines "<id> <secret>"; blank lines and lines
+starting with # are ignored).
 
   iotgw sim demo   valid readings, then one attack at a time, with a verdict table
   iotgw sim load   many devices publishing signed QoS 1 messages, with a summary`,
@@ -61,7 +66,14 @@ from the registry (--db, opened read-only) or from --secrets-file (lines
 
 // check validates the shared flags.
 func (o *simOptions) check() error {
-	if (o.db == "") == (o.secretsFile == "") {
+	if o.db == "" && o.secretsFile == "" {
+		// The shared registry of the environment's storage section
+		// (IOTGW_STORAGE_ENGINE=postgres, IOTGW_STORAGE_DSN) is the third source.
+		if c, err := config.LoadUnvalidated(""); err == nil && c.Storage.Shared() {
+			o.shared = true
+		}
+	}
+	if (o.db == "") == (o.secretsFile == "") && !o.shared {
 		return usagef("sim: give exactly one of --db and --secrets-file")
 	}
 	if !strings.HasPrefix(o.broker, "ssl://") && !strings.HasPrefix(o.broker, "tls://") && !strings.HasPrefix(o.broker, "mqtts://") {
@@ -103,7 +115,7 @@ func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error)
 		return nil, fmt.Errorf("load CA: no PEM certificate in %s", caFile)
 	}
 	var secrets map[string][]byte
-	if o.db != "" {
+	if o.db != "" || o.shared {
 		secrets, err = secretsFromDB(ctx, o.db)
 	} else {
 		secrets, err = secretsFromFile(o.secretsFile)
@@ -119,7 +131,10 @@ func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error)
 	}
 	if len(missing) > 0 {
 		src := o.db
-		if src == "" {
+		switch {
+		case o.shared:
+			src = "the shared registry (storage.dsn)"
+		case src == "":
 			src = o.secretsFile
 		}
 		more := ""
@@ -132,9 +147,11 @@ func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error)
 	return &fleet{opts: o, roots: roots, secrets: secrets}, nil
 }
 
-// secretsFromDB reads every device's newest secret from the registry file,
-// opened read-only so a running gateway is not disturbed. A sealed
-// registry needs its KEK: security.kek_file from $IOTGW_SECURITY_KEK_FILE.
+// secretsFromDB reads every device's newest secret from the registry file
+// (opened read-only, so a running gateway is not disturbed), or with
+// path "" from the shared registry of $IOTGW_STORAGE_ENGINE and
+// $IOTGW_STORAGE_DSN. A sealed registry needs its KEK: security.kek_file
+// from $IOTGW_SECURITY_KEK_FILE.
 func secretsFromDB(ctx context.Context, path string) (map[string][]byte, error) {
 	c, err := config.LoadUnvalidated("")
 	if err != nil {
@@ -144,7 +161,7 @@ func secretsFromDB(ctx context.Context, path string) (map[string][]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	return registry.DeviceSecrets(ctx, path, kek)
+	return storage.DeviceSecrets(ctx, c.Storage, path, kek)
 }
 
 // secretsFromFile reads "<id> <secret>" lines.

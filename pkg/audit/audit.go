@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/internal/sqldb"
 	"github.com/iotgw/iotgw/pkg/internal/sqlitex"
 )
 
@@ -80,10 +81,13 @@ var migrations = []sqlitex.Migration{
 	)`},
 }
 
-// Log is the audit trail in one SQLite file.
+// Log is the audit trail: in the registry's SQLite file (Open), or in a
+// database shared by several gateways (OpenDB).
 type Log struct {
-	db  *sql.DB
-	now func() time.Time
+	db    *sql.DB
+	d     sqldb.Dialect
+	owned bool // Close closes db
+	now   func() time.Time
 }
 
 // Open opens the audit trail in the database at path (the registry file),
@@ -101,11 +105,29 @@ func Open(ctx context.Context, path string, now func() time.Time) (*Log, error) 
 		db.Close()
 		return nil, fmt.Errorf("migrate audit tables in %s: %w", path, err)
 	}
-	return &Log{db: db, now: now}, nil
+	return &Log{db: db, d: sqlitex.Dialect, owned: true, now: now}, nil
 }
 
-// Close closes the database.
-func (l *Log) Close() error { return l.db.Close() }
+// OpenDB opens the audit trail in a database whose engine already created
+// the audit_log and audit_head tables (with the column names and meanings
+// of migrations), such as PostgreSQL's (package pgstore), with d its
+// dialect. Any number of processes may append at once: each Append holds
+// d's lock "audit" for its transaction. Close leaves db open: its owner
+// closes it.
+func OpenDB(_ context.Context, db *sql.DB, d sqldb.Dialect, now func() time.Time) (*Log, error) {
+	if db == nil || d == nil {
+		return nil, errors.New("audit: no database")
+	}
+	return &Log{db: db, d: d, now: now}, nil
+}
+
+// Close closes the database (a database given to OpenDB stays open).
+func (l *Log) Close() error {
+	if !l.owned {
+		return nil
+	}
+	return l.db.Close()
+}
 
 // Hash returns e's hash over the canonical encoding described in the
 // package documentation (e.Hash itself is not part of it).
@@ -115,7 +137,8 @@ func Hash(e *Entry) [32]byte {
 	// Seq and Count are encoded as 64-bit two's complement (the uint64
 	// conversions reinterpret the bits, an injective map on int64), string
 	// lengths as uint32: check caps fields at 128 bytes on Append, and rows
-	// Verify reads back are SQLite values, below 2^31 bytes (its hard limit).
+	// Verify reads back are SQLite values, below 2^31 bytes (its hard
+	// limit), or PostgreSQL TEXT, at most 1 GB.
 	b = binary.BigEndian.AppendUint64(b, uint64(e.Seq)) //nolint:gosec // G115: two's-complement encoding, not arithmetic
 	b = binary.BigEndian.AppendUint64(b, uint64(e.At.UnixMilli()))
 	for _, s := range []string{e.Actor, e.Device, e.Action, e.Reason, e.MessageID} {
@@ -141,9 +164,10 @@ func check(e *Entry) error {
 	return nil
 }
 
-// Append adds entries to the end of the chain in one transaction (BEGIN
-// IMMEDIATE: concurrent appenders in other processes wait their turn, up
-// to the busy timeout), setting each one's Seq, PrevHash and Hash.
+// Append adds entries to the end of the chain in one transaction, setting
+// each one's Seq, PrevHash and Hash. Concurrent appenders in other
+// processes wait their turn (SQLite: BEGIN IMMEDIATE, up to the busy
+// timeout; elsewhere the dialect's lock "audit").
 func (l *Log) Append(ctx context.Context, entries ...*Entry) error {
 	for _, e := range entries {
 		if err := check(e); err != nil {
@@ -155,6 +179,9 @@ func (l *Log) Append(ctx context.Context, entries ...*Entry) error {
 		return fmt.Errorf("audit append: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	if err := l.d.LockTx(ctx, tx, "audit"); err != nil {
+		return fmt.Errorf("audit append: %w", err)
+	}
 	var seq int64
 	var head string
 	err = tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`).Scan(&seq, &head)
@@ -186,15 +213,15 @@ func (l *Log) Append(ctx context.Context, entries ...*Entry) error {
 			e.Count = 1
 		}
 		e.Hash = Hash(e)
-		if _, err := tx.ExecContext(ctx, `INSERT INTO audit_log(seq, at_ms, actor, device, action, reason, message_id, count, prev_hash, hash)
-			VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, e.Seq, e.At.UnixMilli(), e.Actor, e.Device, e.Action, e.Reason, e.MessageID, e.Count,
+		if _, err := tx.ExecContext(ctx, l.d.Rebind(`INSERT INTO audit_log(seq, at_ms, actor, device, action, reason, message_id, count, prev_hash, hash)
+			VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`), e.Seq, e.At.UnixMilli(), e.Actor, e.Device, e.Action, e.Reason, e.MessageID, e.Count,
 			hex.EncodeToString(e.PrevHash[:]), hex.EncodeToString(e.Hash[:])); err != nil {
 			return fmt.Errorf("audit append: %w", err)
 		}
 		prev = e.Hash
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_head(id, seq, hash) VALUES(1, ?, ?)
-		ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash`, seq, hex.EncodeToString(prev[:])); err != nil {
+	if _, err := tx.ExecContext(ctx, l.d.Rebind(`INSERT INTO audit_head(id, seq, hash) VALUES(1, ?, ?)
+		ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash`), seq, hex.EncodeToString(prev[:])); err != nil {
 		return fmt.Errorf("audit append: move head: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -228,7 +255,7 @@ func scan(rows *sql.Rows) (*Entry, string, string, error) {
 
 // Tail returns the newest n entries, oldest first.
 func (l *Log) Tail(ctx context.Context, n int) ([]*Entry, error) {
-	rows, err := l.db.QueryContext(ctx, `SELECT `+columns+` FROM audit_log ORDER BY seq DESC LIMIT ?`, n)
+	rows, err := l.db.QueryContext(ctx, l.d.Rebind(`SELECT `+columns+` FROM audit_log ORDER BY seq DESC LIMIT ?`), n)
 	if err != nil {
 		return nil, fmt.Errorf("audit tail: %w", err)
 	}
@@ -261,7 +288,7 @@ var ErrAnchorMismatch = errors.New("anchor not in the chain")
 // Verify it catches a consistent rewrite of the chain up to that entry.
 func (l *Log) CheckAnchor(ctx context.Context, seq int64, hash [32]byte) error {
 	var got string
-	err := l.db.QueryRowContext(ctx, `SELECT hash FROM audit_log WHERE seq = ?`, seq).Scan(&got)
+	err := l.db.QueryRowContext(ctx, l.d.Rebind(`SELECT hash FROM audit_log WHERE seq = ?`), seq).Scan(&got)
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("%w: entry %d is gone", ErrAnchorMismatch, seq)
 	}
@@ -292,7 +319,10 @@ func ParseAnchor(s string) (int64, [32]byte, error) {
 // chain that does not hold is a *BrokenError naming the first broken
 // entry; any other error is a database fault.
 func (l *Log) Verify(ctx context.Context) (int64, error) {
-	tx, err := l.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true}) // one snapshot
+	// One snapshot for the rows and the head (SQLite: any transaction;
+	// PostgreSQL needs REPEATABLE READ, or an append between the two
+	// reads would look like a broken head).
+	tx, err := l.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true})
 	if err != nil {
 		return 0, fmt.Errorf("audit verify: %w", err)
 	}

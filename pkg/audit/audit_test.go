@@ -51,8 +51,10 @@ func rawDB(t *testing.T, path string) *sql.DB {
 	return db
 }
 
-func TestChainVerifies(t *testing.T) {
-	l, _ := openTemp(t)
+func TestChainVerifies(t *testing.T) { forEngines(t, testChainVerifies) }
+
+func testChainVerifies(t *testing.T, e engine) {
+	l, _ := e.open(t)
 	if n, err := l.Verify(context.Background()); err != nil || n != 0 {
 		t.Fatalf("empty chain: %d, %v", n, err)
 	}
@@ -95,7 +97,9 @@ func TestHashEncodingUnambiguous(t *testing.T) {
 	}
 }
 
-func TestVerifyNamesFirstBrokenEntry(t *testing.T) {
+func TestVerifyNamesFirstBrokenEntry(t *testing.T) { forEngines(t, testVerifyNamesFirstBrokenEntry) }
+
+func testVerifyNamesFirstBrokenEntry(t *testing.T, e engine) {
 	tests := []struct {
 		name    string
 		tamper  string // SQL run against the file
@@ -117,9 +121,9 @@ func TestVerifyNamesFirstBrokenEntry(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			l, path := openTemp(t)
+			l, raw := e.open(t)
 			fill(t, l, 8)
-			if _, err := rawDB(t, path).Exec(tc.tamper); err != nil {
+			if _, err := raw.Exec(tc.tamper); err != nil {
 				t.Fatal(err)
 			}
 			_, err := l.Verify(context.Background())
@@ -139,9 +143,12 @@ func TestVerifyNamesFirstBrokenEntry(t *testing.T) {
 // (or recomputing every hash) leaves a valid chain. Only an anchor kept
 // elsewhere catches it (see the package documentation).
 func TestVerifyCannotDetectConsistentRewrite(t *testing.T) {
-	l, path := openTemp(t)
+	forEngines(t, testVerifyCannotDetectConsistentRewrite)
+}
+
+func testVerifyCannotDetectConsistentRewrite(t *testing.T, e engine) {
+	l, db := e.open(t)
 	fill(t, l, 5)
-	db := rawDB(t, path)
 	if _, err := db.Exec(`DELETE FROM audit_log WHERE seq = 5; UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit_log WHERE seq = 4)`); err != nil {
 		t.Fatal(err)
 	}
@@ -152,8 +159,10 @@ func TestVerifyCannotDetectConsistentRewrite(t *testing.T) {
 
 // TestAnchorCatchesRewrite: an anchor kept elsewhere catches a chain
 // rewritten consistently (hashes recomputed) up to the anchored entry.
-func TestAnchorCatchesRewrite(t *testing.T) {
-	l, path := openTemp(t)
+func TestAnchorCatchesRewrite(t *testing.T) { forEngines(t, testAnchorCatchesRewrite) }
+
+func testAnchorCatchesRewrite(t *testing.T, e engine) {
+	l, raw := e.open(t)
 	fill(t, l, 5)
 	tail, _ := l.Tail(context.Background(), 1)
 	seq, hash, err := ParseAnchor(fmt.Sprintf("%d:%x", tail[0].Seq, tail[0].Hash))
@@ -161,7 +170,7 @@ func TestAnchorCatchesRewrite(t *testing.T) {
 		t.Fatalf("fresh anchor: %v", err)
 	}
 	// Rewrite: drop everything and append a consistent, different history.
-	if _, err := rawDB(t, path).Exec(`DELETE FROM audit_log; DELETE FROM audit_head`); err != nil {
+	if _, err := raw.Exec(`DELETE FROM audit_log; DELETE FROM audit_head`); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 5 {
@@ -182,15 +191,14 @@ func TestAnchorCatchesRewrite(t *testing.T) {
 	}
 }
 
-// TestConcurrentAppendersOneChain: two Logs on one file (the CLI and the
-// gateway) appending at once still build one linear chain.
-func TestConcurrentAppendersOneChain(t *testing.T) {
-	a, path := openTemp(t)
-	b, err := Open(context.Background(), path, clockAt(t0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+// TestConcurrentAppendersOneChain: two Logs on one database (the CLI and
+// the gateway, or two gateways on PostgreSQL, each with its own
+// connections) appending at once still build one linear chain.
+func TestConcurrentAppendersOneChain(t *testing.T) { forEngines(t, testConcurrentAppendersOneChain) }
+
+func testConcurrentAppendersOneChain(t *testing.T, e engine) {
+	a, _ := e.open(t)
+	b := e.again(t)
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	for i, l := range []*Log{a, b} {

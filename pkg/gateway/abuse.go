@@ -11,6 +11,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/audit"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/limit"
+	"github.com/iotgw/iotgw/pkg/storage"
 	"github.com/iotgw/iotgw/pkg/validate"
 )
 
@@ -27,6 +28,7 @@ type abuse struct {
 	notices    *limit.Notices
 	quarantine *limit.Quarantine // nil: limits.quarantine_after is 0
 	log        *audit.Log
+	logClose   func() error
 	writer     *audit.Writer
 	errLog     logEvery
 
@@ -43,8 +45,14 @@ func (g *Gateway) openAbuse(ctx context.Context) error {
 		quarantine: limit.NewQuarantine(g.cfg.Limits.QuarantineAfter, g.cfg.Limits.QuarantineWindow),
 	}
 	var err error
-	if a.log, err = audit.Open(ctx, g.cfg.Registry.Path, g.now); err != nil {
+	if g.engine != nil && g.engine.PG != nil {
+		if a.log, a.logClose, err = storage.AuditOn(ctx, g.engine.PG, g.now); err != nil {
+			return fmt.Errorf("audit trail (storage.dsn): %w", err)
+		}
+	} else if a.log, err = audit.Open(ctx, g.cfg.Registry.Path, g.now); err != nil {
 		return fmt.Errorf("audit trail in registry.path: %w", err)
+	} else {
+		a.logClose = a.log.Close
 	}
 	a.writer = audit.NewWriter(a.log, auditMaxPending, g.now, func(err error) {
 		if a.errLog.allow() {
@@ -81,8 +89,8 @@ func (a *abuse) register(reg *prometheus.Registry, now func() time.Time) {
 }
 
 func (a *abuse) close() {
-	if a != nil && a.log != nil {
-		a.log.Close()
+	if a != nil && a.logClose != nil {
+		a.logClose() //nolint:errcheck // closing at exit
 	}
 }
 

@@ -34,6 +34,7 @@ type Gateway struct {
 	now func() time.Time
 
 	reg        *registry.Registry
+	regClose   func() error
 	keys       *registry.Cache
 	replay     *replay.Memory
 	inflight   *inflightReplay
@@ -77,19 +78,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if err != nil {
 		return nil, err
 	}
-	// Only `iotgw device add` creates a registry: one created empty here
-	// (a typo in the path) would reject every device as unknown.
-	if _, err := os.Stat(cfg.Registry.Path); errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("registry.path: %s does not exist (iotgw device add creates it)", cfg.Registry.Path)
-	} else if err != nil {
-		return nil, fmt.Errorf("registry.path: %w", err)
-	}
-	if g.reg, err = registry.Open(ctx, cfg.Registry.Path, registry.WithKEK(kek), registry.WithClock(now)); err != nil {
-		return nil, fmt.Errorf("registry.path: %w", err)
+	if err := g.openRegistry(ctx, kek); err != nil {
+		g.close()
+		return nil, err
 	}
 	if kek == nil && g.reg.Sealed() {
 		g.close()
-		return nil, fmt.Errorf("registry.path: %s: %w", cfg.Registry.Path, registry.ErrSealed)
+		return nil, fmt.Errorf("registry %s: %w", cfg.Storage.Describe(cfg.Registry.Path), registry.ErrSealed)
 	}
 	if kek == nil {
 		log.Warn(registry.ErrNoKEK.Error())
@@ -98,9 +93,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
-	if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
-		g.close()
-		return nil, err
+	if g.engine == nil { // SQLite: after the registry, so a missing one is reported first
+		if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
+			g.close()
+			return nil, err
+		}
 	}
 	g.store = g.engine.Outbox
 	g.replay = replay.New(cfg.Replay)
@@ -214,6 +211,38 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	return g, nil
 }
 
+// openRegistry opens the registry: on PostgreSQL in the engine's
+// database (opened here first, so registry, audit and outbox share one
+// pool); on SQLite the file registry.path, which must exist: only `iotgw
+// device add` creates a registry, and one created empty here (a typo in
+// the path) would reject every device as unknown.
+func (g *Gateway) openRegistry(ctx context.Context, kek *registry.KEK) error {
+	cfg := g.cfg
+	opts := []registry.Option{registry.WithKEK(kek), registry.WithClock(g.now)}
+	if cfg.Storage.Shared() {
+		var err error
+		if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
+			return err
+		}
+		g.reg, g.regClose, err = storage.RegistryOn(ctx, g.engine.PG, opts...)
+		if err != nil {
+			return fmt.Errorf("registry (storage.dsn): %w", err)
+		}
+		return nil
+	}
+	if _, err := os.Stat(cfg.Registry.Path); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("registry.path: %s does not exist (iotgw device add creates it)", cfg.Registry.Path)
+	} else if err != nil {
+		return fmt.Errorf("registry.path: %w", err)
+	}
+	r, err := registry.Open(ctx, cfg.Registry.Path, opts...)
+	if err != nil {
+		return fmt.Errorf("registry.path: %w", err)
+	}
+	g.reg, g.regClose = r, r.Close
+	return nil
+}
+
 // HTTPAddr returns the operations endpoint's address, or "".
 func (g *Gateway) HTTPAddr() string {
 	if g.httpLn == nil {
@@ -264,7 +293,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	sharedDone := make(chan struct{})
 	if g.shared != nil {
 		goBG(func() {
-			g.engine.Shared.Listen(bg, g.engine.Wakeups, g.shared.kick, func(err error) {
+			g.engine.Shared.Listen(bg, map[string]func(){g.engine.Wakeups: g.shared.kick, g.engine.RegistryChanges: g.keys.Kick}, func(err error) {
 				g.log.Warn("storage notifications lost; polling every second until they return", zap.Error(err))
 			})
 		})
@@ -341,13 +370,13 @@ func (g *Gateway) close() {
 	if g.keys != nil {
 		g.keys.Close()
 	}
-	if g.reg != nil {
-		g.reg.Close()
+	if g.regClose != nil {
+		g.regClose() //nolint:errcheck // closing at exit
 	}
+	g.abuse.close()
 	if g.engine != nil {
 		g.engine.Close()
 	}
-	g.abuse.close()
 }
 
 // receive is the Paho handler: it only hands the message to its device's

@@ -8,15 +8,27 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Listen holds one connection that LISTENs on channel and calls fn for
-// each notification (and once after every reconnect, since notifications
-// sent meanwhile were missed), until ctx ends. Errors go to onErr and the
-// connection is retried with backoff up to 5 s. Notifications are only
-// wake-ups: callers also poll, so a missed one delays, never loses.
-func (db *DB) Listen(ctx context.Context, channel string, fn func(), onErr func(error)) {
-	delay := 100 * time.Millisecond
+// Channels notified by the schema's triggers.
+const (
+	// RegistryChannel is notified on every change to the registry tables.
+	RegistryChannel = "iotgw_registry"
+)
+
+// ListenApplication is the application_name of Listen's connection, as
+// pg_stat_activity shows it.
+const ListenApplication = "iotgw-listen"
+
+// Listen holds one connection of its own (not from the pool) listening on
+// channels, and calls fn with the channel of each notification, from its
+// own goroutine, one call at a time; fn must not block for long. After
+// every (re)connect it calls fn once for each channel, since
+// notifications sent while it was not listening are lost. A lost
+// connection is retried with backoff (100ms doubling to 5s); each failure
+// goes to onErr (may be nil). It returns when ctx is cancelled.
+func Listen(ctx context.Context, db *DB, channels []string, fn func(channel string), onErr func(error)) {
+	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := db.listenOnce(ctx, channel, fn, func() { delay = 100 * time.Millisecond })
+		err := listenOnce(ctx, db, channels, fn, func() { backoff = 100 * time.Millisecond })
 		if ctx.Err() != nil {
 			return
 		}
@@ -26,27 +38,34 @@ func (db *DB) Listen(ctx context.Context, channel string, fn func(), onErr func(
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(delay):
+		case <-time.After(backoff):
 		}
-		delay = min(delay*2, 5*time.Second)
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
-func (db *DB) listenOnce(ctx context.Context, channel string, fn func(), connected func()) error {
-	conn, err := pgx.ConnectConfig(ctx, db.cfg.ConnConfig)
+func listenOnce(ctx context.Context, db *DB, channels []string, fn func(string), connected func()) error {
+	cc := db.cfg.ConnConfig.Copy()
+	cc.RuntimeParams["application_name"] = ListenApplication
+	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", channel, err)
+		return fmt.Errorf("storage: postgres: listen: %w", err)
 	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
-		return fmt.Errorf("listen %s: %w", channel, err)
+	defer conn.Close(context.Background()) //nolint:errcheck // the connection is being dropped
+	for _, ch := range channels {
+		if _, err := conn.Exec(ctx, `LISTEN `+pgx.Identifier{ch}.Sanitize()); err != nil {
+			return fmt.Errorf("storage: postgres: listen %s: %w", ch, err)
+		}
 	}
 	connected()
-	fn()
+	for _, ch := range channels {
+		fn(ch)
+	}
 	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
-			return fmt.Errorf("listen %s: %w", channel, err)
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return fmt.Errorf("storage: postgres: listen: %w", err)
 		}
-		fn()
+		fn(n.Channel)
 	}
 }

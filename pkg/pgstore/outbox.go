@@ -640,8 +640,18 @@ func (o *Outbox) Release(ctx context.Context, owner string) error {
 	return nil
 }
 
-// Listen calls fn on each notification on channel until ctx ends (see
-// DB.Listen).
-func (o *Outbox) Listen(ctx context.Context, channel string, fn func(), onErr func(error)) {
-	o.db.Listen(ctx, channel, fn, onErr)
+// Listen calls handlers[channel] on each notification of its channel
+// until ctx ends (see the package function Listen: one connection, and a
+// call per channel after each reconnect).
+func (o *Outbox) Listen(ctx context.Context, handlers map[string]func(), onErr func(error)) {
+	chans := make([]string, 0, len(handlers))
+	for ch := range handlers {
+		chans = append(chans, ch)
+	}
+	slices.Sort(chans)
+	Listen(ctx, o.db, chans, func(ch string) {
+		if f := handlers[ch]; f != nil {
+			f()
+		}
+	}, onErr)
 }

@@ -12,11 +12,15 @@ import (
 )
 
 // Cache serves device lookups from memory. Run keeps it in step with the
-// database: a change committed by any process (the CLI) is picked up within
-// one refresh interval.
+// database: a change committed by any process (the CLI, another gateway)
+// is picked up within one refresh interval, or at once after Kick.
 type Cache struct {
-	r       *Registry
+	r *Registry
+	// conn is pinned for the engine's change version (SQLite's
+	// data_version is per connection); dropped after an error, and
+	// taken afresh at the next refresh. Guarded by mu.
 	conn    *sql.Conn
+	kick    chan struct{}
 	devices atomic.Pointer[map[string]validate.Device]
 	version int64
 	loads   atomic.Int64
@@ -35,18 +39,25 @@ type Cache struct {
 const MissReloadEvery = 100 * time.Millisecond
 
 // NewCache loads every device into memory. It pins one connection, used to
-// poll PRAGMA data_version, which changes when another connection commits.
+// poll the engine's change version (SQLite: PRAGMA data_version, which
+// changes when another connection commits; PostgreSQL: registry_version).
 func NewCache(ctx context.Context, r *Registry) (*Cache, error) {
-	conn, err := r.db.Conn(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("registry cache: %w", err)
-	}
-	c := &Cache{r: r, conn: conn}
+	c := &Cache{r: r, kick: make(chan struct{}, 1)}
 	if _, err := c.Refresh(ctx); err != nil {
-		conn.Close()
+		c.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// Kick makes Run refresh now instead of at its next tick: call it when the
+// engine announces a change (PostgreSQL's NOTIFY iotgw_registry). It never
+// blocks; kicks while a refresh is pending collapse into one.
+func (c *Cache) Kick() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
 }
 
 // Device implements validate.KeyStore from memory. On a miss it first
@@ -93,15 +104,25 @@ func (c *Cache) Loads() int64 { return c.loads.Load() }
 func (c *Cache) Refresh(ctx context.Context) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var v int64
-	if err := c.conn.QueryRowContext(ctx, `PRAGMA data_version`).Scan(&v); err != nil {
-		return false, fmt.Errorf("registry cache: data_version: %w", err)
+	if c.conn == nil {
+		conn, err := c.r.db.Conn(ctx)
+		if err != nil {
+			return false, fmt.Errorf("registry cache: %w", err)
+		}
+		c.conn = conn
+	}
+	v, err := c.r.d.ChangeVersion(ctx, c.conn)
+	if err != nil {
+		c.conn.Close()
+		c.conn = nil
+		return false, fmt.Errorf("registry cache: change version: %w", err)
 	}
 	now := c.r.now()
 	expired := !c.nextExpiry.IsZero() && !now.Before(c.nextExpiry)
 	if expired {
-		// Our own commit does not change our data_version: reload below.
-		if _, err := deleteExpired(ctx, c.conn, now); err != nil {
+		// Our own commit may not change our version (SQLite's
+		// data_version does not): reload below.
+		if _, err := deleteExpired(ctx, c.conn, c.r.d, now); err != nil {
 			return false, fmt.Errorf("registry cache: %w", err)
 		}
 	}
@@ -113,7 +134,7 @@ func (c *Cache) Refresh(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	if !next.IsZero() && !now.Before(next) { // loaded a key that has expired
-		if _, err := deleteExpired(ctx, c.conn, now); err != nil {
+		if _, err := deleteExpired(ctx, c.conn, c.r.d, now); err != nil {
 			return false, fmt.Errorf("registry cache: %w", err)
 		}
 		if m, next, err = c.load(ctx); err != nil {
@@ -180,8 +201,9 @@ func (c *Cache) load(ctx context.Context) (map[string]validate.Device, time.Time
 	return m, next, nil
 }
 
-// Run refreshes every interval until ctx is cancelled. A failed refresh is
-// reported to onErr and the last good snapshot keeps serving.
+// Run refreshes every interval, and at once after each Kick, until ctx is
+// cancelled. A failed refresh is reported to onErr and the last good
+// snapshot keeps serving.
 func (c *Cache) Run(ctx context.Context, interval time.Duration, onErr func(error)) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -190,14 +212,24 @@ func (c *Cache) Run(ctx context.Context, interval time.Duration, onErr func(erro
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := c.Refresh(ctx); err != nil && ctx.Err() == nil && onErr != nil {
-				onErr(err)
-			}
+		case <-c.kick:
+		}
+		if _, err := c.Refresh(ctx); err != nil && ctx.Err() == nil && onErr != nil {
+			onErr(err)
 		}
 	}
 }
 
 // Close releases the pinned connection.
-func (c *Cache) Close() error { return c.conn.Close() }
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return nil
+	}
+	err := c.conn.Close()
+	c.conn = nil
+	return err
+}
 
 var _ validate.KeyStore = (*Cache)(nil)

@@ -11,9 +11,8 @@ import (
 	"strings"
 	"time"
 
-	sqlite3 "github.com/mattn/go-sqlite3"
-
 	"github.com/iotgw/iotgw/pkg/envelope"
+	"github.com/iotgw/iotgw/pkg/internal/sqldb"
 	"github.com/iotgw/iotgw/pkg/internal/sqlitex"
 )
 
@@ -37,10 +36,13 @@ type Info struct {
 // Revoked reports whether the device was revoked.
 func (i Info) Revoked() bool { return !i.RevokedAt.IsZero() }
 
-// Registry is the device database.
+// Registry is the device database, on any engine (see OpenDB).
 type Registry struct {
 	db     *sql.DB
-	path   string
+	d      sqldb.Dialect
+	owned  bool   // Close closes db
+	path   string // the SQLite file, or ""
+	name   string // path, or the engine's name, for messages
 	kek    *KEK
 	sealed bool // registry_meta holds a KEK fingerprint
 	now    func() time.Time
@@ -72,19 +74,58 @@ func Open(ctx context.Context, path string, opts ...Option) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{db: db, path: path, now: time.Now}
-	for _, o := range opts {
-		o(r)
-	}
 	if err := sqlitex.Migrate(ctx, db, migrations); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate registry %s: %w", path, err)
 	}
-	if err := r.checkKEK(ctx); err != nil {
+	r, err := openDB(ctx, db, sqlitex.Dialect, path, path, opts)
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
+	r.owned = true
 	return r, nil
+}
+
+// OpenDB is Open on a database whose engine already created the registry
+// tables (devices, device_keys, registry_meta, with the column names and
+// meanings of migrations), such as PostgreSQL's (package pgstore), with d
+// its dialect. Secrets are sealed exactly as in Open, so a registry copied
+// row for row between engines opens with the same KEK and no other. Close
+// leaves db open: its owner closes it.
+func OpenDB(ctx context.Context, db *sql.DB, d sqldb.Dialect, opts ...Option) (*Registry, error) {
+	if db == nil || d == nil {
+		return nil, errors.New("registry: no database")
+	}
+	return openDB(ctx, db, d, "", d.Name(), opts)
+}
+
+func openDB(ctx context.Context, db *sql.DB, d sqldb.Dialect, path, name string, opts []Option) (*Registry, error) {
+	r := &Registry{db: db, d: d, path: path, name: name, now: time.Now}
+	for _, o := range opts {
+		o(r)
+	}
+	if err := r.checkKEK(ctx); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// q rewrites a query written with ? placeholders for the engine.
+func (r *Registry) q(s string) string { return r.d.Rebind(s) }
+
+// begin starts a write transaction holding the registry's lock, so that
+// writers in every process take turns (as SQLite's BEGIN IMMEDIATE does).
+func (r *Registry) begin(ctx context.Context) (*sql.Tx, error) {
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.d.LockTx(ctx, tx, "registry"); err != nil {
+		_ = tx.Rollback() // the lock error is the one to report
+		return nil, err
+	}
+	return tx, nil
 }
 
 // checkKEK compares the recorded KEK fingerprint with r.kek.
@@ -94,35 +135,43 @@ func (r *Registry) checkKEK(ctx context.Context) error {
 		return err
 	}
 	r.sealed = fp != ""
-	switch {
-	case r.kek == nil:
-		return nil
-	case fp != "" && !hmac.Equal([]byte(fp), []byte(r.kek.fp)):
-		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s", r.path, ErrWrongKEK, short(fp), r.kek.Short())
-	case fp != "":
-		return nil
+	if r.kek == nil || fp != "" {
+		return r.compareKEK(fp)
 	}
 	// No fingerprint yet: seal an empty registry from now on; refuse one
 	// with secrets in the clear until they are sealed.
-	tx, err := r.db.BeginTx(ctx, nil)
+	tx, err := r.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	// Another process may have sealed it meanwhile.
+	if fp, err = fingerprint(ctx, tx); err != nil || fp != "" {
+		r.sealed = fp != ""
+		return errors.Join(err, r.compareKEK(fp))
+	}
 	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM device_keys WHERE sealed = 0`).Scan(&n); err != nil {
+	if err := tx.QueryRowContext(ctx, r.q(`SELECT COUNT(*) FROM device_keys WHERE sealed = ?`), false).Scan(&n); err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
 	if n > 0 {
-		return fmt.Errorf("registry %s: %w (%d): seal them with: iotgw kek rotate --new KEKFILE (without a current KEK)", r.path, ErrUnsealed, n)
+		return fmt.Errorf("registry %s: %w (%d): seal them with: iotgw kek rotate --new KEKFILE (without a current KEK)", r.name, ErrUnsealed, n)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO registry_meta(name, value) VALUES('kek_fingerprint', ?)`, r.kek.fp); err != nil {
+	if _, err := tx.ExecContext(ctx, r.q(`INSERT INTO registry_meta(name, value) VALUES('kek_fingerprint', ?)`), r.kek.fp); err != nil {
 		return fmt.Errorf("registry: record kek fingerprint: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("registry: record kek fingerprint: %w", err)
 	}
 	r.sealed = true
+	return nil
+}
+
+// compareKEK checks the recorded fingerprint fp against r.kek.
+func (r *Registry) compareKEK(fp string) error {
+	if r.kek != nil && fp != "" && !hmac.Equal([]byte(fp), []byte(r.kek.fp)) {
+		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s", r.name, ErrWrongKEK, short(fp), r.kek.Short())
+	}
 	return nil
 }
 
@@ -149,10 +198,15 @@ func short(fp string) string {
 // Sealed reports whether the registry's secrets are sealed under a KEK.
 func (r *Registry) Sealed() bool { return r.sealed }
 
-// Close closes the database.
-func (r *Registry) Close() error { return r.db.Close() }
+// Close closes the database (a database given to OpenDB stays open).
+func (r *Registry) Close() error {
+	if !r.owned {
+		return nil
+	}
+	return r.db.Close()
+}
 
-// Path returns the database file path.
+// Path returns the database file path ("" for a registry from OpenDB).
 func (r *Registry) Path() string { return r.path }
 
 // NewSecret returns a fresh secret: 32 random bytes as 64 lowercase hex chars.
@@ -232,24 +286,23 @@ func (r *Registry) Add(ctx context.Context, id, secret string) error {
 		return fmt.Errorf("add device: %w", err)
 	}
 	now := r.now().Unix()
-	tx, err := r.db.BeginTx(ctx, nil)
+	tx, err := r.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
-	_, err = tx.ExecContext(ctx, `INSERT INTO devices(device_id, enabled, created_at) VALUES(?, 1, ?)`, id, now)
-	var se sqlite3.Error
-	if errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintPrimaryKey {
+	_, err = tx.ExecContext(ctx, r.q(`INSERT INTO devices(device_id, enabled, created_at) VALUES(?, ?, ?)`), id, true, now)
+	if err != nil && r.d.UniqueViolation(err) {
 		return fmt.Errorf("%s: %w", id, ErrExists)
 	}
 	if err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
 	// A key left over from a removed device of the same id goes first.
-	if _, err := tx.ExecContext(ctx, `DELETE FROM device_keys WHERE device_id = ?`, id); err != nil {
+	if _, err := tx.ExecContext(ctx, r.q(`DELETE FROM device_keys WHERE device_id = ?`), id); err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at) VALUES(?, 1, ?, ?, ?)`,
+	if _, err := tx.ExecContext(ctx, r.q(`INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at) VALUES(?, 1, ?, ?, ?)`),
 		id, stored, sealed, now); err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
@@ -271,13 +324,13 @@ func (r *Registry) Rotate(ctx context.Context, id, secret string, overlap time.D
 		return KeyInfo{}, ErrBadOverlap
 	}
 	now := r.now()
-	tx, err := r.db.BeginTx(ctx, nil)
+	tx, err := r.begin(ctx)
 	if err != nil {
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
 	var revoked sql.NullInt64
-	err = tx.QueryRowContext(ctx, `SELECT revoked_at FROM devices WHERE device_id = ?`, id).Scan(&revoked)
+	err = tx.QueryRowContext(ctx, r.q(`SELECT revoked_at FROM devices WHERE device_id = ?`), id).Scan(&revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return KeyInfo{}, fmt.Errorf("%s: %w", id, ErrNotFound)
 	}
@@ -287,15 +340,15 @@ func (r *Registry) Rotate(ctx context.Context, id, secret string, overlap time.D
 	if revoked.Valid {
 		return KeyInfo{}, fmt.Errorf("%s: %w", id, ErrRevoked)
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM device_keys WHERE device_id = ? AND expires_at IS NOT NULL AND expires_at <= ?`, id, now.Unix()); err != nil {
+	if _, err := tx.ExecContext(ctx, r.q(`DELETE FROM device_keys WHERE device_id = ? AND expires_at IS NOT NULL AND expires_at <= ?`), id, now.Unix()); err != nil {
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}
 	var last int64
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(key_id), 0) FROM device_keys WHERE device_id = ?`, id).Scan(&last); err != nil {
+	if err := tx.QueryRowContext(ctx, r.q(`SELECT COALESCE(MAX(key_id), 0) FROM device_keys WHERE device_id = ?`), id).Scan(&last); err != nil {
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}
 	end := now.Add(overlap).Unix()
-	if _, err := tx.ExecContext(ctx, `UPDATE device_keys SET expires_at = ? WHERE device_id = ? AND (expires_at IS NULL OR expires_at > ?)`, end, id, end); err != nil {
+	if _, err := tx.ExecContext(ctx, r.q(`UPDATE device_keys SET expires_at = ? WHERE device_id = ? AND (expires_at IS NULL OR expires_at > ?)`), end, id, end); err != nil {
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}
 	k := KeyInfo{ID: last + 1, CreatedAt: time.Unix(now.Unix(), 0).UTC()}
@@ -303,7 +356,7 @@ func (r *Registry) Rotate(ctx context.Context, id, secret string, overlap time.D
 	if err != nil {
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at) VALUES(?, ?, ?, ?, ?)`,
+	if _, err := tx.ExecContext(ctx, r.q(`INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at) VALUES(?, ?, ?, ?, ?)`),
 		id, k.ID, stored, sealed, now.Unix()); err != nil {
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}
@@ -316,15 +369,15 @@ func (r *Registry) Rotate(ctx context.Context, id, secret string, overlap time.D
 // DeleteExpired deletes every key whose expiry is at or before now and
 // returns how many it deleted.
 func (r *Registry) DeleteExpired(ctx context.Context, now time.Time) (int64, error) {
-	return deleteExpired(ctx, r.db, now)
+	return deleteExpired(ctx, r.db, r.d, now)
 }
 
 type execer interface {
 	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
 }
 
-func deleteExpired(ctx context.Context, db execer, now time.Time) (int64, error) {
-	res, err := db.ExecContext(ctx, `DELETE FROM device_keys WHERE expires_at IS NOT NULL AND expires_at <= ?`, now.Unix())
+func deleteExpired(ctx context.Context, db execer, d sqldb.Dialect, now time.Time) (int64, error) {
+	res, err := db.ExecContext(ctx, d.Rebind(`DELETE FROM device_keys WHERE expires_at IS NOT NULL AND expires_at <= ?`), now.Unix())
 	if err != nil {
 		return 0, fmt.Errorf("delete expired keys: %w", err)
 	}
@@ -334,7 +387,7 @@ func deleteExpired(ctx context.Context, db execer, now time.Time) (int64, error)
 
 // Keys returns the keys of device id, oldest first, without secrets.
 func (r *Registry) Keys(ctx context.Context, id string) ([]KeyInfo, error) {
-	rows, err := r.db.QueryContext(ctx, `SELECT key_id, created_at, expires_at FROM device_keys WHERE device_id = ? ORDER BY key_id`, id)
+	rows, err := r.db.QueryContext(ctx, r.q(`SELECT key_id, created_at, expires_at FROM device_keys WHERE device_id = ? ORDER BY key_id`), id)
 	if err != nil {
 		return nil, fmt.Errorf("list keys: %w", err)
 	}
@@ -390,7 +443,7 @@ func scanInfo(scan func(...any) error) (Info, error) {
 
 // Get returns one device.
 func (r *Registry) Get(ctx context.Context, id string) (Info, error) {
-	i, err := scanInfo(r.db.QueryRowContext(ctx, `SELECT device_id, enabled, created_at, revoked_at FROM devices WHERE device_id = ?`, id).Scan)
+	i, err := scanInfo(r.db.QueryRowContext(ctx, r.q(`SELECT device_id, enabled, created_at, revoked_at FROM devices WHERE device_id = ?`), id).Scan)
 	if errors.Is(err, sql.ErrNoRows) {
 		return i, fmt.Errorf("%s: %w", id, ErrNotFound)
 	}
@@ -404,9 +457,9 @@ func (r *Registry) Get(ctx context.Context, id string) (Info, error) {
 // enabled (ErrRevoked).
 func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool) error {
 	if !enabled {
-		return r.change(ctx, id, `UPDATE devices SET enabled = 0 WHERE device_id = ?`, id)
+		return r.change(ctx, id, `UPDATE devices SET enabled = ? WHERE device_id = ?`, false, id)
 	}
-	err := r.change(ctx, id, `UPDATE devices SET enabled = 1 WHERE device_id = ? AND revoked_at IS NULL`, id)
+	err := r.change(ctx, id, `UPDATE devices SET enabled = ? WHERE device_id = ? AND revoked_at IS NULL`, true, id)
 	if errors.Is(err, ErrNotFound) {
 		if i, gerr := r.Get(ctx, id); gerr == nil && i.Revoked() {
 			return fmt.Errorf("%s: %w", id, ErrRevoked)
@@ -418,20 +471,20 @@ func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool) erro
 // Revoke disables a device for good and records when: Info.RevokedAt is
 // set and SetEnabled(true) refuses it. Revoking again keeps the first time.
 func (r *Registry) Revoke(ctx context.Context, id string) error {
-	return r.change(ctx, id, `UPDATE devices SET enabled = 0, revoked_at = COALESCE(revoked_at, ?) WHERE device_id = ?`, r.now().Unix(), id)
+	return r.change(ctx, id, `UPDATE devices SET enabled = ?, revoked_at = COALESCE(revoked_at, ?) WHERE device_id = ?`, false, r.now().Unix(), id)
 }
 
 // Remove deletes a device and its keys.
 func (r *Registry) Remove(ctx context.Context, id string) error {
-	tx, err := r.db.BeginTx(ctx, nil)
+	tx, err := r.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("remove device: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
-	if err := changeIn(ctx, tx, id, `DELETE FROM devices WHERE device_id = ?`, id); err != nil {
+	if err := changeIn(ctx, tx, id, r.q(`DELETE FROM devices WHERE device_id = ?`), id); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM device_keys WHERE device_id = ?`, id); err != nil {
+	if _, err := tx.ExecContext(ctx, r.q(`DELETE FROM device_keys WHERE device_id = ?`), id); err != nil {
 		return fmt.Errorf("remove device: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -441,7 +494,7 @@ func (r *Registry) Remove(ctx context.Context, id string) error {
 }
 
 func (r *Registry) change(ctx context.Context, id, q string, args ...any) error {
-	return changeIn(ctx, r.db, id, q, args...)
+	return changeIn(ctx, r.db, id, r.q(q), args...)
 }
 
 func changeIn(ctx context.Context, db execer, id, q string, args ...any) error {

@@ -13,10 +13,11 @@ import (
 //
 // The registry must have been opened with its current KEK, or with none
 // when its secrets are still in the clear: then Reseal is how a plaintext
-// registry becomes sealed. Afterwards the file is vacuumed and its WAL
-// truncated, so the old forms of the rows (plaintext, or sealed under the
-// old KEK) do not linger in free pages or in the WAL. It returns the
-// number of keys re-sealed.
+// registry becomes sealed. Afterwards the storage is compacted (SQLite:
+// the file is vacuumed and its WAL truncated; PostgreSQL: VACUUM FULL of
+// the registry tables), so the old forms of the rows (plaintext, or sealed
+// under the old KEK) do not linger in free pages. It returns the number of
+// keys re-sealed.
 //
 // A gateway running on the registry keeps serving its last snapshot and
 // reports every refresh as failed (ErrWrongKEK) until it is restarted with
@@ -33,11 +34,8 @@ func (r *Registry) Reseal(ctx context.Context, next *KEK) (int, error) {
 		return 0, fmt.Errorf("kek rotate: %w (nothing changed)", err)
 	}
 	r.kek, r.sealed = next, true
-	if _, err := r.db.ExecContext(ctx, `VACUUM`); err != nil {
-		return n, fmt.Errorf("kek rotate: re-sealed %d keys, but vacuum: %w (old rows may linger in free pages)", n, err)
-	}
-	if _, err := r.db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
-		return n, fmt.Errorf("kek rotate: re-sealed %d keys, but wal checkpoint: %w", n, err)
+	if err := r.d.Compact(ctx, r.db); err != nil {
+		return n, fmt.Errorf("kek rotate: re-sealed %d keys, but %w (old rows may linger in free pages)", n, err)
 	}
 	return n, nil
 }
@@ -52,7 +50,7 @@ type storedKey struct {
 // storedKeys reads every device key row in tx. The rows are closed when it
 // returns, before the caller writes in the same transaction.
 func storedKeys(ctx context.Context, tx *sql.Tx) ([]storedKey, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT device_id, key_id, secret, sealed FROM device_keys ORDER BY device_id, key_id`)
+	rows, err := tx.QueryContext(ctx, `SELECT device_id, key_id, secret, sealed FROM device_keys ORDER BY device_id, key_id`) // no parameters: portable as is
 	if err != nil {
 		return nil, err
 	}
@@ -72,7 +70,7 @@ func storedKeys(ctx context.Context, tx *sql.Tx) ([]storedKey, error) {
 }
 
 func (r *Registry) reseal(ctx context.Context, next *KEK) (int, error) {
-	tx, err := r.db.BeginTx(ctx, nil)
+	tx, err := r.begin(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -96,12 +94,12 @@ func (r *Registry) reseal(ctx context.Context, next *KEK) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE device_keys SET secret = ?, sealed = 1 WHERE device_id = ? AND key_id = ?`, blob, k.device, k.id); err != nil {
+		if _, err := tx.ExecContext(ctx, r.q(`UPDATE device_keys SET secret = ?, sealed = ? WHERE device_id = ? AND key_id = ?`), blob, true, k.device, k.id); err != nil {
 			return 0, err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO registry_meta(name, value) VALUES('kek_fingerprint', ?)
-		ON CONFLICT(name) DO UPDATE SET value = excluded.value`, next.fp); err != nil {
+	if _, err := tx.ExecContext(ctx, r.q(`INSERT INTO registry_meta(name, value) VALUES('kek_fingerprint', ?)
+		ON CONFLICT(name) DO UPDATE SET value = excluded.value`), next.fp); err != nil {
 		return 0, err
 	}
 	return len(keys), tx.Commit()

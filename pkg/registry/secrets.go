@@ -3,8 +3,11 @@ package registry
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
+
+	"github.com/iotgw/iotgw/pkg/internal/sqldb"
 )
 
 // DeviceSecrets opens the registry at path read-only (no migration, so a
@@ -27,18 +30,31 @@ func DeviceSecrets(ctx context.Context, path string, kek *KEK) (map[string][]byt
 	if n == 0 { // written by the single-key schema and not migrated yet
 		return readSecrets(ctx, db, path, `SELECT device_id, 0, secret, 0 FROM devices`, nil)
 	}
+	return deviceSecrets(ctx, db, path, kek)
+}
+
+// DeviceSecretsDB is DeviceSecrets on a database whose engine created the
+// registry tables (see OpenDB), with d its dialect; db stays open.
+func DeviceSecretsDB(ctx context.Context, db *sql.DB, d sqldb.Dialect, kek *KEK) (map[string][]byte, error) {
+	if db == nil || d == nil {
+		return nil, errors.New("registry: no database")
+	}
+	return deviceSecrets(ctx, db, d.Name(), kek)
+}
+
+func deviceSecrets(ctx context.Context, db *sql.DB, name string, kek *KEK) (map[string][]byte, error) {
 	fp, err := fingerprint(ctx, db)
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{kek: kek, sealed: fp != "", path: path}
+	r := &Registry{kek: kek, sealed: fp != "", name: name}
 	switch {
 	case kek == nil && fp != "":
-		return nil, fmt.Errorf("registry %s: %w", path, ErrSealed)
+		return nil, fmt.Errorf("registry %s: %w", name, ErrSealed)
 	case kek != nil && fp != kek.fp:
-		return nil, fmt.Errorf("registry %s: %w: it is sealed with KEK %s, not %s", path, ErrWrongKEK, short(fp), kek.Short())
+		return nil, fmt.Errorf("registry %s: %w: it is sealed with KEK %s, not %s", name, ErrWrongKEK, short(fp), kek.Short())
 	}
-	return readSecrets(ctx, db, path, `SELECT device_id, key_id, secret, sealed FROM device_keys ORDER BY device_id, key_id`, r)
+	return readSecrets(ctx, db, name, `SELECT device_id, key_id, secret, sealed FROM device_keys ORDER BY device_id, key_id`, r)
 }
 
 func readSecrets(ctx context.Context, db *sql.DB, path, q string, r *Registry) (map[string][]byte, error) {

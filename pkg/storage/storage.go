@@ -33,9 +33,9 @@ type Shared interface {
 	Renew(ctx context.Context, owner string, devs []string, lease time.Duration) ([]string, error)
 	Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string, rows int, lease time.Duration) ([]*outbox.Record, error)
 	Release(ctx context.Context, owner string) error
-	// Listen calls fn on each notification on channel until ctx ends,
-	// reconnecting after errors (reported to onErr).
-	Listen(ctx context.Context, channel string, fn func(), onErr func(error))
+	// Listen calls handlers[channel] on each notification of its channel
+	// until ctx ends, reconnecting after errors (reported to onErr).
+	Listen(ctx context.Context, handlers map[string]func(), onErr func(error))
 }
 
 // Engine is an open storage engine.
@@ -43,8 +43,12 @@ type Engine struct {
 	Outbox Outbox
 	// Shared is nil on SQLite.
 	Shared Shared
-	// Wakeups is the channel whose notifications mean "new rows" (Shared only).
-	Wakeups string
+	// Wakeups is the channel whose notifications mean "new rows", and
+	// RegistryChanges the one that means "the registry changed" (Shared only).
+	Wakeups, RegistryChanges string
+	// PG is the PostgreSQL engine's database (nil on SQLite), for
+	// RegistryOn and AuditOn.
+	PG *pgstore.DB
 	closers []func()
 }
 
@@ -69,7 +73,8 @@ func OpenOutbox(ctx context.Context, cfg Config, oc outbox.Config) (*Engine, err
 		}
 		e.closers = append(e.closers, db.Close)
 		o := db.Outbox(oc.MaxPendingPerDevice)
-		e.Outbox, e.Shared, e.Wakeups = o, o, pgstore.OutboxChannel
+		e.Outbox, e.Shared, e.PG = o, o, db
+		e.Wakeups, e.RegistryChanges = pgstore.OutboxChannel, pgstore.RegistryChannel
 	default:
 		unlock, err := outbox.Lock(oc.Path)
 		if err != nil {
