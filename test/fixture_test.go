@@ -39,6 +39,9 @@ type fixture struct {
 	secrets map[string]string
 	// outboxPath overrides the outbox database location (disk-full test).
 	outboxPath string
+	// pgDSN, once set (usePostgres), is where devices are registered:
+	// through the CLI, against the PostgreSQL registry.
+	pgDSN string
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
@@ -62,6 +65,15 @@ func newFixture(t *testing.T, devices ...string) *fixture {
 func (f *fixture) addDevice(id string) string {
 	f.t.Helper()
 	harness.IssueDevice(f.t, f.certs, id)
+	if f.pgDSN != "" {
+		secret, err := registry.NewSecret()
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		f.pgCLI(secret+"\n", "device", "add", id, "--secret-stdin")
+		f.secrets[id] = secret
+		return secret
+	}
 	r, err := registry.Open(context.Background(), f.db)
 	if err != nil {
 		f.t.Fatal(err)
@@ -76,6 +88,30 @@ func (f *fixture) addDevice(id string) string {
 	}
 	f.secrets[id] = secret
 	return secret
+}
+
+// usePostgres registers the fixture's devices, and those added later, in
+// the PostgreSQL database dsn through the CLI (its registry has no file).
+func (f *fixture) usePostgres(dsn string) {
+	f.t.Helper()
+	f.pgDSN = dsn
+	for id, secret := range f.secrets {
+		f.pgCLI(secret+"\n", "device", "add", id, "--secret-stdin")
+	}
+}
+
+// pgCLI runs an iotgw command against the PostgreSQL registry f.pgDSN
+// (IOTGW_STORAGE_ENGINE and IOTGW_STORAGE_DSN), failing the test if it fails.
+func (f *fixture) pgCLI(stdin string, args ...string) string {
+	f.t.Helper()
+	cmd := exec.Command(f.bin, args...)
+	cmd.Env = append(os.Environ(), "IOTGW_STORAGE_ENGINE=postgres", "IOTGW_STORAGE_DSN="+f.pgDSN)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		f.t.Fatalf("iotgw %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
 
 // config returns the gateway's YAML config; extra lines are appended under

@@ -12,9 +12,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -69,6 +71,8 @@ func sharedOpts(dsn string, n int) gatewayOpts {
 		timeout: "2s",
 		extra:   fmt.Sprintf("storage:\n  engine: postgres\n  dsn: %q\n  lease: 5s\n", dsn),
 		edit: func(cfg string) string {
+			// No local state: the registry and outbox files do not exist.
+			cfg = regexp.MustCompile(`(?m)^  path: .*$`).ReplaceAllString(cfg, "  path: /nonexistent/iotgw-unused.db")
 			return strings.Replace(cfg, "client_id: "+fixtureClientID+"\n",
 				fmt.Sprintf("client_id: %s-%d\n  share_group: scale-test-7c2e91b4\n", fixtureClientID, n), 1)
 		},
@@ -139,6 +143,7 @@ func TestScaleThreeGateways(t *testing.T) {
 		ids = append(ids, fmt.Sprintf("scale-%02d", i))
 	}
 	f := newFixture(t, ids...)
+	f.usePostgres(dsn)
 	// A slow backend makes claims and leases matter: POSTs overlap.
 	f.backend.setBehave(func(recorded) (int, string, time.Duration) { return 200, `{"ok":true}`, 2 * time.Millisecond })
 	var gws []*gatewayProc
@@ -189,6 +194,7 @@ func TestScaleReplayAcrossGateways(t *testing.T) {
 	}
 	dsn := newPGDatabase(t)
 	f := newFixture(t, "rp-1")
+	f.usePostgres(dsn)
 	var gws []*gatewayProc
 	for n := range 3 {
 		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
@@ -257,6 +263,7 @@ func TestScaleKillOneGateway(t *testing.T) {
 		ids = append(ids, fmt.Sprintf("kill-%02d", i))
 	}
 	f := newFixture(t, ids...)
+	f.usePostgres(dsn)
 	// Slow enough that rows pile up in the outbox: the victim holds leases
 	// with rows claimed when it dies.
 	f.backend.setBehave(func(recorded) (int, string, time.Duration) { return 200, `{"ok":true}`, 20 * time.Millisecond })
@@ -393,6 +400,7 @@ func TestScalePostgresOutage(t *testing.T) {
 	dsn := newPGDatabase(t)
 	ids := []string{"pgo-1", "pgo-2", "pgo-3", "pgo-4"}
 	f := newFixture(t, ids...)
+	f.usePostgres(dsn)
 	var gws []*gatewayProc
 	for n := range 2 {
 		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
@@ -521,4 +529,98 @@ func distinct(reqs []recorded) int {
 		ids[r.Header.Get("X-Message-Id")] = true
 	}
 	return len(ids)
+}
+
+// TestScaleRegistryChange: a device disabled through the CLI against
+// PostgreSQL is rejected by all three gateways within 2 s (LISTEN
+// iotgw_registry reloads each gateway's cache; registry.refresh is the
+// fallback).
+func TestScaleRegistryChange(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dsn := newPGDatabase(t)
+	f := newFixture(t, "rc-1")
+	f.usePostgres(dsn)
+	var gws []*gatewayProc
+	for n := range 3 {
+		o := sharedOpts(dsn, n)
+		edit := o.edit
+		o.edit = func(cfg string) string { // polling alone would be too slow to pass
+			return strings.Replace(edit(cfg), "refresh: 200ms", "refresh: 1m", 1)
+		}
+		gws = append(gws, f.startGateway(o))
+	}
+	d := f.device("rc-1")
+	for i := range 3 { // every gateway serves the device first
+		raw, _ := d.signed(fmt.Sprintf(`{"before":%d}`, i), time.Now().Unix())
+		d.publish("", raw)
+	}
+	f.backend.waitCount(t, 3, 10*time.Second)
+	f.pgCLI("", "device", "disable", "rc-1")
+	disabledAt := time.Now()
+	time.Sleep(time.Until(disabledAt.Add(2 * time.Second)))
+	for i := range 9 { // round robin: three to each gateway
+		raw, _ := d.signed(fmt.Sprintf(`{"after":%d}`, i), time.Now().Unix())
+		d.publish("", raw)
+	}
+	for i, g := range gws {
+		g.waitMetric(`iotgw_messages_rejected_total{reason="disabled"}`, 1, 10*time.Second)
+		t.Logf("gateway %d rejected %.0f as disabled", i, g.metric(`iotgw_messages_rejected_total{reason="disabled"}`))
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := len(f.backend.requests()); n != 3 {
+		t.Fatalf("backend got %d requests, want only the 3 sent before the disable", n)
+	}
+}
+
+// TestScaleMigrate: a SQLite gateway with pending rows (backend down) is
+// stopped and migrated with iotgw migrate --from sqlite --to postgres; a
+// gateway on PostgreSQL then delivers every pending row, and copies of the
+// already accepted messages are rejected as replays.
+func TestScaleMigrate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dsn := newPGDatabase(t)
+	f := newFixture(t, "mg-1", "mg-2")
+	f.backend.setBehave(func(recorded) (int, string, time.Duration) { return 503, `{}`, 0 })
+	old := f.startGateway(gatewayOpts{})
+	var sent [][]byte
+	for _, id := range []string{"mg-1", "mg-2"} {
+		d := f.device(id)
+		for i := range 10 {
+			raw, _ := d.signed(fmt.Sprintf(`{"n":%d}`, i), time.Now().Unix())
+			d.publish("", raw)
+			sent = append(sent, raw)
+		}
+	}
+	old.waitMetric("iotgw_messages_accepted_total", 20, 10*time.Second)
+	if code := old.signal(syscall.SIGTERM, 15*time.Second); code != 0 {
+		t.Fatalf("gateway exit %d", code)
+	}
+	cfgPath := filepath.Join(f.dir, "migrate.yaml")
+	cfg := fmt.Sprintf("storage:\n  engine: postgres\n  dsn: %q\nregistry:\n  path: %s\noutbox:\n  path: %s\n", dsn, f.db, f.outbox())
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI(f.bin, "", "migrate", "--from", "sqlite", "--to", "postgres", "--config", cfgPath)
+	if err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out)
+	}
+	t.Logf("iotgw migrate:\n%s", out)
+	f.backend.setBehave(nil)
+	f.pgDSN = dsn
+	g := f.startGateway(sharedOpts(dsn, 0))
+	reqs := f.backend.waitCount(t, 20, 30*time.Second)
+	checkOnceInOrder(t, reqs, 20)
+	for i, raw := range sent { // every stored id is still refused
+		d := f.device([]string{"mg-1", "mg-2"}[i/10])
+		d.publish("", raw)
+	}
+	g.waitMetric(`iotgw_messages_rejected_total{reason="replay"}`, 20, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if n := len(f.backend.requests()); n != 20 {
+		t.Fatalf("backend got %d requests after the replays, want 20", n)
+	}
 }
