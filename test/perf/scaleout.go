@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/storage"
 	"io"
 	"os"
 	"path/filepath"
@@ -113,7 +115,7 @@ func RunScaleOut(t testing.TB, p ScaleOutPlan, admin string, out io.Writer) *Sca
 	s := &scaleOut{t: t, ctx: context.Background(), plan: p, out: out, t0: time.Now(), lines: map[string]int{}}
 	s.res = &ScaleOutResults{Date: s.t0.Format(time.DateOnly), StartedAt: s.t0.Format(time.RFC3339), Machine: machineInfo(), Plan: p,
 		Gateway: "as in the tables above (outbox.synchronous full, log.level warn, limits.device_rate 0); PostgreSQL rows: storage.engine postgres with the default " +
-			"storage.lease, distinct mqtt.client_id values and one mqtt.share_group, so the broker splits the messages; every gateway reads the same SQLite registry file"}
+			"storage.lease, distinct mqtt.client_id values and one mqtt.share_group, so the broker splits the messages; the registry is copied into each run's PostgreSQL database (the SQLite row reads the SQLite file)"}
 	pg, err := OpenPostgres(s.ctx, admin)
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +184,10 @@ func (s *scaleOut) row(engine string, n int) {
 				s.t.Error(err)
 			}
 		})
-		opts.MQTTExtra = "  share_group: bench\n"
+		if err := copyRegistry(s.ctx, reg, dsn); err != nil {
+			s.t.Fatal(err)
+		}
+		opts.MQTTExtra = "  share_group: iotgw-bench-share-group\n"
 		opts.Extra = fmt.Sprintf("storage:\n  engine: postgres\n  dsn: %q\n", dsn)
 	}
 	var gws []*Gateway
@@ -356,4 +361,25 @@ func (r *ScaleOutResults) WriteJSON(path string) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// copyRegistry registers every device of the SQLite registry at path in
+// the PostgreSQL database dsn, with the same secret (unsealed, as the
+// bench's SQLite registry is).
+func copyRegistry(ctx context.Context, path, dsn string) error {
+	secrets, err := registry.DeviceSecrets(ctx, path, nil)
+	if err != nil {
+		return err
+	}
+	r, closeReg, err := storage.OpenRegistry(ctx, storage.Config{Engine: storage.Postgres, DSN: dsn}, "")
+	if err != nil {
+		return err
+	}
+	defer closeReg() //nolint:errcheck // each Add committed
+	for id, secret := range secrets {
+		if err := r.Add(ctx, id, string(secret)); err != nil {
+			return fmt.Errorf("copy registry: %s: %w", id, err)
+		}
+	}
+	return nil
 }
