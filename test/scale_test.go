@@ -3,12 +3,9 @@ package test
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,49 +17,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/pgstore/pgtest"
+
 	"github.com/jackc/pgx/v5"
 )
 
 // pgAdmin is the PostgreSQL the tests use (IOTGW_TEST_PG, default the
 // machine's, trust auth; scripts/postgres.sh makes sure it answers); each
-// test makes its own database and drops it.
-var pgAdmin = cmp.Or(os.Getenv("IOTGW_TEST_PG"), "postgres://127.0.0.1:5432/test?sslmode=disable")
-
-// pgDSN returns pgAdmin with database name instead.
-func pgDSN(t *testing.T, name string) string {
-	u, err := url.Parse(pgAdmin)
-	if err != nil {
-		t.Fatalf("IOTGW_TEST_PG: %v", err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
-
-// newPGDatabase creates a fresh database and returns its DSN.
-func newPGDatabase(t *testing.T) string {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, pgAdmin)
-	if err != nil {
-		t.Fatalf("PostgreSQL at 127.0.0.1:5432 (.ci/run starts it): %v", err)
-	}
-	defer conn.Close(ctx)
-	b := make([]byte, 6)
-	rand.Read(b) //nolint:errcheck // never fails
-	name := "iotgw_e2e_" + hex.EncodeToString(b)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), pgAdmin)
-		if err != nil {
-			return
-		}
-		defer c.Close(context.Background())
-		c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)") //nolint:errcheck // best effort
-	})
-	return pgDSN(t, name)
-}
+// test makes its own database (pgtest.New) and drops it.
+var pgAdmin = cmp.Or(os.Getenv("IOTGW_TEST_PG"), pgtest.Admin)
 
 // sharedOpts configures gateway n of a group sharing dsn: its own client
 // id, the share group, the postgres engine with a short lease.
@@ -137,7 +100,7 @@ func TestScaleThreeGateways(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dsn := newPGDatabase(t)
+	dsn := pgtest.New(t)
 	var ids []string
 	for i := range 30 {
 		ids = append(ids, fmt.Sprintf("scale-%02d", i))
@@ -191,7 +154,7 @@ func TestScaleReplayAcrossGateways(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dsn := newPGDatabase(t)
+	dsn := pgtest.New(t)
 	f := newFixture(t, "rp-1")
 	f.usePostgres(dsn)
 	var gws []*gatewayProc
@@ -256,7 +219,7 @@ func TestScaleKillOneGateway(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dsn := newPGDatabase(t)
+	dsn := pgtest.New(t)
 	var ids []string
 	for i := range 10 {
 		ids = append(ids, fmt.Sprintf("kill-%02d", i))
@@ -396,7 +359,7 @@ func TestScalePostgresOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dsn := newPGDatabase(t)
+	dsn := pgtest.New(t)
 	ids := []string{"pgo-1", "pgo-2", "pgo-3", "pgo-4"}
 	f := newFixture(t, ids...)
 	f.usePostgres(dsn)
@@ -538,7 +501,7 @@ func TestScaleRegistryChange(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dsn := newPGDatabase(t)
+	dsn := pgtest.New(t)
 	f := newFixture(t, "rc-1")
 	f.usePostgres(dsn)
 	var gws []*gatewayProc
@@ -581,7 +544,7 @@ func TestScaleMigrate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
-	dsn := newPGDatabase(t)
+	dsn := pgtest.New(t)
 	f := newFixture(t, "mg-1", "mg-2")
 	f.backend.setBehave(func(recorded) (int, string, time.Duration) { return 503, `{}`, 0 })
 	old := f.startGateway(gatewayOpts{})

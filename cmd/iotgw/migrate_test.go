@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,38 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	outboxpkg "github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/pgstore/pgtest"
 )
-
-// migrateTestDSN creates a fresh database on the machine's PostgreSQL
-// (127.0.0.1:5432, database test) and drops it after the test.
-func migrateTestDSN(t *testing.T) string {
-	t.Helper()
-	ctx := context.Background()
-	admin := "postgres://127.0.0.1:5432/test?sslmode=disable"
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatalf("PostgreSQL at 127.0.0.1:5432: %v", err)
-	}
-	defer conn.Close(ctx)
-	b := make([]byte, 6)
-	rand.Read(b) //nolint:errcheck // never fails
-	name := "iotgw_t_" + hex.EncodeToString(b)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), admin)
-		if err != nil {
-			return
-		}
-		defer c.Close(context.Background())
-		c.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)") //nolint:errcheck // best effort
-	})
-	return "postgres://127.0.0.1:5432/" + name + "?sslmode=disable"
-}
 
 func writeMigrateConfig(t *testing.T, dir, engine, dsn, reg, ob string) string {
 	t.Helper()
@@ -65,7 +34,7 @@ func TestMigrateCommand(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	reg, ob := filepath.Join(dir, "iotgw.db"), filepath.Join(dir, "iotgw-outbox.db")
-	dsn := migrateTestDSN(t)
+	dsn := pgtest.New(t)
 	pgCfg := writeMigrateConfig(t, dir, "postgres", dsn, reg, ob)
 	sqliteCfg := writeMigrateConfig(t, dir, "sqlite", "", reg, ob)
 	badCfg := writeMigrateConfig(t, t.TempDir(), "postgres", "postgres://root:hunter2-pw@127.0.0.1:1/none?sslmode=disable&connect_timeout=2", reg, ob)
@@ -156,7 +125,7 @@ func TestMigrateCommandRefusesRunningGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unlock()
-	cfg := writeMigrateConfig(t, dir, "postgres", migrateTestDSN(t), reg, ob)
+	cfg := writeMigrateConfig(t, dir, "postgres", pgtest.New(t), reg, ob)
 	r := runCLI(t, "", "migrate", "--from", "sqlite", "--to", "postgres", "--config", cfg)
 	want := fmt.Sprintf("outbox.path: %s is in use by another gateway (pid %d holds %s.lock): stop it first", ob, os.Getpid(), ob)
 	if r.code != 1 || r.err == nil || r.err.Error() != want {

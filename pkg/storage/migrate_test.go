@@ -2,7 +2,6 @@ package storage
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
@@ -15,45 +14,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/iotgw/iotgw/pkg/audit"
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pgstore"
+	"github.com/iotgw/iotgw/pkg/pgstore/pgtest"
 	"github.com/iotgw/iotgw/pkg/registry"
 )
 
-// testDSN creates a fresh database on the machine's PostgreSQL
-// (127.0.0.1:5432, database test) and drops it after the test.
-func testDSN(t testing.TB) string {
-	t.Helper()
-	ctx := context.Background()
-	admin := "postgres://127.0.0.1:5432/test?sslmode=disable"
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		t.Fatalf("PostgreSQL at 127.0.0.1:5432 (start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", err)
-	}
-	defer conn.Close(ctx)
-	b := make([]byte, 6)
-	rand.Read(b) //nolint:errcheck // never fails
-	name := "iotgw_t_" + hex.EncodeToString(b)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c, err := pgx.Connect(context.Background(), admin)
-		if err != nil {
-			return
-		}
-		defer c.Close(context.Background())
-		c.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)") //nolint:errcheck // best effort
-	})
-	return "postgres://127.0.0.1:5432/" + name + "?sslmode=disable"
-}
-
 func openPG(t *testing.T) *pgstore.DB {
 	t.Helper()
-	db, err := pgstore.Open(context.Background(), testDSN(t))
+	db, err := pgstore.Open(context.Background(), pgtest.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}
