@@ -465,6 +465,12 @@ func TestScalePostgresOutage(t *testing.T) {
 		t.Fatalf("lost %d of %d (backend has %d distinct)", lost, want, len(got))
 	}
 	if dups > len(ids)*len(gws) {
+		for _, r := range f.backend.requests() {
+			if got[r.Header.Get("X-Message-Id")] > 1 {
+				t.Logf("dup %s seq %s at %s", r.Header.Get("X-Device-Id"), r.Header.Get("X-Iotgw-Seq"), r.At.Format("04:05.000"))
+			}
+		}
+		t.Logf("PostgreSQL down %s to %s", downAt.Format("04:05.000"), downAt.Add(10*time.Second).Format("04:05.000"))
 		t.Fatalf("%d duplicates: more than one in-flight POST per device and gateway", dups)
 	}
 }

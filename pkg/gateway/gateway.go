@@ -635,6 +635,10 @@ func (g *Gateway) commitFailed(err error, n int, delay time.Duration) {
 }
 
 func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
+	if errors.Is(err, errLeaseUnconfirmed) { // storage, not the backend: sharedFwd reports it (/readyz, log, metric)
+		g.log.Debug("not posting: lease unconfirmed", zap.String("device_id", j.DeviceID), zap.Duration("retry_in", delay))
+		return
+	}
 	g.metrics.forwarded.WithLabelValues("retry").Inc()
 	g.metrics.backendAnswer(0, err)
 	g.log.Warn("forward failed; will retry", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID),

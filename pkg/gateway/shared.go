@@ -41,6 +41,10 @@ const (
 	sharedPace = 10 * time.Millisecond
 )
 
+// errLeaseUnconfirmed holds a job back: its device's lease, as this
+// gateway last confirmed it, may end before the POST could.
+var errLeaseUnconfirmed = errors.New("device lease not confirmed for the length of a POST (storage unreachable?): not posting")
+
 type sharedFwd struct {
 	g       *Gateway
 	st      storage.Shared
@@ -54,6 +58,10 @@ type sharedFwd struct {
 	done    []*outbox.Record // settled rows not yet deleted
 	wake    chan struct{}
 	lastErr atomic.Pointer[string]
+	// queued is the payload bytes of claimed rows waiting in held queues
+	// (not yet in the dispatcher, which bounds its own): claims stop while
+	// it is above backend.max_payload_memory.
+	queued atomic.Int64
 
 	lost atomic.Int64 // leases found taken over at renewal
 }
@@ -65,6 +73,7 @@ type sharedFwd struct {
 type heldDev struct {
 	queue []*outbox.Record // claimed, not yet submitted
 	busy  bool             // one job in the dispatcher, or settled and not yet deleted
+	cur   int64            // Seq of that job: a job of an earlier lease is not this one's
 	until time.Time        // the lease's end as last confirmed (local clock)
 	lost  bool
 }
@@ -90,12 +99,15 @@ func (s *sharedFwd) admit(j *forward.Job) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := s.held[j.DeviceID]
-	if h == nil || h.lost {
-		delete(s.held, j.DeviceID) // its other claimed rows go with it
+	if h != nil && h.lost {
+		s.drop(j.DeviceID) // its other claimed rows go with it
+		return forward.ErrRelinquished
+	}
+	if h == nil || h.cur != j.Seq { // left over from a lease lost before
 		return forward.ErrRelinquished
 	}
 	if !time.Now().Add(s.timeout).Before(h.until) {
-		return errors.New("device lease not confirmed for the length of a POST (storage unreachable?): not posting")
+		return errLeaseUnconfirmed
 	}
 	return nil
 }
@@ -119,16 +131,21 @@ func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
 	s.mu.Lock()
 	for _, r := range rows {
 		h := s.held[r.DeviceID]
+		if h != nil && h.lost { // claimed again after losing it: start afresh
+			s.drop(r.DeviceID)
+			h = nil
+		}
 		if h == nil {
 			h = &heldDev{}
 			s.held[r.DeviceID] = h
 		}
 		h.until = sent.Add(s.lease)
 		h.queue = append(h.queue, r)
+		s.queued.Add(int64(len(r.Payload)))
 	}
 	for _, h := range s.held {
 		if !h.busy && !h.lost && len(h.queue) > 0 {
-			next = append(next, h.pop())
+			next = append(next, s.pop(h))
 		}
 	}
 	s.mu.Unlock()
@@ -138,8 +155,20 @@ func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
 	s.g.metrics.claimed.Add(float64(len(rows)))
 }
 
-func (h *heldDev) pop() *outbox.Record {
+// drop forgets a device and its queued rows (s.mu held).
+func (s *sharedFwd) drop(id string) {
+	if h := s.held[id]; h != nil {
+		for _, r := range h.queue {
+			s.queued.Add(-int64(len(r.Payload)))
+		}
+		delete(s.held, id)
+	}
+}
+
+func (s *sharedFwd) pop(h *heldDev) *outbox.Record {
 	r := h.queue[0]
+	s.queued.Add(-int64(len(r.Payload)))
+	h.cur = r.Seq
 	h.queue[0] = nil
 	h.queue = h.queue[1:]
 	h.busy = true
@@ -223,16 +252,16 @@ func (s *sharedFwd) finish(ctx context.Context) {
 	}
 	for _, r := range done {
 		h := s.held[r.DeviceID]
-		if h == nil {
+		if h == nil || h.cur != r.Seq { // not this lease's job
 			continue
 		}
 		if h.lost {
-			delete(s.held, r.DeviceID)
+			s.drop(r.DeviceID)
 			continue
 		}
 		h.busy = false
 		if !h.lost && len(h.queue) > 0 {
-			next = append(next, h.pop())
+			next = append(next, s.pop(h))
 		}
 	}
 	s.mu.Unlock()
@@ -243,7 +272,7 @@ func (s *sharedFwd) finish(ctx context.Context) {
 
 func (s *sharedFwd) claim(ctx context.Context) {
 	free := sharedMaxDevices - s.heldCount()
-	if free <= 0 || s.g.stopping.Load() || s.g.dispatcher.BreakerOpen() {
+	if free <= 0 || s.queued.Load() >= s.g.cfg.Backend.MaxPayloadMemory || s.g.stopping.Load() || s.g.dispatcher.BreakerOpen() {
 		return
 	}
 	sent := time.Now()
@@ -295,7 +324,7 @@ func (s *sharedFwd) renew(ctx context.Context) {
 		default:
 			h.lost = true
 			if !h.busy { // nothing of it in the dispatcher
-				delete(s.held, id)
+				s.drop(id)
 			}
 			s.lost.Add(1)
 			s.log.Warn("lease taken over by another gateway; dropping this device's claimed rows", zap.String("device_id", id))
