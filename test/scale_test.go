@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -591,4 +592,55 @@ func TestScaleMigrate(t *testing.T) {
 	if n := len(f.backend.requests()); n != 20 {
 		t.Fatalf("backend got %d requests after the replays, want 20", n)
 	}
+}
+
+// TestScalePostgresReadOnly: with the database read-only (a replica
+// promoted wrongly, a full disk's emergency mode), nothing is acked or
+// forwarded, /readyz says why, and everything goes through once it is
+// writable again.
+func TestScalePostgresReadOnly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dsn := pgtest.New(t)
+	f := newFixture(t, "ro-1")
+	f.usePostgres(dsn)
+	g := f.startGateway(sharedOpts(dsn, 0))
+	u, _ := url.Parse(dsn)
+	db := strings.TrimPrefix(u.Path, "/")
+	admin := func(q string) {
+		c, err := pgx.Connect(context.Background(), pgAdmin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(context.Background())
+		if _, err := c.Exec(context.Background(), q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	// New sessions are read-only; end the gateway's current ones.
+	admin("ALTER DATABASE " + db + " SET default_transaction_read_only = on")
+	admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" + db + "'")
+	d := f.device("ro-1")
+	for i := range 20 {
+		raw, _ := d.signed(fmt.Sprintf(`{"n":%d}`, i), time.Now().Unix())
+		d.publish("", raw)
+	}
+	var why string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if code, body := g.readyz(); code == 503 && strings.Contains(body, "read-only") {
+			why = strings.TrimSpace(body)
+			break
+		}
+	}
+	if why == "" {
+		t.Fatal("/readyz did not report the read-only database within 10 s")
+	}
+	t.Logf("/readyz while read-only: %q", why)
+	if n := g.metric("iotgw_messages_accepted_total"); n != 0 || len(f.backend.requests()) != 0 {
+		t.Fatalf("accepted %v and forwarded %d while the database was read-only", n, len(f.backend.requests()))
+	}
+	admin("ALTER DATABASE " + db + " RESET default_transaction_read_only")
+	admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" + db + "'")
+	checkOnceInOrder(t, f.backend.waitCount(t, 20, 30*time.Second), 20)
 }
