@@ -1,0 +1,144 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/outbox"
+)
+
+// fakeShared scripts the database side of sharedFwd (a unit-test fake:
+// test/scale_test.go runs the real one against PostgreSQL).
+type fakeShared struct {
+	claims   [][]*outbox.Record // returned by successive Claim calls
+	kept     []string           // Renew's answer
+	finished [][]*outbox.Record // done of each Finish call
+	drained  [][]string         // drained of each Finish call
+}
+
+func (f *fakeShared) Claim(context.Context, string, int, int, time.Duration) ([]*outbox.Record, error) {
+	if len(f.claims) == 0 {
+		return nil, nil
+	}
+	c := f.claims[0]
+	f.claims = f.claims[1:]
+	return c, nil
+}
+
+func (f *fakeShared) Renew(context.Context, string, []string, time.Duration) ([]string, error) {
+	return f.kept, nil
+}
+
+func (f *fakeShared) Finish(_ context.Context, _ string, done []*outbox.Record, drained []string, _ int, _ time.Duration) ([]*outbox.Record, error) {
+	f.finished = append(f.finished, done)
+	f.drained = append(f.drained, drained)
+	return nil, nil
+}
+
+func (f *fakeShared) Release(context.Context, string) error                  { return nil }
+func (f *fakeShared) Listen(context.Context, map[string]func(), func(error)) { panic("unused") }
+
+func newTestShared(t *testing.T, st *fakeShared) (*sharedFwd, *forward.Dispatcher) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Storage.Lease, cfg.Backend.Timeout = 10*time.Second, 2*time.Second
+	g := &Gateway{cfg: cfg, log: zap.NewNop()}
+	g.metrics = newMetrics(g)
+	// Never run: Submit only queues, so Pending counts the jobs submitted.
+	g.dispatcher = forward.NewDispatcher(cfg.Backend, nil, forward.NewBreaker(5, time.Second, time.Now), forward.ExponentialJitter(time.Millisecond, time.Millisecond), time.Now, forward.Hooks{})
+	return newSharedFwd(g, st), g.dispatcher
+}
+
+func rows(dev string, seqs ...int64) []*outbox.Record {
+	var out []*outbox.Record
+	for _, s := range seqs {
+		out = append(out, &outbox.Record{Seq: s, DSeq: s, DeviceID: dev, Payload: []byte("{}")})
+	}
+	return out
+}
+
+func jobOf(dev string, seq int64) *forward.Job { return &forward.Job{Seq: seq, DeviceID: dev} }
+
+// TestSharedOneRowPerDevice: of a device's claimed rows only one is in the
+// dispatcher at a time, the next only after the last one's delete
+// committed (Finish), and the lease goes back once all are done.
+func TestSharedOneRowPerDevice(t *testing.T) {
+	st := &fakeShared{claims: [][]*outbox.Record{rows("d", 1, 2, 3)}}
+	s, disp := newTestShared(t, st)
+	ctx := context.Background()
+	s.claim(ctx)
+	if n := disp.Pending(); n != 1 {
+		t.Fatalf("%d jobs submitted after the claim, want 1", n)
+	}
+	for i, seq := range []int64{1, 2, 3} {
+		if err := s.admit(jobOf("d", seq)); err != nil {
+			t.Fatalf("admit row %d: %v", seq, err)
+		}
+		s.settled(jobOf("d", seq))
+		if n := disp.Pending(); n != i+1 {
+			t.Fatalf("row %d settled but not deleted: %d jobs submitted, want %d", seq, n, i+1)
+		}
+		s.finish(ctx)
+	}
+	if n := disp.Pending(); n != 3 {
+		t.Fatalf("%d jobs submitted in all, want 3", n)
+	}
+	if got := st.drained[len(st.drained)-1]; len(got) != 1 || got[0] != "d" || s.heldCount() != 0 {
+		t.Fatalf("last Finish drained %v with %d devices held, want [d] and 0", got, s.heldCount())
+	}
+	if s.queued.Load() != 0 {
+		t.Fatalf("queued payload bytes %d after everything settled", s.queued.Load())
+	}
+}
+
+// TestSharedLostLease: a lease found taken over at renewal drops the
+// device's jobs; when the device is claimed again later, a job of the old
+// lease that still settles neither counts as the new lease's job nor lets
+// a second row into the dispatcher.
+func TestSharedLostLease(t *testing.T) {
+	st := &fakeShared{claims: [][]*outbox.Record{rows("d", 1, 2), rows("d", 2, 3)}}
+	s, disp := newTestShared(t, st)
+	ctx := context.Background()
+	s.claim(ctx) // row 1 in the dispatcher, row 2 queued
+	s.renew(ctx) // kept: none → lost
+	if err := s.admit(jobOf("d", 1)); !errors.Is(err, forward.ErrRelinquished) {
+		t.Fatalf("admit after the lease was lost: %v, want ErrRelinquished", err)
+	}
+	if s.heldCount() != 0 || s.queued.Load() != 0 {
+		t.Fatalf("lost device still held (%d) or its rows counted (%d bytes)", s.heldCount(), s.queued.Load())
+	}
+	s.claim(ctx) // claimed again: rows 2 and 3, row 2 submitted
+	before := disp.Pending()
+	s.settled(jobOf("d", 1)) // a POST of the old lease ends after all
+	s.finish(ctx)
+	if disp.Pending() != before {
+		t.Fatalf("the old lease's row 1 settling let row 3 in: %d jobs, want %d", disp.Pending(), before)
+	}
+	if err := s.admit(jobOf("d", 2)); err != nil {
+		t.Fatalf("the new lease's row 2: %v", err)
+	}
+	if err := s.admit(jobOf("d", 1)); !errors.Is(err, forward.ErrRelinquished) {
+		t.Fatalf("a retry of the old lease's row 1 was admitted: %v", err)
+	}
+}
+
+// TestSharedAdmitNeedsLease: a row is not posted unless its device's lease
+// is known to outlast the POST (now + backend.timeout).
+func TestSharedAdmitNeedsLease(t *testing.T) {
+	st := &fakeShared{}
+	s, _ := newTestShared(t, st)
+	s.submit(rows("d", 1), time.Now().Add(-s.lease+time.Second)) // lease confirmed until 1 s from now
+	if err := s.admit(jobOf("d", 1)); !errors.Is(err, errLeaseUnconfirmed) {
+		t.Fatalf("admit with 1 s of lease left and a 2 s timeout: %v, want errLeaseUnconfirmed", err)
+	}
+	st.kept = []string{"d"}
+	s.renew(context.Background())
+	if err := s.admit(jobOf("d", 1)); err != nil {
+		t.Fatalf("admit after renewal: %v", err)
+	}
+}
