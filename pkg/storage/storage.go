@@ -48,7 +48,7 @@ type Engine struct {
 	Wakeups, RegistryChanges string
 	// PG is the PostgreSQL engine's database (nil on SQLite), for
 	// RegistryOn and AuditOn.
-	PG *pgstore.DB
+	PG      *pgstore.DB
 	closers []func()
 }
 
