@@ -234,7 +234,7 @@ func (s *sharedFwd) finish(ctx context.Context) {
 	if len(done) == 0 {
 		return
 	}
-	_, err := s.st.Finish(ctx, s.owner, done, drained, 0, s.lease) // 0: drained devices go back to every gateway
+	err := s.st.Finish(ctx, s.owner, done, drained) // drained devices go back to every gateway
 	if err != nil {
 		s.mu.Lock() // keep them for the next round
 		s.done = append(done, s.done...)
@@ -341,7 +341,7 @@ func (s *sharedFwd) stop() {
 	done := s.done
 	s.done = nil
 	s.mu.Unlock()
-	if _, err := s.st.Finish(ctx, s.owner, done, nil, 0, s.lease); err != nil {
+	if err := s.st.Finish(ctx, s.owner, done, nil); err != nil {
 		s.log.Warn("cannot delete settled rows at shutdown; the gateway that takes their devices over posts them again", zap.Int("rows", len(done)), zap.Error(err))
 	}
 	if err := s.st.Release(ctx, s.owner); err != nil {

@@ -34,10 +34,10 @@ func (f *fakeShared) Renew(context.Context, string, []string, time.Duration) ([]
 	return f.kept, nil
 }
 
-func (f *fakeShared) Finish(_ context.Context, _ string, done []*outbox.Record, drained []string, _ int, _ time.Duration) ([]*outbox.Record, error) {
+func (f *fakeShared) Finish(_ context.Context, _ string, done []*outbox.Record, drained []string) error {
 	f.finished = append(f.finished, done)
 	f.drained = append(f.drained, drained)
-	return nil, nil
+	return nil
 }
 
 func (f *fakeShared) Release(context.Context, string) error                  { return nil }

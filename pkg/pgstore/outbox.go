@@ -48,12 +48,7 @@ func (o *Outbox) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _
 	if len(recs) == 0 {
 		return res, nil
 	}
-	devs := make([]string, 0, 8)
-	for _, r := range recs {
-		devs = append(devs, r.DeviceID)
-	}
-	slices.Sort(devs)
-	devs = slices.Compact(devs)
+	devs := devicesOf(recs)
 	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
 		res = outbox.Result{}
 		state, err := lockDevices(ctx, tx, devs)
@@ -94,6 +89,16 @@ func (o *Outbox) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _
 // Pending implements outbox.Committer: shared rows are claimed (Claim),
 // never pushed to one gateway.
 func (o *Outbox) Pending(context.Context, int64) ([]*outbox.Record, error) { return nil, nil }
+
+// devicesOf returns the distinct devices of recs, sorted (the lock order).
+func devicesOf(recs []*outbox.Record) []string {
+	devs := make([]string, 0, 8)
+	for _, r := range recs {
+		devs = append(devs, r.DeviceID)
+	}
+	slices.Sort(devs)
+	return slices.Compact(devs)
+}
 
 // lockDevices creates the devices' rows if missing and locks them, in
 // device order; devs must be sorted.
@@ -302,19 +307,16 @@ func (o *Outbox) Renew(ctx context.Context, owner string, devs []string, lease t
 	return kept, nil
 }
 
-// Finish deletes the settled rows done and, for each device in drained
-// (all of whose claimed rows owner has settled), hands on: with rows > 0
-// it returns up to rows of the device's next rows with the lease renewed
-// (the device stays with this gateway), or releases the lease when none
-// is left; with rows == 0 it releases every drained device's lease and
-// notifies OutboxChannel if any has rows left, so that every gateway may
-// claim it (forwarding spreads over the gateways instead of sticking to
-// the first that claimed a device). One transaction, so a row is never
-// both deleted late and claimed again by another gateway. It locks every
-// device it touches first, in device order (as Commit does), so that
-// gateways finishing and committing at once cannot deadlock.
-func (o *Outbox) Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string, rows int, lease time.Duration) ([]*outbox.Record, error) {
-	var more []*outbox.Record
+// Finish deletes the settled rows done and releases the lease of each
+// device in drained (all of whose claimed rows owner has settled),
+// notifying OutboxChannel if any of them has rows left, so that every
+// gateway may claim its next rows (forwarding spreads over the gateways
+// instead of sticking to the first that claimed a device). One
+// transaction, so a row is never both deleted late and claimed again by
+// another gateway. It locks every device it touches first, in device
+// order (as Commit does), so that gateways finishing and committing at
+// once cannot deadlock.
+func (o *Outbox) Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string) error {
 	all := slices.Clone(drained)
 	seqs := make([]int64, len(done))
 	for i, r := range done {
@@ -323,7 +325,6 @@ func (o *Outbox) Finish(ctx context.Context, owner string, done []*outbox.Record
 	slices.Sort(all)
 	all = slices.Compact(all)
 	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
-		more = nil
 		r, err := tx.Query(ctx, `SELECT device_id, lease_owner FROM outbox_device WHERE device_id = ANY($1) ORDER BY device_id FOR UPDATE`, all)
 		if err != nil {
 			return err
@@ -353,43 +354,21 @@ func (o *Outbox) Finish(ctx context.Context, owner string, done []*outbox.Record
 		if len(held) == 0 {
 			return nil
 		}
-		if rows == 0 {
-			var left bool
-			if err := tx.QueryRow(ctx, `WITH r AS (
-					UPDATE outbox_device SET lease_owner = '', lease_until = '-infinity' WHERE device_id = ANY($1) RETURNING pending)
-				SELECT COALESCE(bool_or(pending > 0), false) FROM r`, held).Scan(&left); err != nil {
-				return err
-			}
-			if left {
-				_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, OutboxChannel)
-			}
+		var left bool
+		if err := tx.QueryRow(ctx, `WITH r AS (
+				UPDATE outbox_device SET lease_owner = '', lease_until = '-infinity' WHERE device_id = ANY($1) RETURNING pending)
+			SELECT COALESCE(bool_or(pending > 0), false) FROM r`, held).Scan(&left); err != nil {
 			return err
 		}
-		if more, err = headRows(ctx, tx, held, rows); err != nil {
-			return err
+		if left {
+			_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, OutboxChannel)
 		}
-		busy := map[string]bool{}
-		for _, rec := range more {
-			busy[rec.DeviceID] = true
-		}
-		var renew, release []string
-		for _, id := range held {
-			if busy[id] {
-				renew = append(renew, id)
-			} else {
-				release = append(release, id)
-			}
-		}
-		if _, err := tx.Exec(ctx, `UPDATE outbox_device SET lease_until = now() + $2 * interval '1 millisecond' WHERE device_id = ANY($1)`, renew, lease.Milliseconds()); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `UPDATE outbox_device SET lease_owner = '', lease_until = '-infinity' WHERE device_id = ANY($1)`, release)
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("outbox finish: %w", err)
+		return fmt.Errorf("outbox finish: %w", err)
 	}
-	return more, nil
+	return nil
 }
 
 // deleteRows deletes rows and lowers their devices' pending counts (the
@@ -617,12 +596,7 @@ func (o *Outbox) deadOp(ctx context.Context, seqs []int64, retry bool) (int, err
 // insertLocked locks recs' devices and inserts recs as rows, in order,
 // without replay ids (they were recorded when first accepted).
 func (o *Outbox) insertLocked(ctx context.Context, tx pgx.Tx, recs []*outbox.Record) error {
-	devs := make([]string, 0, len(recs))
-	for _, r := range recs {
-		devs = append(devs, r.DeviceID)
-	}
-	slices.Sort(devs)
-	state, err := lockDevices(ctx, tx, slices.Compact(devs))
+	state, err := lockDevices(ctx, tx, devicesOf(recs))
 	if err != nil {
 		return err
 	}

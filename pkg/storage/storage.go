@@ -31,7 +31,7 @@ type Outbox interface {
 type Shared interface {
 	Claim(ctx context.Context, owner string, devices, rows int, lease time.Duration) ([]*outbox.Record, error)
 	Renew(ctx context.Context, owner string, devs []string, lease time.Duration) ([]string, error)
-	Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string, rows int, lease time.Duration) ([]*outbox.Record, error)
+	Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string) error
 	Release(ctx context.Context, owner string) error
 	// Listen calls handlers[channel] on each notification of its channel
 	// until ctx ends, reconnecting after errors (reported to onErr).
