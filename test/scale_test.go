@@ -43,6 +43,27 @@ func sharedOpts(dsn string, n int) gatewayOpts {
 	}
 }
 
+// startShared starts n gateways sharing dsn (sharedOpts 0..n-1) and
+// waits until each is ready.
+func startShared(f *fixture, dsn string, n int) []*gatewayProc {
+	f.t.Helper()
+	var gws []*gatewayProc
+	for i := range n {
+		gws = append(gws, f.startGateway(sharedOpts(dsn, i)))
+	}
+	return gws
+}
+
+// devicesOf connects each of ids as a device.
+func devicesOf(f *fixture, ids []string) []*device {
+	f.t.Helper()
+	var devs []*device
+	for _, id := range ids {
+		devs = append(devs, f.device(id))
+	}
+	return devs
+}
+
 // publishAll sends per messages from each device, one device per
 // goroutine, each waiting for the broker's PUBACK.
 func publishAll(t *testing.T, devs []*device, per int) {
@@ -110,14 +131,8 @@ func TestScaleThreeGateways(t *testing.T) {
 	f.usePostgres(dsn)
 	// A slow backend makes claims and leases matter: POSTs overlap.
 	f.backend.setBehave(func(recorded) (int, string, time.Duration) { return 200, `{"ok":true}`, 2 * time.Millisecond })
-	var gws []*gatewayProc
-	for n := range 3 {
-		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
-	}
-	var devs []*device
-	for _, id := range ids {
-		devs = append(devs, f.device(id))
-	}
+	gws := startShared(f, dsn, 3)
+	devs := devicesOf(f, ids)
 	publishAll(t, devs, 100)
 	f.backend.waitCount(t, 3000, 90*time.Second)
 	time.Sleep(time.Second) // a duplicate would arrive now
@@ -158,10 +173,7 @@ func TestScaleReplayAcrossGateways(t *testing.T) {
 	dsn := pgtest.New(t)
 	f := newFixture(t, "rp-1")
 	f.usePostgres(dsn)
-	var gws []*gatewayProc
-	for n := range 3 {
-		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
-	}
+	gws := startShared(f, dsn, 3)
 	d := f.device("rp-1")
 	// 1. Accepted once, then copies: each gateway gets some (share group).
 	raw, id := d.signed(`{"x":1}`, time.Now().Unix())
@@ -230,14 +242,8 @@ func TestScaleKillOneGateway(t *testing.T) {
 	// Slow enough that rows pile up in the outbox: the victim holds leases
 	// with rows claimed when it dies.
 	f.backend.setBehave(func(recorded) (int, string, time.Duration) { return 200, `{"ok":true}`, 20 * time.Millisecond })
-	var gws []*gatewayProc
-	for n := range 3 {
-		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
-	}
-	var devs []*device
-	for _, id := range ids {
-		devs = append(devs, f.device(id))
-	}
+	gws := startShared(f, dsn, 3)
+	devs := devicesOf(f, ids)
 	done := make(chan struct{})
 	go func() { publishAll(t, devs, 100); close(done) }()
 	victim := gws[1]
@@ -364,14 +370,8 @@ func TestScalePostgresOutage(t *testing.T) {
 	ids := []string{"pgo-1", "pgo-2", "pgo-3", "pgo-4"}
 	f := newFixture(t, ids...)
 	f.usePostgres(dsn)
-	var gws []*gatewayProc
-	for n := range 2 {
-		gws = append(gws, f.startGateway(sharedOpts(dsn, n)))
-	}
-	var devs []*device
-	for _, id := range ids {
-		devs = append(devs, f.device(id))
-	}
+	gws := startShared(f, dsn, 2)
+	devs := devicesOf(f, ids)
 	var mu sync.Mutex
 	sent := map[string]bool{}
 	var early [][]byte // accepted before the outage; replayed during it
