@@ -129,6 +129,11 @@ func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
 	}
 	var next []*outbox.Record
 	s.mu.Lock()
+	settled := make(map[int64]bool, len(s.done))
+	for _, r := range s.done {
+		settled[r.Seq] = true
+	}
+	fresh := map[string]bool{} // devices whose queue this claim has replaced
 	for _, r := range rows {
 		h := s.held[r.DeviceID]
 		if h != nil && h.lost { // claimed again after losing it: start afresh
@@ -139,7 +144,22 @@ func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
 			h = &heldDev{}
 			s.held[r.DeviceID] = h
 		}
+		if !fresh[r.DeviceID] {
+			// A device this gateway still holds is claimed again when its
+			// lease ran out while the database was unreachable and nobody
+			// else took it. The claim returns the device's oldest rows,
+			// which include what is queued here: they replace the queue
+			// (appending would post every queued row twice).
+			fresh[r.DeviceID] = true
+			for _, q := range h.queue {
+				s.queued.Add(-int64(len(q.Payload)))
+			}
+			h.queue = nil
+		}
 		h.until = sent.Add(s.lease)
+		if (h.busy && r.Seq == h.cur) || settled[r.Seq] { // in the dispatcher, or settled and not yet deleted
+			continue
+		}
 		h.queue = append(h.queue, r)
 		s.queued.Add(int64(len(r.Payload)))
 	}

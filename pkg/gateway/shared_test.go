@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ type fakeShared struct {
 	kept     []string           // Renew's answer
 	finished [][]*outbox.Record // done of each Finish call
 	drained  [][]string         // drained of each Finish call
+	down     bool               // Finish fails (the database is unreachable)
 }
 
 func (f *fakeShared) Claim(context.Context, string, int, int, time.Duration) ([]*outbox.Record, error) {
@@ -35,6 +37,9 @@ func (f *fakeShared) Renew(context.Context, string, []string, time.Duration) ([]
 }
 
 func (f *fakeShared) Finish(_ context.Context, _ string, done []*outbox.Record, drained []string) error {
+	if f.down {
+		return errors.New("connection refused")
+	}
 	f.finished = append(f.finished, done)
 	f.drained = append(f.drained, drained)
 	return nil
@@ -140,5 +145,50 @@ func TestSharedAdmitNeedsLease(t *testing.T) {
 	s.renew(context.Background())
 	if err := s.admit(jobOf("d", 1)); err != nil {
 		t.Fatalf("admit after renewal: %v", err)
+	}
+}
+
+// TestSharedReclaimOwnExpiredLease: the database goes away while a row is
+// settled but not deleted; the lease runs out, and this same gateway
+// claims the device again once the database is back, getting the rows it
+// still holds queued. Each row must reach the dispatcher once: the new
+// claim replaces the held queue, it does not append to it. (Seen in
+// TestScalePostgresOutage before the fix: a device's 10 queued rows were
+// posted twice in a row after the restart.)
+func TestSharedReclaimOwnExpiredLease(t *testing.T) {
+	st := &fakeShared{claims: [][]*outbox.Record{rows("d", 1, 2, 3), rows("d", 1, 2, 3)}}
+	s, disp := newTestShared(t, st)
+	ctx := context.Background()
+	s.claim(ctx) // row 1 in the dispatcher
+	s.settled(jobOf("d", 1))
+	st.down = true
+	s.finish(ctx) // fails: row 1 stays settled, not deleted
+	st.down = false
+	s.claim(ctx) // the lease ran out meanwhile; this gateway claims d again: rows 1, 2, 3
+	var posted []int64
+	for range 10 {
+		s.mu.Lock()
+		h := s.held["d"]
+		s.mu.Unlock()
+		if h == nil {
+			break
+		}
+		if !h.busy {
+			t.Fatalf("device held with rows %d queued and none in the dispatcher", len(h.queue))
+		}
+		if s.done == nil { // the job in the dispatcher, not the settled row 1
+			if err := s.admit(jobOf("d", h.cur)); err != nil {
+				t.Fatalf("admit row %d: %v", h.cur, err)
+			}
+			posted = append(posted, h.cur)
+			s.settled(jobOf("d", h.cur))
+		}
+		s.finish(ctx)
+	}
+	if want := []int64{2, 3}; !slices.Equal(posted, want) || disp.Pending() != 3 {
+		t.Fatalf("after the re-claim the dispatcher got rows %v (%d jobs in all), want %v (3 in all)", posted, disp.Pending(), want)
+	}
+	if s.queued.Load() != 0 {
+		t.Fatalf("queued payload bytes %d after everything settled", s.queued.Load())
 	}
 }
