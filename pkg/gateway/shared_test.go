@@ -165,6 +165,9 @@ func TestSharedReclaimOwnExpiredLease(t *testing.T) {
 	s.finish(ctx) // fails: row 1 stays settled, not deleted
 	st.down = false
 	s.claim(ctx) // the lease ran out meanwhile; this gateway claims d again: rows 1, 2, 3
+	if n := disp.Pending(); n != 1 {
+		t.Fatalf("%d jobs submitted right after the re-claim, want 1: row 2 must wait for row 1's delete", n)
+	}
 	var posted []int64
 	for range 10 {
 		s.mu.Lock()
