@@ -9,11 +9,14 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -253,5 +256,53 @@ func TestBackendTrustMutualTLS(t *testing.T) {
 	}
 	if strings.Contains(readLog(t, g), "plain http") {
 		t.Error("plaintext warning for an https backend")
+	}
+}
+
+// TestBackendSignatureCoversEveryHeader: someone on the backend's network
+// (here a rewriting proxy on loopback between the gateway and the sample
+// backend) changes X-Iotgw-Seq and X-Device-Timestamp of a signed POST.
+// The signature (scheme v2) covers both, so the backend refuses the
+// request with 401 and the gateway retries it; once the proxy stops
+// rewriting, the message is delivered once, with the gateway's headers.
+// Under v1 neither header was signed and the backend took the forged
+// values.
+func TestBackendSignatureCoversEveryHeader(t *testing.T) {
+	f := newFixture(t, "hdr_dev")
+	keyFile := writeSecret(t, f.dir, "backend-signing.key", trustKey)
+	be := startSampleBackend(t, f.bin, "--signing-key-file", keyFile)
+	target, err := url.Parse(be.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tamper atomic.Bool
+	tamper.Store(true)
+	var tampered atomic.Int64
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(target)
+		if tamper.Load() {
+			r.Out.Header.Set("X-Iotgw-Seq", "999999")
+			r.Out.Header.Set("X-Device-Timestamp", "1")
+			tampered.Add(1)
+		}
+	}}
+	proxy := httptest.NewServer(rp)
+	defer proxy.Close()
+	g := f.startGateway(gatewayOpts{backendURL: proxy.URL + "/ingest/{device_id}",
+		backendExtra: "  signing_key_file: " + keyFile + "\n"})
+	d := f.device("hdr_dev")
+	raw, msgID := d.signed(`{"t":1}`, time.Now().Unix())
+	d.publish("", raw)
+	g.waitMetric(`iotgw_forward_total{result="retry"}`, 2, 15*time.Second)
+	if s := be.stats(t, msgID); s.OK != 0 || s.Unauthorized < 2 {
+		t.Fatalf("rewritten headers: backend ok=%d unauthorized=%d (%d requests rewritten), want 0 and ≥ 2", s.OK, s.Unauthorized, tampered.Load())
+	}
+	if l := be.errLog(); !strings.Contains(l, "bad signature") {
+		t.Errorf("backend log does not say why it refused:\n%s", l)
+	}
+	tamper.Store(false)
+	g.waitMetric(`iotgw_forward_total{result="ok"}`, 1, 30*time.Second)
+	if s := be.stats(t, msgID); s.MessageOK == nil || *s.MessageOK != 1 {
+		t.Fatalf("backend delivered %v times once the proxy stopped rewriting, want once", s.MessageOK)
 	}
 }

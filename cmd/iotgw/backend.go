@@ -33,13 +33,14 @@ type backendOptions struct {
 	// Backend trust (docs/PROTOCOL.md 4b).
 	bearerTokenFile string
 	signingKeyFile  string
+	signingScheme   string
 	signingMaxSkew  time.Duration
 }
 
 func newBackendCmd() *cobra.Command {
 	var o backendOptions
 	cmd := &cobra.Command{
-		Use:   "backend [--listen ADDR] [--log FILE] [--fail-status N --fail-for D] [--delay D] [--bearer-token-file F] [--signing-key-file F]",
+		Use:   "backend [--listen ADDR] [--log FILE] [--fail-status N --fail-for D] [--delay D] [--bearer-token-file F] [--signing-key-file F [--signature-scheme v2|v1]]",
 		Short: "Run a sample HTTP backend that records what the gateway forwards",
 		Long: `backend is a small HTTP server standing in for the real backend, for the
 demo and the end-to-end tests.
@@ -70,8 +71,11 @@ at run time (for=0 ends it). --delay D waits D before answering each POST.
 
 Backend trust (docs/PROTOCOL.md 4b): with --bearer-token-file every POST
 must carry "Authorization: Bearer <the file's token>"; with
---signing-key-file every POST must carry a valid X-Iotgw-Signature (v1)
-whose X-Iotgw-Timestamp is within --signing-max-skew of now. Anything else
+--signing-key-file every POST must carry a valid X-Iotgw-Signature of
+--signature-scheme (v2, the default, signs every header the gateway sets;
+v1, of a gateway with backend.signature_scheme v1, leaves
+X-Device-Timestamp and X-Iotgw-Seq unsigned), whose X-Iotgw-Timestamp is
+within --signing-max-skew of now. Anything else
 is answered 401, counted in /stats as "unauthorized", not recorded, and
 logged as one line on stderr naming the reason. The files must be chmod
 600, as the gateway's (backend.bearer_token_file, backend.signing_key_file).`,
@@ -82,6 +86,9 @@ logged as one line on stderr naming the reason. The files must be chmod
 			}
 			if o.failFor < 0 || o.delay < 0 || o.signingMaxSkew <= 0 {
 				return usagef("backend: --fail-for and --delay must not be negative, --signing-max-skew must be positive")
+			}
+			if err := forward.CheckScheme("backend: --signature-scheme", o.signingScheme); err != nil {
+				return usagef("%v", err) // a usage error (exit 2) before any file is read
 			}
 			return runBackend(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
@@ -95,6 +102,7 @@ logged as one line on stderr naming the reason. The files must be chmod
 	f.DurationVar(&o.delay, "delay", 0, "wait this long before answering each POST")
 	f.StringVar(&o.bearerTokenFile, "bearer-token-file", "", "require Authorization: Bearer <token in this file> (chmod 600)")
 	f.StringVar(&o.signingKeyFile, "signing-key-file", "", "require a valid X-Iotgw-Signature made with the key in this file (chmod 600)")
+	f.StringVar(&o.signingScheme, "signature-scheme", forward.SchemeV2, "the scheme X-Iotgw-Signature must use: v2 or v1 (the gateway's backend.signature_scheme)")
 	f.DurationVar(&o.signingMaxSkew, "signing-max-skew", 5*time.Minute, "how far X-Iotgw-Timestamp may be from now")
 	return cmd
 }
@@ -102,7 +110,7 @@ logged as one line on stderr naming the reason. The files must be chmod
 // newBackend returns a backend for o (without its request log), reading
 // the token and key files the gateway's way.
 func newBackend(o backendOptions) (*backend, error) {
-	b := &backend{delay: o.delay, now: time.Now, seen: map[string]int{}, byDevice: map[string]int{}, maxSkew: o.signingMaxSkew}
+	b := &backend{delay: o.delay, now: time.Now, seen: map[string]int{}, byDevice: map[string]int{}, maxSkew: o.signingMaxSkew, scheme: o.signingScheme}
 	if o.bearerTokenFile != "" {
 		tok, err := forward.ReadBearerToken(o.bearerTokenFile)
 		if err != nil {
@@ -115,6 +123,9 @@ func newBackend(o backendOptions) (*backend, error) {
 		key, err := forward.ReadSigningKey(o.signingKeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("backend: --signing-key-file: %w", err)
+		}
+		if err := forward.CheckScheme("backend: --signature-scheme", o.signingScheme); err != nil {
+			return nil, err
 		}
 		b.signingKey = key
 	}
@@ -178,6 +189,7 @@ type backend struct {
 	// required) within maxSkew. errOut gets one line per refused request.
 	wantAuth   []byte
 	signingKey []byte
+	scheme     string
 	maxSkew    time.Duration
 	errOut     io.Writer
 
@@ -300,7 +312,7 @@ func (b *backend) authorized(w http.ResponseWriter, r *http.Request, body []byte
 		}
 	}
 	if reason == "" && b.signingKey != nil {
-		if err := forward.VerifyRequest(b.signingKey, r, body, b.now(), b.maxSkew); err != nil {
+		if err := forward.VerifyRequest(b.signingKey, b.scheme, r, body, b.now(), b.maxSkew); err != nil {
 			reason = err.Error()
 		}
 	}

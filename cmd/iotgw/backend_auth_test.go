@@ -57,7 +57,7 @@ func sendWith(t *testing.T, tokenFile, keyFile string) (single, batch captured) 
 		t.Fatal(err)
 	}
 	j := &forward.Job{DeviceID: "sensor_001", MessageID: "550e8400-e29b-41d4-a716-446655440000", Timestamp: "1700000000",
-		Payload: []byte(`{"temperature":22.5}`)}
+		Order: 42, Payload: []byte(`{"temperature":22.5}`)}
 	if _, err := c.Post(context.Background(), j); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestBackendRequiresSignatureAndToken(t *testing.T) {
 	noSig, _ := sendWith(t, tokenFile, "")
 	noToken, _ := sendWith(t, "", keyFile)
 
-	o := backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingMaxSkew: 5 * time.Minute}
+	o := backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: forward.SchemeV2, signingMaxSkew: 5 * time.Minute}
 	b, err := newBackend(o)
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +100,8 @@ func TestBackendRequiresSignatureAndToken(t *testing.T) {
 		{"tampered body", single, func(c *captured) { c.body = []byte(`{"temperature":99.5}`) }, 0, 401, "bad signature"},
 		{"tampered device id header", single, func(c *captured) { c.header.Set("X-Device-Id", "sensor_002") }, 0, 401, "bad signature"},
 		{"tampered idempotency key", single, func(c *captured) { c.header.Set("Idempotency-Key", "650e8400-e29b-41d4-a716-446655440000") }, 0, 401, "bad signature"},
+		{"tampered X-Device-Timestamp", single, func(c *captured) { c.header.Set("X-Device-Timestamp", "1") }, 0, 401, "bad signature"},
+		{"tampered X-Iotgw-Seq", single, func(c *captured) { c.header.Set("X-Iotgw-Seq", "43") }, 0, 401, "bad signature"},
 		{"other path", single, func(c *captured) { c.target = "/ingest/sensor_002" }, 0, 401, "bad signature"},
 		{"tampered batch body", batch, func(c *captured) { c.body = bytes.Replace(c.body, []byte("sensor_001"), []byte("sensor_002"), 1) }, 0, 401, "bad signature"},
 		{"replayed 10 minutes later", single, nil, 10 * time.Minute, 401, "stale"},
@@ -156,6 +158,7 @@ func TestBackendAuthFlags(t *testing.T) {
 		{signingKeyFile: open, signingMaxSkew: time.Minute},
 		{signingKeyFile: writeSecret(t, "short"), signingMaxSkew: time.Minute},
 		{bearerTokenFile: writeSecret(t, "a\nb"), signingMaxSkew: time.Minute},
+		{signingKeyFile: writeSecret(t, authKey), signingScheme: "v3", signingMaxSkew: time.Minute},
 	} {
 		_, err := newBackend(o)
 		if err == nil || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), authKey) {

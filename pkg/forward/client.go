@@ -79,6 +79,12 @@ type Config struct {
 	// X-Iotgw-Signature header on every POST. Use this key for nothing
 	// else. Default "".
 	SigningKeyFile string `mapstructure:"signing_key_file"`
+	// SignatureScheme is the scheme of X-Iotgw-Signature: "v2" signs every
+	// header the gateway sets from the message (X-Device-Id,
+	// Idempotency-Key, X-Device-Timestamp, X-Iotgw-Seq); "v1" leaves
+	// X-Device-Timestamp and X-Iotgw-Seq unsigned, for a backend that
+	// verifies v1 until it is upgraded. Default "v2".
+	SignatureScheme string `mapstructure:"signature_scheme"`
 }
 
 // MaxResponseBytesLimit is the largest backend.max_response_bytes: 1 MiB.
@@ -88,7 +94,8 @@ const MaxResponseBytesLimit = 1 << 20
 func DefaultConfig() Config {
 	return Config{Timeout: 10 * time.Second, Workers: 64, MaxAttempts: 50, MaxAge: 24 * time.Hour,
 		BackoffInitial: 200 * time.Millisecond, BackoffMax: 30 * time.Second,
-		BreakerThreshold: 5, BreakerCooldown: 5 * time.Second, MaxResponseBytes: 16 << 10, BatchMax: 1, MaxPayloadMemory: 64 << 20}
+		BreakerThreshold: 5, BreakerCooldown: 5 * time.Second, MaxResponseBytes: 16 << 10, BatchMax: 1, MaxPayloadMemory: 64 << 20,
+		SignatureScheme: SchemeV2}
 }
 
 // Validate checks the settings.
@@ -251,16 +258,25 @@ func retryableStatus(status int) bool {
 		status == http.StatusUnauthorized
 }
 
-// authenticate adds the bearer token and the signature to req, whose body
-// is body. For a batch, deviceID and idempotencyKey are "".
-func (c *Client) authenticate(req *http.Request, deviceID, idempotencyKey string, body []byte) {
+// authenticate adds the bearer token and the signature to req, whose
+// body is body and whose signed headers are set. For a batch they are
+// all absent.
+func (c *Client) authenticate(req *http.Request, body []byte) {
 	if c.cred.authorization != "" {
 		req.Header["Authorization"] = []string{c.cred.authorization}
 	}
 	if c.cred.signingKey != nil {
+		first := func(name string) string {
+			if v := req.Header[name]; len(v) > 0 {
+				return v[0]
+			}
+			return ""
+		}
+		h := Signed{DeviceID: first("X-Device-Id"), IdempotencyKey: first("Idempotency-Key"),
+			DeviceTimestamp: first("X-Device-Timestamp"), Seq: first("X-Iotgw-Seq")}
 		ts := c.now().Unix()
 		req.Header[TimestampHeader] = []string{strconv.FormatInt(ts, 10)}
-		req.Header[SignatureHeader] = []string{Sign(c.cred.signingKey, req.Method, req.URL.RequestURI(), deviceID, idempotencyKey, ts, body)}
+		req.Header[SignatureHeader] = []string{Sign(c.cred.signingKey, c.cfg.SignatureScheme, req.Method, req.URL.RequestURI(), h, ts, body)}
 	}
 }
 
@@ -282,7 +298,7 @@ func (c *Client) Post(ctx context.Context, j *Job) (Response, error) {
 	if j.Order > 0 {
 		h["X-Iotgw-Seq"] = []string{strconv.FormatInt(j.Order, 10)}
 	}
-	c.authenticate(req, j.DeviceID, j.MessageID, j.Payload)
+	c.authenticate(req, j.Payload)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return Response{}, &RetryableError{Err: err}
@@ -344,7 +360,7 @@ func (c *Client) PostBatch(ctx context.Context, jobs []*Job) ([]Response, error)
 	}
 	req.Header["Content-Type"] = []string{"application/json"}
 	req.Header["X-Batch-Size"] = []string{strconv.Itoa(len(jobs))}
-	c.authenticate(req, "", "", buf.Bytes())
+	c.authenticate(req, buf.Bytes())
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, &RetryableError{Err: err}

@@ -164,8 +164,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
-	if w := cfg.Backend.PlaintextWarning(); w != "" {
-		log.Warn(w)
+	for _, w := range []string{cfg.Backend.PlaintextWarning(), cfg.Backend.SchemeWarning()} {
+		if w != "" {
+			log.Warn(w)
+		}
 	}
 	breaker := forward.NewBreaker(cfg.Backend.BreakerThreshold, cfg.Backend.BreakerCooldown, now)
 	breaker.OnChange(func(open bool) {
