@@ -169,8 +169,7 @@ func TestBackendTrustSignedAndBearer(t *testing.T) {
 	}
 	logs := readLog(t, g)
 
-	// (No reply is awaited: the pending row may be forwarded before the
-	// reply connection is up, and that reply is then not published.)
+	// (Replies to rows pending at start: TestReplyForRowsPendingAtStart.)
 	g = f.startGateway(opts(keyFile))
 	g.waitMetric(`iotgw_forward_total{result="ok"}`, 1, 15*time.Second)
 	if s := be.stats(t, msgID); s.MessageOK == nil || *s.MessageOK != 1 {

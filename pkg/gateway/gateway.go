@@ -267,6 +267,26 @@ func job(r *outbox.Record) *forward.Job {
 	return &forward.Job{Seq: r.Seq, Order: r.DSeq, DeviceID: r.DeviceID, MessageID: r.MessageID, Timestamp: r.Timestamp, Payload: r.Payload, ReceivedAt: r.ReceivedAt}
 }
 
+// awaitReplies holds forwarding back until the reply connection is up,
+// for at most mqtt.connect_timeout: rows left in the outbox are posted at
+// once, and their replies would otherwise be refused by a reply
+// connection not yet connected, and dropped. A broker still down after
+// that does not stop forwarding to the backend (its replies are then
+// dropped and counted). It reports false if ctx ended first.
+func (g *Gateway) awaitReplies(ctx context.Context) bool {
+	t := time.NewTimer(g.cfg.MQTT.ConnectTimeout)
+	defer t.Stop()
+	select {
+	case <-g.mqtt.RepliesUp():
+	case <-t.C:
+		g.log.Warn("reply connection not up yet; forwarding anyway: replies to rows posted until it is up are dropped (iotgw_reply_publish_errors_total)",
+			zap.Duration("waited", g.cfg.MQTT.ConnectTimeout))
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
 // Run serves until ctx is cancelled, then drains within ShutdownGrace.
 func (g *Gateway) Run(ctx context.Context) error {
 	defer g.close()
@@ -317,7 +337,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 	go func() { g.writer.Run(writerCtx); close(writerDone) }()
 	dispCtx, stopDisp := context.WithCancel(context.Background())
 	dispDone := make(chan struct{})
-	go func() { g.dispatcher.Run(dispCtx); close(dispDone) }()
+	go func() {
+		defer close(dispDone)
+		if g.awaitReplies(dispCtx) {
+			g.dispatcher.Run(dispCtx)
+		}
+	}()
 
 	if err := g.mqtt.Connect(ctx); err != nil && ctx.Err() == nil {
 		g.log.Error("broker connect stopped", zap.Error(err))

@@ -219,6 +219,8 @@ type Client struct {
 	pub       mqtt.Client
 	connected atomic.Bool
 	onConnect func()
+	// repliesUp is closed once the reply connection first connected.
+	repliesUp chan struct{}
 }
 
 // ReplyClientSuffix is appended to mqtt.client_id for the reply connection.
@@ -231,7 +233,7 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 		return nil, err
 	}
 	broker := strings.Replace(strings.Replace(cfg.Broker, "mqtts://", "ssl://", 1), "tls://", "ssl://", 1)
-	cl := &Client{cfg: cfg, log: log}
+	cl := &Client{cfg: cfg, log: log, repliesUp: make(chan struct{})}
 	const writeTimeout = 10 * time.Second
 	handler := func(_ mqtt.Client, m mqtt.Message) {
 		h(&Message{Topic: m.Topic(), Payload: m.Payload(), Duplicate: m.Duplicate(), ack: m.Ack})
@@ -311,8 +313,13 @@ func (c *Client) Connect(ctx context.Context) error {
 	if err := c.connectLoop(ctx, c.pub, "reply connection"); err != nil {
 		return err
 	}
+	close(c.repliesUp)
 	return c.connectLoop(ctx, c.c, "session")
 }
+
+// RepliesUp is closed once the reply connection has first connected
+// (Connect); before that, Publish refuses every reply.
+func (c *Client) RepliesUp() <-chan struct{} { return c.repliesUp }
 
 func (c *Client) connectLoop(ctx context.Context, mc mqtt.Client, what string) error {
 	delay := 500 * time.Millisecond
