@@ -74,6 +74,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	base := log
 	log = base.With(zap.String("component", "gateway"))
 	g := &Gateway{cfg: cfg, log: log, now: now, seed: maphash.MakeSeed()}
+	if w := cfg.Storage.PlaintextWarning(); w != "" { // before connecting: a failed start still shows it
+		log.Warn(w)
+	}
 	kek, err := cfg.Security.LoadKEK()
 	if err != nil {
 		return nil, err

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/iotgw/iotgw/pkg/pgstore"
 )
 
 // Engines.
@@ -35,6 +37,16 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config { return Config{Engine: SQLite, Lease: 30 * time.Second} }
+
+// PlaintextWarning returns one line for the operator when storage.dsn
+// lets the connection to a remote PostgreSQL host run without verified
+// TLS (pgstore.PlaintextWarning), and "" otherwise (and for SQLite).
+func (c Config) PlaintextWarning() string {
+	if c.Engine != Postgres {
+		return ""
+	}
+	return pgstore.PlaintextWarning(c.DSN)
+}
 
 // Shared reports whether the engine is shared by several gateways.
 func (c Config) Shared() bool { return c.Engine == Postgres }
