@@ -133,28 +133,20 @@ func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
 	for _, r := range s.done {
 		settled[r.Seq] = true
 	}
-	fresh := map[string]bool{} // devices whose queue this claim has replaced
+	inClaim := make(map[int64]bool, len(rows))
+	for _, r := range rows {
+		inClaim[r.Seq] = true
+	}
+	fresh := map[string]bool{} // devices whose entry this claim has renewed
 	for _, r := range rows {
 		h := s.held[r.DeviceID]
-		if h != nil && h.lost { // claimed again after losing it: start afresh
-			s.drop(r.DeviceID)
-			h = nil
-		}
 		if h == nil {
 			h = &heldDev{}
 			s.held[r.DeviceID] = h
 		}
 		if !fresh[r.DeviceID] {
-			// A device this gateway still holds is claimed again when its
-			// lease ran out while the database was unreachable and nobody
-			// else took it. The claim returns the device's oldest rows,
-			// which include what is queued here: they replace the queue
-			// (appending would post every queued row twice).
 			fresh[r.DeviceID] = true
-			for _, q := range h.queue {
-				s.queued.Add(-int64(len(q.Payload)))
-			}
-			h.queue = nil
+			s.reclaimed(h, settled, inClaim)
 		}
 		h.until = sent.Add(s.lease)
 		if (h.busy && r.Seq == h.cur) || settled[r.Seq] { // in the dispatcher, or settled and not yet deleted
@@ -173,6 +165,27 @@ func (s *sharedFwd) submit(rows []*outbox.Record, sent time.Time) {
 		s.g.dispatcher.Submit(job(r))
 	}
 	s.g.metrics.claimed.Add(float64(len(rows)))
+}
+
+// reclaimed renews the entry of a device this claim leased (s.mu held).
+// The claim returns the device's oldest rows. A device this gateway still
+// holds is claimed again when its lease ran out while the database was
+// unreachable (or it was lost and the other holder let go): the claimed
+// rows replace the queue (appending posted every queued row twice), and
+// the row of the job in the dispatcher (cur) decides what comes next:
+//   - settled, not yet deleted: the next row waits for that delete;
+//   - still claimed: that job is posted under the new lease, and no
+//     second job of its row is submitted;
+//   - gone (another gateway posted and deleted it): the job is stale,
+//     and Admit relinquishes it (cur no longer names it).
+func (s *sharedFwd) reclaimed(h *heldDev, settled, inClaim map[int64]bool) {
+	for _, q := range h.queue {
+		s.queued.Add(-int64(len(q.Payload)))
+	}
+	h.queue, h.lost = nil, false
+	if h.busy && !settled[h.cur] && !inClaim[h.cur] {
+		h.busy, h.cur = false, 0
+	}
 }
 
 // drop forgets a device and its queued rows (s.mu held).
@@ -246,7 +259,7 @@ func (s *sharedFwd) finish(ctx context.Context) {
 	s.done = nil
 	var drained []string // devices with nothing left to post: their leases go back
 	for _, r := range done {
-		if h := s.held[r.DeviceID]; h != nil && len(h.queue) == 0 {
+		if h := s.held[r.DeviceID]; h != nil && h.cur == r.Seq && len(h.queue) == 0 { // not a job of an earlier lease
 			drained = append(drained, r.DeviceID)
 		}
 	}

@@ -195,3 +195,71 @@ func TestSharedReclaimOwnExpiredLease(t *testing.T) {
 		t.Fatalf("queued payload bytes %d after everything settled", s.queued.Load())
 	}
 }
+
+// TestSharedReclaimAfterRowsGone: cut off from the database, this gateway
+// never learns that another one took its device over, posted and deleted
+// rows 1 and 2, and let the lease go; it then claims the device back and
+// gets rows 3 and 4. Its held-back job of row 1 must not be posted again
+// (after row 2: a duplicate, and X-Iotgw-Seq going backwards); row 3 is
+// next. (From the review of the re-claim fix.)
+func TestSharedReclaimAfterRowsGone(t *testing.T) {
+	st := &fakeShared{claims: [][]*outbox.Record{rows("d", 1, 2), rows("d", 3, 4)}}
+	s, disp := newTestShared(t, st)
+	ctx := context.Background()
+	s.claim(ctx) // job 1 in the dispatcher, held back while the database is gone
+	s.claim(ctx) // back: d claimed again, rows 1 and 2 are gone
+	if err := s.admit(jobOf("d", 1)); !errors.Is(err, forward.ErrRelinquished) {
+		t.Fatalf("job of row 1, deleted by another gateway, admitted: %v", err)
+	}
+	if err := s.admit(jobOf("d", 3)); err != nil || disp.Pending() != 2 {
+		t.Fatalf("row 3: admit %v with %d jobs submitted, want nil and 2 (row 1's stale job, row 3)", err, disp.Pending())
+	}
+}
+
+// TestSharedReclaimLostWhileSettled: a lease lost while its row 1 had
+// settled but not been deleted, then claimed back with rows 1 and 2: row
+// 2 waits for row 1's delete, and that delete does not give the lease
+// away while row 2 is still to be posted. (From the review: the lease was
+// released with row 2 in the dispatcher, so another gateway could post
+// it at the same time.)
+func TestSharedReclaimLostWhileSettled(t *testing.T) {
+	st := &fakeShared{claims: [][]*outbox.Record{rows("d", 1, 2), rows("d", 1, 2)}}
+	s, disp := newTestShared(t, st)
+	ctx := context.Background()
+	s.claim(ctx) // job 1 in the dispatcher
+	s.renew(ctx) // kept: none → lost
+	s.settled(jobOf("d", 1))
+	st.down = true
+	s.finish(ctx) // fails: row 1 settled, not deleted
+	st.down = false
+	s.claim(ctx) // the other holder let go: claimed back with rows 1 and 2
+	if n := disp.Pending(); n != 1 {
+		t.Fatalf("%d jobs submitted after the claim-back, want 1: row 2 must wait for row 1's delete", n)
+	}
+	s.finish(ctx) // deletes row 1, submits row 2
+	if got := st.drained[len(st.drained)-1]; len(got) != 0 {
+		t.Fatalf("row 1's delete released the lease (drained %v) with row 2 still to post", got)
+	}
+	if err := s.admit(jobOf("d", 2)); err != nil || disp.Pending() != 2 {
+		t.Fatalf("row 2: admit %v with %d jobs submitted, want nil and 2", err, disp.Pending())
+	}
+}
+
+// TestSharedReclaimLostWhileQueued: a lease lost while row 1's job waits
+// in the dispatcher (held back, not posted), then claimed back with rows
+// 1 and 2: that job is posted under the new lease, and no second job of
+// row 1 is submitted (the dispatcher would post both).
+func TestSharedReclaimLostWhileQueued(t *testing.T) {
+	st := &fakeShared{claims: [][]*outbox.Record{rows("d", 1, 2), rows("d", 1, 2)}}
+	s, disp := newTestShared(t, st)
+	ctx := context.Background()
+	s.claim(ctx) // job 1 in the dispatcher
+	s.renew(ctx) // kept: none → lost; job 1 not yet retried
+	s.claim(ctx) // claimed back with rows 1 and 2
+	if n := disp.Pending(); n != 1 {
+		t.Fatalf("%d jobs submitted, want 1: row 1's job is already in the dispatcher", n)
+	}
+	if err := s.admit(jobOf("d", 1)); err != nil {
+		t.Fatalf("row 1's job under the new lease: %v", err)
+	}
+}
