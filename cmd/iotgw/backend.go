@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -46,11 +47,12 @@ func newBackendCmd() *cobra.Command {
 demo and the end-to-end tests.
 
 POST to any path (the gateway uses /ingest/{device_id}) is recorded and
-answered 200 {"ok":true,"received":"<X-Message-ID>"}. With --log, each
+answered 200 {"ok":true,"received":"<message id>"} (the Idempotency-Key,
+else X-Message-ID). With --log, each
 request appends one JSON line to FILE:
 
   {"time":"<RFC 3339>","path_device_id":"<last path segment>","device_id":"<X-Device-ID>",
-   "message_id":"<X-Message-ID>","timestamp":"<X-Device-Timestamp>",
+   "message_id":"<message id>","timestamp":"<X-Device-Timestamp>",
    "idempotency_key":"<Idempotency-Key>","status":200,"body":<request body>}
 
 "status" is what the backend answered, so count lines with status 200 to
@@ -268,10 +270,13 @@ func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
 	}
 	pathDev, _ := url.PathUnescape(path.Base(r.URL.EscapedPath()))
 	rec := backendRecord{
-		Time:           arrived.UTC().Format(time.RFC3339Nano),
-		PathDeviceID:   pathDev,
-		DeviceID:       r.Header.Get("X-Device-ID"),
-		MessageID:      r.Header.Get("X-Message-ID"),
+		Time:         arrived.UTC().Format(time.RFC3339Nano),
+		PathDeviceID: pathDev,
+		DeviceID:     r.Header.Get("X-Device-ID"),
+		// The signed Idempotency-Key is the message id (PROTOCOL.md 4b:
+		// X-Message-ID is not signed; VerifyRequest refuses a different
+		// one, but not a missing one).
+		MessageID:      cmp.Or(r.Header.Get("Idempotency-Key"), r.Header.Get("X-Message-ID")),
 		Timestamp:      r.Header.Get("X-Device-Timestamp"),
 		IdempotencyKey: r.Header.Get("Idempotency-Key"),
 		Body:           body,
