@@ -497,7 +497,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 	}
 	env := &res.Envelope
 	if res.Verified {
-		g.noteKey(env.DeviceID, res.KeyID)
+		g.noteKey(env.DeviceID, res.KeyID, res.NewestKeyID)
 	}
 	if rej := res.Rejection; rej != nil {
 		if rej.Reason == validate.Replay && g.inflight.addAck(env.DeviceID, env.UUID(), m.Ack) {
@@ -563,11 +563,13 @@ func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envel
 
 // noteKey remembers that dev's message verified with key id, keeping the
 // newest: an old-key message still in flight after a rotation does not
-// move replies back to the old key.
-func (g *Gateway) noteKey(dev string, id int64) {
+// move replies back to the old key. newest is the largest key id dev has
+// now: a remembered id above it belongs to a registration since removed
+// (ids start over at 1), and is replaced.
+func (g *Gateway) noteKey(dev string, id, newest int64) {
 	for {
 		old, loaded := g.usedKey.LoadOrStore(dev, id)
-		if !loaded || old.(int64) >= id || g.usedKey.CompareAndSwap(dev, old, id) {
+		if !loaded || old.(int64) == id || (old.(int64) > id && old.(int64) <= newest) || g.usedKey.CompareAndSwap(dev, old, id) {
 			return
 		}
 	}

@@ -134,6 +134,9 @@ type Result struct {
 	// KeyID is the id of the key the signature verified with (also set on
 	// a replay rejection); 0 when none did or for a single-Secret device.
 	KeyID int64
+	// NewestKeyID is the largest key id the device has (valid or expired)
+	// at this check, set with KeyID.
+	NewestKeyID int64
 	// Verified reports whether a key verified the signature.
 	Verified bool
 }
@@ -227,12 +230,16 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	if err != nil {
 		return Result{}, fmt.Errorf("record message id: %w", err)
 	}
+	var newest int64
+	for _, k := range dev.keys() {
+		newest = max(newest, k.ID)
+	}
 	if dup {
 		r := reject(env, Replay, "")
-		r.KeyID, r.Verified = keyID, true
+		r.KeyID, r.NewestKeyID, r.Verified = keyID, newest, true
 		return r, nil
 	}
-	return Result{Envelope: env, Expires: expires, KeyID: keyID, Verified: true}, nil
+	return Result{Envelope: env, Expires: expires, KeyID: keyID, NewestKeyID: newest, Verified: true}, nil
 }
 
 // Sign signs e in place for a downlink (reply or notice) to e.DeviceID
