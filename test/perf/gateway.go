@@ -81,6 +81,9 @@ limits:
   device_rate: 0 # off: the benchmarks measure throughput, one device at up to thousands of msg/s; the limiter has its own tests
 log:
   level: warn
+security:
+  kek_file: %s
+  require_kek: true
 %s`
 
 // GatewayOpts is how one gateway differs from the benchmark's defaults.
@@ -126,7 +129,7 @@ func (r *Rig) StartGatewayOpts(t testing.TB, o GatewayOpts) *Gateway {
 	port := harness.FreePort(t)
 	files := pki.Paths(r.Certs)
 	cfg := fmt.Sprintf(gatewayConfig, r.Broker.GatewayAddr, o.ClientID, o.MQTTExtra, files.CACert, files.GatewayCert, files.GatewayKey,
-		r.Registry(t, o.Registered), filepath.Join(dir, "outbox.db"), o.Backend, o.BackendExtra, port, o.Extra)
+		r.Registry(t, o.Registered), filepath.Join(dir, "outbox.db"), o.Backend, o.BackendExtra, port, r.KEKFile, o.Extra)
 	cfgPath := filepath.Join(dir, "iotgw.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

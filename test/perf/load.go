@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -86,6 +87,7 @@ func (r *Rig) load(ctx context.Context, s LoadSpec, started func(pid int)) (Load
 		args = append(args, "--expect-replies", "--reply-timeout", "120s")
 	}
 	cmd := exec.CommandContext(ctx, r.Bin, args...)
+	cmd.Env = append(os.Environ(), "IOTGW_SECURITY_KEK_FILE="+r.KEKFile) // the registry is sealed
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Start()

@@ -42,7 +42,11 @@ type Rig struct {
 	BrokerPID int
 	// Setup says what building the rig cost.
 	Setup Setup
+	// KEKFile seals every registry's secrets (security.kek_file), as a
+	// deployment should: the gateways run with require_kek.
+	KEKFile string
 
+	kek        *registry.KEK
 	registries map[int]string
 }
 
@@ -68,6 +72,17 @@ type Setup struct {
 func NewRig(t testing.TB, devices int, registries ...int) *Rig {
 	t.Helper()
 	r := &Rig{Dir: t.TempDir(), registries: map[int]string{}}
+	hexKEK, err := registry.NewKEKHex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.kek, err = registry.ParseKEK(hexKEK); err != nil {
+		t.Fatal(err)
+	}
+	r.KEKFile = filepath.Join(r.Dir, "kek")
+	if err := os.WriteFile(r.KEKFile, hexKEK, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t0 := time.Now()
 	r.Bin = harness.BuildIotgw(t)
 	r.Setup.BuildSeconds = time.Since(t0).Seconds()
@@ -160,7 +175,7 @@ func (r *Rig) register(sizes []int) (int, error) {
 			continue
 		}
 		path := filepath.Join(r.Dir, fmt.Sprintf("registry-%d.db", size))
-		reg, err := registry.Open(ctx, path)
+		reg, err := registry.Open(ctx, path, registry.WithKEK(r.kek))
 		if err != nil {
 			return added, err
 		}

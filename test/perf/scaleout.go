@@ -184,7 +184,7 @@ func (s *scaleOut) row(engine string, n int) {
 				s.t.Error(err)
 			}
 		})
-		if err := copyRegistry(s.ctx, reg, dsn); err != nil {
+		if err := copyRegistry(s.ctx, reg, dsn, s.rig.kek); err != nil {
 			s.t.Fatal(err)
 		}
 		opts.MQTTExtra = "  share_group: iotgw-bench-share-group\n"
@@ -364,14 +364,14 @@ func (r *ScaleOutResults) WriteJSON(path string) error {
 }
 
 // copyRegistry registers every device of the SQLite registry at path in
-// the PostgreSQL database dsn, with the same secret (unsealed, as the
-// bench's SQLite registry is).
-func copyRegistry(ctx context.Context, path, dsn string) error {
-	secrets, err := registry.DeviceSecrets(ctx, path, nil)
+// the PostgreSQL database dsn, with the same secret, sealed under kek as
+// the bench's SQLite registry is.
+func copyRegistry(ctx context.Context, path, dsn string, kek *registry.KEK) error {
+	secrets, err := registry.DeviceSecrets(ctx, path, kek)
 	if err != nil {
 		return err
 	}
-	r, closeReg, err := storage.OpenRegistry(ctx, storage.Config{Engine: storage.Postgres, DSN: dsn}, "")
+	r, closeReg, err := storage.OpenRegistry(ctx, storage.Config{Engine: storage.Postgres, DSN: dsn}, "", registry.WithKEK(kek))
 	if err != nil {
 		return err
 	}
