@@ -69,9 +69,11 @@ func (o *simOptions) check() error {
 	if o.db == "" && o.secretsFile == "" {
 		// The shared registry of the environment's storage section
 		// (IOTGW_STORAGE_ENGINE=postgres, IOTGW_STORAGE_DSN) is the third source.
-		if c, err := config.LoadUnvalidated(""); err == nil && c.Storage.Shared() {
-			o.shared = true
+		c, err := config.LoadUnvalidated("")
+		if err != nil { // a mistyped IOTGW_* variable, say: name it
+			return usagef("sim: %v", err)
 		}
+		o.shared = c.Storage.Shared()
 	}
 	if (o.db == "") == (o.secretsFile == "") && !o.shared {
 		return usagef("sim: give exactly one of --db and --secrets-file")
