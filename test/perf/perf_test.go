@@ -38,28 +38,38 @@ func BenchmarkEndToEnd(b *testing.B) {
 		micro = ParseMicro(f)
 		f.Close()
 	}
-	out := os.Getenv("BENCH_OUT")
-	if out == "" {
-		out = filepath.Join(harness.RepoRoot(b), "bench", "results", time.Now().Format(time.DateOnly)+".json")
-	}
+	out := benchOut(b)
 	plain, _ := json.Marshal(plan)
 	os.Stdout.WriteString("plan: " + string(plain) + "\n")
 
 	res := RunSuite(b, plan, os.Stdout)
 	res.Micro = micro
 	res.Targets = evaluate(res)
-	md := res.Markdown()
-	if err := res.WriteJSON(out); err != nil {
+	saveResults(b, out, res, res.Markdown())
+	b.ReportMetric(res.GatewayUnpaced.RepliedThroughput, "gateway-msg/s")
+	b.ReportMetric(res.BrokerLimit.Throughput, "broker-msg/s")
+	b.ReportMetric(res.Ratio(), "ratio")
+	b.ReportMetric(res.Memory.HeapPerID, "heap-B/id")
+}
+
+// benchOut is $BENCH_OUT, default bench/results/<YYYY-MM-DD>.json.
+func benchOut(b *testing.B) string {
+	if out := os.Getenv("BENCH_OUT"); out != "" {
+		return out
+	}
+	return filepath.Join(harness.RepoRoot(b), "bench", "results", time.Now().Format(time.DateOnly)+".json")
+}
+
+// saveResults writes res as JSON to out and md beside it (.json → .md),
+// and prints md.
+func saveResults(b *testing.B, out string, res any, md string) {
+	if err := writeJSON(out, res); err != nil {
 		b.Fatal(err)
 	}
 	if err := os.WriteFile(strings.TrimSuffix(out, ".json")+".md", []byte(md), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	os.Stdout.WriteString("\n" + md + "results: " + out + "\n")
-	b.ReportMetric(res.GatewayUnpaced.RepliedThroughput, "gateway-msg/s")
-	b.ReportMetric(res.BrokerLimit.Throughput, "broker-msg/s")
-	b.ReportMetric(res.Ratio(), "ratio")
-	b.ReportMetric(res.Memory.HeapPerID, "heap-B/id")
 }
 
 // BenchmarkScaleOut is the scale-out benchmark (issue 11), run by
@@ -77,23 +87,12 @@ func BenchmarkScaleOut(b *testing.B) {
 	if os.Getenv("BENCH_PLAN") == "smoke" {
 		plan = SmokeScaleOutPlan()
 	}
-	out := os.Getenv("BENCH_OUT")
-	if out == "" {
-		out = filepath.Join(harness.RepoRoot(b), "bench", "results", time.Now().Format(time.DateOnly)+".json")
-	}
-	out = strings.TrimSuffix(out, ".json") + ".scale.json"
+	out := strings.TrimSuffix(benchOut(b), ".json") + ".scale.json"
 	plain, _ := json.Marshal(plan)
 	os.Stdout.WriteString("scale-out plan: " + string(plain) + "\n")
 
 	res := RunScaleOut(b, plan, postgresDSN(), os.Stdout)
-	md := res.Markdown()
-	if err := res.WriteJSON(out); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(strings.TrimSuffix(out, ".json")+".md", []byte(md), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	os.Stdout.WriteString("\n" + md + "results: " + out + "\n")
+	saveResults(b, out, res, res.Markdown())
 	for _, row := range res.Rows {
 		b.ReportMetric(row.Run.RepliedThroughput, fmt.Sprintf("%s-%dgw-msg/s", row.Engine, row.Gateways))
 	}
@@ -208,7 +207,7 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	path := filepath.Join(t.TempDir(), "r.json")
-	if err := res.WriteJSON(path); err != nil {
+	if err := writeJSON(path, res); err != nil {
 		t.Fatal(err)
 	}
 	var back Results

@@ -170,12 +170,12 @@ func evaluate(r *Results) []Target {
 	return t
 }
 
-// WriteJSON writes r, indented, to path, creating its directory.
-func (r *Results) WriteJSON(path string) error {
+// writeJSON writes v, indented, to path, creating its directory.
+func writeJSON(path string, v any) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(r, "", "  ")
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}

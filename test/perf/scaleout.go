@@ -3,16 +3,14 @@ package perf
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"github.com/iotgw/iotgw/pkg/registry"
-	"github.com/iotgw/iotgw/pkg/storage"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/storage"
 )
 
 // ScaleOutPlan sizes the scale-out runs (issue 11): one gateway on SQLite,
@@ -349,18 +347,6 @@ func (r *ScaleOutResults) capacity() string {
 	return fmt.Sprintf("**For a capacity plan** (from the %d-gateway row): each message costs %.3f CPU-s per 1,000 in the gateways together, wherever they run, and %.3f CPU-s per 1,000 in PostgreSQL; "+
 		"so 10,000 msg/s needs about %.1f cores of gateways and %.1f cores of PostgreSQL, before headroom, Mosquitto (%.3f CPU-s per 1,000 here) and the backend.",
 		row.Gateways, gw, pg, gw*10, pg*10, Per1000(rn.CPU.Broker, rn.Messages))
-}
-
-// WriteJSON writes r, indented, to path, creating its directory.
-func (r *ScaleOutResults) WriteJSON(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // copyRegistry registers every device of the SQLite registry at path in
