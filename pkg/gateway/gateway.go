@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -235,9 +234,7 @@ func (g *Gateway) openRegistry(ctx context.Context, kek *registry.KEK) error {
 		}
 		return nil
 	}
-	if _, err := os.Stat(cfg.Registry.Path); errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("registry.path: %s does not exist (iotgw device add creates it)", cfg.Registry.Path)
-	} else if err != nil {
+	if err := cfg.Storage.RegistryExists(cfg.Registry.Path); err != nil { // not created empty: 0 devices would reject everything
 		return fmt.Errorf("registry.path: %w", err)
 	}
 	r, err := registry.Open(ctx, cfg.Registry.Path, opts...)
