@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/internal/netx"
 	"github.com/iotgw/iotgw/pkg/internal/secretfile"
 )
 
@@ -222,7 +222,7 @@ func (c Config) PlaintextWarning() string {
 			continue
 		}
 		u, err := url.Parse(strings.ReplaceAll(e.url, "{device_id}", "x"))
-		if err != nil || !strings.EqualFold(u.Scheme, "http") || isLoopback(u.Hostname()) {
+		if err != nil || !strings.EqualFold(u.Scheme, "http") || netx.IsLoopbackHost(u.Hostname()) {
 			continue
 		}
 		bad = append(bad, fmt.Sprintf("%s host %q", e.key, u.Hostname()))
@@ -241,15 +241,6 @@ func (c Config) SchemeWarning() string {
 		return ""
 	}
 	return "backend.signature_scheme v1: X-Device-Timestamp and X-Iotgw-Seq are not signed, so someone on the backend's network can change them; move the backend's verifier to v2 (docs/PROTOCOL.md 4b) and drop this setting"
-}
-
-// isLoopback reports whether host is localhost, 127.0.0.0/8 or ::1.
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // SigningBytes returns what a signature of scheme (v2 or v1) covers: the

@@ -3,11 +3,12 @@ package pgstore
 import (
 	"crypto/tls"
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/iotgw/iotgw/pkg/internal/netx"
 )
 
 // PlaintextWarning returns one line for the operator when dsn lets a
@@ -69,10 +70,4 @@ func hosts(h []string) []string {
 
 // isLocal reports whether host is a Unix socket directory, localhost or a
 // loopback address.
-func isLocal(host string) bool {
-	if strings.HasPrefix(host, "/") || strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
+func isLocal(host string) bool { return strings.HasPrefix(host, "/") || netx.IsLoopbackHost(host) }
