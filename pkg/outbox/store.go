@@ -375,6 +375,19 @@ func (s *Store) Seen(ctx context.Context, now time.Time, window time.Duration, f
 		return fmt.Errorf("load seen: %w", err)
 	}
 	defer rows.Close()
+	return ScanSeen(rows, fn)
+}
+
+// Rows is what ScanSeen reads: *sql.Rows, or pgx.Rows of another engine.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// ScanSeen calls fn for each (device_id, message_id, expires as Unix
+// seconds) row of rows: the query of Seen, on any engine.
+func ScanSeen(rows Rows, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
 	for rows.Next() {
 		var dev string
 		var id []byte

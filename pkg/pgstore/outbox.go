@@ -461,20 +461,7 @@ func (o *Outbox) Seen(ctx context.Context, now time.Time, window time.Duration, 
 		return fmt.Errorf("load seen: %w", err)
 	}
 	defer r.Close()
-	for r.Next() {
-		var dev string
-		var id []byte
-		var exp int64
-		if err := r.Scan(&dev, &id, &exp); err != nil {
-			return fmt.Errorf("load seen: %w", err)
-		}
-		var k [16]byte
-		copy(k[:], id)
-		if err := fn(dev, k, time.Unix(exp, 0)); err != nil {
-			return err
-		}
-	}
-	return r.Err()
+	return outbox.ScanSeen(r, fn)
 }
 
 // PruneSeen deletes ids out of the window at now and raises the horizon
