@@ -166,3 +166,33 @@ func TestBackendAuthFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestBackendRecordsSignedMessageID: someone on the path strips the
+// unsigned X-Message-ID of a signed POST (VerifyRequest refuses a
+// different one, not a missing one). The sample backend still records the
+// message under the signed Idempotency-Key, so its duplicate counting
+// cannot be dodged that way.
+func TestBackendRecordsSignedMessageID(t *testing.T) {
+	keyFile := writeSecret(t, authKey)
+	single, _ := sendWith(t, "", keyFile)
+	b, err := newBackend(backendOptions{signingKeyFile: keyFile, signingScheme: forward.SchemeV2, signingMaxSkew: 5 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.errOut = io.Discard
+	h := b.routes()
+	for range 2 {
+		r := httptest.NewRequest(single.method, single.target, bytes.NewReader(single.body))
+		r.Header = single.header.Clone()
+		r.Header.Del("X-Message-Id")
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 200 {
+			t.Fatalf("status %d: %s", w.Code, w.Body)
+		}
+	}
+	id := single.header.Get("Idempotency-Key")
+	if b.seen[id] != 2 || b.seen[""] != 0 {
+		t.Fatalf("recorded %d under the Idempotency-Key %s and %d under \"\", want 2 and 0", b.seen[id], id, b.seen[""])
+	}
+}
