@@ -1,0 +1,51 @@
+package leasetest_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/iotgw/iotgw/pkg/lease"
+	"github.com/iotgw/iotgw/pkg/lease/leasetest"
+	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/pgstore"
+	"github.com/iotgw/iotgw/pkg/pgstore/pgtest"
+)
+
+// TestPostgres runs the contract against the PostgreSQL engine, each case
+// on a private database (pgtest.New).
+func TestPostgres(t *testing.T) {
+	leasetest.Run(t, leasetest.Driver{
+		Open: func(t *testing.T, opt leasetest.Options) *leasetest.Engine {
+			db, err := pgstore.Open(context.Background(), pgtest.New(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(db.Close)
+			o := db.Outbox(opt.Quota)
+			return &leasetest.Engine{
+				Commit: func(ctx context.Context, recs []*outbox.Record) (outbox.Result, error) {
+					return o.Commit(ctx, recs, nil, -1)
+				},
+				Count:           o.Count,
+				Rows:            o.PendingMeta,
+				Payload:         o.Payload,
+				ReplayAuthority: true,
+				QuotaRefusal:    true,
+				Seen: &leasetest.Seen{
+					Prune:   func(ctx context.Context) (int64, error) { return o.PruneSeen(ctx, time.Now(), opt.Window) },
+					Horizon: o.SeenHorizon,
+					IDs: func(ctx context.Context, fn func(string, [16]byte, time.Time) error) error {
+						return o.Seen(ctx, time.Unix(0, 0), opt.Window, fn)
+					},
+				},
+				Dead: &leasetest.Dead{
+					Bury: func(ctx context.Context, seq int64, d lease.Dead) error {
+						return o.Bury(ctx, seq, d.Attempts, d.LastError, d.At)
+					},
+					List: o.DeadLetters, Retry: o.RetryDead, Drop: o.DropDead,
+				},
+			}
+		},
+	})
+}
