@@ -547,6 +547,7 @@ func (o *Outbox) DropDead(ctx context.Context, seqs []int64) (int, error) {
 }
 
 func (o *Outbox) deadOp(ctx context.Context, seqs []int64, retry bool) (int, error) {
+	seqs = append([]int64{}, seqs...) // pgx sends a nil slice as NULL, and cardinality(NULL) = 0 is not true: "all" did nothing
 	var n int
 	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
 		r, err := tx.Query(ctx, `DELETE FROM deadletter WHERE cardinality($1::int8[]) = 0 OR seq = ANY($1)
