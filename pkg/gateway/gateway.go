@@ -18,6 +18,7 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/registry"
@@ -40,7 +41,7 @@ type Gateway struct {
 	validator  *validate.Validator
 	engine     *storage.Engine
 	store      storage.Outbox
-	shared     *sharedFwd // storage.engine postgres: rows claimed under leases
+	shared     *lease.Forwarder // an engine shared by several gateways: rows claimed under leases
 	writer     *outbox.Writer
 	dispatcher *forward.Dispatcher
 	mqtt       *mqttio.Client
@@ -58,8 +59,13 @@ type Gateway struct {
 	// Rate limits for warnings that a burst could repeat per message.
 	queueFullLog, replyErrLog logEvery
 	commitErr                 atomic.Pointer[string]
-	http                      *http.Server
-	httpLn                    net.Listener
+	staleFinish               atomic.Int64
+	// settleCtx ends when the shutdown grace runs out: a dead letter that
+	// cannot be written by then stays in the outbox (posted again later).
+	settleCtx  context.Context
+	stopSettle context.CancelFunc
+	http       *http.Server
+	httpLn     net.Listener
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
@@ -102,6 +108,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		}
 	}
 	g.store = g.engine.Outbox
+	// Every gateway sharing the database prunes replay ids by one window,
+	// the fleet's: one with another skew refuses to start.
+	if err := g.store.FreshnessWindow(ctx, cfg.Validation.MaxClockSkew); err != nil {
+		g.close()
+		return nil, err
+	}
 	g.replay = replay.New(cfg.Replay)
 	loaded := 0
 	// Each id is kept until the later of its stored expiry and its
@@ -141,7 +153,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	var pending []*outbox.Record
 	quota := cfg.Outbox.MaxPendingPerDevice
 	if g.engine.Shared != nil {
-		g.shared, quota = newSharedFwd(g, g.engine.Shared), 0
+		g.shared, quota = g.newLeaseForwarder(g.engine.Shared), 0
 	} else if pending, err = g.store.PendingMeta(ctx); err != nil {
 		g.close()
 		return nil, err
@@ -182,13 +194,14 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	})
 	hooks := forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload}
 	if g.shared != nil {
-		hooks.Admit = g.shared.admit
+		hooks.Admit = g.shared.Admit
 	}
 	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster, breaker,
 		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now, hooks)
 	for _, r := range pending { // forwarded first, before any new message
-		g.dispatcher.Submit(job(r))
+		g.dispatcher.Submit(lease.Job(r, 0))
 	}
+	g.settleCtx, g.stopSettle = context.WithCancel(context.Background())
 	g.metrics = newMetrics(g)
 	g.abuse.register(g.metrics.reg, now)
 	g.queues = make([]chan *mqttio.Message, cfg.Pipeline.Workers)
@@ -263,10 +276,6 @@ func (g *Gateway) loadPayload(ctx context.Context, j *forward.Job) ([]byte, erro
 	return p, err
 }
 
-func job(r *outbox.Record) *forward.Job {
-	return &forward.Job{Seq: r.Seq, Order: r.DSeq, DeviceID: r.DeviceID, MessageID: r.MessageID, Timestamp: r.Timestamp, Payload: r.Payload, ReceivedAt: r.ReceivedAt}
-}
-
 // awaitReplies holds forwarding back until the reply connection is up,
 // for at most mqtt.connect_timeout: rows left in the outbox are posted at
 // once, and their replies would otherwise be refused by a reply
@@ -315,11 +324,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	sharedDone := make(chan struct{})
 	if g.shared != nil {
 		goBG(func() {
-			g.engine.Shared.Listen(bg, map[string]func(){g.engine.Wakeups: g.shared.kick, g.engine.RegistryChanges: g.keys.Kick}, func(err error) {
+			g.engine.Shared.Listen(bg, map[string]func(){g.engine.Wakeups: g.shared.Kick, g.engine.RegistryChanges: g.keys.Kick}, func(err error) {
 				g.log.Warn("storage notifications lost; polling every second until they return", zap.Error(err))
 			})
 		})
-		go func() { g.shared.run(sharedCtx); close(sharedDone) }()
+		go func() { g.shared.Run(sharedCtx); close(sharedDone) }()
 	} else {
 		close(sharedDone)
 	}
@@ -363,12 +372,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case <-time.After(time.Until(deadline)):
 		g.log.Warn("grace period over; aborting in-flight POSTs (they stay in the outbox)")
 		g.dispatcher.Abort()
+		g.stopSettle()
 		<-dispDone
 	}
 	stopShared()
 	<-sharedDone
-	if g.shared != nil {
-		g.shared.stop() // deletes what settled, releases the leases
+	if g.shared != nil { // deletes what settled, releases the leases
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		g.shared.Stop(sctx)
+		cancel()
 	}
 	g.writer.Close() // commits what was accepted (and acks it) and the last deletions
 	select {
@@ -617,11 +629,11 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 			ack()
 		}
 		if g.shared == nil {
-			g.dispatcher.Submit(job(r))
+			g.dispatcher.Submit(lease.Job(r, 0))
 		}
 	}
 	if g.shared != nil {
-		g.shared.kick()
+		g.shared.Kick()
 	}
 }
 
@@ -633,6 +645,9 @@ func (g *Gateway) refused(rs []outbox.Refusal) {
 	for _, r := range rs {
 		acks := g.inflight.durable(r.Rec.DeviceID, r.Rec.ID)
 		rej := &validate.Rejection{Reason: validate.Replay, Detail: "committed first through another gateway"}
+		if r.Old {
+			rej.Detail = "timestamped at or below the fleet's replay horizon (its id may have been pruned)"
+		}
 		if r.Quota {
 			rej = &validate.Rejection{Reason: validate.QuotaExceeded, Detail: "pending outbox rows of this device at outbox.max_pending_per_device (fleet-wide)"}
 			g.replay.Forget(ctx, r.Rec.DeviceID, r.Rec.ID) //nolint:errcheck // memory store cannot fail
@@ -651,7 +666,7 @@ func (g *Gateway) foreign(rows []*outbox.Record) {
 	for _, r := range rows {
 		g.pendingQ.force(r.DeviceID)
 		g.log.Info("picked up a retried dead letter", zap.String("device_id", r.DeviceID), zap.String("message_id", r.MessageID))
-		g.dispatcher.Submit(job(r))
+		g.dispatcher.Submit(lease.Job(r, 0))
 	}
 }
 
@@ -664,7 +679,7 @@ func (g *Gateway) commitFailed(err error, n int, delay time.Duration) {
 }
 
 func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
-	if errors.Is(err, errLeaseUnconfirmed) { // storage, not the backend: sharedFwd reports it (/readyz, log, metric)
+	if errors.Is(err, lease.ErrLeaseUnconfirmed) { // storage, not the backend: the lease forwarder reports it (/readyz, log, metric)
 		g.log.Debug("not posting: lease unconfirmed", zap.String("device_id", j.DeviceID), zap.Duration("retry_in", delay))
 		return
 	}
@@ -676,27 +691,17 @@ func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
 
 // settled runs on a dispatcher worker once a Job is done, final or dead.
 func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
-	ctx := context.Background()
 	g.pendingQ.release(j.DeviceID)
 	if o.Dead {
 		g.metrics.forwarded.WithLabelValues("dead").Inc()
 		g.metrics.backendAnswer(0, o.Err)
 		g.log.Error("forward gave up; moved to the dead-letter table", zap.String("device_id", j.DeviceID),
 			zap.String("message_id", j.MessageID), zap.Int("attempts", j.Attempts), zap.Error(o.Err))
-		for delay := 100 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
-			err := g.store.Bury(ctx, j.Seq, j.Attempts, o.Err.Error(), g.now())
-			if err == nil {
-				break
-			}
-			g.metrics.infraErrors.WithLabelValues("deadletter").Inc()
-			g.log.Error("cannot move to dead letters; retrying", zap.String("message_id", j.MessageID), zap.Error(err))
-			time.Sleep(delay)
+		if g.shared != nil { // buried under the job's lease, by Finish
+			g.shared.Settled(j, &lease.Dead{Attempts: j.Attempts, LastError: o.Err.Error(), At: g.now()})
+			return
 		}
-		if g.shared != nil {
-			g.shared.settled(j)
-		} else {
-			g.writer.Release(1)
-		}
+		g.bury(j, o.Err)
 		return
 	}
 	result := "ok"
@@ -707,12 +712,33 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	g.metrics.backendAnswer(o.Response.Status, nil)
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
 	g.log.Debug("forwarded", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID), zap.Int("status", o.Response.Status))
-	g.notify(ctx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
+	g.notify(g.settleCtx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
 	if g.shared != nil {
-		g.shared.settled(j)
+		g.shared.Settled(j, nil)
 		return
 	}
 	g.writer.Settle(j.Seq)
+}
+
+// bury moves j's row to the dead letters, retrying while the outbox
+// cannot be written, until the shutdown grace runs out (then the row stays
+// in the outbox, and is posted again after a restart).
+func (g *Gateway) bury(j *forward.Job, cause error) {
+	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
+		err := g.store.Bury(g.settleCtx, j.Seq, j.Attempts, cause.Error(), g.now())
+		if err == nil {
+			g.writer.Release(1)
+			return
+		}
+		g.metrics.infraErrors.WithLabelValues("deadletter").Inc()
+		g.log.Error("cannot move to dead letters; retrying", zap.String("message_id", j.MessageID), zap.Error(err))
+		select {
+		case <-time.After(delay):
+		case <-g.settleCtx.Done():
+			g.log.Warn("shutting down: the dead letter stays in the outbox and is posted again after restart", zap.String("message_id", j.MessageID))
+			return
+		}
+	}
 }
 
 // prune deletes expired replay ids from the outbox database.
@@ -749,8 +775,8 @@ func (g *Gateway) routes() http.Handler {
 			problems = append(problems, "outbox: commit failing: "+*p)
 		}
 		if g.shared != nil {
-			if p := g.shared.lastErr.Load(); p != nil {
-				problems = append(problems, "storage: "+*p)
+			if e := g.shared.LastError(); e != "" {
+				problems = append(problems, "storage: "+e)
 			}
 		}
 		if g.writer.Occupied() >= g.cfg.Outbox.MaxPending {

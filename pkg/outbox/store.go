@@ -436,6 +436,11 @@ func (s *Store) PruneSeen(ctx context.Context, now time.Time, window time.Durati
 	return n, nil
 }
 
+// FreshnessWindow is storage.Outbox's: SQLite serves one gateway, whose
+// window may change across restarts (Seen and SeenHorizon keep replays
+// closed when it does), so any window is agreed to.
+func (s *Store) FreshnessWindow(context.Context, time.Duration) error { return nil }
+
 // SeenHorizon returns the timestamp before which accepted ids may have
 // been pruned: every id of a message with a later timestamp is still in
 // the seen table. A gateway whose window now reaches further back (the

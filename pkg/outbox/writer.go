@@ -25,11 +25,14 @@ type Result struct {
 }
 
 // Refusal is a record the database refused in the commit: a replay (its
-// id was committed first by another gateway sharing the database) or, with
+// id was committed first by another gateway sharing the database); with
+// Old, a message timestamped at or below the replay horizon, whose id may
+// have been pruned (a copy cannot be told from a new message); or, with
 // Quota, its device is at outbox.max_pending_per_device fleet-wide.
 type Refusal struct {
 	Rec   *Record
 	Quota bool
+	Old   bool
 }
 
 // WriterHooks are the Writer's callbacks, called from its one goroutine.

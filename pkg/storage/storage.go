@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pgstore"
 )
@@ -13,6 +14,10 @@ import (
 type Outbox interface {
 	outbox.Committer
 	Seen(ctx context.Context, now time.Time, window time.Duration, fn func(deviceID string, id [16]byte, expires time.Time) error) error
+	// FreshnessWindow agrees on the replay window (validation.max_clock_skew)
+	// with the engine: a shared one keeps one value for the whole fleet and
+	// refuses another; SQLite's single gateway takes whatever it is given.
+	FreshnessWindow(ctx context.Context, skew time.Duration) error
 	SeenHorizon(ctx context.Context) (time.Time, error)
 	PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error)
 	PendingMeta(ctx context.Context) ([]*outbox.Record, error)
@@ -27,12 +32,9 @@ type Outbox interface {
 
 // Shared is what an engine shared by several gateways adds: rows are not
 // owned by the gateway that accepted them but claimed under a lease by
-// whichever forwards them (see pgstore.Outbox).
+// whichever forwards them (lease.Store, see pgstore.Outbox).
 type Shared interface {
-	Claim(ctx context.Context, owner string, devices, rows int, lease time.Duration) ([]*outbox.Record, error)
-	Renew(ctx context.Context, owner string, devs []string, lease time.Duration) ([]string, error)
-	Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string) error
-	Release(ctx context.Context, owner string) error
+	lease.Store
 	// Listen calls handlers[channel] on each notification of its channel
 	// until ctx ends, reconnecting after errors (reported to onErr).
 	Listen(ctx context.Context, handlers map[string]func(), onErr func(error))
