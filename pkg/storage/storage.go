@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -92,4 +93,23 @@ func OpenOutbox(ctx context.Context, cfg Config, oc outbox.Config) (*Engine, err
 		e.Outbox = s
 	}
 	return e, nil
+}
+
+// ErrOneGateway is returned by fleet-wide settings on an engine that
+// serves one gateway (SQLite), whose settings are its own config's.
+var ErrOneGateway = errors.New("storage.engine sqlite serves one gateway: its freshness window is its own validation.max_clock_skew (change it there and restart)")
+
+// SetFreshnessWindow changes the freshness window of every gateway sharing
+// cfg's database (iotgw fleet set-skew) and returns the previous one (0 if
+// none was set). On SQLite it fails with ErrOneGateway.
+func SetFreshnessWindow(ctx context.Context, cfg Config, skew time.Duration) (time.Duration, error) {
+	if cfg.Engine != Postgres {
+		return 0, ErrOneGateway
+	}
+	db, err := pgstore.Open(ctx, cfg.DSN)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	return db.Outbox(0).SetFreshnessWindow(ctx, skew)
 }
