@@ -1,6 +1,7 @@
 package test
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -91,4 +92,26 @@ func TestScaleFleetWindow(t *testing.T) {
 	if got != 1 {
 		t.Fatalf("the backend got message %s %d times, want once", id, got)
 	}
+}
+
+// TestScalePayloadMemoryZero is finding 3 of issue 15: with
+// backend.max_payload_memory 0 on PostgreSQL, messages were accepted and
+// acked but never claimed, and /readyz said ready. 0 means "read payloads
+// when posting": every message is forwarded.
+func TestScalePayloadMemoryZero(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	dsn := pgtest.New(t)
+	f := newFixture(t, "pm-1")
+	f.usePostgres(dsn)
+	o := sharedOpts(dsn, 0)
+	o.backendExtra = "  max_payload_memory: 0\n"
+	f.startGateway(o)
+	d := f.device("pm-1")
+	for i := range 5 {
+		raw, _ := d.signed(fmt.Sprintf(`{"i":%d}`, i), time.Now().Unix())
+		d.publish("", raw)
+	}
+	checkOnceInOrder(t, f.backend.waitCount(t, 5, 15*time.Second), 5)
 }

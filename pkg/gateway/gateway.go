@@ -757,13 +757,33 @@ func (g *Gateway) prune(ctx context.Context) {
 	}
 }
 
+// pendingTooOld says why /readyz is not ready when the oldest row waiting
+// for the backend is older than http.ready_max_pending_age (on a shared
+// engine: any gateway's row), or "".
+func (g *Gateway) pendingTooOld(ctx context.Context) string {
+	bound := g.cfg.HTTP.ReadyMaxPendingAge
+	if bound <= 0 {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := g.store.Stats(ctx)
+	if err != nil {
+		return "outbox: cannot read the oldest pending row: " + err.Error()
+	}
+	if age := g.now().Sub(st.Oldest); !st.Oldest.IsZero() && age > bound {
+		return fmt.Sprintf("outbox: oldest pending row waits %s (http.ready_max_pending_age %s): forwarding is stuck or behind", age.Round(time.Second), bound)
+	}
+	return ""
+}
+
 // routes serves /healthz, /readyz and /metrics.
 func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n")) //nolint:errcheck
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		var problems []string
 		if !g.mqtt.Connected() {
 			problems = append(problems, "broker: not connected")
@@ -781,6 +801,9 @@ func (g *Gateway) routes() http.Handler {
 		}
 		if g.writer.Occupied() >= g.cfg.Outbox.MaxPending {
 			problems = append(problems, "outbox: full (backpressure)")
+		}
+		if p := g.pendingTooOld(r.Context()); p != "" {
+			problems = append(problems, p)
 		}
 		if len(problems) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)
