@@ -516,29 +516,21 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 		g.reject(ctx, m.Ack, dev, env, rej)
 		return
 	}
-	if !g.pendingQ.take(env.DeviceID) {
+	rec := &outbox.Record{DeviceID: env.DeviceID, MessageID: string(env.MessageID), Timestamp: string(env.TimestampRaw),
+		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires}
+	if !g.hold(rec, m.Ack) {
 		// The device holds its share of the outbox: refuse this message
 		// (acked, counted, answered), forget its id so a resend is
 		// accepted once the device's backlog drains.
-		for _, ack := range g.inflight.durable(env.DeviceID, env.UUID()) {
-			ack()
-		}
-		g.replay.Forget(context.Background(), env.DeviceID, env.UUID()) //nolint:errcheck // memory store cannot fail
-		g.reject(ctx, m.Ack, dev, env, &validate.Rejection{Reason: validate.QuotaExceeded,
+		acks := g.undo(rec, undoForget)
+		g.reject(ctx, ackAll(m.Ack, acks), dev, env, &validate.Rejection{Reason: validate.QuotaExceeded,
 			Detail: "pending outbox rows of this device at outbox.max_pending_per_device"})
 		return
-	}
-	rec := &outbox.Record{DeviceID: env.DeviceID, MessageID: string(env.MessageID), Timestamp: string(env.TimestampRaw),
-		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires}
-	if !g.inflight.addAck(rec.DeviceID, rec.ID, m.Ack) {
-		m.Ack() // cannot happen: Record marked it in flight
 	}
 	if err := g.writer.Append(ctx, rec); err != nil {
 		// Shutting down while the outbox is full: forget the id so the
 		// redelivery after restart is accepted; the message stays unacked.
-		g.inflight.durable(rec.DeviceID, rec.ID)
-		g.replay.Forget(context.Background(), rec.DeviceID, rec.ID) //nolint:errcheck // memory store cannot fail
-		g.pendingQ.release(rec.DeviceID)
+		g.undo(rec, undoForget|undoSlot)
 	}
 }
 
@@ -625,7 +617,7 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 		if debug {
 			g.log.Debug("accepted", zap.String("device_id", r.DeviceID), zap.String("message_id", r.MessageID))
 		}
-		for _, ack := range g.inflight.durable(r.DeviceID, r.ID) {
+		for _, ack := range g.committedAcks(r) {
 			ack()
 		}
 		if g.shared == nil {
@@ -643,21 +635,18 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 func (g *Gateway) refused(rs []outbox.Refusal) {
 	ctx := context.Background()
 	for _, r := range rs {
-		acks := g.inflight.durable(r.Rec.DeviceID, r.Rec.ID)
 		rej := &validate.Rejection{Reason: validate.Replay, Detail: "committed first through another gateway"}
-		if r.Old {
+		how := undoSlot // a replay's id stays: it was accepted once
+		switch {
+		case r.Quota:
+			rej = &validate.Rejection{Reason: validate.QuotaExceeded, Detail: "pending outbox rows of this device at outbox.max_pending_per_device (fleet-wide)"}
+			how |= undoForget
+		case r.Old:
 			rej.Detail = "timestamped at or below the fleet's replay horizon (its id may have been pruned)"
 		}
-		if r.Quota {
-			rej = &validate.Rejection{Reason: validate.QuotaExceeded, Detail: "pending outbox rows of this device at outbox.max_pending_per_device (fleet-wide)"}
-			g.replay.Forget(ctx, r.Rec.DeviceID, r.Rec.ID) //nolint:errcheck // memory store cannot fail
-		}
+		acks := g.undo(r.Rec, how)
 		env := &envelope.Envelope{DeviceID: r.Rec.DeviceID, MessageID: []byte(r.Rec.MessageID)}
-		g.reject(ctx, func() {
-			for _, ack := range acks {
-				ack()
-			}
-		}, r.Rec.DeviceID, env, rej)
+		g.reject(ctx, ackAll(nil, acks), r.Rec.DeviceID, env, rej)
 	}
 }
 
