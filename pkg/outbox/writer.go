@@ -86,6 +86,10 @@ func NewWriter(s Committer, cfg Config, lastSeq int64, occupied int, hooks Write
 	return w
 }
 
+// SetForeignPoll sets how often Run looks for rows another process added
+// (default 2s). Call it before Run.
+func (w *Writer) SetForeignPoll(d time.Duration) { w.poll = d }
+
 // Append queues rec for the next commit. It blocks while the outbox is full
 // (backpressure) and returns ctx's error if ctx ends first. It must not be
 // called after Close.

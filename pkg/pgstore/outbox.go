@@ -558,7 +558,7 @@ func (o *Outbox) PendingMeta(ctx context.Context) ([]*outbox.Record, error) {
 }
 
 // Seen calls fn for every id still inside the replay window at now (see
-// outbox.Store.Seen): each gateway loads them into its in-memory window,
+// sqlitestore.Store.Seen): each gateway loads them into its in-memory window,
 // the fast first filter in front of the unique key.
 func (o *Outbox) Seen(ctx context.Context, now time.Time, window time.Duration, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
 	w := int64(window / time.Second)

@@ -9,6 +9,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pgstore"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 // Outbox is the outbox on either engine: what the gateway and the CLI use.
@@ -79,12 +80,12 @@ func OpenOutbox(ctx context.Context, cfg Config, oc outbox.Config) (*Engine, err
 		e.Outbox, e.Shared, e.PG = o, o, db
 		e.Wakeups, e.RegistryChanges = pgstore.OutboxChannel, pgstore.RegistryChannel
 	default:
-		unlock, err := outbox.Lock(oc.Path)
+		unlock, err := sqlitestore.Lock(oc.Path)
 		if err != nil {
 			return nil, fmt.Errorf("outbox.path: %w", err)
 		}
 		e.closers = append(e.closers, unlock)
-		s, err := outbox.Open(ctx, oc)
+		s, err := sqlitestore.Open(ctx, oc)
 		if err != nil {
 			e.Close()
 			return nil, fmt.Errorf("outbox.path: %w", err)
