@@ -87,8 +87,8 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
-	if c.Storage.Shared() && c.Storage.Lease < 2*c.Backend.Timeout {
-		return fmt.Errorf("storage.lease: must be at least twice backend.timeout (%s), got %s: a POST must end well inside the lease", c.Backend.Timeout, c.Storage.Lease)
+	if err := c.Storage.ValidatePOST(c.Backend.Timeout); err != nil {
+		return err
 	}
 	if err := c.HTTP.Validate(); err != nil {
 		return err

@@ -34,7 +34,6 @@ type Gateway struct {
 	now func() time.Time
 
 	reg        *registry.Registry
-	regClose   func() error
 	keys       *registry.Cache
 	replay     *replay.Memory
 	inflight   *inflightReplay
@@ -86,10 +85,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if err != nil {
 		return nil, err
 	}
-	if err := g.openRegistry(ctx, kek); err != nil {
+	g.engine, err = storage.Open(ctx, cfg.Storage, cfg.Outbox, cfg.Registry.Path, registry.WithKEK(kek), registry.WithClock(g.now))
+	if err != nil {
 		g.close()
 		return nil, err
 	}
+	g.reg = g.engine.Registry
 	if kek == nil && g.reg.Sealed() {
 		g.close()
 		return nil, fmt.Errorf("registry %s: %w", cfg.Storage.Describe(cfg.Registry.Path), registry.ErrSealed)
@@ -100,12 +101,6 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if g.keys, err = registry.NewCache(ctx, g.reg); err != nil {
 		g.close()
 		return nil, err
-	}
-	if g.engine == nil { // SQLite: after the registry, so a missing one is reported first
-		if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
-			g.close()
-			return nil, err
-		}
 	}
 	g.store = g.engine.Outbox
 	// Every gateway sharing the database prunes replay ids by one window,
@@ -226,36 +221,6 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	log.Info("gateway started", zap.Int("devices", g.keys.Len()), zap.Int("replay_ids_loaded", loaded),
 		zap.Int("outbox_pending", len(pending)))
 	return g, nil
-}
-
-// openRegistry opens the registry: on PostgreSQL in the engine's
-// database (opened here first, so registry, audit and outbox share one
-// pool); on SQLite the file registry.path, which must exist: only `iotgw
-// device add` creates a registry, and one created empty here (a typo in
-// the path) would reject every device as unknown.
-func (g *Gateway) openRegistry(ctx context.Context, kek *registry.KEK) error {
-	cfg := g.cfg
-	opts := []registry.Option{registry.WithKEK(kek), registry.WithClock(g.now)}
-	if cfg.Storage.Shared() {
-		var err error
-		if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
-			return err
-		}
-		g.reg, g.regClose, err = storage.RegistryOn(ctx, g.engine.PG, opts...)
-		if err != nil {
-			return fmt.Errorf("registry (storage.dsn): %w", err)
-		}
-		return nil
-	}
-	if err := cfg.Storage.RegistryExists(cfg.Registry.Path); err != nil { // not created empty: 0 devices would reject everything
-		return fmt.Errorf("registry.path: %w", err)
-	}
-	r, err := registry.Open(ctx, cfg.Registry.Path, opts...)
-	if err != nil {
-		return fmt.Errorf("registry.path: %w", err)
-	}
-	g.reg, g.regClose = r, r.Close
-	return nil
 }
 
 // HTTPAddr returns the operations endpoint's address, or "".
@@ -408,9 +373,6 @@ func (g *Gateway) close() {
 	}
 	if g.keys != nil {
 		g.keys.Close()
-	}
-	if g.regClose != nil {
-		g.regClose() //nolint:errcheck // closing at exit
 	}
 	g.abuse.close()
 	if g.engine != nil {

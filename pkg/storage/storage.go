@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/audit"
 	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pgstore"
+	"github.com/iotgw/iotgw/pkg/registry"
 	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
@@ -45,14 +47,16 @@ type Shared interface {
 // Engine is an open storage engine.
 type Engine struct {
 	Outbox Outbox
-	// Shared is nil on SQLite.
+	// Shared is nil on an engine that serves one gateway (SQLite).
 	Shared Shared
+	// Registry is the device registry, when opened with Open.
+	Registry *registry.Registry
 	// Wakeups is the channel whose notifications mean "new rows", and
 	// RegistryChanges the one that means "the registry changed" (Shared only).
 	Wakeups, RegistryChanges string
-	// PG is the PostgreSQL engine's database (nil on SQLite), for
-	// RegistryOn and AuditOn.
-	PG      *pgstore.DB
+	pg *pgstore.DB // the shared database (nil on SQLite)
+	// audit opens the audit trail beside the registry.
+	audit   func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error)
 	closers []func()
 }
 
@@ -62,6 +66,66 @@ func (e *Engine) Close() {
 		e.closers[i]()
 	}
 	e.closers = nil
+}
+
+// OpenAudit opens the audit trail beside the registry (Open only): in the
+// registry's SQLite file, or in the shared database, on its pool. The
+// returned func closes it.
+func (e *Engine) OpenAudit(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error) {
+	return e.audit(ctx, now)
+}
+
+// Open opens everything a gateway keeps on cfg's engine, in the order
+// that reports the most useful error first: the registry (on SQLite the
+// file registryPath, which must exist: only iotgw device add creates a
+// registry, and one created empty here by a typo in the path would reject
+// every device as unknown), then the outbox (on SQLite after taking its
+// lock: one gateway per file). Each error names the setting at fault.
+func Open(ctx context.Context, cfg Config, oc outbox.Config, registryPath string, opts ...registry.Option) (*Engine, error) {
+	if cfg.Engine == Postgres {
+		e, err := OpenOutbox(ctx, cfg, oc) // first: registry, audit and outbox share its pool
+		if err != nil {
+			return nil, err
+		}
+		db := e.pg
+		reg, closeReg, err := RegistryOn(ctx, db, opts...)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("registry (storage.dsn): %w", err)
+		}
+		e.Registry = reg
+		e.closers = append(e.closers, func() { closeReg() }) //nolint:errcheck // closing at exit
+		e.audit = func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error) {
+			l, c, err := AuditOn(ctx, db, now)
+			if err != nil {
+				return nil, nil, fmt.Errorf("audit trail (storage.dsn): %w", err)
+			}
+			return l, c, nil
+		}
+		return e, nil
+	}
+	if err := cfg.RegistryExists(registryPath); err != nil {
+		return nil, fmt.Errorf("registry.path: %w", err)
+	}
+	reg, err := registry.Open(ctx, registryPath, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry.path: %w", err)
+	}
+	e, err := OpenOutbox(ctx, cfg, oc)
+	if err != nil {
+		reg.Close()
+		return nil, err
+	}
+	e.Registry = reg
+	e.closers = append(e.closers, func() { reg.Close() }) //nolint:errcheck // closing at exit
+	e.audit = func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error) {
+		l, err := audit.Open(ctx, registryPath, now)
+		if err != nil {
+			return nil, nil, fmt.Errorf("audit trail in registry.path: %w", err)
+		}
+		return l, l.Close, nil
+	}
+	return e, nil
 }
 
 // OpenOutbox opens the outbox of cfg's engine. On SQLite it first takes the
@@ -77,7 +141,7 @@ func OpenOutbox(ctx context.Context, cfg Config, oc outbox.Config) (*Engine, err
 		}
 		e.closers = append(e.closers, db.Close)
 		o := db.Outbox(oc.MaxPendingPerDevice)
-		e.Outbox, e.Shared, e.PG = o, o, db
+		e.Outbox, e.Shared, e.pg = o, o, db
 		e.Wakeups, e.RegistryChanges = pgstore.OutboxChannel, pgstore.RegistryChannel
 	default:
 		unlock, err := sqlitestore.Lock(oc.Path)
