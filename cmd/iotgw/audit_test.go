@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	outboxpkg "github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 // TestAuditRecordsAdminActions: each admin command leaves one entry by
@@ -16,7 +17,7 @@ import (
 func TestAuditRecordsAdminActions(t *testing.T) {
 	db := filepath.Join(t.TempDir(), "registry.db")
 	outbox := filepath.Join(t.TempDir(), "outbox.db")
-	st, err := outboxpkg.Open(context.Background(), outboxpkg.Config{Path: outbox}) // deadletter refuses a missing outbox
+	st, err := sqlitestore.Open(context.Background(), outboxpkg.Config{Path: outbox}) // deadletter refuses a missing outbox
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 func init() { commands = append(commands, newDeadletterCmd) }
@@ -49,7 +50,7 @@ func newDeadletterCmd() *cobra.Command {
 		}
 		cfg := outbox.DefaultConfig()
 		cfg.Path = p
-		st, err := outbox.Open(cmd.Context(), cfg) // beside a running gateway: no lock
+		st, err := sqlitestore.Open(cmd.Context(), cfg) // beside a running gateway: no lock
 		if err != nil {
 			return nil, err
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pgstore"
 	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 	"github.com/iotgw/iotgw/pkg/storage"
 )
 
@@ -106,7 +107,7 @@ func migrateSchema(ctx context.Context, out io.Writer, f config.File) error {
 		{"outbox.path", f.Outbox.Path, func() (io.Closer, error) {
 			oc := outbox.DefaultConfig()
 			oc.Path = f.Outbox.Path
-			return outbox.Open(ctx, oc)
+			return sqlitestore.Open(ctx, oc)
 		}},
 	} {
 		if _, err := os.Stat(file.path); errors.Is(err, os.ErrNotExist) {

@@ -11,6 +11,7 @@ import (
 
 	outboxpkg "github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pgstore/pgtest"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 func writeMigrateConfig(t *testing.T, dir, engine, dsn, reg, ob string) string {
@@ -45,7 +46,7 @@ func TestMigrateCommand(t *testing.T) {
 			t.Fatalf("device add: %v", r.err)
 		}
 	}
-	st, err := outboxpkg.Open(ctx, outboxpkg.Config{Path: ob})
+	st, err := sqlitestore.Open(ctx, outboxpkg.Config{Path: ob})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,8 +70,8 @@ func TestMigrateCommand(t *testing.T) {
 		stdout  []string // substrings of stdout
 		errText string
 	}{
-		{"schema on postgres", []string{"migrate", "--config", pgCfg}, 0, []string{"schema version 1 (latest 1)\n"}, ""},
-		{"schema again", []string{"migrate", "--config", pgCfg}, 0, []string{"schema version 1 (latest 1)\n"}, ""},
+		{"schema on postgres", []string{"migrate", "--config", pgCfg}, 0, []string{"schema version 2 (latest 2)\n"}, ""},
+		{"schema again", []string{"migrate", "--config", pgCfg}, 0, []string{"schema version 2 (latest 2)\n"}, ""},
 		{"sqlite", []string{"migrate", "--config", sqliteCfg}, 0, []string{"SQLite files migrate themselves when opened",
 			"registry.path " + reg + ": up to date", "outbox.path " + ob + ": up to date"}, ""},
 		{"unknown source", []string{"migrate", "--from", "mysql", "--to", "postgres", "--config", pgCfg}, 2, nil, `--from: "mysql" is not an engine migrate copies from (valid: sqlite)`},
@@ -81,7 +82,7 @@ func TestMigrateCommand(t *testing.T) {
 		{"unreachable postgres", []string{"migrate", "--config", badCfg}, 1, nil, "storage.dsn: postgres: failed to connect"},
 		{"unreachable postgres, copy", []string{"migrate", "--from", "sqlite", "--to", "postgres", "--config", badCfg}, 1, nil, "storage.dsn: postgres: failed to connect"},
 		{"copy", []string{"migrate", "--from", "sqlite", "--to", "postgres", "--config", pgCfg}, 0, []string{
-			"into PostgreSQL (schema version 1):", "devices", "  outbox         3  pending rows of 1 device(s)", "seen           3"}, ""},
+			"into PostgreSQL (schema version 2):", "devices", "  outbox         3  pending rows of 1 device(s)", "seen           3"}, ""},
 		{"copy again", []string{"migrate", "--from", "sqlite", "--to", "postgres", "--config", pgCfg}, 1, nil, "not empty (table devices has 2 rows)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,12 +116,12 @@ func TestMigrateCommandRefusesRunningGateway(t *testing.T) {
 	if r := runCLI(t, "", "device", "add", "sensor_001", "--db", reg); r.code != 0 {
 		t.Fatal(r.err)
 	}
-	st, err := outboxpkg.Open(context.Background(), outboxpkg.Config{Path: ob})
+	st, err := sqlitestore.Open(context.Background(), outboxpkg.Config{Path: ob})
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
-	unlock, err := outboxpkg.Lock(ob)
+	unlock, err := sqlitestore.Lock(ob)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,7 +65,7 @@ func TestPostBatch(t *testing.T) {
 		{"per-item answers", 200, `[{"status":200,"body":{"ok":1}},{"status":422,"body":"no"}]`,
 			[]Response{{200, []byte(`{"ok":1}`)}, {422, []byte(`"no"`)}}, false},
 		{"whole batch 503", 503, `busy`, nil, true},
-		{"whole batch 400 is final for each", 400, `bad`, []Response{{400, []byte("bad")}, {400, []byte("bad")}}, false},
+		{"whole batch 400 is refused as a whole", 400, `bad`, nil, false},
 		{"wrong length", 200, `[{"status":200,"body":1}]`, nil, true},
 		{"not an array", 200, `{"ok":true}`, nil, true},
 		{"bad item status", 200, `[{"status":0,"body":1},{"status":200,"body":1}]`, nil, true},
@@ -98,6 +98,13 @@ func TestPostBatch(t *testing.T) {
 				t.Fatalf("err = %v, retryable want %v", err, tc.retryable)
 			}
 			if tc.retryable {
+				return
+			}
+			var br *BatchRefusedError
+			if tc.status >= 300 {
+				if !errors.As(err, &br) || br.Status != tc.status || string(br.Body) != tc.answer {
+					t.Fatalf("err = %v, want a BatchRefusedError with %d %q", err, tc.status, tc.answer)
+				}
 				return
 			}
 			if err != nil || len(resps) != len(tc.want) {
@@ -232,5 +239,84 @@ func TestDispatcherBatches(t *testing.T) {
 	}
 	if !failedOnce["d0-1"] {
 		t.Error("the scripted 503 never happened")
+	}
+}
+
+// TestDispatcherBatchRefusedWhole: a backend that refuses a whole batch
+// (one 400 for the batch, not per item) because of one device's payload
+// must not take the other devices' messages with it: the batch is posted
+// again item by item, and only the refused item settles as refused.
+// Before, every item of the batch settled with the 400 and was gone.
+func TestDispatcherBatchRefusedWhole(t *testing.T) {
+	var mu sync.Mutex
+	var sizes []int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		n, _ := strconv.Atoi(r.Header.Get("X-Batch-Size"))
+		mu.Lock()
+		sizes = append(sizes, n)
+		mu.Unlock()
+		if strings.Contains(string(body), `"poison"`) {
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"error":"strict parser"}`)
+			return
+		}
+		items := make([]string, n)
+		for i := range items {
+			items[i] = `{"status":200,"body":{}}`
+		}
+		_, _ = io.WriteString(w, "["+strings.Join(items, ",")+"]")
+	}))
+	defer srv.Close()
+	cfg := batchConfig(srv.URL + "/batch")
+	cfg.BatchLinger = 50 * time.Millisecond // gather the whole backlog into one batch
+	c, err := NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const devices = 5
+	got := map[string]int{}
+	done := make(chan struct{})
+	d := NewDispatcher(cfg, c, NewBreaker(100, time.Second, time.Now), ExponentialJitter(time.Millisecond, time.Millisecond), time.Now, Hooks{
+		Settled: func(j *Job, o Outcome) {
+			mu.Lock()
+			defer mu.Unlock()
+			got[j.DeviceID] = o.Response.Status
+			if o.Dead {
+				got[j.DeviceID] = -1
+			}
+			if len(got) == devices {
+				close(done)
+			}
+		},
+	})
+	for i := range devices {
+		p := `{"t":1}`
+		if i == 2 {
+			p = `"poison"`
+		}
+		d.Submit(&Job{DeviceID: "d" + strconv.Itoa(i), MessageID: "m" + strconv.Itoa(i), Timestamp: "1", Payload: []byte(p), ReceivedAt: time.Now()})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Run(ctx)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("settled %v of %d devices", got, devices)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range devices {
+		want := 200
+		if i == 2 {
+			want = 400
+		}
+		if s := got["d"+strconv.Itoa(i)]; s != want {
+			t.Errorf("d%d settled with %d, want %d (batch sizes posted: %v)", i, s, want, sizes)
+		}
+	}
+	if len(sizes) == 0 || sizes[0] < 2 {
+		t.Errorf("the first POST carried %v items: the test needs a real batch", sizes)
 	}
 }

@@ -149,6 +149,9 @@ type Job struct {
 	// Order increases in commit order per device (outbox DSeq); sent as
 	// X-Iotgw-Seq when positive, so a backend can see the order and gaps.
 	Order int64
+	// Epoch is the fencing token of the lease the row was claimed under
+	// (0: not leased); Hooks.Admit checks it and may move it on.
+	Epoch int64
 	// DeviceID, MessageID and Timestamp (raw digits) go into headers.
 	DeviceID, MessageID, Timestamp string
 	// Payload is POSTed verbatim. The Dispatcher may drop it while the Job
@@ -183,6 +186,19 @@ func (e *RetryableError) Error() string {
 }
 
 func (e *RetryableError) Unwrap() error { return e.Err }
+
+// BatchRefusedError is a final answer (a 4xx) to a whole batch rather
+// than per item. The Dispatcher posts the batch's items again one by one,
+// so that the item the backend refuses does not take the others with it;
+// for a batch of one, it is that item's answer.
+type BatchRefusedError struct {
+	Status int
+	Body   []byte
+}
+
+func (e *BatchRefusedError) Error() string {
+	return fmt.Sprintf("backend refused the whole batch with status %d", e.Status)
+}
 
 // RedirectError is a 3xx answer. The Client never follows a redirect: a
 // 301/302/303 would turn the POST into a GET with no body, and a 307/308
@@ -379,13 +395,10 @@ func (c *Client) PostBatch(ctx context.Context, jobs []*Job) ([]Response, error)
 	if rerr != nil {
 		return nil, &RetryableError{Err: fmt.Errorf("read batch response: %w", rerr)}
 	}
-	out := make([]Response, len(jobs))
 	if resp.StatusCode >= 300 {
-		for i := range out {
-			out[i] = Response{Status: resp.StatusCode, Body: body}
-		}
-		return out, nil
+		return nil, &BatchRefusedError{Status: resp.StatusCode, Body: body}
 	}
+	out := make([]Response, len(jobs))
 	var results []batchResult
 	switch {
 	case int64(len(body)) > limit:

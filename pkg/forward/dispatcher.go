@@ -43,11 +43,15 @@ type Hooks struct {
 	// dead-letters the Job; any other is retried after a backoff, without
 	// counting an attempt. When Load is nil, payloads are always kept.
 	Load func(ctx context.Context, j *Job) ([]byte, error)
-	// Admit, when set, is asked before each attempt whether j may be
-	// posted now. An error wrapping ErrRelinquished drops j without
-	// settling it (another gateway owns it now); any other error retries
-	// it after a backoff without counting an attempt.
-	Admit func(j *Job) error
+	// Admit, when set, is asked whether j may be posted now: before its
+	// payload is loaded and again right before the POST, after the load,
+	// and in batch mode for every item. It returns when the right to post
+	// j ends (its lease's end; zero: no end): a load must end Timeout
+	// before it, and the POST's deadline is it. An error wrapping
+	// ErrRelinquished drops j without settling it (another gateway owns it
+	// now); any other error retries it after a backoff without counting an
+	// attempt.
+	Admit func(j *Job) (until time.Time, err error)
 }
 
 // ErrRelinquished is returned by Hooks.Admit for a Job that is no longer
@@ -229,32 +233,78 @@ func (d *Dispatcher) work(ctx context.Context) {
 			d.later(ctx, j.DeviceID, wait)
 			continue
 		}
-		if !d.load(ctx, j) {
+		until, ok := d.prepare(ctx, j)
+		if !ok {
 			d.breaker.Abandon() // no call made: release a probe slot
 			continue
 		}
-		resp, err := d.post.Post(d.postCtx, j)
+		pctx, cancel := d.deadline(until)
+		resp, err := d.post.Post(pctx, j)
+		cancel()
 		d.unload(j)
-		var re *RetryableError
-		var rd *RedirectError
-		switch {
-		case err == nil:
-			d.breaker.Success()
-			d.settle(j, Outcome{Response: resp})
-		case errors.As(err, &rd): // final: dead-lettered at once, with the reason
-			d.breaker.Abandon()
-			j.Attempts++
-			d.settle(j, Outcome{Dead: true, Err: err})
-		case errors.As(err, &re):
-			if d.postCtx.Err() != nil { // aborted at shutdown: leave it in the outbox
-				continue
-			}
+		d.account(err)
+		d.answered(ctx, j, resp, err)
+	}
+}
+
+// deadline returns the context of a POST that must end by until (zero:
+// no end but the client's timeout).
+func (d *Dispatcher) deadline(until time.Time) (context.Context, context.CancelFunc) {
+	if until.IsZero() {
+		return d.postCtx, func() {}
+	}
+	return context.WithDeadline(d.postCtx, until)
+}
+
+// account tells the breaker how an attempt went: a retryable failure
+// counts against the backend, an answer for it, anything else neither.
+func (d *Dispatcher) account(err error) {
+	var re *RetryableError
+	switch {
+	case err == nil:
+		d.breaker.Success()
+	case errors.As(err, &re):
+		if d.postCtx.Err() == nil {
 			d.breaker.Failure()
-			d.retry(ctx, j, err)
-		default: // a request we cannot even build will never succeed
-			d.breaker.Abandon()
-			d.settle(j, Outcome{Dead: true, Err: err})
 		}
+	default:
+		d.breaker.Abandon()
+	}
+}
+
+// answered settles or retries j after an attempt answered with resp or
+// failed with err: the one classification of an answer, for a single
+// POST and for each item of a batch.
+//   - 2xx or a final 4xx: settled with the answer;
+//   - retryable (5xx, 429, 408, 401, transport): retried with backoff,
+//     unless the POST was aborted at shutdown (it stays stored);
+//   - a redirect (never followed): dead at once, with the reason;
+//   - anything else (a request that cannot be built): dead.
+func (d *Dispatcher) answered(ctx context.Context, j *Job, resp Response, err error) {
+	if err == nil {
+		switch {
+		case retryableStatus(resp.Status): // a batch item
+			err = &RetryableError{Status: resp.Status}
+		case isRedirect(resp.Status): // a batch item answered 3xx was not delivered either
+			err = &RedirectError{Status: resp.Status}
+		default:
+			d.settle(j, Outcome{Response: resp})
+			return
+		}
+	}
+	var re *RetryableError
+	var rd *RedirectError
+	switch {
+	case errors.As(err, &rd):
+		j.Attempts++
+		d.settle(j, Outcome{Dead: true, Err: err})
+	case errors.As(err, &re):
+		if d.postCtx.Err() != nil { // aborted at shutdown: leave it in the outbox
+			return
+		}
+		d.retry(ctx, j, err)
+	default:
+		d.settle(j, Outcome{Dead: true, Err: err})
 	}
 }
 
@@ -274,56 +324,68 @@ func (d *Dispatcher) workBatch(ctx context.Context, bp BatchPoster) {
 		}
 		loaded := jobs[:0]
 		for _, j := range jobs {
-			if d.load(ctx, j) {
+			if _, ok := d.prepare(ctx, j); ok {
 				loaded = append(loaded, j)
 			}
 		}
-		if jobs = loaded; len(jobs) == 0 {
+		if !d.postBatch(ctx, bp, loaded) {
 			d.breaker.Abandon() // no call made: release a probe slot
-			continue
-		}
-		resps, err := bp.PostBatch(d.postCtx, jobs)
-		for _, j := range jobs {
-			d.unload(j)
-		}
-		var re *RetryableError
-		var rd *RedirectError
-		switch {
-		case err == nil:
-			d.breaker.Success()
-			for i, j := range jobs {
-				if retryableStatus(resps[i].Status) {
-					d.retry(ctx, j, &RetryableError{Status: resps[i].Status})
-					continue
-				}
-				if isRedirect(resps[i].Status) { // an item answered 3xx was not delivered either
-					j.Attempts++
-					d.settle(j, Outcome{Dead: true, Err: &RedirectError{Status: resps[i].Status}})
-					continue
-				}
-				d.settle(j, Outcome{Response: resps[i]})
-			}
-		case errors.As(err, &rd):
-			d.breaker.Abandon()
-			for _, j := range jobs {
-				j.Attempts++
-				d.settle(j, Outcome{Dead: true, Err: err})
-			}
-		case errors.As(err, &re):
-			if d.postCtx.Err() != nil {
-				continue
-			}
-			d.breaker.Failure()
-			for _, j := range jobs {
-				d.retry(ctx, j, err)
-			}
-		default:
-			d.breaker.Abandon()
-			for _, j := range jobs {
-				d.settle(j, Outcome{Dead: true, Err: err})
-			}
 		}
 	}
+}
+
+// postBatch posts loaded jobs as one batch, each admitted again right
+// before the POST (loading the others took time), with the earliest of
+// their deadlines. A whole batch refused with a final status (a 4xx for
+// the batch, not per item) is posted again item by item, so that one
+// device's message the backend refuses never drops another device's. It
+// reports false when no call was made.
+func (d *Dispatcher) postBatch(ctx context.Context, bp BatchPoster, loaded []*Job) bool {
+	jobs := loaded[:0:0]
+	var until time.Time
+	for _, j := range loaded {
+		u, ok := d.admit(ctx, j)
+		if !ok {
+			d.unload(j)
+			continue
+		}
+		if !u.IsZero() && (until.IsZero() || u.Before(until)) {
+			until = u
+		}
+		jobs = append(jobs, j)
+	}
+	if len(jobs) == 0 {
+		return false
+	}
+	pctx, cancel := d.deadline(until)
+	resps, err := bp.PostBatch(pctx, jobs)
+	cancel()
+	var br *BatchRefusedError
+	if errors.As(err, &br) && len(jobs) > 1 {
+		d.breaker.Success() // the backend answered
+		for _, j := range jobs {
+			d.postBatch(ctx, bp, []*Job{j})
+		}
+		return true
+	}
+	for _, j := range jobs {
+		d.unload(j)
+	}
+	d.account(err)
+	if err != nil {
+		if errors.As(err, &br) { // a batch of one: the answer is its own
+			d.answered(ctx, jobs[0], Response{Status: br.Status, Body: br.Body}, nil)
+			return true
+		}
+		for _, j := range jobs {
+			d.answered(ctx, j, Response{}, err)
+		}
+		return true
+	}
+	for i, j := range jobs {
+		d.answered(ctx, j, resps[i], nil)
+	}
+	return true
 }
 
 // nextBatch waits for a ready device, then takes up to BatchMax ready
@@ -373,41 +435,71 @@ func (d *Dispatcher) takeReady(jobs []*Job) []*Job {
 	return jobs
 }
 
-// load makes sure j has its payload, reading it back with Hooks.Load if
-// it was dropped. It reports false when j cannot be posted now: it was
-// then dead-lettered (payload gone) or rescheduled (read failed).
-func (d *Dispatcher) load(ctx context.Context, j *Job) bool {
-	if d.hooks.Admit != nil {
-		if err := d.hooks.Admit(j); errors.Is(err, ErrRelinquished) {
-			d.done(j)
-			return false
-		} else if err != nil {
-			delay := d.backoff(max(j.Attempts, 1))
-			if d.hooks.Retry != nil {
-				d.hooks.Retry(j, err, delay)
+// prepare makes j ready to post: admitted (Hooks.Admit), its payload
+// read back if it was dropped (Hooks.Load, with a deadline Timeout before
+// the admission ends), and admitted again after the load, right before
+// the POST. It returns when the right to post j ends (zero: no end), or
+// false when j cannot be posted now: it was then dropped (relinquished),
+// dead-lettered (payload gone) or rescheduled.
+func (d *Dispatcher) prepare(ctx context.Context, j *Job) (time.Time, bool) {
+	until, ok := d.admit(ctx, j)
+	if !ok {
+		return time.Time{}, false
+	}
+	if j.Payload == nil && d.hooks.Load != nil {
+		lctx, cancel := d.postCtx, context.CancelFunc(func() {})
+		if !until.IsZero() {
+			lctx, cancel = context.WithDeadline(d.postCtx, until.Add(-d.cfg.Timeout))
+		}
+		p, err := d.hooks.Load(lctx, j)
+		cancel()
+		switch {
+		case err == nil:
+			j.Payload = p
+		case errors.Is(err, ErrPayloadGone):
+			d.settle(j, Outcome{Dead: true, Err: err})
+			return time.Time{}, false
+		default:
+			d.reschedule(ctx, j, err)
+			return time.Time{}, false
+		}
+		if d.hooks.Admit != nil {
+			if until, ok = d.admit(ctx, j); !ok {
+				d.unload(j)
+				return time.Time{}, false
 			}
-			d.later(ctx, j.DeviceID, delay)
-			return false
 		}
 	}
-	if j.Payload != nil || d.hooks.Load == nil {
-		return true
+	return until, true
+}
+
+// admit asks Hooks.Admit whether j may be posted now and returns until
+// when; on a refusal it drops j (relinquished) or reschedules it.
+func (d *Dispatcher) admit(ctx context.Context, j *Job) (time.Time, bool) {
+	if d.hooks.Admit == nil {
+		return time.Time{}, true
 	}
-	p, err := d.hooks.Load(d.postCtx, j)
+	until, err := d.hooks.Admit(j)
 	switch {
 	case err == nil:
-		j.Payload = p
-		return true
-	case errors.Is(err, ErrPayloadGone):
-		d.settle(j, Outcome{Dead: true, Err: err})
+		return until, true
+	case errors.Is(err, ErrRelinquished):
+		d.done(j)
 	default:
-		delay := d.backoff(max(j.Attempts, 1))
-		if d.hooks.Retry != nil {
-			d.hooks.Retry(j, err, delay)
-		}
-		d.later(ctx, j.DeviceID, delay)
+		d.reschedule(ctx, j, err)
 	}
-	return false
+	return time.Time{}, false
+}
+
+// reschedule tries j again after a backoff, without counting an attempt:
+// err was not the backend's (the payload could not be read, the lease is
+// not confirmed).
+func (d *Dispatcher) reschedule(ctx context.Context, j *Job, err error) {
+	delay := d.backoff(max(j.Attempts, 1))
+	if d.hooks.Retry != nil {
+		d.hooks.Retry(j, err, delay)
+	}
+	d.later(ctx, j.DeviceID, delay)
 }
 
 // unload drops a payload that Load read back, once the attempt is over,

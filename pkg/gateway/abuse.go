@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,7 +10,6 @@ import (
 	"github.com/iotgw/iotgw/pkg/audit"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/limit"
-	"github.com/iotgw/iotgw/pkg/storage"
 	"github.com/iotgw/iotgw/pkg/validate"
 )
 
@@ -45,14 +43,8 @@ func (g *Gateway) openAbuse(ctx context.Context) error {
 		quarantine: limit.NewQuarantine(g.cfg.Limits.QuarantineAfter, g.cfg.Limits.QuarantineWindow),
 	}
 	var err error
-	if g.engine != nil && g.engine.PG != nil {
-		if a.log, a.logClose, err = storage.AuditOn(ctx, g.engine.PG, g.now); err != nil {
-			return fmt.Errorf("audit trail (storage.dsn): %w", err)
-		}
-	} else if a.log, err = audit.Open(ctx, g.cfg.Registry.Path, g.now); err != nil {
-		return fmt.Errorf("audit trail in registry.path: %w", err)
-	} else {
-		a.logClose = a.log.Close
+	if a.log, a.logClose, err = g.engine.OpenAudit(ctx, g.now); err != nil {
+		return err
 	}
 	a.writer = audit.NewWriter(a.log, auditMaxPending, g.now, func(err error) {
 		if a.errLog.allow() {

@@ -45,6 +45,11 @@ type HTTPConfig struct {
 	// allowed when Listen is a loopback address (127.0.0.0/8, ::1,
 	// localhost); Validate refuses it otherwise.
 	Pprof bool `mapstructure:"pprof"`
+	// ReadyMaxPendingAge makes /readyz answer 503 while the oldest row
+	// waiting for the backend is older than this (forwarding is stuck or
+	// far behind: a dead backend, a lost database, a lease never granted).
+	// 0 turns the check off. Default 5m; at most 24h.
+	ReadyMaxPendingAge time.Duration `mapstructure:"ready_max_pending_age"`
 }
 
 // PipelineConfig sizes the validation stage.
@@ -67,7 +72,7 @@ func DefaultConfig() Config {
 		Replay:        replay.DefaultConfig(),
 		Outbox:        outbox.DefaultConfig(),
 		Backend:       forward.DefaultConfig(),
-		HTTP:          HTTPConfig{Listen: "127.0.0.1:9464"},
+		HTTP:          HTTPConfig{Listen: "127.0.0.1:9464", ReadyMaxPendingAge: 5 * time.Minute},
 		Pipeline:      PipelineConfig{Workers: 4, QueueDepth: 1024},
 		Limits:        limit.DefaultConfig(),
 		Security:      registry.DefaultSecurityConfig(),
@@ -82,8 +87,8 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
-	if c.Storage.Shared() && c.Storage.Lease < 2*c.Backend.Timeout {
-		return fmt.Errorf("storage.lease: must be at least twice backend.timeout (%s), got %s: a POST must end well inside the lease", c.Backend.Timeout, c.Storage.Lease)
+	if err := c.Storage.ValidatePOST(c.Backend.Timeout); err != nil {
+		return err
 	}
 	if err := c.HTTP.Validate(); err != nil {
 		return err
@@ -104,6 +109,9 @@ func (c Config) Validate() error {
 // a loopback address: its profiles show memory contents and goroutine
 // stacks, and /debug/pprof/profile costs CPU on demand.
 func (c HTTPConfig) Validate() error {
+	if c.ReadyMaxPendingAge < 0 || c.ReadyMaxPendingAge > 24*time.Hour {
+		return fmt.Errorf("http.ready_max_pending_age: must be 0 (off) or up to 24h, got %s", c.ReadyMaxPendingAge)
+	}
 	if c.Listen == "" {
 		return nil
 	}

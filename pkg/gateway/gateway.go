@@ -18,6 +18,7 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/registry"
@@ -33,14 +34,13 @@ type Gateway struct {
 	now func() time.Time
 
 	reg        *registry.Registry
-	regClose   func() error
 	keys       *registry.Cache
 	replay     *replay.Memory
 	inflight   *inflightReplay
 	validator  *validate.Validator
 	engine     *storage.Engine
 	store      storage.Outbox
-	shared     *sharedFwd // storage.engine postgres: rows claimed under leases
+	shared     *lease.Forwarder // an engine shared by several gateways: rows claimed under leases
 	writer     *outbox.Writer
 	dispatcher *forward.Dispatcher
 	mqtt       *mqttio.Client
@@ -58,8 +58,13 @@ type Gateway struct {
 	// Rate limits for warnings that a burst could repeat per message.
 	queueFullLog, replyErrLog logEvery
 	commitErr                 atomic.Pointer[string]
-	http                      *http.Server
-	httpLn                    net.Listener
+	staleFinish               atomic.Int64
+	// settleCtx ends when the shutdown grace runs out: a dead letter that
+	// cannot be written by then stays in the outbox (posted again later).
+	settleCtx  context.Context
+	stopSettle context.CancelFunc
+	http       *http.Server
+	httpLn     net.Listener
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
@@ -80,10 +85,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if err != nil {
 		return nil, err
 	}
-	if err := g.openRegistry(ctx, kek); err != nil {
+	g.engine, err = storage.Open(ctx, cfg.Storage, cfg.Outbox, cfg.Registry.Path, registry.WithKEK(kek), registry.WithClock(g.now))
+	if err != nil {
 		g.close()
 		return nil, err
 	}
+	g.reg = g.engine.Registry
 	if kek == nil && g.reg.Sealed() {
 		g.close()
 		return nil, fmt.Errorf("registry %s: %w", cfg.Storage.Describe(cfg.Registry.Path), registry.ErrSealed)
@@ -95,13 +102,13 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
-	if g.engine == nil { // SQLite: after the registry, so a missing one is reported first
-		if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
-			g.close()
-			return nil, err
-		}
-	}
 	g.store = g.engine.Outbox
+	// Every gateway sharing the database prunes replay ids by one window,
+	// the fleet's: one with another skew refuses to start.
+	if err := g.store.FreshnessWindow(ctx, cfg.Validation.MaxClockSkew); err != nil {
+		g.close()
+		return nil, err
+	}
 	g.replay = replay.New(cfg.Replay)
 	loaded := 0
 	// Each id is kept until the later of its stored expiry and its
@@ -141,7 +148,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	var pending []*outbox.Record
 	quota := cfg.Outbox.MaxPendingPerDevice
 	if g.engine.Shared != nil {
-		g.shared, quota = newSharedFwd(g, g.engine.Shared), 0
+		g.shared, quota = g.newLeaseForwarder(g.engine.Shared), 0
 	} else if pending, err = g.store.PendingMeta(ctx); err != nil {
 		g.close()
 		return nil, err
@@ -182,13 +189,14 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	})
 	hooks := forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload}
 	if g.shared != nil {
-		hooks.Admit = g.shared.admit
+		hooks.Admit = g.shared.Admit
 	}
 	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster, breaker,
 		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now, hooks)
 	for _, r := range pending { // forwarded first, before any new message
-		g.dispatcher.Submit(job(r))
+		g.dispatcher.Submit(lease.Job(r, 0))
 	}
+	g.settleCtx, g.stopSettle = context.WithCancel(context.Background())
 	g.metrics = newMetrics(g)
 	g.abuse.register(g.metrics.reg, now)
 	g.queues = make([]chan *mqttio.Message, cfg.Pipeline.Workers)
@@ -215,36 +223,6 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	return g, nil
 }
 
-// openRegistry opens the registry: on PostgreSQL in the engine's
-// database (opened here first, so registry, audit and outbox share one
-// pool); on SQLite the file registry.path, which must exist: only `iotgw
-// device add` creates a registry, and one created empty here (a typo in
-// the path) would reject every device as unknown.
-func (g *Gateway) openRegistry(ctx context.Context, kek *registry.KEK) error {
-	cfg := g.cfg
-	opts := []registry.Option{registry.WithKEK(kek), registry.WithClock(g.now)}
-	if cfg.Storage.Shared() {
-		var err error
-		if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
-			return err
-		}
-		g.reg, g.regClose, err = storage.RegistryOn(ctx, g.engine.PG, opts...)
-		if err != nil {
-			return fmt.Errorf("registry (storage.dsn): %w", err)
-		}
-		return nil
-	}
-	if err := cfg.Storage.RegistryExists(cfg.Registry.Path); err != nil { // not created empty: 0 devices would reject everything
-		return fmt.Errorf("registry.path: %w", err)
-	}
-	r, err := registry.Open(ctx, cfg.Registry.Path, opts...)
-	if err != nil {
-		return fmt.Errorf("registry.path: %w", err)
-	}
-	g.reg, g.regClose = r, r.Close
-	return nil
-}
-
 // HTTPAddr returns the operations endpoint's address, or "".
 func (g *Gateway) HTTPAddr() string {
 	if g.httpLn == nil {
@@ -261,10 +239,6 @@ func (g *Gateway) loadPayload(ctx context.Context, j *forward.Job) ([]byte, erro
 		return nil, fmt.Errorf("%w: %w", forward.ErrPayloadGone, err)
 	}
 	return p, err
-}
-
-func job(r *outbox.Record) *forward.Job {
-	return &forward.Job{Seq: r.Seq, Order: r.DSeq, DeviceID: r.DeviceID, MessageID: r.MessageID, Timestamp: r.Timestamp, Payload: r.Payload, ReceivedAt: r.ReceivedAt}
 }
 
 // awaitReplies holds forwarding back until the reply connection is up,
@@ -315,11 +289,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	sharedDone := make(chan struct{})
 	if g.shared != nil {
 		goBG(func() {
-			g.engine.Shared.Listen(bg, map[string]func(){g.engine.Wakeups: g.shared.kick, g.engine.RegistryChanges: g.keys.Kick}, func(err error) {
+			g.engine.Shared.Listen(bg, map[string]func(){g.engine.Wakeups: g.shared.Kick, g.engine.RegistryChanges: g.keys.Kick}, func(err error) {
 				g.log.Warn("storage notifications lost; polling every second until they return", zap.Error(err))
 			})
 		})
-		go func() { g.shared.run(sharedCtx); close(sharedDone) }()
+		go func() { g.shared.Run(sharedCtx); close(sharedDone) }()
 	} else {
 		close(sharedDone)
 	}
@@ -363,12 +337,15 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case <-time.After(time.Until(deadline)):
 		g.log.Warn("grace period over; aborting in-flight POSTs (they stay in the outbox)")
 		g.dispatcher.Abort()
+		g.stopSettle()
 		<-dispDone
 	}
 	stopShared()
 	<-sharedDone
-	if g.shared != nil {
-		g.shared.stop() // deletes what settled, releases the leases
+	if g.shared != nil { // deletes what settled, releases the leases
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		g.shared.Stop(sctx)
+		cancel()
 	}
 	g.writer.Close() // commits what was accepted (and acks it) and the last deletions
 	select {
@@ -396,9 +373,6 @@ func (g *Gateway) close() {
 	}
 	if g.keys != nil {
 		g.keys.Close()
-	}
-	if g.regClose != nil {
-		g.regClose() //nolint:errcheck // closing at exit
 	}
 	g.abuse.close()
 	if g.engine != nil {
@@ -504,29 +478,21 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 		g.reject(ctx, m.Ack, dev, env, rej)
 		return
 	}
-	if !g.pendingQ.take(env.DeviceID) {
+	rec := &outbox.Record{DeviceID: env.DeviceID, MessageID: string(env.MessageID), Timestamp: string(env.TimestampRaw),
+		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires}
+	if !g.hold(rec, m.Ack) {
 		// The device holds its share of the outbox: refuse this message
 		// (acked, counted, answered), forget its id so a resend is
 		// accepted once the device's backlog drains.
-		for _, ack := range g.inflight.durable(env.DeviceID, env.UUID()) {
-			ack()
-		}
-		g.replay.Forget(context.Background(), env.DeviceID, env.UUID()) //nolint:errcheck // memory store cannot fail
-		g.reject(ctx, m.Ack, dev, env, &validate.Rejection{Reason: validate.QuotaExceeded,
+		acks := g.undo(rec, undoForget)
+		g.reject(ctx, ackAll(m.Ack, acks), dev, env, &validate.Rejection{Reason: validate.QuotaExceeded,
 			Detail: "pending outbox rows of this device at outbox.max_pending_per_device"})
 		return
-	}
-	rec := &outbox.Record{DeviceID: env.DeviceID, MessageID: string(env.MessageID), Timestamp: string(env.TimestampRaw),
-		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires}
-	if !g.inflight.addAck(rec.DeviceID, rec.ID, m.Ack) {
-		m.Ack() // cannot happen: Record marked it in flight
 	}
 	if err := g.writer.Append(ctx, rec); err != nil {
 		// Shutting down while the outbox is full: forget the id so the
 		// redelivery after restart is accepted; the message stays unacked.
-		g.inflight.durable(rec.DeviceID, rec.ID)
-		g.replay.Forget(context.Background(), rec.DeviceID, rec.ID) //nolint:errcheck // memory store cannot fail
-		g.pendingQ.release(rec.DeviceID)
+		g.undo(rec, undoForget|undoSlot)
 	}
 }
 
@@ -613,15 +579,15 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 		if debug {
 			g.log.Debug("accepted", zap.String("device_id", r.DeviceID), zap.String("message_id", r.MessageID))
 		}
-		for _, ack := range g.inflight.durable(r.DeviceID, r.ID) {
+		for _, ack := range g.committedAcks(r) {
 			ack()
 		}
 		if g.shared == nil {
-			g.dispatcher.Submit(job(r))
+			g.dispatcher.Submit(lease.Job(r, 0))
 		}
 	}
 	if g.shared != nil {
-		g.shared.kick()
+		g.shared.Kick()
 	}
 }
 
@@ -631,18 +597,18 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 func (g *Gateway) refused(rs []outbox.Refusal) {
 	ctx := context.Background()
 	for _, r := range rs {
-		acks := g.inflight.durable(r.Rec.DeviceID, r.Rec.ID)
 		rej := &validate.Rejection{Reason: validate.Replay, Detail: "committed first through another gateway"}
-		if r.Quota {
+		how := undoSlot // a replay's id stays: it was accepted once
+		switch {
+		case r.Quota:
 			rej = &validate.Rejection{Reason: validate.QuotaExceeded, Detail: "pending outbox rows of this device at outbox.max_pending_per_device (fleet-wide)"}
-			g.replay.Forget(ctx, r.Rec.DeviceID, r.Rec.ID) //nolint:errcheck // memory store cannot fail
+			how |= undoForget
+		case r.Old:
+			rej.Detail = "timestamped at or below the fleet's replay horizon (its id may have been pruned)"
 		}
+		acks := g.undo(r.Rec, how)
 		env := &envelope.Envelope{DeviceID: r.Rec.DeviceID, MessageID: []byte(r.Rec.MessageID)}
-		g.reject(ctx, func() {
-			for _, ack := range acks {
-				ack()
-			}
-		}, r.Rec.DeviceID, env, rej)
+		g.reject(ctx, ackAll(nil, acks), r.Rec.DeviceID, env, rej)
 	}
 }
 
@@ -651,7 +617,7 @@ func (g *Gateway) foreign(rows []*outbox.Record) {
 	for _, r := range rows {
 		g.pendingQ.force(r.DeviceID)
 		g.log.Info("picked up a retried dead letter", zap.String("device_id", r.DeviceID), zap.String("message_id", r.MessageID))
-		g.dispatcher.Submit(job(r))
+		g.dispatcher.Submit(lease.Job(r, 0))
 	}
 }
 
@@ -664,7 +630,7 @@ func (g *Gateway) commitFailed(err error, n int, delay time.Duration) {
 }
 
 func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
-	if errors.Is(err, errLeaseUnconfirmed) { // storage, not the backend: sharedFwd reports it (/readyz, log, metric)
+	if errors.Is(err, lease.ErrLeaseUnconfirmed) { // storage, not the backend: the lease forwarder reports it (/readyz, log, metric)
 		g.log.Debug("not posting: lease unconfirmed", zap.String("device_id", j.DeviceID), zap.Duration("retry_in", delay))
 		return
 	}
@@ -676,27 +642,17 @@ func (g *Gateway) retrying(j *forward.Job, err error, delay time.Duration) {
 
 // settled runs on a dispatcher worker once a Job is done, final or dead.
 func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
-	ctx := context.Background()
 	g.pendingQ.release(j.DeviceID)
 	if o.Dead {
 		g.metrics.forwarded.WithLabelValues("dead").Inc()
 		g.metrics.backendAnswer(0, o.Err)
 		g.log.Error("forward gave up; moved to the dead-letter table", zap.String("device_id", j.DeviceID),
 			zap.String("message_id", j.MessageID), zap.Int("attempts", j.Attempts), zap.Error(o.Err))
-		for delay := 100 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
-			err := g.store.Bury(ctx, j.Seq, j.Attempts, o.Err.Error(), g.now())
-			if err == nil {
-				break
-			}
-			g.metrics.infraErrors.WithLabelValues("deadletter").Inc()
-			g.log.Error("cannot move to dead letters; retrying", zap.String("message_id", j.MessageID), zap.Error(err))
-			time.Sleep(delay)
+		if g.shared != nil { // buried under the job's lease, by Finish
+			g.shared.Settled(j, &lease.Dead{Attempts: j.Attempts, LastError: o.Err.Error(), At: g.now()})
+			return
 		}
-		if g.shared != nil {
-			g.shared.settled(j)
-		} else {
-			g.writer.Release(1)
-		}
+		g.bury(j, o.Err)
 		return
 	}
 	result := "ok"
@@ -707,12 +663,33 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	g.metrics.backendAnswer(o.Response.Status, nil)
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
 	g.log.Debug("forwarded", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID), zap.Int("status", o.Response.Status))
-	g.notify(ctx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
+	g.notify(g.settleCtx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
 	if g.shared != nil {
-		g.shared.settled(j)
+		g.shared.Settled(j, nil)
 		return
 	}
 	g.writer.Settle(j.Seq)
+}
+
+// bury moves j's row to the dead letters, retrying while the outbox
+// cannot be written, until the shutdown grace runs out (then the row stays
+// in the outbox, and is posted again after a restart).
+func (g *Gateway) bury(j *forward.Job, cause error) {
+	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
+		err := g.store.Bury(g.settleCtx, j.Seq, j.Attempts, cause.Error(), g.now())
+		if err == nil {
+			g.writer.Release(1)
+			return
+		}
+		g.metrics.infraErrors.WithLabelValues("deadletter").Inc()
+		g.log.Error("cannot move to dead letters; retrying", zap.String("message_id", j.MessageID), zap.Error(err))
+		select {
+		case <-time.After(delay):
+		case <-g.settleCtx.Done():
+			g.log.Warn("shutting down: the dead letter stays in the outbox and is posted again after restart", zap.String("message_id", j.MessageID))
+			return
+		}
+	}
 }
 
 // prune deletes expired replay ids from the outbox database.
@@ -731,13 +708,33 @@ func (g *Gateway) prune(ctx context.Context) {
 	}
 }
 
+// pendingTooOld says why /readyz is not ready when the oldest row waiting
+// for the backend is older than http.ready_max_pending_age (on a shared
+// engine: any gateway's row), or "".
+func (g *Gateway) pendingTooOld(ctx context.Context) string {
+	bound := g.cfg.HTTP.ReadyMaxPendingAge
+	if bound <= 0 {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := g.store.Stats(ctx)
+	if err != nil {
+		return "outbox: cannot read the oldest pending row: " + err.Error()
+	}
+	if age := g.now().Sub(st.Oldest); !st.Oldest.IsZero() && age > bound {
+		return fmt.Sprintf("outbox: oldest pending row waits %s (http.ready_max_pending_age %s): forwarding is stuck or behind", age.Round(time.Second), bound)
+	}
+	return ""
+}
+
 // routes serves /healthz, /readyz and /metrics.
 func (g *Gateway) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n")) //nolint:errcheck
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		var problems []string
 		if !g.mqtt.Connected() {
 			problems = append(problems, "broker: not connected")
@@ -749,12 +746,15 @@ func (g *Gateway) routes() http.Handler {
 			problems = append(problems, "outbox: commit failing: "+*p)
 		}
 		if g.shared != nil {
-			if p := g.shared.lastErr.Load(); p != nil {
-				problems = append(problems, "storage: "+*p)
+			if e := g.shared.LastError(); e != "" {
+				problems = append(problems, "storage: "+e)
 			}
 		}
 		if g.writer.Occupied() >= g.cfg.Outbox.MaxPending {
 			problems = append(problems, "outbox: full (backpressure)")
+		}
+		if p := g.pendingTooOld(r.Context()); p != "" {
+			problems = append(problems, p)
 		}
 		if len(problems) > 0 {
 			w.WriteHeader(http.StatusServiceUnavailable)

@@ -12,6 +12,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pki"
 	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 	"github.com/iotgw/iotgw/pkg/validate"
 )
 
@@ -77,7 +78,7 @@ func TestRestartKeepsReplayWindow(t *testing.T) {
 			msgID := string(envelope.NewMessageID())
 			e := envelope.New([]byte(secret), "sensor_001", base.Unix(), msgID, []byte(`{"t":1}`))
 			raw := envelope.AppendJSON(nil, &e)
-			st, err := outbox.Open(ctx, cfg.Outbox)
+			st, err := sqlitestore.Open(ctx, cfg.Outbox)
 			if err != nil {
 				t.Fatal(err)
 			}

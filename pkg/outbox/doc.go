@@ -1,11 +1,13 @@
-// Package outbox is the gateway's durable memory: accepted messages waiting
-// for the backend (outbox), the ids of accepted messages still inside the
-// replay window (seen), and messages that gave up (deadletter), all in one
-// SQLite file in WAL mode.
+// Package outbox is the gateway's durable memory as its stages see it,
+// apart from any storage engine: the accepted message (Record), the dead
+// letter (Dead), the statistics (Stats), what a commit refused (Refusal),
+// the Committer an engine implements, and the Writer that group-commits
+// to it.
 //
 // It sits between validation and forwarding. A message is acked to the
-// broker only after Writer has committed its row and its id together, in
-// one transaction shared with many other messages (group commit). After a
-// crash, rows still in outbox are forwarded again and seen is loaded back
-// into the replay store, so neither data nor replay protection is lost.
+// broker only after Writer has committed its row and its replay id
+// together, in one transaction shared with many other messages (group
+// commit). The engines are packages of their own: sqlitestore (one
+// gateway's SQLite file) and pgstore (one PostgreSQL database shared by
+// several gateways); package storage chooses one.
 package outbox

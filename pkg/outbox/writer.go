@@ -25,11 +25,14 @@ type Result struct {
 }
 
 // Refusal is a record the database refused in the commit: a replay (its
-// id was committed first by another gateway sharing the database) or, with
+// id was committed first by another gateway sharing the database); with
+// Old, a message timestamped at or below the replay horizon, whose id may
+// have been pruned (a copy cannot be told from a new message); or, with
 // Quota, its device is at outbox.max_pending_per_device fleet-wide.
 type Refusal struct {
 	Rec   *Record
 	Quota bool
+	Old   bool
 }
 
 // WriterHooks are the Writer's callbacks, called from its one goroutine.
@@ -82,6 +85,10 @@ func NewWriter(s Committer, cfg Config, lastSeq int64, occupied int, hooks Write
 	}
 	return w
 }
+
+// SetForeignPoll sets how often Run looks for rows another process added
+// (default 2s). Call it before Run.
+func (w *Writer) SetForeignPoll(d time.Duration) { w.poll = d }
 
 // Append queues rec for the next commit. It blocks while the outbox is full
 // (backpressure) and returns ctx's error if ctx ends first. It must not be

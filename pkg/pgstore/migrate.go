@@ -119,4 +119,16 @@ CREATE TABLE deadletter (
 	last_error  TEXT NOT NULL,
 	dead_at     BIGINT NOT NULL
 );`,
+	// 2: fencing and one freshness window for the fleet (issue 15).
+	// lease_epoch is each device's fencing token, raised by every claim:
+	// renew, finish, bury and release apply only under the epoch the
+	// caller holds. fleet holds the freshness window every gateway must
+	// agree on (validation.max_clock_skew), so that ids are pruned by one
+	// rule with the database's clock.
+	2: `
+ALTER TABLE outbox_device ADD COLUMN lease_epoch BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE fleet (
+	id                 INTEGER PRIMARY KEY CHECK (id = 1),
+	max_clock_skew_ms  BIGINT NOT NULL
+);`,
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	leasepkg "github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/outbox"
 )
 
@@ -40,6 +42,9 @@ type devState struct {
 // refuses records past the fleet-wide quota, inserts the replay ids with
 // ON CONFLICT DO NOTHING (an id another gateway committed first is refused
 // as a replay: that unique key is the replay authority across gateways),
+// refuses as well any record timestamped at or below the replay horizon
+// (its id may have been pruned, so a copy cannot be told from a new
+// message; see PruneSeen),
 // inserts the winners' outbox rows with their per-device sequence, and
 // notifies OutboxChannel. dels is ignored: shared rows are deleted by
 // Finish, which also hands on the lease.
@@ -55,8 +60,16 @@ func (o *Outbox) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _
 		if err != nil {
 			return err
 		}
+		horizon, err := lockHorizon(ctx, tx, "pg_advisory_xact_lock_shared")
+		if err != nil {
+			return err
+		}
 		cand := make([]*outbox.Record, 0, len(recs))
 		for _, r := range recs {
+			if recordTS(r) <= horizon { // its id may have been pruned: a copy cannot be told from a new message
+				res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Old: true})
+				continue
+			}
 			st := state[r.DeviceID]
 			if o.quota > 0 && st.pending+st.taken >= o.quota {
 				res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Quota: true})
@@ -123,6 +136,37 @@ func lockDevices(ctx context.Context, tx pgx.Tx, devs []string) (map[string]*dev
 	return state, rows.Err()
 }
 
+// recordTS is r's timestamp in Unix seconds; for a record whose timestamp
+// does not parse (cannot happen for a validated message) its expiry,
+// which keeps the id longer, not shorter.
+func recordTS(r *outbox.Record) int64 {
+	t, err := strconv.ParseInt(r.Timestamp, 10, 64)
+	if err != nil {
+		return r.Expires.Unix()
+	}
+	return t
+}
+
+// horizonLock is the advisory lock (in lockSpace) that orders commits
+// (shared) against pruning (exclusive): a prune that raised the horizon
+// and deleted ids below it is either wholly before a commit, which then
+// sees the raised horizon, or wholly after it, and then the committed id
+// is in the seen table before the prune looks.
+const horizonLock = 1
+
+// lockHorizon takes the horizon lock with fn (the shared or the exclusive
+// transaction-scoped advisory lock) and returns the horizon.
+func lockHorizon(ctx context.Context, tx pgx.Tx, fn string) (int64, error) {
+	if _, err := tx.Exec(ctx, `SELECT `+fn+`($1, $2)`, lockSpace, horizonLock); err != nil { //nolint:gosec // G202: fn is one of two constants
+		return 0, fmt.Errorf("horizon lock: %w", err)
+	}
+	var h int64
+	if err := tx.QueryRow(ctx, `SELECT ts FROM seen_horizon WHERE id = 1`).Scan(&h); err != nil {
+		return 0, fmt.Errorf("load seen horizon: %w", err)
+	}
+	return h, nil
+}
+
 func seenKey(dev string, id [16]byte) string { return dev + "\x00" + string(id[:]) }
 
 // insertSeen inserts the ids of recs and returns those this transaction
@@ -137,12 +181,7 @@ func insertSeen(ctx context.Context, tx pgx.Tx, recs []*outbox.Record) (map[stri
 	exp := make([]int64, len(recs))
 	ts := make([]int64, len(recs))
 	for i, r := range recs {
-		devs[i], ids[i], exp[i] = r.DeviceID, r.ID[:], r.Expires.Unix()
-		t, err := strconv.ParseInt(r.Timestamp, 10, 64)
-		if err != nil { // cannot happen for a validated message; keep the id longer, not shorter
-			t = exp[i]
-		}
-		ts[i] = t
+		devs[i], ids[i], exp[i], ts[i] = r.DeviceID, r.ID[:], r.Expires.Unix(), recordTS(r)
 	}
 	rows, err := tx.Query(ctx, `INSERT INTO seen(device_id, message_id, expires, ts)
 		SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[])
@@ -226,30 +265,52 @@ func insertRows(ctx context.Context, tx pgx.Tx, recs []*outbox.Record, state map
 	return nil
 }
 
-// Claim takes the forwarding lease of up to devices devices that have
-// pending rows and no live lease (FOR UPDATE SKIP LOCKED: gateways
-// claiming at once take different devices), for lease, and returns up to
-// rows of each one's oldest rows, in device then DSeq order. The lease
-// clock is the database's, so gateways' clocks do not matter.
-func (o *Outbox) Claim(ctx context.Context, owner string, devices, rows int, lease time.Duration) ([]*outbox.Record, error) {
-	var out []*outbox.Record
+// Claim implements lease.Store: it takes the forwarding lease of up to
+// devices devices that have pending rows and no live lease (FOR UPDATE
+// SKIP LOCKED: gateways claiming at once take different devices), for
+// lease, raising each one's epoch, and returns up to rows of each one's
+// oldest rows, in device then DSeq order. The lease clock is the
+// database's, so gateways' clocks do not matter.
+func (o *Outbox) Claim(ctx context.Context, owner string, devices, rows int, lease time.Duration) ([]leasepkg.Claim, error) {
+	var out []leasepkg.Claim
 	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
+		out = nil
 		r, err := tx.Query(ctx, `WITH c AS (
 				SELECT device_id FROM outbox_device
 				WHERE pending > 0 AND lease_until < now()
 				ORDER BY lease_until LIMIT $2
 				FOR UPDATE SKIP LOCKED)
-			UPDATE outbox_device d SET lease_owner = $1, lease_until = now() + $3 * interval '1 millisecond'
-			FROM c WHERE d.device_id = c.device_id RETURNING d.device_id`, owner, devices, lease.Milliseconds())
+			UPDATE outbox_device d SET lease_owner = $1, lease_until = now() + $3 * interval '1 millisecond', lease_epoch = d.lease_epoch + 1
+			FROM c WHERE d.device_id = c.device_id RETURNING d.device_id, d.lease_epoch`, owner, devices, lease.Milliseconds())
 		if err != nil {
 			return err
 		}
-		ids, err := pgx.CollectRows(r, pgx.RowTo[string])
-		if err != nil || len(ids) == 0 {
+		leases, err := pgx.CollectRows(r, func(row pgx.CollectableRow) (leasepkg.Lease, error) {
+			var l leasepkg.Lease
+			err := row.Scan(&l.Device, &l.Epoch)
+			return l, err
+		})
+		if err != nil || len(leases) == 0 {
 			return err
 		}
-		out, err = headRows(ctx, tx, ids, rows)
-		return err
+		slices.SortFunc(leases, func(a, b leasepkg.Lease) int { return strings.Compare(a.Device, b.Device) })
+		ids := make([]string, len(leases))
+		for i, l := range leases {
+			ids[i] = l.Device
+			out = append(out, leasepkg.Claim{Lease: l})
+		}
+		recs, err := headRows(ctx, tx, ids, rows)
+		if err != nil {
+			return err
+		}
+		i := 0
+		for _, rec := range recs { // both in device order
+			for out[i].Device != rec.DeviceID {
+				i++
+			}
+			out[i].Rows = append(out[i].Rows, rec)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("outbox claim: %w", err)
@@ -286,69 +347,109 @@ func headRows(ctx context.Context, tx pgx.Tx, ids []string, n int) ([]*outbox.Re
 	return out, r.Err()
 }
 
-// Renew extends owner's leases of devs and returns the devices whose lease
-// it still holds; a device missing from the answer was taken over (the
-// lease ran out and another gateway claimed it).
-func (o *Outbox) Renew(ctx context.Context, owner string, devs []string, lease time.Duration) ([]string, error) {
-	if len(devs) == 0 {
+// Renew implements lease.Store: it extends those of leases that owner
+// still holds at their epoch and returns them; a lease missing from the
+// answer was taken over (it ran out and another gateway claimed it).
+func (o *Outbox) Renew(ctx context.Context, owner string, leases []leasepkg.Lease, lease time.Duration) ([]leasepkg.Lease, error) {
+	if len(leases) == 0 {
 		return nil, nil
 	}
-	devs = slices.Sorted(slices.Values(devs))
-	r, err := o.db.Pool.Query(ctx, `UPDATE outbox_device d SET lease_until = now() + $3 * interval '1 millisecond'
-		FROM (SELECT device_id FROM outbox_device WHERE device_id = ANY($2) AND lease_owner = $1 ORDER BY device_id FOR UPDATE) s
-		WHERE d.device_id = s.device_id RETURNING d.device_id`, owner, devs, lease.Milliseconds())
+	devs, epochs := splitLeases(leases)
+	r, err := o.db.Pool.Query(ctx, `UPDATE outbox_device d SET lease_until = now() + $4 * interval '1 millisecond'
+		FROM (SELECT o.device_id FROM outbox_device o JOIN unnest($2::text[], $3::int8[]) AS u(id, epoch)
+			ON o.device_id = u.id AND o.lease_epoch = u.epoch
+			WHERE o.lease_owner = $1 ORDER BY o.device_id FOR UPDATE OF o) s
+		WHERE d.device_id = s.device_id RETURNING d.device_id, d.lease_epoch`, owner, devs, epochs, lease.Milliseconds())
 	if err != nil {
 		return nil, fmt.Errorf("outbox renew leases: %w", err)
 	}
-	kept, err := pgx.CollectRows(r, pgx.RowTo[string])
+	kept, err := pgx.CollectRows(r, func(row pgx.CollectableRow) (leasepkg.Lease, error) {
+		var l leasepkg.Lease
+		err := row.Scan(&l.Device, &l.Epoch)
+		return l, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("outbox renew leases: %w", err)
 	}
 	return kept, nil
 }
 
-// Finish deletes the settled rows done and releases the lease of each
-// device in drained (all of whose claimed rows owner has settled),
-// notifying OutboxChannel if any of them has rows left, so that every
+// splitLeases returns the devices and epochs of leases, sorted by device
+// (the lock order).
+func splitLeases(leases []leasepkg.Lease) ([]string, []int64) {
+	ls := slices.Clone(leases)
+	slices.SortFunc(ls, func(a, b leasepkg.Lease) int { return strings.Compare(a.Device, b.Device) })
+	devs, epochs := make([]string, len(ls)), make([]int64, len(ls))
+	for i, l := range ls {
+		devs[i], epochs[i] = l.Device, l.Epoch
+	}
+	return devs, epochs
+}
+
+// Finish implements lease.Store: it deletes (or, with Dead set, buries)
+// the settled rows done and releases the leases drained (all of whose
+// claimed rows owner has settled), each only while owner still holds the
+// device at that epoch, and returns how many it refused as stale. A
+// device released with rows left notifies OutboxChannel, so that every
 // gateway may claim its next rows (forwarding spreads over the gateways
 // instead of sticking to the first that claimed a device). One
 // transaction, so a row is never both deleted late and claimed again by
 // another gateway. It locks every device it touches first, in device
 // order (as Commit does), so that gateways finishing and committing at
 // once cannot deadlock.
-func (o *Outbox) Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string) error {
-	all := slices.Clone(drained)
-	seqs := make([]int64, len(done))
-	for i, r := range done {
-		all, seqs[i] = append(all, r.DeviceID), r.Seq
+func (o *Outbox) Finish(ctx context.Context, owner string, done []leasepkg.Done, drained []leasepkg.Lease) (int, error) {
+	all := make([]string, 0, len(done)+len(drained))
+	for _, d := range done {
+		all = append(all, d.Device)
+	}
+	for _, l := range drained {
+		all = append(all, l.Device)
 	}
 	slices.Sort(all)
 	all = slices.Compact(all)
+	var stale int
 	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
-		r, err := tx.Query(ctx, `SELECT device_id, lease_owner FROM outbox_device WHERE device_id = ANY($1) ORDER BY device_id FOR UPDATE`, all)
+		stale = 0
+		r, err := tx.Query(ctx, `SELECT device_id, lease_owner, lease_epoch FROM outbox_device WHERE device_id = ANY($1) ORDER BY device_id FOR UPDATE`, all)
 		if err != nil {
 			return err
 		}
-		owners := map[string]string{}
+		holds := map[leasepkg.Lease]bool{}
 		for r.Next() {
-			var id, ow string
-			if err := r.Scan(&id, &ow); err != nil {
+			var l leasepkg.Lease
+			var ow string
+			if err := r.Scan(&l.Device, &ow, &l.Epoch); err != nil {
 				r.Close()
 				return err
 			}
-			owners[id] = ow
+			holds[l] = ow == owner
 		}
 		r.Close()
 		if err := r.Err(); err != nil {
 			return err
 		}
-		if err := deleteRows(ctx, tx, seqs); err != nil {
+		var dels []int64
+		for _, d := range done {
+			switch {
+			case !holds[d.Lease]:
+				stale++
+			case d.Dead != nil:
+				if err := buryRow(ctx, tx, d.Seq, d.Dead.Attempts, d.Dead.LastError, d.Dead.At); err != nil {
+					return err
+				}
+			default:
+				dels = append(dels, d.Seq)
+			}
+		}
+		if err := deleteRows(ctx, tx, dels); err != nil {
 			return err
 		}
 		var held []string
-		for _, id := range drained {
-			if owners[id] == owner {
-				held = append(held, id)
+		for _, l := range drained {
+			if holds[l] {
+				held = append(held, l.Device)
+			} else {
+				stale++
 			}
 		}
 		if len(held) == 0 {
@@ -366,9 +467,9 @@ func (o *Outbox) Finish(ctx context.Context, owner string, done []*outbox.Record
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("outbox finish: %w", err)
+		return 0, fmt.Errorf("outbox finish: %w", err)
 	}
-	return nil
+	return stale, nil
 }
 
 // deleteRows deletes rows and lowers their devices' pending counts (the
@@ -401,20 +502,26 @@ func deleteRows(ctx context.Context, tx pgx.Tx, seqs []int64) error {
 	return err
 }
 
-// Bury moves row seq to the dead letters.
+// Bury moves row seq to the dead letters (the CLI, and tests; a leased
+// row is buried by Finish, under its lease).
 func (o *Outbox) Bury(ctx context.Context, seq int64, attempts int, lastErr string, now time.Time) error {
 	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO deadletter(seq, device_id, message_id, timestamp, payload, received_at, attempts, last_error, dead_at)
-			SELECT seq, device_id, message_id, timestamp, payload, received_at, $2, $3, $4 FROM outbox WHERE seq = $1
-			ON CONFLICT (seq) DO NOTHING`, seq, attempts, lastErr, now.Unix()); err != nil {
-			return err
-		}
-		return deleteRows(ctx, tx, []int64{seq})
+		return buryRow(ctx, tx, seq, attempts, lastErr, now)
 	})
 	if err != nil {
 		return fmt.Errorf("dead-letter: %w", err)
 	}
 	return nil
+}
+
+// buryRow moves row seq to the dead letters within tx.
+func buryRow(ctx context.Context, tx pgx.Tx, seq int64, attempts int, lastErr string, now time.Time) error {
+	if _, err := tx.Exec(ctx, `INSERT INTO deadletter(seq, device_id, message_id, timestamp, payload, received_at, attempts, last_error, dead_at)
+		SELECT seq, device_id, message_id, timestamp, payload, received_at, $2, $3, $4 FROM outbox WHERE seq = $1
+		ON CONFLICT (seq) DO NOTHING`, seq, attempts, lastErr, now.Unix()); err != nil {
+		return fmt.Errorf("dead-letter: %w", err)
+	}
+	return deleteRows(ctx, tx, []int64{seq})
 }
 
 // Payload returns the payload of row seq, or an error wrapping outbox.ErrNoRow.
@@ -451,7 +558,7 @@ func (o *Outbox) PendingMeta(ctx context.Context) ([]*outbox.Record, error) {
 }
 
 // Seen calls fn for every id still inside the replay window at now (see
-// outbox.Store.Seen): each gateway loads them into its in-memory window,
+// sqlitestore.Store.Seen): each gateway loads them into its in-memory window,
 // the fast first filter in front of the unique key.
 func (o *Outbox) Seen(ctx context.Context, now time.Time, window time.Duration, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
 	w := int64(window / time.Second)
@@ -464,25 +571,91 @@ func (o *Outbox) Seen(ctx context.Context, now time.Time, window time.Duration, 
 	return outbox.ScanSeen(r, fn)
 }
 
-// PruneSeen deletes ids out of the window at now and raises the horizon
-// (see outbox.Store.PruneSeen).
-func (o *Outbox) PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error) {
-	cut := now.Unix() - int64(window/time.Second)
+// PruneSeen deletes the ids that left the fleet's freshness window (the
+// one every gateway agreed to, FreshnessWindow) by the database's clock,
+// whatever the calling gateway's clock and skew (its now and window are
+// not used: a gateway with a shorter window, or a clock ahead, pruned ids
+// that another gateway would still accept as fresh). In the same
+// transaction, under the horizon lock, it raises the horizon to now −
+// window, below which Commit refuses every record.
+func (o *Outbox) PruneSeen(ctx context.Context, _ time.Time, _ time.Duration) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `DELETE FROM seen WHERE expires < $1 AND ts < $2`, now.Unix(), cut)
+		if _, err := lockHorizon(ctx, tx, "pg_advisory_xact_lock"); err != nil {
+			return err
+		}
+		var now, cut int64
+		err := tx.QueryRow(ctx, `WITH w AS (SELECT floor(extract(epoch FROM now()))::int8 AS now,
+				(SELECT max_clock_skew_ms / 1000 FROM fleet WHERE id = 1) AS skew)
+			SELECT now, now - skew FROM w WHERE skew IS NOT NULL`).Scan(&now, &cut)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // no gateway has started yet: nothing accepted, nothing to prune
+		}
 		if err != nil {
 			return err
 		}
-		if n = tag.RowsAffected(); n > 0 {
-			_, err = tx.Exec(ctx, `UPDATE seen_horizon SET ts = GREATEST(ts, $1) WHERE id = 1`, cut)
+		if _, err := tx.Exec(ctx, `UPDATE seen_horizon SET ts = GREATEST(ts, $1) WHERE id = 1`, cut); err != nil {
+			return err
 		}
+		tag, err := tx.Exec(ctx, `DELETE FROM seen WHERE expires < $1 AND ts < $2`, now, cut)
+		n = tag.RowsAffected()
 		return err
 	})
 	if err != nil {
 		return 0, fmt.Errorf("prune seen: %w", err)
 	}
 	return n, nil
+}
+
+// FreshnessWindow makes skew (validation.max_clock_skew) the fleet's
+// freshness window when none is set yet, and otherwise fails with a
+// *WindowError when the fleet's differs: gateways with different windows
+// would prune ids that others still accept (issue 15, finding 1).
+func (o *Outbox) FreshnessWindow(ctx context.Context, skew time.Duration) error {
+	var fleet int64
+	err := o.db.Pool.QueryRow(ctx, `WITH i AS (INSERT INTO fleet(id, max_clock_skew_ms) VALUES (1, $1)
+			ON CONFLICT (id) DO NOTHING RETURNING max_clock_skew_ms)
+		SELECT max_clock_skew_ms FROM i UNION ALL SELECT max_clock_skew_ms FROM fleet WHERE id = 1`, skew.Milliseconds()).Scan(&fleet)
+	if err != nil {
+		return fmt.Errorf("freshness window: %w", err)
+	}
+	if fleet != skew.Milliseconds() {
+		return &WindowError{Gateway: skew, Fleet: time.Duration(fleet) * time.Millisecond}
+	}
+	return nil
+}
+
+// SetFreshnessWindow changes the fleet's freshness window (iotgw fleet
+// set-skew). Replays stay closed either way: ids are pruned by the new
+// window from the next prune on, and Commit refuses every record at or
+// below the horizon, which only rises.
+func (o *Outbox) SetFreshnessWindow(ctx context.Context, skew time.Duration) (old time.Duration, err error) {
+	var prev *int64
+	err = pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT max_clock_skew_ms FROM fleet WHERE id = 1 FOR UPDATE`).Scan(&prev); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO fleet(id, max_clock_skew_ms) VALUES (1, $1)
+			ON CONFLICT (id) DO UPDATE SET max_clock_skew_ms = EXCLUDED.max_clock_skew_ms`, skew.Milliseconds())
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("set freshness window: %w", err)
+	}
+	if prev == nil {
+		return 0, nil
+	}
+	return time.Duration(*prev) * time.Millisecond, nil
+}
+
+// WindowError is a gateway whose validation.max_clock_skew is not the
+// fleet's freshness window.
+type WindowError struct {
+	Gateway, Fleet time.Duration
+}
+
+func (e *WindowError) Error() string {
+	return fmt.Sprintf("validation.max_clock_skew: this gateway has %s, the fleet sharing storage.dsn has %s; every gateway must use the fleet's (change it for the whole fleet with `iotgw fleet set-skew`)", e.Gateway, e.Fleet)
 }
 
 // SeenHorizon returns the timestamp before which ids may have been pruned.

@@ -51,6 +51,16 @@ func (c Config) PlaintextWarning() string {
 // Shared reports whether the engine is shared by several gateways.
 func (c Config) Shared() bool { return c.Engine == Postgres }
 
+// ValidatePOST checks the lease against the longest POST
+// (backend.timeout): on an engine whose rows are leased, a POST must end
+// well inside the lease.
+func (c Config) ValidatePOST(timeout time.Duration) error {
+	if c.Shared() && c.Lease < 2*timeout {
+		return fmt.Errorf("storage.lease: must be at least twice backend.timeout (%s), got %s: a POST must end well inside the lease", timeout, c.Lease)
+	}
+	return nil
+}
+
 // Validate checks the settings.
 func (c Config) Validate() error {
 	switch c.Engine {

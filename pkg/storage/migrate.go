@@ -12,6 +12,7 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pgstore"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 // The SQLite schema versions MigrateSQLite reads: the latest of the
@@ -47,8 +48,8 @@ func MigrateSQLite(ctx context.Context, registryPath, outboxPath string, db *pgs
 			return pgstore.ImportCounts{}, fmt.Errorf("%s: %s: %w", f.key, f.path, errors.Unwrap(err))
 		}
 	}
-	unlock, err := outbox.Lock(outboxPath)
-	if errors.Is(err, outbox.ErrLocked) {
+	unlock, err := sqlitestore.Lock(outboxPath)
+	if errors.Is(err, sqlitestore.ErrLocked) {
 		return pgstore.ImportCounts{}, fmt.Errorf("outbox.path: %w: stop it first", err)
 	}
 	if err != nil {

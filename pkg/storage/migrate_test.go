@@ -19,6 +19,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/pgstore"
 	"github.com/iotgw/iotgw/pkg/pgstore/pgtest"
 	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 func openPG(t *testing.T) *pgstore.DB {
@@ -92,7 +93,7 @@ func buildGateway(t *testing.T) gatewayFiles {
 	}
 	al.Close()
 
-	st, err := outbox.Open(ctx, outbox.Config{Path: g.outbox})
+	st, err := sqlitestore.Open(ctx, outbox.Config{Path: g.outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +232,7 @@ func TestMigrateSQLite(t *testing.T) {
 	if after := [2][32]byte{fileHash(t, g.registry), fileHash(t, g.outbox)}; after != before {
 		t.Fatal("the SQLite files changed")
 	}
-	unlock, err := outbox.Lock(g.outbox)
+	unlock, err := sqlitestore.Lock(g.outbox)
 	if err != nil {
 		t.Fatalf("the outbox lock was not released: %v", err)
 	}
@@ -357,13 +358,13 @@ func TestMigrateSQLiteRefusesRunningGateway(t *testing.T) {
 	ctx := context.Background()
 	g := buildGateway(t)
 	db := openPG(t)
-	unlock, err := outbox.Lock(g.outbox)
+	unlock, err := sqlitestore.Lock(g.outbox)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unlock()
 	_, err = MigrateSQLite(ctx, g.registry, g.outbox, db)
-	if !errors.Is(err, outbox.ErrLocked) || !strings.HasPrefix(err.Error(), "outbox.path: ") ||
+	if !errors.Is(err, sqlitestore.ErrLocked) || !strings.HasPrefix(err.Error(), "outbox.path: ") ||
 		!strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) || !strings.HasSuffix(err.Error(), ": stop it first") {
 		t.Fatalf("err = %v", err)
 	}

@@ -2,17 +2,26 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/audit"
+	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/pgstore"
+	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 // Outbox is the outbox on either engine: what the gateway and the CLI use.
 type Outbox interface {
 	outbox.Committer
 	Seen(ctx context.Context, now time.Time, window time.Duration, fn func(deviceID string, id [16]byte, expires time.Time) error) error
+	// FreshnessWindow agrees on the replay window (validation.max_clock_skew)
+	// with the engine: a shared one keeps one value for the whole fleet and
+	// refuses another; SQLite's single gateway takes whatever it is given.
+	FreshnessWindow(ctx context.Context, skew time.Duration) error
 	SeenHorizon(ctx context.Context) (time.Time, error)
 	PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error)
 	PendingMeta(ctx context.Context) ([]*outbox.Record, error)
@@ -27,12 +36,9 @@ type Outbox interface {
 
 // Shared is what an engine shared by several gateways adds: rows are not
 // owned by the gateway that accepted them but claimed under a lease by
-// whichever forwards them (see pgstore.Outbox).
+// whichever forwards them (lease.Store, see pgstore.Outbox).
 type Shared interface {
-	Claim(ctx context.Context, owner string, devices, rows int, lease time.Duration) ([]*outbox.Record, error)
-	Renew(ctx context.Context, owner string, devs []string, lease time.Duration) ([]string, error)
-	Finish(ctx context.Context, owner string, done []*outbox.Record, drained []string) error
-	Release(ctx context.Context, owner string) error
+	lease.Store
 	// Listen calls handlers[channel] on each notification of its channel
 	// until ctx ends, reconnecting after errors (reported to onErr).
 	Listen(ctx context.Context, handlers map[string]func(), onErr func(error))
@@ -41,14 +47,16 @@ type Shared interface {
 // Engine is an open storage engine.
 type Engine struct {
 	Outbox Outbox
-	// Shared is nil on SQLite.
+	// Shared is nil on an engine that serves one gateway (SQLite).
 	Shared Shared
+	// Registry is the device registry, when opened with Open.
+	Registry *registry.Registry
 	// Wakeups is the channel whose notifications mean "new rows", and
 	// RegistryChanges the one that means "the registry changed" (Shared only).
 	Wakeups, RegistryChanges string
-	// PG is the PostgreSQL engine's database (nil on SQLite), for
-	// RegistryOn and AuditOn.
-	PG      *pgstore.DB
+	pg *pgstore.DB // the shared database (nil on SQLite)
+	// audit opens the audit trail beside the registry.
+	audit   func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error)
 	closers []func()
 }
 
@@ -58,6 +66,66 @@ func (e *Engine) Close() {
 		e.closers[i]()
 	}
 	e.closers = nil
+}
+
+// OpenAudit opens the audit trail beside the registry (Open only): in the
+// registry's SQLite file, or in the shared database, on its pool. The
+// returned func closes it.
+func (e *Engine) OpenAudit(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error) {
+	return e.audit(ctx, now)
+}
+
+// Open opens everything a gateway keeps on cfg's engine, in the order
+// that reports the most useful error first: the registry (on SQLite the
+// file registryPath, which must exist: only iotgw device add creates a
+// registry, and one created empty here by a typo in the path would reject
+// every device as unknown), then the outbox (on SQLite after taking its
+// lock: one gateway per file). Each error names the setting at fault.
+func Open(ctx context.Context, cfg Config, oc outbox.Config, registryPath string, opts ...registry.Option) (*Engine, error) {
+	if cfg.Engine == Postgres {
+		e, err := OpenOutbox(ctx, cfg, oc) // first: registry, audit and outbox share its pool
+		if err != nil {
+			return nil, err
+		}
+		db := e.pg
+		reg, closeReg, err := RegistryOn(ctx, db, opts...)
+		if err != nil {
+			e.Close()
+			return nil, fmt.Errorf("registry (storage.dsn): %w", err)
+		}
+		e.Registry = reg
+		e.closers = append(e.closers, func() { closeReg() }) //nolint:errcheck // closing at exit
+		e.audit = func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error) {
+			l, c, err := AuditOn(ctx, db, now)
+			if err != nil {
+				return nil, nil, fmt.Errorf("audit trail (storage.dsn): %w", err)
+			}
+			return l, c, nil
+		}
+		return e, nil
+	}
+	if err := cfg.RegistryExists(registryPath); err != nil {
+		return nil, fmt.Errorf("registry.path: %w", err)
+	}
+	reg, err := registry.Open(ctx, registryPath, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("registry.path: %w", err)
+	}
+	e, err := OpenOutbox(ctx, cfg, oc)
+	if err != nil {
+		reg.Close()
+		return nil, err
+	}
+	e.Registry = reg
+	e.closers = append(e.closers, func() { reg.Close() }) //nolint:errcheck // closing at exit
+	e.audit = func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error) {
+		l, err := audit.Open(ctx, registryPath, now)
+		if err != nil {
+			return nil, nil, fmt.Errorf("audit trail in registry.path: %w", err)
+		}
+		return l, l.Close, nil
+	}
+	return e, nil
 }
 
 // OpenOutbox opens the outbox of cfg's engine. On SQLite it first takes the
@@ -73,15 +141,15 @@ func OpenOutbox(ctx context.Context, cfg Config, oc outbox.Config) (*Engine, err
 		}
 		e.closers = append(e.closers, db.Close)
 		o := db.Outbox(oc.MaxPendingPerDevice)
-		e.Outbox, e.Shared, e.PG = o, o, db
+		e.Outbox, e.Shared, e.pg = o, o, db
 		e.Wakeups, e.RegistryChanges = pgstore.OutboxChannel, pgstore.RegistryChannel
 	default:
-		unlock, err := outbox.Lock(oc.Path)
+		unlock, err := sqlitestore.Lock(oc.Path)
 		if err != nil {
 			return nil, fmt.Errorf("outbox.path: %w", err)
 		}
 		e.closers = append(e.closers, unlock)
-		s, err := outbox.Open(ctx, oc)
+		s, err := sqlitestore.Open(ctx, oc)
 		if err != nil {
 			e.Close()
 			return nil, fmt.Errorf("outbox.path: %w", err)
@@ -90,4 +158,23 @@ func OpenOutbox(ctx context.Context, cfg Config, oc outbox.Config) (*Engine, err
 		e.Outbox = s
 	}
 	return e, nil
+}
+
+// ErrOneGateway is returned by fleet-wide settings on an engine that
+// serves one gateway (SQLite), whose settings are its own config's.
+var ErrOneGateway = errors.New("storage.engine sqlite serves one gateway: its freshness window is its own validation.max_clock_skew (change it there and restart)")
+
+// SetFreshnessWindow changes the freshness window of every gateway sharing
+// cfg's database (iotgw fleet set-skew) and returns the previous one (0 if
+// none was set). On SQLite it fails with ErrOneGateway.
+func SetFreshnessWindow(ctx context.Context, cfg Config, skew time.Duration) (time.Duration, error) {
+	if cfg.Engine != Postgres {
+		return 0, ErrOneGateway
+	}
+	db, err := pgstore.Open(ctx, cfg.DSN)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	return db.Outbox(0).SetFreshnessWindow(ctx, skew)
 }

@@ -1,9 +1,10 @@
-package outbox
+package sqlitestore
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/iotgw/iotgw/pkg/outbox"
 	"slices"
 	"sync"
 	"testing"
@@ -17,9 +18,9 @@ const deadline = 5 * time.Second
 
 // writerRun is a running Writer and what its hooks reported.
 type writerRun struct {
-	w         *Writer
-	committed chan []*Record
-	foreign   chan []*Record
+	w         *outbox.Writer
+	committed chan []*outbox.Record
+	foreign   chan []*outbox.Record
 	failed    chan failure
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -32,12 +33,12 @@ type failure struct {
 }
 
 // newWriter returns a Writer whose hooks feed channels; start runs it.
-func newWriter(s *Store, cfg Config, lastSeq int64, occupied int) *writerRun {
-	r := &writerRun{committed: make(chan []*Record, 1000), foreign: make(chan []*Record, 100),
+func newWriter(s *Store, cfg outbox.Config, lastSeq int64, occupied int) *writerRun {
+	r := &writerRun{committed: make(chan []*outbox.Record, 1000), foreign: make(chan []*outbox.Record, 100),
 		failed: make(chan failure, 100), done: make(chan struct{})}
-	r.w = NewWriter(s, cfg, lastSeq, occupied, WriterHooks{
-		Committed: func(b []*Record) { r.committed <- slices.Clone(b) },
-		Foreign:   func(rows []*Record) { r.foreign <- rows },
+	r.w = outbox.NewWriter(s, cfg, lastSeq, occupied, outbox.WriterHooks{
+		Committed: func(b []*outbox.Record) { r.committed <- slices.Clone(b) },
+		Foreign:   func(rows []*outbox.Record) { r.foreign <- rows },
 		Failed:    func(err error, n int, d time.Duration) { r.failed <- failure{err, n, d} },
 	})
 	return r
@@ -59,12 +60,12 @@ func (r *writerRun) wait(t *testing.T) {
 	select {
 	case <-r.done:
 	case <-time.After(deadline):
-		t.Fatal("Writer.Run did not return")
+		t.Fatal("outbox.Writer.Run did not return")
 	}
 }
 
 // nextCommit waits for the next committed batch.
-func (r *writerRun) nextCommit(t *testing.T) []*Record {
+func (r *writerRun) nextCommit(t *testing.T) []*outbox.Record {
 	t.Helper()
 	select {
 	case b := <-r.committed:
@@ -76,9 +77,9 @@ func (r *writerRun) nextCommit(t *testing.T) []*Record {
 }
 
 // commits collects committed batches until n records were acknowledged.
-func (r *writerRun) commits(t *testing.T, n int) [][]*Record {
+func (r *writerRun) commits(t *testing.T, n int) [][]*outbox.Record {
 	t.Helper()
-	var out [][]*Record
+	var out [][]*outbox.Record
 	for got := 0; got < n; {
 		b := r.nextCommit(t)
 		out = append(out, b)
@@ -87,7 +88,7 @@ func (r *writerRun) commits(t *testing.T, n int) [][]*Record {
 	return out
 }
 
-func appendOK(t *testing.T, w *Writer, recs ...*Record) {
+func appendOK(t *testing.T, w *outbox.Writer, recs ...*outbox.Record) {
 	t.Helper()
 	for _, r := range recs {
 		if err := w.Append(bg(), r); err != nil {
@@ -105,8 +106,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func recs(dev string, from, n int) []*Record {
-	out := make([]*Record, n)
+func recs(dev string, from, n int) []*outbox.Record {
+	out := make([]*outbox.Record, n)
 	for i := range out {
 		out[i] = rec(dev, from+i, t0.Add(time.Hour))
 	}
@@ -131,7 +132,7 @@ func TestWriterGroupCommit(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := testConfig(t, func(c *Config) { c.BatchMax = tc.batchMax })
+			cfg := testConfig(t, func(c *outbox.Config) { c.BatchMax = tc.batchMax })
 			s := openStore(t, cfg)
 			r := newWriter(s, cfg, 0, 0)
 			in := recs("d", 1, tc.appended)
@@ -139,7 +140,7 @@ func TestWriterGroupCommit(t *testing.T) {
 			r.start(t)
 			batches := r.commits(t, tc.appended)
 			var sizes []int
-			var all []*Record
+			var all []*outbox.Record
 			for _, b := range batches {
 				sizes = append(sizes, len(b))
 				all = append(all, b...)
@@ -170,7 +171,7 @@ func TestWriterGroupCommit(t *testing.T) {
 // batches no larger than BatchMax.
 func TestWriterConcurrentAppends(t *testing.T) {
 	const goroutines, each, batchMax = 8, 100, 32
-	cfg := testConfig(t, func(c *Config) { c.BatchMax = batchMax })
+	cfg := testConfig(t, func(c *outbox.Config) { c.BatchMax = batchMax })
 	s := openStore(t, cfg)
 	r := newWriter(s, cfg, 0, 0)
 	r.start(t)
@@ -246,7 +247,7 @@ func TestWriterBackpressure(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := testConfig(t, func(c *Config) { c.MaxPending = tc.maxPending })
+			cfg := testConfig(t, func(c *outbox.Config) { c.MaxPending = tc.maxPending })
 			s := openStore(t, cfg)
 			old := recs("old", 1, tc.occupied)
 			if tc.occupied > 0 {
@@ -306,8 +307,8 @@ func TestWriterBackpressure(t *testing.T) {
 }
 
 func TestWriterReserveRelease(t *testing.T) {
-	cfg := testConfig(t, func(c *Config) { c.MaxPending = 5 })
-	w := NewWriter(openStore(t, cfg), cfg, 0, 1, WriterHooks{})
+	cfg := testConfig(t, func(c *outbox.Config) { c.MaxPending = 5 })
+	w := outbox.NewWriter(openStore(t, cfg), cfg, 0, 1, outbox.WriterHooks{})
 	steps := []struct {
 		op   string
 		n    int
@@ -375,9 +376,9 @@ func TestWriterForeignRows(t *testing.T) {
 			insert(t, s, known...)
 			r := newWriter(s, cfg, known[1].Seq, 2)
 			if tc.poll {
-				r.w.poll = 5 * time.Millisecond
+				r.w.SetForeignPoll(5 * time.Millisecond)
 			} else {
-				r.w.poll = time.Hour
+				r.w.SetForeignPoll(time.Hour)
 			}
 			r.start(t)
 			appendOK(t, r.w, rec("own", 1, t0.Add(time.Hour)))

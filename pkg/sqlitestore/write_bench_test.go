@@ -1,10 +1,11 @@
-package outbox
+package sqlitestore
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/iotgw/iotgw/pkg/outbox"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -27,7 +28,7 @@ func BenchmarkWrite(b *testing.B) {
 
 func benchWrite(b *testing.B, batch int) {
 	ctx := context.Background()
-	cfg := DefaultConfig()
+	cfg := outbox.DefaultConfig()
 	cfg.Path = filepath.Join(b.TempDir(), "outbox.db")
 	s, err := Open(ctx, cfg)
 	if err != nil {
@@ -36,12 +37,12 @@ func benchWrite(b *testing.B, batch int) {
 	defer s.Close()
 	payload := []byte(`{"seq":123456,"sent_ns":1764331200000000000}`)
 	now := time.Now()
-	mk := func() []*Record {
-		recs := make([]*Record, batch)
+	mk := func() []*outbox.Record {
+		recs := make([]*outbox.Record, batch)
 		for i := range recs {
 			var id [16]byte
 			rand.Read(id[:])
-			recs[i] = &Record{DeviceID: "sim-" + hex.EncodeToString(id[:1]), MessageID: hex.EncodeToString(id[:]), ID: id,
+			recs[i] = &outbox.Record{DeviceID: "sim-" + hex.EncodeToString(id[:1]), MessageID: hex.EncodeToString(id[:]), ID: id,
 				Timestamp: "1764331200", Payload: payload, ReceivedAt: now, Expires: now.Add(5 * time.Minute)}
 		}
 		return recs

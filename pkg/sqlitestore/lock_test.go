@@ -1,4 +1,4 @@
-package outbox_test
+package sqlitestore_test
 
 import (
 	"errors"
@@ -8,23 +8,23 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 // TestLock: a second Lock on one outbox fails naming the holder's pid;
 // after unlock it succeeds again.
 func TestLock(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "outbox.db")
-	unlock, err := outbox.Lock(path)
+	unlock, err := sqlitestore.Lock(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = outbox.Lock(path) // flock conflicts across open files, even in one process
-	if !errors.Is(err, outbox.ErrLocked) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
+	_, err = sqlitestore.Lock(path) // flock conflicts across open files, even in one process
+	if !errors.Is(err, sqlitestore.ErrLocked) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
 		t.Fatalf("second Lock = %v, want ErrLocked naming pid %d", err, os.Getpid())
 	}
 	unlock()
-	unlock2, err := outbox.Lock(path)
+	unlock2, err := sqlitestore.Lock(path)
 	if err != nil {
 		t.Fatalf("Lock after unlock: %v", err)
 	}

@@ -1,4 +1,4 @@
-package outbox
+package sqlitestore
 
 import (
 	"context"
@@ -11,53 +11,8 @@ import (
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/internal/sqlitex"
+	"github.com/iotgw/iotgw/pkg/outbox"
 )
-
-// Config holds the outbox settings.
-type Config struct {
-	// Path is the SQLite file. Default "iotgw-outbox.db".
-	Path string `mapstructure:"path"`
-	// MaxPending bounds rows waiting for the backend; past it new messages
-	// are not acked, so the broker holds them. Default 100000.
-	MaxPending int `mapstructure:"max_pending"`
-	// MaxPendingPerDevice bounds the rows any one device may have waiting
-	// for the backend; past it that device's new messages are refused with
-	// reason quota_exceeded (acked, counted, answered with a notice) while
-	// other devices' messages are still accepted, so one device cannot fill
-	// the outbox for the fleet. 0 turns the quota off. Default 10000.
-	MaxPendingPerDevice int `mapstructure:"max_pending_per_device"`
-	// BatchMax is the most messages committed in one transaction. Default 512.
-	BatchMax int `mapstructure:"batch_max"`
-	// PruneInterval is how often expired seen ids are deleted. Default 30s.
-	PruneInterval time.Duration `mapstructure:"prune_interval"`
-	// Synchronous is SQLite's PRAGMA synchronous: "full" (default) makes a
-	// commit survive power loss; "normal" survives a process crash only.
-	Synchronous string `mapstructure:"synchronous"`
-}
-
-// DefaultConfig returns the defaults.
-func DefaultConfig() Config {
-	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, MaxPendingPerDevice: 10000, BatchMax: 512, PruneInterval: 30 * time.Second, Synchronous: "full"}
-}
-
-// Validate checks the settings.
-func (c Config) Validate() error {
-	switch {
-	case c.Path == "":
-		return errors.New("outbox.path: required")
-	case c.MaxPending < 1:
-		return fmt.Errorf("outbox.max_pending: must be at least 1, got %d", c.MaxPending)
-	case c.MaxPendingPerDevice < 0 || c.MaxPendingPerDevice > c.MaxPending:
-		return fmt.Errorf("outbox.max_pending_per_device: must be 0 (off) or 1..outbox.max_pending (%d), got %d", c.MaxPending, c.MaxPendingPerDevice)
-	case c.BatchMax < 1 || c.BatchMax > 10000:
-		return fmt.Errorf("outbox.batch_max: must be 1..10000, got %d", c.BatchMax)
-	case c.PruneInterval <= 0:
-		return errors.New("outbox.prune_interval: must be positive")
-	case !strings.EqualFold(c.Synchronous, "full") && !strings.EqualFold(c.Synchronous, "normal"):
-		return fmt.Errorf("outbox.synchronous: must be full or normal, got %q", c.Synchronous)
-	}
-	return nil
-}
 
 var migrations = []sqlitex.Migration{
 	{Version: 1, SQL: `
@@ -120,41 +75,13 @@ CREATE TABLE seen_horizon (
 INSERT INTO seen_horizon(id, ts) VALUES (1, 0);`},
 }
 
-// Record is one accepted message.
-type Record struct {
-	// Seq is the row id, set by Insert.
-	Seq int64
-	// DSeq orders a device's rows: increasing in commit order per device
-	// (on SQLite it is Seq; on PostgreSQL a per-device counter). The
-	// backend sees it as X-Iotgw-Seq.
-	DSeq int64
-	// DeviceID, MessageID and Timestamp (raw digits) as received.
-	DeviceID, MessageID, Timestamp string
-	// ID is the message id as 16 bytes, for the seen table.
-	ID [16]byte
-	// Payload is the exact payload bytes.
-	Payload []byte
-	// ReceivedAt is when the gateway accepted it.
-	ReceivedAt time.Time
-	// Expires is when the id leaves the replay window.
-	Expires time.Time
-}
-
-// Dead is a dead-lettered message.
-type Dead struct {
-	Record
-	Attempts  int
-	LastError string
-	DeadAt    time.Time
-}
-
 // Store is the outbox database.
 type Store struct {
 	db *sql.DB
 }
 
 // Open opens (creating if needed) the outbox database and migrates it.
-func Open(ctx context.Context, cfg Config) (*Store, error) {
+func Open(ctx context.Context, cfg outbox.Config) (*Store, error) {
 	path := cfg.Path
 	sync := strings.ToUpper(cfg.Synchronous)
 	if sync == "" {
@@ -179,23 +106,23 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // Insert stores recs and their ids in one transaction and sets each Seq.
 // Either all are durable or none is.
-func (s *Store) Insert(ctx context.Context, recs []*Record) error {
+func (s *Store) Insert(ctx context.Context, recs []*outbox.Record) error {
 	_, err := s.write(ctx, recs, nil, -1)
 	return err
 }
 
 // Commit implements Committer: SQLite's single gateway refuses nothing
 // (its replay store in memory is the authority).
-func (s *Store) Commit(ctx context.Context, recs []*Record, dels []int64, lastSeq int64) (Result, error) {
+func (s *Store) Commit(ctx context.Context, recs []*outbox.Record, dels []int64, lastSeq int64) (outbox.Result, error) {
 	foreign, err := s.write(ctx, recs, dels, lastSeq)
-	return Result{Foreign: foreign}, err
+	return outbox.Result{Foreign: foreign}, err
 }
 
 // write inserts recs and deletes the settled rows dels in one transaction.
 // When lastSeq ≥ 0 it also returns, read in the same transaction, rows
 // another process inserted after lastSeq and before recs (a dead letter
 // retried by the CLI).
-func (s *Store) write(ctx context.Context, recs []*Record, dels []int64, lastSeq int64) ([]*Record, error) {
+func (s *Store) write(ctx context.Context, recs []*outbox.Record, dels []int64, lastSeq int64) ([]*outbox.Record, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("begin: %w", err)
@@ -222,7 +149,7 @@ func (s *Store) write(ctx context.Context, recs []*Record, dels []int64, lastSeq
 	if err := deleteSeqs(ctx, tx, dels); err != nil {
 		return nil, err
 	}
-	var foreign []*Record
+	var foreign []*outbox.Record
 	if lastSeq >= 0 && len(recs) > 0 && recs[0].Seq != lastSeq+1 {
 		if foreign, err = pendingBetween(ctx, tx, lastSeq, recs[0].Seq); err != nil {
 			return nil, err
@@ -290,21 +217,21 @@ func (s *Store) Bury(ctx context.Context, seq int64, attempts int, lastErr strin
 }
 
 // Pending returns rows with seq > after, oldest first.
-func (s *Store) Pending(ctx context.Context, after int64) ([]*Record, error) {
+func (s *Store) Pending(ctx context.Context, after int64) ([]*outbox.Record, error) {
 	return pendingBetween(ctx, s.db, after, math.MaxInt64)
 }
 
 // PendingMeta returns every row, oldest first, without its payload (see
 // Payload), so that a large backlog does not have to fit in memory.
-func (s *Store) PendingMeta(ctx context.Context) ([]*Record, error) {
+func (s *Store) PendingMeta(ctx context.Context) ([]*outbox.Record, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, device_id, message_id, timestamp, received_at FROM outbox ORDER BY seq`)
 	if err != nil {
 		return nil, fmt.Errorf("load outbox: %w", err)
 	}
 	defer rows.Close()
-	var out []*Record
+	var out []*outbox.Record
 	for rows.Next() {
-		r := &Record{}
+		r := &outbox.Record{}
 		var ms int64
 		if err := rows.Scan(&r.Seq, &r.DeviceID, &r.MessageID, &r.Timestamp, &ms); err != nil {
 			return nil, fmt.Errorf("load outbox: %w", err)
@@ -315,15 +242,12 @@ func (s *Store) PendingMeta(ctx context.Context) ([]*Record, error) {
 	return out, rows.Err()
 }
 
-// ErrNoRow is returned by Payload for a row that is not in the outbox.
-var ErrNoRow = errors.New("no such outbox row")
-
 // Payload returns the payload of row seq, or ErrNoRow.
 func (s *Store) Payload(ctx context.Context, seq int64) ([]byte, error) {
 	var p []byte
 	err := s.db.QueryRowContext(ctx, `SELECT payload FROM outbox WHERE seq = ?`, seq).Scan(&p)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("outbox row %d: %w", seq, ErrNoRow)
+		return nil, fmt.Errorf("outbox row %d: %w", seq, outbox.ErrNoRow)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load payload: %w", err)
@@ -336,15 +260,15 @@ type querier interface {
 }
 
 // pendingBetween returns rows with after < seq < before, oldest first.
-func pendingBetween(ctx context.Context, db querier, after, before int64) ([]*Record, error) {
+func pendingBetween(ctx context.Context, db querier, after, before int64) ([]*outbox.Record, error) {
 	rows, err := db.QueryContext(ctx, `SELECT seq, device_id, message_id, timestamp, payload, received_at FROM outbox WHERE seq > ? AND seq < ? ORDER BY seq`, after, before)
 	if err != nil {
 		return nil, fmt.Errorf("load outbox: %w", err)
 	}
 	defer rows.Close()
-	var out []*Record
+	var out []*outbox.Record
 	for rows.Next() {
-		r := &Record{}
+		r := &outbox.Record{}
 		var ms int64
 		if err := rows.Scan(&r.Seq, &r.DeviceID, &r.MessageID, &r.Timestamp, &r.Payload, &ms); err != nil {
 			return nil, fmt.Errorf("load outbox: %w", err)
@@ -375,33 +299,7 @@ func (s *Store) Seen(ctx context.Context, now time.Time, window time.Duration, f
 		return fmt.Errorf("load seen: %w", err)
 	}
 	defer rows.Close()
-	return ScanSeen(rows, fn)
-}
-
-// Rows is what ScanSeen reads: *sql.Rows, or pgx.Rows of another engine.
-type Rows interface {
-	Next() bool
-	Scan(dest ...any) error
-	Err() error
-}
-
-// ScanSeen calls fn for each (device_id, message_id, expires as Unix
-// seconds) row of rows: the query of Seen, on any engine.
-func ScanSeen(rows Rows, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
-	for rows.Next() {
-		var dev string
-		var id []byte
-		var exp int64
-		if err := rows.Scan(&dev, &id, &exp); err != nil {
-			return fmt.Errorf("load seen: %w", err)
-		}
-		var k [16]byte
-		copy(k[:], id)
-		if err := fn(dev, k, time.Unix(exp, 0)); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
+	return outbox.ScanSeen(rows, fn)
 }
 
 // PruneSeen deletes ids that left the replay window before now (both their
@@ -436,6 +334,11 @@ func (s *Store) PruneSeen(ctx context.Context, now time.Time, window time.Durati
 	return n, nil
 }
 
+// FreshnessWindow is storage.Outbox's: SQLite serves one gateway, whose
+// window may change across restarts (Seen and SeenHorizon keep replays
+// closed when it does), so any window is agreed to.
+func (s *Store) FreshnessWindow(context.Context, time.Duration) error { return nil }
+
 // SeenHorizon returns the timestamp before which accepted ids may have
 // been pruned: every id of a message with a later timestamp is still in
 // the seen table. A gateway whose window now reaches further back (the
@@ -450,15 +353,15 @@ func (s *Store) SeenHorizon(ctx context.Context) (time.Time, error) {
 }
 
 // DeadLetters lists dead-lettered messages, oldest first.
-func (s *Store) DeadLetters(ctx context.Context) ([]Dead, error) {
+func (s *Store) DeadLetters(ctx context.Context) ([]outbox.Dead, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT seq, device_id, message_id, timestamp, payload, received_at, attempts, last_error, dead_at FROM deadletter ORDER BY seq`)
 	if err != nil {
 		return nil, fmt.Errorf("list dead letters: %w", err)
 	}
 	defer rows.Close()
-	var out []Dead
+	var out []outbox.Dead
 	for rows.Next() {
-		var d Dead
+		var d outbox.Dead
 		var ms, dead int64
 		if err := rows.Scan(&d.Seq, &d.DeviceID, &d.MessageID, &d.Timestamp, &d.Payload, &ms, &d.Attempts, &d.LastError, &dead); err != nil {
 			return nil, fmt.Errorf("list dead letters: %w", err)
@@ -519,7 +422,7 @@ const seenChunk = 128
 
 // insertSeen records the ids of recs in the seen table, seenChunk rows per
 // statement.
-func insertSeen(ctx context.Context, tx *sql.Tx, recs []*Record) error {
+func insertSeen(ctx context.Context, tx *sql.Tx, recs []*outbox.Record) error {
 	args := make([]any, 0, 4*min(len(recs), seenChunk))
 	for len(recs) > 0 {
 		chunk := recs[:min(len(recs), seenChunk)]
@@ -540,24 +443,15 @@ func insertSeen(ctx context.Context, tx *sql.Tx, recs []*Record) error {
 	return nil
 }
 
-// Stats is what the gateway's /metrics reports about the database.
-type Stats struct {
-	// Oldest is when the oldest pending row was received; zero when the
-	// outbox is empty.
-	Oldest time.Time
-	// DeadLetters is how many rows wait in the dead-letter table.
-	DeadLetters int
-}
-
 // Stats reads the oldest pending row's receive time (by primary key, so it
 // is one index lookup) and counts the dead letters.
-func (s *Store) Stats(ctx context.Context) (Stats, error) {
-	var st Stats
+func (s *Store) Stats(ctx context.Context) (outbox.Stats, error) {
+	var st outbox.Stats
 	var ms sql.NullInt64
 	err := s.db.QueryRowContext(ctx, `SELECT (SELECT received_at FROM outbox ORDER BY seq LIMIT 1), (SELECT COUNT(*) FROM deadletter)`).
 		Scan(&ms, &st.DeadLetters)
 	if err != nil {
-		return Stats{}, fmt.Errorf("outbox stats: %w", err)
+		return outbox.Stats{}, fmt.Errorf("outbox stats: %w", err)
 	}
 	if ms.Valid {
 		st.Oldest = time.UnixMilli(ms.Int64)

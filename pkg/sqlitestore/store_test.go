@@ -1,4 +1,4 @@
-package outbox
+package sqlitestore
 
 import (
 	"bytes"
@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/iotgw/iotgw/pkg/outbox"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,15 +25,15 @@ func idN(n int) (id [16]byte) {
 }
 
 // rec builds the n-th test record of dev, expiring at exp.
-func rec(dev string, n int, exp time.Time) *Record {
-	return &Record{DeviceID: dev, MessageID: fmt.Sprintf("msg-%s-%d", dev, n), ID: idN(n),
+func rec(dev string, n int, exp time.Time) *outbox.Record {
+	return &outbox.Record{DeviceID: dev, MessageID: fmt.Sprintf("msg-%s-%d", dev, n), ID: idN(n),
 		Timestamp: fmt.Sprint(1727712000 + n), Payload: []byte(fmt.Sprintf(`{"n": %d}`, n)),
 		ReceivedAt: t0, Expires: exp}
 }
 
-func testConfig(t *testing.T, edit func(*Config)) Config {
+func testConfig(t *testing.T, edit func(*outbox.Config)) outbox.Config {
 	t.Helper()
-	cfg := DefaultConfig()
+	cfg := outbox.DefaultConfig()
 	cfg.Path = filepath.Join(t.TempDir(), "outbox.db")
 	if edit != nil {
 		edit(&cfg)
@@ -40,7 +41,7 @@ func testConfig(t *testing.T, edit func(*Config)) Config {
 	return cfg
 }
 
-func openStore(t *testing.T, cfg Config) *Store {
+func openStore(t *testing.T, cfg outbox.Config) *Store {
 	t.Helper()
 	s, err := Open(bg(), cfg)
 	if err != nil {
@@ -50,7 +51,7 @@ func openStore(t *testing.T, cfg Config) *Store {
 	return s
 }
 
-func insert(t *testing.T, s *Store, recs ...*Record) {
+func insert(t *testing.T, s *Store, recs ...*outbox.Record) {
 	t.Helper()
 	if err := s.Insert(bg(), recs); err != nil {
 		t.Fatalf("Insert: %v", err)
@@ -95,7 +96,7 @@ func seenIDs(t *testing.T, s *Store, now time.Time) []string {
 }
 
 // sameRecord compares what the outbox stores of a Record.
-func sameRecord(a, b *Record) bool {
+func sameRecord(a, b *outbox.Record) bool {
 	return a.Seq == b.Seq && a.DeviceID == b.DeviceID && a.MessageID == b.MessageID && a.Timestamp == b.Timestamp &&
 		bytes.Equal(a.Payload, b.Payload) && a.ReceivedAt.Equal(b.ReceivedAt)
 }
@@ -103,21 +104,21 @@ func sameRecord(a, b *Record) bool {
 func TestConfigValidate(t *testing.T) {
 	tests := []struct {
 		name    string
-		edit    func(*Config)
+		edit    func(*outbox.Config)
 		wantErr string
 	}{
-		{"defaults", func(*Config) {}, ""},
-		{"synchronous normal, any case", func(c *Config) { c.Synchronous = "NORMAL" }, ""},
-		{"no path", func(c *Config) { c.Path = "" }, "outbox.path"},
-		{"max_pending zero", func(c *Config) { c.MaxPending = 0 }, "outbox.max_pending"},
-		{"batch_max zero", func(c *Config) { c.BatchMax = 0 }, "outbox.batch_max"},
-		{"batch_max too big", func(c *Config) { c.BatchMax = 10001 }, "outbox.batch_max"},
-		{"prune_interval zero", func(c *Config) { c.PruneInterval = 0 }, "outbox.prune_interval"},
-		{"synchronous off", func(c *Config) { c.Synchronous = "off" }, "outbox.synchronous"},
+		{"defaults", func(*outbox.Config) {}, ""},
+		{"synchronous normal, any case", func(c *outbox.Config) { c.Synchronous = "NORMAL" }, ""},
+		{"no path", func(c *outbox.Config) { c.Path = "" }, "outbox.path"},
+		{"max_pending zero", func(c *outbox.Config) { c.MaxPending = 0 }, "outbox.max_pending"},
+		{"batch_max zero", func(c *outbox.Config) { c.BatchMax = 0 }, "outbox.batch_max"},
+		{"batch_max too big", func(c *outbox.Config) { c.BatchMax = 10001 }, "outbox.batch_max"},
+		{"prune_interval zero", func(c *outbox.Config) { c.PruneInterval = 0 }, "outbox.prune_interval"},
+		{"synchronous off", func(c *outbox.Config) { c.Synchronous = "off" }, "outbox.synchronous"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := DefaultConfig()
+			cfg := outbox.DefaultConfig()
 			tc.edit(&cfg)
 			err := cfg.Validate()
 			if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
@@ -128,7 +129,7 @@ func TestConfigValidate(t *testing.T) {
 }
 
 func TestOpenMissingDirectory(t *testing.T) {
-	cfg := DefaultConfig()
+	cfg := outbox.DefaultConfig()
 	cfg.Path = filepath.Join(t.TempDir(), "no", "such", "dir", "outbox.db")
 	if s, err := Open(bg(), cfg); err == nil {
 		s.Close()
@@ -142,12 +143,12 @@ func TestOpenMissingDirectory(t *testing.T) {
 func TestStoreSurvivesReopen(t *testing.T) {
 	for _, sync := range []string{"full", "normal", ""} {
 		t.Run("synchronous="+sync, func(t *testing.T) {
-			cfg := testConfig(t, func(c *Config) { c.Synchronous = sync })
+			cfg := testConfig(t, func(c *outbox.Config) { c.Synchronous = sync })
 			s, err := Open(bg(), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			recs := []*Record{rec("a", 1, t0.Add(time.Hour)), rec("b", 2, t0.Add(time.Hour)), rec("a", 3, t0.Add(time.Hour))}
+			recs := []*outbox.Record{rec("a", 1, t0.Add(time.Hour)), rec("b", 2, t0.Add(time.Hour)), rec("a", 3, t0.Add(time.Hour))}
 			recs[1].Payload = []byte("{\"bin\": \"\x00\xff\", \"ü\": [ 1 ,2 ]}\n")
 			recs[2].ReceivedAt = t0.Add(1500 * time.Millisecond)
 			if err := s.Insert(bg(), recs); err != nil {
@@ -196,7 +197,7 @@ func TestStoreDelete(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openStore(t, testConfig(t, nil))
-			recs := make([]*Record, tc.rows)
+			recs := make([]*outbox.Record, tc.rows)
 			for i := range recs {
 				recs[i] = rec("d", i, t0.Add(time.Minute))
 			}
@@ -273,7 +274,7 @@ func TestStoreSeenWindow(t *testing.T) {
 func TestStoreSeenManyInOneInsert(t *testing.T) {
 	s := openStore(t, testConfig(t, nil))
 	const n = 3*seenChunk + 5
-	recs := make([]*Record, n)
+	recs := make([]*outbox.Record, n)
 	for i := range recs {
 		recs[i] = rec(fmt.Sprint("dev", i%7), i, t0.Add(time.Duration(i)*time.Second).Truncate(time.Second))
 	}
@@ -306,7 +307,7 @@ func TestStoreSeenCallbackErrorStops(t *testing.T) {
 
 func TestStoreBury(t *testing.T) {
 	s := openStore(t, testConfig(t, nil))
-	recs := []*Record{rec("a", 1, t0), rec("b", 2, t0), rec("c", 3, t0)}
+	recs := []*outbox.Record{rec("a", 1, t0), rec("b", 2, t0), rec("c", 3, t0)}
 	insert(t, s, recs...)
 	deadAt := time.Unix(1727799999, 0)
 	if err := s.Bury(bg(), recs[1].Seq, 50, "backend answered 503", deadAt); err != nil {
@@ -351,8 +352,8 @@ func TestStoreRetryAndDropDead(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openStore(t, testConfig(t, nil))
 			live := rec("live", 0, t0)
-			buried := []*Record{rec("a", 1, t0), rec("b", 2, t0), rec("c", 3, t0)}
-			insert(t, s, append([]*Record{live}, buried...)...)
+			buried := []*outbox.Record{rec("a", 1, t0), rec("b", 2, t0), rec("c", 3, t0)}
+			insert(t, s, append([]*outbox.Record{live}, buried...)...)
 			for _, r := range buried {
 				if err := s.Bury(bg(), r.Seq, 5, "gave up", t0); err != nil {
 					t.Fatal(err)
@@ -510,9 +511,9 @@ func TestStoreSeenHorizon(t *testing.T) {
 func TestStoreStats(t *testing.T) {
 	s := openStore(t, testConfig(t, nil))
 	if st, err := s.Stats(bg()); err != nil || !st.Oldest.IsZero() || st.DeadLetters != 0 {
-		t.Fatalf("empty Stats = %+v, %v; want zero", st, err)
+		t.Fatalf("empty outbox.Stats = %+v, %v; want zero", st, err)
 	}
-	recs := []*Record{rec("a", 1, t0), rec("b", 2, t0), rec("c", 3, t0)}
+	recs := []*outbox.Record{rec("a", 1, t0), rec("b", 2, t0), rec("c", 3, t0)}
 	for i, r := range recs {
 		r.ReceivedAt = t0.Add(time.Duration(i) * time.Second)
 	}
@@ -525,6 +526,6 @@ func TestStoreStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := recs[1].ReceivedAt.Truncate(time.Millisecond); !st.Oldest.Equal(want) || st.DeadLetters != 1 {
-		t.Errorf("Stats = %+v, want oldest %v (the first row still pending) and 1 dead letter", st, want)
+		t.Errorf("outbox.Stats = %+v, want oldest %v (the first row still pending) and 1 dead letter", st, want)
 	}
 }

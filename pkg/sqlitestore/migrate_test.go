@@ -1,7 +1,8 @@
-package outbox
+package sqlitestore
 
 import (
 	"context"
+	"github.com/iotgw/iotgw/pkg/outbox"
 	"path/filepath"
 	"testing"
 	"time"
@@ -31,7 +32,7 @@ func TestMigrateSeenV2(t *testing.T) {
 	}
 	db.Close()
 
-	cfg := DefaultConfig()
+	cfg := outbox.DefaultConfig()
 	cfg.Path = path
 	s, err := Open(ctx, cfg)
 	if err != nil {
@@ -53,8 +54,8 @@ func TestMigrateSeenV2(t *testing.T) {
 		t.Fatalf("outbox rows after migration: %d, %v", n, err)
 	}
 	// The same id recorded twice (no primary key any more) is accepted.
-	rec := &Record{DeviceID: "d1", MessageID: "m2", ID: id, Timestamp: "1", Payload: []byte("{}"), ReceivedAt: time.Now(), Expires: time.Unix(exp, 0)}
-	if err := s.Insert(ctx, []*Record{rec}); err != nil {
+	rec := &outbox.Record{DeviceID: "d1", MessageID: "m2", ID: id, Timestamp: "1", Payload: []byte("{}"), ReceivedAt: time.Now(), Expires: time.Unix(exp, 0)}
+	if err := s.Insert(ctx, []*outbox.Record{rec}); err != nil {
 		t.Fatalf("insert a seen id twice: %v", err)
 	}
 }

@@ -1,0 +1,35 @@
+package gateway
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+
+	"go.uber.org/zap"
+
+	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/lease"
+)
+
+// newLeaseForwarder returns the forwarder of an engine whose rows are
+// claimed under leases (several gateways sharing one database): a gateway
+// does not forward the rows it accepted; any gateway claims any device's
+// rows (see lease.Forwarder). Its owner name is unique to this process run.
+func (g *Gateway) newLeaseForwarder(st lease.Store) *lease.Forwarder {
+	b := make([]byte, 4)
+	rand.Read(b) //nolint:errcheck // never fails
+	host, _ := os.Hostname()
+	owner := fmt.Sprintf("%s@%s/%d/%s", g.cfg.MQTT.ClientID, host, os.Getpid(), hex.EncodeToString(b))
+	return lease.New(st, owner, lease.Config{
+		Lease: g.cfg.Storage.Lease, Timeout: g.cfg.Backend.Timeout, MaxPayloadMemory: g.cfg.Backend.MaxPayloadMemory,
+	}, g.now, g.log.With(zap.String("component", "lease")), lease.Hooks{
+		Submit: func(j *forward.Job) { g.dispatcher.Submit(j) },
+		Paused: func() bool { return g.stopping.Load() || g.dispatcher.BreakerOpen() },
+		Claimed: func(n int) {
+			g.metrics.claimed.Add(float64(n))
+		},
+		Failed: func(op string, _ error) { g.metrics.infraErrors.WithLabelValues("storage_" + op).Inc() },
+		Stale:  func(n int) { g.staleFinish.Add(int64(n)) },
+	})
+}

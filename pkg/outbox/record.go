@@ -1,0 +1,120 @@
+package outbox
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config holds the outbox settings.
+type Config struct {
+	// Path is the SQLite file. Default "iotgw-outbox.db".
+	Path string `mapstructure:"path"`
+	// MaxPending bounds rows waiting for the backend; past it new messages
+	// are not acked, so the broker holds them. Default 100000.
+	MaxPending int `mapstructure:"max_pending"`
+	// MaxPendingPerDevice bounds the rows any one device may have waiting
+	// for the backend; past it that device's new messages are refused with
+	// reason quota_exceeded (acked, counted, answered with a notice) while
+	// other devices' messages are still accepted, so one device cannot fill
+	// the outbox for the fleet. 0 turns the quota off. Default 10000.
+	MaxPendingPerDevice int `mapstructure:"max_pending_per_device"`
+	// BatchMax is the most messages committed in one transaction. Default 512.
+	BatchMax int `mapstructure:"batch_max"`
+	// PruneInterval is how often expired seen ids are deleted. Default 30s.
+	PruneInterval time.Duration `mapstructure:"prune_interval"`
+	// Synchronous is SQLite's PRAGMA synchronous: "full" (default) makes a
+	// commit survive power loss; "normal" survives a process crash only.
+	Synchronous string `mapstructure:"synchronous"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, MaxPendingPerDevice: 10000, BatchMax: 512, PruneInterval: 30 * time.Second, Synchronous: "full"}
+}
+
+// Validate checks the settings.
+func (c Config) Validate() error {
+	switch {
+	case c.Path == "":
+		return errors.New("outbox.path: required")
+	case c.MaxPending < 1:
+		return fmt.Errorf("outbox.max_pending: must be at least 1, got %d", c.MaxPending)
+	case c.MaxPendingPerDevice < 0 || c.MaxPendingPerDevice > c.MaxPending:
+		return fmt.Errorf("outbox.max_pending_per_device: must be 0 (off) or 1..outbox.max_pending (%d), got %d", c.MaxPending, c.MaxPendingPerDevice)
+	case c.BatchMax < 1 || c.BatchMax > 10000:
+		return fmt.Errorf("outbox.batch_max: must be 1..10000, got %d", c.BatchMax)
+	case c.PruneInterval <= 0:
+		return errors.New("outbox.prune_interval: must be positive")
+	case !strings.EqualFold(c.Synchronous, "full") && !strings.EqualFold(c.Synchronous, "normal"):
+		return fmt.Errorf("outbox.synchronous: must be full or normal, got %q", c.Synchronous)
+	}
+	return nil
+}
+
+// Record is one accepted message.
+type Record struct {
+	// Seq is the row id, set by Insert.
+	Seq int64
+	// DSeq orders a device's rows: increasing in commit order per device
+	// (on SQLite it is Seq; on PostgreSQL a per-device counter). The
+	// backend sees it as X-Iotgw-Seq.
+	DSeq int64
+	// DeviceID, MessageID and Timestamp (raw digits) as received.
+	DeviceID, MessageID, Timestamp string
+	// ID is the message id as 16 bytes, for the seen table.
+	ID [16]byte
+	// Payload is the exact payload bytes.
+	Payload []byte
+	// ReceivedAt is when the gateway accepted it.
+	ReceivedAt time.Time
+	// Expires is when the id leaves the replay window.
+	Expires time.Time
+}
+
+// Dead is a dead-lettered message.
+type Dead struct {
+	Record
+	Attempts  int
+	LastError string
+	DeadAt    time.Time
+}
+
+// ErrNoRow is returned by Payload for a row that is not in the outbox.
+var ErrNoRow = errors.New("no such outbox row")
+
+// Rows is what ScanSeen reads: *sql.Rows, or pgx.Rows of another engine.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// ScanSeen calls fn for each (device_id, message_id, expires as Unix
+// seconds) row of rows: the query of Seen, on any engine.
+func ScanSeen(rows Rows, fn func(deviceID string, id [16]byte, expires time.Time) error) error {
+	for rows.Next() {
+		var dev string
+		var id []byte
+		var exp int64
+		if err := rows.Scan(&dev, &id, &exp); err != nil {
+			return fmt.Errorf("load seen: %w", err)
+		}
+		var k [16]byte
+		copy(k[:], id)
+		if err := fn(dev, k, time.Unix(exp, 0)); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
+
+// Stats is what the gateway's /metrics reports about the database.
+type Stats struct {
+	// Oldest is when the oldest pending row was received; zero when the
+	// outbox is empty.
+	Oldest time.Time
+	// DeadLetters is how many rows wait in the dead-letter table.
+	DeadLetters int
+}
