@@ -357,8 +357,8 @@ var cases = []kase{
 			t.Fatalf("refused %d, want the pruned copy, the one below and the one at the horizon", len(res.Refused))
 		}
 		for _, r := range res.Refused {
-			if r.Quota || r.Rec == above {
-				t.Fatalf("refused %s (quota %v), want a replay refusal of the three at or below the horizon", r.Rec.MessageID, r.Quota)
+			if r.Quota || !r.Old || r.Rec == above {
+				t.Fatalf("refused %s (quota %v, old %v), want the three at or below the horizon refused as old", r.Rec.MessageID, r.Quota, r.Old)
 			}
 		}
 	}},

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"testing/synctest"
 
-	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/lease/leasetest"
 	"github.com/iotgw/iotgw/pkg/lease/memstore"
 	"github.com/iotgw/iotgw/pkg/outbox"
@@ -33,5 +32,3 @@ func TestMemstore(t *testing.T) {
 		},
 	})
 }
-
-var _ lease.Store = (*memstore.Conn)(nil)

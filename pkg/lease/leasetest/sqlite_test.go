@@ -9,6 +9,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/lease/leasetest"
 	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 // TestSQLite runs the parts of the contract the SQLite engine has: commit,
@@ -20,7 +21,7 @@ func TestSQLite(t *testing.T) {
 		Open: func(t *testing.T, opt leasetest.Options) *leasetest.Engine {
 			cfg := outbox.DefaultConfig()
 			cfg.Path = filepath.Join(t.TempDir(), "outbox.db")
-			s, err := outbox.Open(context.Background(), cfg)
+			s, err := sqlitestore.Open(context.Background(), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -22,6 +22,9 @@ type Config struct {
 	// Window is the fleet-wide freshness window: PruneSeen forgets ids of
 	// messages stamped more than Window before the store's clock.
 	Window time.Duration
+	// OnCommit, when set, is called with a copy of every row Commit
+	// inserts, after the commit (the simulation's record of acceptances).
+	OnCommit func(rec outbox.Record)
 }
 
 // Op names a call, for fault injection.
@@ -176,10 +179,10 @@ func unixTS(r *outbox.Record) int64 {
 }
 
 // Commit implements outbox.Committer as the PostgreSQL engine does: in
-// order, a record whose device is at the quota is refused (Quota), one
-// stamped at or below the horizon or whose id was committed before (by
-// any gateway) is refused as a replay, and the others become rows with
-// their device's next DSeq. dels and lastSeq are ignored (rows are
+// order, a record stamped at or below the horizon is refused (Old), one
+// whose device is at the quota is refused (Quota), one whose id was
+// committed before (by any gateway) is refused as a replay, and the others
+// become rows with their device's next DSeq. dels and lastSeq are ignored (rows are
 // deleted by Finish).
 func (c *Conn) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _ int64) (outbox.Result, error) {
 	lose, err := c.enter(ctx, OpCommit)
@@ -189,15 +192,20 @@ func (c *Conn) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _ i
 	db := c.db
 	db.mu.Lock()
 	var res outbox.Result
+	var won []outbox.Record
 	for _, r := range recs {
 		d := db.dev(r.DeviceID)
+		ts := unixTS(r)
+		if ts <= db.horizon {
+			res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Old: true})
+			continue
+		}
 		if db.cfg.Quota > 0 && d.pending >= int64(db.cfg.Quota) {
 			res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Quota: true})
 			continue
 		}
 		k := seenKey{r.DeviceID, r.ID}
-		ts := unixTS(r)
-		if _, dup := db.seen[k]; dup || ts <= db.horizon {
+		if _, dup := db.seen[k]; dup {
 			res.Refused = append(res.Refused, outbox.Refusal{Rec: r})
 			continue
 		}
@@ -209,8 +217,14 @@ func (c *Conn) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _ i
 		cp := *r
 		cp.Payload = slices.Clone(r.Payload)
 		db.rows[cp.Seq] = &cp
+		won = append(won, cp)
 	}
 	db.mu.Unlock()
+	if db.cfg.OnCommit != nil {
+		for _, r := range won {
+			db.cfg.OnCommit(r)
+		}
+	}
 	if err := c.leave(OpCommit, lose); err != nil {
 		return outbox.Result{}, fmt.Errorf("outbox commit: %w", err)
 	}
