@@ -48,6 +48,15 @@ test: deps vet lint unit unit-file examples e2e
 unit:
 	$(GO) test -count=1 ./pkg/... ./cmd/...
 
+# sim: the deterministic simulation of the delivery core (docs/SIMULATION.md)
+# with SEEDS seeds from seed FIRST; `make test` runs seeds 1..2000 in unit.
+# A failing seed prints the command that replays it.
+.PHONY: sim
+SEEDS ?= 2000
+FIRST ?= 1
+sim:
+	$(GO) test -count=1 -timeout 60m ./pkg/lease/sim -run TestSim -seeds=$(SEEDS) -first=$(FIRST)
+
 # examples: the C device library (host build, then under ASan/UBSan) and
 # the Python device against every vector in testdata/vectors.json; the
 # Python device's run against a live gateway is in e2e (TestPythonDevice).

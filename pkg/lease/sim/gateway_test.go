@@ -1,0 +1,177 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/lease"
+	"github.com/iotgw/iotgw/pkg/lease/memstore"
+	"github.com/iotgw/iotgw/pkg/outbox"
+)
+
+// gateway is one incarnation of a gateway: a real lease.Forwarder and a
+// real forward.Dispatcher posting to the simulated backend, and an accept
+// path (a stand-in for validate + outbox.Writer) that checks freshness
+// with the gateway's own clock, filters ids it has seen, and commits
+// through the model, which is the replay authority. A crash ends it
+// without any shutdown; its memory is lost with it.
+type gateway struct {
+	w     *world
+	slot  int
+	name  string // the lease owner, new for every incarnation
+	conn  *memstore.Conn
+	clock time.Duration // its wall clock's offset
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	inbox  chan *inbound
+	seen   map[[16]byte]time.Time // the in-memory replay filter
+	fwd    *lease.Forwarder
+	disp   *forward.Dispatcher
+	wg     sync.WaitGroup
+}
+
+func (w *world) startGateway(slot, inc int) *gateway {
+	name := fmt.Sprintf("g%d.%d", slot, inc)
+	g := &gateway{w: w, slot: slot, name: name, conn: w.db.Conn(name), clock: w.p.clock[slot],
+		inbox: make(chan *inbound), seen: map[[16]byte]time.Time{}}
+	g.ctx, g.cancel = context.WithCancel(w.ctx)
+	p := w.p
+	fcfg := forward.DefaultConfig()
+	fcfg.Timeout, fcfg.Workers, fcfg.MaxAttempts = p.timeout, p.workers, p.maxAttempts
+	fcfg.MaxPayloadMemory = p.maxPayloadMemory
+	backoff := func(attempt int) time.Duration { return min(200*time.Millisecond<<min(attempt, 6), 5*time.Second) }
+	g.fwd = lease.New(g.conn, name, lease.Config{Lease: p.lease, Timeout: p.timeout, MaxPayloadMemory: p.maxPayloadMemory},
+		time.Now, zap.NewNop(), lease.Hooks{
+			Submit: func(j *forward.Job) { g.disp.Submit(j) },
+			Paused: func() bool { return g.disp.BreakerOpen() },
+		})
+	g.disp = forward.NewDispatcher(fcfg, &backend{w: w, owner: name}, forward.NewBreaker(5, 2*time.Second, time.Now), backoff, time.Now, forward.Hooks{
+		Settled: func(j *forward.Job, o forward.Outcome) {
+			var dead *lease.Dead
+			if o.Dead {
+				msg := ""
+				if o.Err != nil {
+					msg = o.Err.Error()
+				}
+				dead = &lease.Dead{Attempts: j.Attempts, LastError: msg, At: time.Now()}
+			}
+			g.fwd.Settled(j, dead)
+		},
+		Admit: g.fwd.Admit,
+		Load: func(ctx context.Context, j *forward.Job) ([]byte, error) {
+			b, err := g.conn.Payload(ctx, j.Seq)
+			if errors.Is(err, outbox.ErrNoRow) {
+				return nil, fmt.Errorf("%w: %w", forward.ErrPayloadGone, err)
+			}
+			return b, err
+		},
+	})
+	g.wg.Add(3)
+	go func() { defer g.wg.Done(); g.fwd.Run(g.ctx) }()
+	go func() { defer g.wg.Done(); g.disp.Run(g.ctx) }()
+	go func() { defer g.wg.Done(); g.accept() }()
+	g.wg.Add(1)
+	go func() { defer g.wg.Done(); g.prune() }()
+	return g
+}
+
+func (g *gateway) kick() { g.fwd.Kick() }
+
+// now is the gateway's wall clock (offset from the fleet's).
+func (g *gateway) now() time.Time { return time.Now().Add(g.clock) }
+
+// crash ends the gateway at once: no Stop, no release, in-flight POSTs cut.
+func (g *gateway) crash() {
+	g.cancel()
+	g.disp.Abort()
+	g.wg.Wait()
+}
+
+// shutdown is a clean stop: the dispatcher drains, then the forwarder
+// finishes what settled and releases its leases.
+func (g *gateway) shutdown() {
+	g.cancel()
+	g.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	g.fwd.Stop(ctx)
+}
+
+// accept handles deliveries one at a time, as the gateway's writer
+// commits them: freshness by the gateway's clock, the in-memory replay
+// filter, then a commit through the model that is retried until it
+// answers (nothing is acked meanwhile). A refused record (a replay by the
+// database's authority, or the device's quota) is acked and dropped.
+func (g *gateway) accept() {
+	for {
+		var in *inbound
+		select {
+		case in = <-g.inbox:
+		case <-g.ctx.Done():
+			return
+		}
+		m := in.d.msg
+		ts := g.w.start.Add(m.ts).Truncate(time.Second)
+		now := g.now()
+		verdict := ""
+		switch {
+		case ts.Before(now.Add(-g.w.p.window)) || ts.After(now.Add(g.w.p.window)):
+			verdict = "stale"
+		case !g.seen[m.key].IsZero() && g.seen[m.key].After(now):
+			verdict = "replay (memory)"
+		default:
+			rec := &outbox.Record{DeviceID: m.dev, MessageID: m.id, Timestamp: strconv.FormatInt(ts.Unix(), 10), ID: m.key,
+				Payload: m.payload, ReceivedAt: now, Expires: ts.Add(g.w.p.window)}
+			delay := 50 * time.Millisecond
+			for {
+				res, err := g.conn.Commit(g.ctx, []*outbox.Record{rec}, nil, -1)
+				if err == nil {
+					switch {
+					case len(res.Refused) == 0:
+						verdict = "accepted"
+						g.w.kickAll() // the NOTIFY every commit sends
+					case res.Refused[0].Quota:
+						verdict = "quota"
+					default:
+						verdict = "replay (database)"
+					}
+					break
+				}
+				if !sleep(g.ctx, delay) {
+					return
+				}
+				delay = min(2*delay, 5*time.Second)
+			}
+			if verdict != "quota" {
+				g.seen[m.key] = rec.Expires
+			}
+		}
+		g.w.mu.Lock()
+		g.w.event("%s: %s %s (ts %v, its clock %v)", g.name, verdict, m, ts.Sub(g.w.start), now.Sub(g.w.start))
+		g.w.mu.Unlock()
+		close(in.ack)
+	}
+}
+
+// prune is the gateway's periodic PruneSeen (the database's clock and
+// the fleet-wide window; every gateway runs it).
+func (g *gateway) prune() {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			g.conn.PruneSeen(g.ctx) //nolint:errcheck // retried at the next tick
+		case <-g.ctx.Done():
+			return
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package sim
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/iotgw/iotgw/pkg/outbox"
+)
+
+var (
+	flagSeed  = flag.Int64("seed", 0, "run this seed alone (0: run -seeds seeds from -first)")
+	flagSeeds = flag.Int("seeds", 2000, "how many seeds to run")
+	flagFirst = flag.Int64("first", 1, "the first seed")
+)
+
+// TestSim runs the simulation for each seed, two at a time on a 2-core
+// machine (t.Parallel), each in its own synctest bubble.
+func TestSim(t *testing.T) {
+	first, n := *flagFirst, int64(*flagSeeds)
+	if *flagSeed != 0 {
+		first, n = *flagSeed, 1
+	}
+	for seed := first; seed < first+n; seed++ {
+		t.Run(strconv.FormatInt(seed, 10), func(t *testing.T) {
+			t.Parallel()
+			synctest.Test(t, func(t *testing.T) { runSeed(t, seed) })
+		})
+	}
+}
+
+// runSeed runs one seed: traffic and faults for the plan's traffic
+// period, then a quiet drain (faults off, the backend answering 2xx) until
+// every delivery is acked and every row forwarded, then the final checks.
+func runSeed(t *testing.T, seed int64) {
+	p := newPlan(seed)
+	ctx, cancel := context.WithCancel(context.Background())
+	w := newWorld(ctx, p)
+	fail := func(what string) {
+		t.Helper()
+		t.Fatalf("seed %d: %s\nplan: %v\n%s\nreplay: go test ./pkg/lease/sim -run TestSim -seed=%d -v", seed, what, p, w.report(), seed)
+	}
+	for i := range p.gateways {
+		s := &slot{changed: make(chan struct{})}
+		w.slots = append(w.slots, s)
+		s.set(w.startGateway(i, 1))
+	}
+	var bg sync.WaitGroup
+	for _, d := range p.deliveries {
+		bg.Go(func() { w.deliver(d) })
+	}
+	for _, c := range p.crashes {
+		bg.Go(func() {
+			if !sleep(ctx, c.at) {
+				return
+			}
+			s := w.slots[c.gw]
+			g := s.get(ctx)
+			s.set(nil)
+			w.mu.Lock()
+			w.event("crash %s", g.name)
+			w.mu.Unlock()
+			g.crash()
+			if !sleep(ctx, c.down) {
+				return
+			}
+			s.set(w.startGateway(c.gw, 2))
+		})
+	}
+	stop := func() {
+		for _, s := range w.slots {
+			s.mu.Lock()
+			g := s.cur
+			s.mu.Unlock()
+			if g != nil {
+				s.set(nil)
+				g.shutdown()
+			}
+		}
+		cancel()
+		bg.Wait()
+	}
+	defer func() {
+		if ctx.Err() == nil {
+			stop()
+		}
+	}()
+
+	// Traffic and faults; the invariants are checked at every step (each
+	// POST and commit records its violations), read here every second.
+	for w.since() < p.traffic {
+		time.Sleep(time.Second)
+		if w.failed() {
+			stop()
+			fail("invariant broken")
+		}
+	}
+	w.mu.Lock()
+	w.quiet = true
+	w.mu.Unlock()
+	w.kickAll()
+	// Drain: liveness. Everything delivered is acked, and every row forwarded.
+	deadline := w.since() + 30*time.Minute
+	for {
+		time.Sleep(time.Second)
+		if w.failed() {
+			stop()
+			fail("invariant broken")
+		}
+		w.mu.Lock()
+		acked := len(w.acked)
+		w.mu.Unlock()
+		rows := w.db.Rows()
+		if acked == len(p.deliveries) && len(rows) == 0 {
+			break
+		}
+		if w.since() > deadline {
+			stop()
+			fail(fmt.Sprintf("not drained 30 min after the faults stopped: %d of %d deliveries acked, %d rows pending (first: %s/%s)",
+				acked, len(p.deliveries), len(rows), firstDev(rows), firstMsg(rows)))
+		}
+	}
+	stop()
+	// Every accepted message reached the backend at least once.
+	w.mu.Lock()
+	var lost []string
+	for k := range w.committed {
+		if w.posted[k] == 0 {
+			lost = append(lost, k)
+		}
+	}
+	w.mu.Unlock()
+	if len(lost) > 0 {
+		fail(fmt.Sprintf("accepted messages that never reached the backend: %v (dead letters %v)", lost, w.db.DeadSeqs()))
+	}
+	if w.failed() {
+		fail("invariant broken")
+	}
+	if *flagSeed != 0 {
+		w.mu.Lock()
+		posts, dups := 0, 0
+		for _, n := range w.posted {
+			posts += n
+		}
+		for _, n := range w.dups {
+			dups += n
+		}
+		t.Logf("seed %d: %v\n%d messages accepted, %d POSTs, %d duplicates, %d dead letters, ran %v of fake time\nlast events:\n  %s",
+			seed, p, len(w.committed), posts, dups, len(w.db.DeadSeqs()), w.since(), strings.Join(w.events, "\n  "))
+		w.mu.Unlock()
+	}
+}
+
+func firstDev(rows []outbox.Record) string {
+	if len(rows) == 0 {
+		return ""
+	}
+	return rows[0].DeviceID
+}
+
+func firstMsg(rows []outbox.Record) string {
+	if len(rows) == 0 {
+		return ""
+	}
+	return rows[0].MessageID
+}

@@ -1,0 +1,326 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/lease/memstore"
+	"github.com/iotgw/iotgw/pkg/outbox"
+)
+
+// world is one seed's run: the model database, the gateway slots, the
+// broker's deliveries and the backend, with the invariants' bookkeeping.
+type world struct {
+	p     *plan
+	db    *memstore.DB
+	start time.Time
+	ctx   context.Context
+
+	slots []*slot
+
+	mu         sync.Mutex
+	quiet      bool // faults off: the run is draining
+	violations []string
+	calls      map[string]int // database calls so far per connection and op
+	acked      map[*delivery]bool
+	committed  map[string]int // message → rows the database inserted for it
+	inflight   map[string]int // device → POSTs in flight, fleet-wide
+	lastOrder  map[string]int64
+	posted     map[string]int // message → POSTs
+	processed  map[string]int // message → times the backend took it (2xx, final 4xx)
+	dups       map[string]int // device → messages the backend took again
+	lostAns    map[string]int // device → POSTs the backend took whose answer was lost
+	attempts   map[string]int
+	events     []string // the last events, printed with a failure
+}
+
+func newWorld(ctx context.Context, p *plan) *world {
+	w := &world{p: p, start: time.Now(), ctx: ctx, calls: map[string]int{}, acked: map[*delivery]bool{},
+		committed: map[string]int{}, inflight: map[string]int{}, lastOrder: map[string]int64{}, posted: map[string]int{},
+		processed: map[string]int{}, dups: map[string]int{}, lostAns: map[string]int{}, attempts: map[string]int{}}
+	w.db = memstore.New(memstore.Config{Quota: p.quota, Window: p.window, OnCommit: w.onCommit})
+	w.db.SetInjector(w.fault)
+	return w
+}
+
+func (w *world) since() time.Duration { return time.Since(w.start) }
+
+// violate records a broken invariant (w.mu held).
+func (w *world) violate(format string, args ...any) {
+	w.violations = append(w.violations, fmt.Sprintf("t=%v ", w.since())+fmt.Sprintf(format, args...))
+}
+
+// event remembers the last events for a failure's report (w.mu held).
+func (w *world) event(format string, args ...any) {
+	if len(w.events) >= 400 {
+		w.events = w.events[1:]
+	}
+	w.events = append(w.events, fmt.Sprintf("t=%v ", w.since())+fmt.Sprintf(format, args...))
+}
+
+func (w *world) failed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.violations) > 0
+}
+
+func (w *world) report() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return strings.Join(w.violations, "\n") + "\nlast events:\n  " + strings.Join(w.events, "\n  ")
+}
+
+// onCommit is the model's record of every row it inserted: invariant "no
+// message is accepted twice".
+func (w *world) onCommit(r outbox.Record) {
+	k := r.DeviceID + "/" + r.MessageID
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.committed[k]++
+	w.event("commit %s seq=%d dseq=%d", k, r.Seq, r.DSeq)
+	if w.committed[k] > 1 {
+		w.violate("message %s accepted (committed) %d times", k, w.committed[k])
+	}
+}
+
+// fault is the model's injector: the seed's outages by time, and per-call
+// faults hashed from the call's identity.
+func (w *world) fault(conn string, op memstore.Op) memstore.Fault {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.quiet {
+		return memstore.Fault{}
+	}
+	var gi int
+	fmt.Sscanf(conn, "g%d.", &gi) //nolint:errcheck // our own names
+	now := w.since()
+	for _, o := range w.p.outages {
+		if o.gw == gi && now >= o.from && now < o.to {
+			if o.freeze {
+				return memstore.Fault{Stall: o.to - now}
+			}
+			return memstore.Fault{Fail: true}
+		}
+	}
+	k := conn + "/" + string(op)
+	n := w.calls[k]
+	w.calls[k]++
+	x := w.p.hash("db", conn, op, n)
+	f := w.callFault(conn, op, n, x)
+	if f != (memstore.Fault{}) || op == memstore.OpFinish {
+		w.event("db %s %s: %+v", conn, op, f)
+	}
+	return f
+}
+
+func (w *world) callFault(conn string, op memstore.Op, n int, x float64) memstore.Fault {
+	switch {
+	case x < w.p.pFail:
+		return memstore.Fault{Fail: true}
+	case x < w.p.pFail+w.p.pLose && (op == memstore.OpCommit || op == memstore.OpFinish || op == memstore.OpClaim):
+		return memstore.Fault{LoseAnswer: true}
+	case x > 1-w.p.pStall:
+		return memstore.Fault{Stall: time.Duration(w.p.hash("stall", conn, op, n) * float64(2*w.p.timeout))}
+	}
+	return memstore.Fault{}
+}
+
+// backend is the simulated HTTP backend as one gateway reaches it (a
+// forward.Poster). It checks the invariants at the moment of each POST.
+type backend struct {
+	w     *world
+	owner string
+}
+
+// Post is one POST. Like forward.Client, it gives up after the backend
+// timeout; a 2xx or final 4xx is taken (processed) before it is answered,
+// so an answer that arrives too late is a lost answer and the retry a
+// duplicate the at-least-once window allows.
+func (b *backend) Post(ctx context.Context, j *forward.Job) (forward.Response, error) {
+	w := b.w
+	k := j.DeviceID + "/" + j.MessageID
+	if err := ctx.Err(); err != nil { // past its deadline already: nothing is sent
+		return forward.Response{}, &forward.RetryableError{Err: err}
+	}
+	owner, epoch := w.db.LeaseOf(j.DeviceID)
+	w.mu.Lock()
+	w.event("POST %s order=%d by %s epoch=%d (store: %q epoch %d)", k, j.Order, b.owner, j.Epoch, owner, epoch)
+	if w.inflight[j.DeviceID] > 0 {
+		w.violate("two POSTs of device %s in flight fleet-wide (the second: %s by %s)", j.DeviceID, k, b.owner)
+	}
+	w.inflight[j.DeviceID]++
+	if owner != b.owner || epoch != j.Epoch {
+		w.violate("%s posted %s (epoch %d) without the device's current lease (the store says owner %q, epoch %d)", b.owner, k, j.Epoch, owner, epoch)
+	}
+	if j.Order < w.lastOrder[j.DeviceID] {
+		w.violate("X-Iotgw-Seq of %s went back: %d after %d (%s)", j.DeviceID, j.Order, w.lastOrder[j.DeviceID], k)
+	}
+	w.lastOrder[j.DeviceID] = max(w.lastOrder[j.DeviceID], j.Order)
+	w.posted[k]++
+	n := w.attempts[k]
+	w.attempts[k]++
+	quiet := w.quiet
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		w.inflight[j.DeviceID]--
+		w.mu.Unlock()
+	}()
+
+	ctx, cancel := context.WithTimeout(ctx, w.p.timeout)
+	defer cancel()
+	x := w.p.hash("post", k, n)
+	d := func(f float64) time.Duration {
+		return time.Duration(w.p.hash("delay", k, n) * f * float64(w.p.timeout))
+	}
+	status, takeAfter, answerAfter := 200, d(0.3), d(0.3)
+	if !quiet {
+		switch p := w.p; {
+		case x < p.p4xx:
+			status = 422
+		case x < p.p4xx+p.p5xx:
+			status = 503
+		case x < p.p4xx+p.p5xx+p.pSlow:
+			takeAfter, answerAfter = d(0.8), d(1.6)
+		case x < p.p4xx+p.p5xx+p.pSlow+p.pHang:
+			<-ctx.Done()
+			return forward.Response{}, &forward.RetryableError{Err: ctx.Err()}
+		}
+	}
+	if !sleep(ctx, takeAfter) {
+		return forward.Response{}, &forward.RetryableError{Err: ctx.Err()}
+	}
+	if status == 503 {
+		return forward.Response{Status: status}, &forward.RetryableError{Status: status}
+	}
+	w.take(j, k)
+	if !sleep(ctx, answerAfter-takeAfter) {
+		w.mu.Lock()
+		w.lostAns[j.DeviceID]++
+		w.event("answer to %s lost (timeout)", k)
+		w.mu.Unlock()
+		return forward.Response{}, &forward.RetryableError{Err: ctx.Err()}
+	}
+	return forward.Response{Status: status, Body: []byte(`{"ok":true}`)}, nil
+}
+
+// take records that the backend processed j: invariant "duplicates stay
+// within the at-least-once window", at most one per device per takeover
+// (a claim after the first: the device's epoch − 1) plus one per answer
+// the backend gave too late.
+func (w *world) take(j *forward.Job, k string) {
+	_, epoch := w.db.LeaseOf(j.DeviceID)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.processed[k]++
+	if w.processed[k] == 1 {
+		return
+	}
+	w.dups[j.DeviceID]++
+	w.event("duplicate %s (device: %d duplicates, epoch %d, %d lost answers)", k, w.dups[j.DeviceID], epoch, w.lostAns[j.DeviceID])
+	if int64(w.dups[j.DeviceID]) > epoch-1+int64(w.lostAns[j.DeviceID]) {
+		w.violate("device %s: %d duplicates at the backend (the last %s), more than its %d takeovers plus %d lost answers allow",
+			j.DeviceID, w.dups[j.DeviceID], k, epoch-1, w.lostAns[j.DeviceID])
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// slot is one gateway's place in the fleet (its MQTT session): the
+// incarnation running now, nil while it is down.
+type slot struct {
+	mu      sync.Mutex
+	cur     *gateway
+	changed chan struct{}
+}
+
+func (s *slot) get(ctx context.Context) *gateway {
+	for {
+		s.mu.Lock()
+		g, ch := s.cur, s.changed
+		s.mu.Unlock()
+		if g != nil {
+			return g
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (s *slot) set(g *gateway) {
+	s.mu.Lock()
+	s.cur = g
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+}
+
+// deliver is the broker for one delivery: at its time it hands the
+// message to its gateway slot's current incarnation and waits for the
+// ack; a gateway that dies before acking gets it again when its slot
+// comes back (a persistent session's redelivery on reconnect).
+func (w *world) deliver(d *delivery) {
+	if !sleep(w.ctx, d.at) {
+		return
+	}
+	for {
+		g := w.slots[d.gw].get(w.ctx)
+		if g == nil {
+			return
+		}
+		in := &inbound{d: d, ack: make(chan struct{})}
+		select {
+		case g.inbox <- in:
+		case <-g.ctx.Done():
+			continue
+		case <-w.ctx.Done():
+			return
+		}
+		select {
+		case <-in.ack:
+			w.mu.Lock()
+			w.acked[d] = true
+			w.mu.Unlock()
+			return
+		case <-g.ctx.Done(): // crashed before the ack: redelivered to the next one
+		case <-w.ctx.Done():
+			return
+		}
+	}
+}
+
+type inbound struct {
+	d   *delivery
+	ack chan struct{}
+}
+
+func (w *world) kickAll() {
+	for _, s := range w.slots {
+		s.mu.Lock()
+		g := s.cur
+		s.mu.Unlock()
+		if g != nil {
+			g.kick()
+		}
+	}
+}
