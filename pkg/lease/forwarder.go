@@ -302,7 +302,7 @@ func (f *Forwarder) finish(ctx context.Context) {
 		if h == nil || h.cur != d.Seq || d.Epoch != h.epoch { // not this lease's job
 			continue
 		}
-		if h.lost {
+		if h.lost || stale > 0 { // some of done were refused (which is not said): the lease moved on, the row may be left
 			f.drop(d.Device)
 			continue
 		}
