@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,10 +49,14 @@ func (w *world) startGateway(slot, inc int) *gateway {
 	fcfg.Timeout, fcfg.Workers, fcfg.MaxAttempts = p.timeout, p.workers, p.maxAttempts
 	fcfg.MaxPayloadMemory = p.maxPayloadMemory
 	backoff := func(attempt int) time.Duration { return min(200*time.Millisecond<<min(attempt, 6), 5*time.Second) }
-	g.fwd = lease.New(g.conn, name, lease.Config{Lease: p.lease, Timeout: p.timeout, MaxPayloadMemory: p.maxPayloadMemory},
+	g.fwd = lease.New(tracedStore{Conn: g.conn, w: w, name: name}, name, lease.Config{Lease: p.lease, Timeout: p.timeout, MaxPayloadMemory: p.maxPayloadMemory},
 		time.Now, zap.NewNop(), lease.Hooks{
 			Submit: func(j *forward.Job) { g.disp.Submit(j) },
-			Paused: func() bool { return g.disp.BreakerOpen() },
+			// The gateway pauses claims while the backend's breaker is
+			// open. That stalls a gateway for good once its dispatcher
+			// empties with the breaker open (nothing left to probe with):
+			// see docs/SIMULATION.md, "Found". -pause-on-breaker runs it.
+			Paused: func() bool { return *flagPauseOnBreaker && g.disp.BreakerOpen() },
 		})
 	g.disp = forward.NewDispatcher(fcfg, &backend{w: w, owner: name}, forward.NewBreaker(5, 2*time.Second, time.Now), backoff, time.Now, forward.Hooks{
 		Settled: func(j *forward.Job, o forward.Outcome) {
@@ -174,4 +179,54 @@ func (g *gateway) prune() {
 			return
 		}
 	}
+}
+
+// tracedStore is the gateway's lease.Store as the forwarder sees it: the
+// model's connection, with each answer written to the event trace.
+type tracedStore struct {
+	*memstore.Conn
+	w    *world
+	name string
+}
+
+func (s tracedStore) trace(format string, args ...any) {
+	s.w.mu.Lock()
+	s.w.event(s.name+": "+format, args...)
+	s.w.mu.Unlock()
+}
+
+func (s tracedStore) Claim(ctx context.Context, owner string, devices, rows int, dur time.Duration) ([]lease.Claim, error) {
+	cs, err := s.Conn.Claim(ctx, owner, devices, rows, dur)
+	for _, c := range cs {
+		seqs := make([]int64, len(c.Rows))
+		for i, r := range c.Rows {
+			seqs[i] = r.DSeq
+		}
+		s.trace("claimed %s epoch %d dseqs %v", c.Device, c.Epoch, seqs)
+	}
+	if err != nil {
+		s.trace("claim: %v", err)
+	}
+	return cs, err
+}
+
+func (s tracedStore) Renew(ctx context.Context, owner string, leases []lease.Lease, dur time.Duration) ([]lease.Lease, error) {
+	kept, err := s.Conn.Renew(ctx, owner, leases, dur)
+	if err != nil || len(kept) != len(leases) {
+		s.trace("renew %v: kept %v, %v", leases, kept, err)
+	}
+	return kept, err
+}
+
+func (s tracedStore) Finish(ctx context.Context, owner string, done []lease.Done, drained []lease.Lease) (int, error) {
+	stale, err := s.Conn.Finish(ctx, owner, done, drained)
+	var b strings.Builder
+	for _, d := range done {
+		fmt.Fprintf(&b, " %s#%d@%d", d.Device, d.Seq, d.Epoch)
+		if d.Dead != nil {
+			b.WriteString("(dead)")
+		}
+	}
+	s.trace("finish%s drained %v: %d stale, %v", b.String(), drained, stale, err)
+	return stale, err
 }

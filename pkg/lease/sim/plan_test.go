@@ -78,7 +78,7 @@ type delivery struct {
 func newPlan(seed int64) *plan {
 	r := rand.New(rand.NewPCG(uint64(seed), 0x5eed)) //nolint:gosec // a simulation's schedule, not a secret
 	dur := func(lo, hi time.Duration) time.Duration { return lo + time.Duration(r.Int64N(int64(hi-lo)+1)) }
-	p := &plan{seed: seed, gateways: 2 + r.IntN(2), devices: 2 + r.IntN(3), window: time.Minute,
+	p := &plan{seed: seed, gateways: 1 + r.IntN(3), devices: 1 + r.IntN(4), window: time.Minute,
 		maxAttempts: 4 + r.IntN(4), workers: 1 + r.IntN(3), traffic: 100 * time.Second}
 	p.lease = dur(4*time.Second, 10*time.Second).Round(time.Second)
 	p.timeout = dur(time.Second, p.lease/2).Round(100 * time.Millisecond)
@@ -94,23 +94,24 @@ func newPlan(seed int64) *plan {
 		p.clock = append(p.clock, off)
 	}
 	for g := range p.gateways {
-		for range r.IntN(3) {
+		for range r.IntN(4) {
 			from := dur(0, p.traffic)
-			p.outages = append(p.outages, outage{gw: g, from: from, to: from + dur(200*time.Millisecond, 3*p.lease), freeze: r.IntN(2) == 0})
+			p.outages = append(p.outages, outage{gw: g, from: from, to: from + dur(200*time.Millisecond, 4*p.lease), freeze: r.IntN(2) == 0})
 		}
 	}
 	if r.IntN(3) == 0 {
 		p.crashes = append(p.crashes, crash{gw: r.IntN(p.gateways), at: dur(2*time.Second, p.traffic-10*time.Second), down: dur(0, 20*time.Second)})
 	}
 	p.pFail, p.pLose, p.pStall = r.Float64()*0.05, r.Float64()*0.05, r.Float64()*0.05
-	p.p4xx, p.p5xx, p.pSlow, p.pHang = r.Float64()*0.05, r.Float64()*0.15, r.Float64()*0.15, r.Float64()*0.05
+	p.p4xx, p.p5xx, p.pSlow, p.pHang = r.Float64()*0.05, r.Float64()*0.3, r.Float64()*0.15, r.Float64()*0.05
 	n := 0
 	for d := range p.devices {
 		dev := fmt.Sprintf("dev%d", d)
 		devClock := dur(-3*time.Second, 3*time.Second)
 		at := time.Duration(0)
-		for k := range 3 + r.IntN(6) {
-			at += dur(0, 15*time.Second)
+		gap := []time.Duration{2 * time.Second, 6 * time.Second, 15 * time.Second}[r.IntN(3)] // bursts build backlogs
+		for k := range 3 + r.IntN(10) {
+			at += dur(0, gap)
 			n++
 			m := &message{dev: dev, id: fmt.Sprintf("m%d", k), ts: at + devClock, payload: fmt.Appendf(nil, `{"dev":%q,"k":%d}`, dev, k)}
 			copy(m.key[:], fmt.Sprintf("%s-%d", dev, k))

@@ -111,7 +111,7 @@ func (w *world) fault(conn string, op memstore.Op) memstore.Fault {
 	w.calls[k]++
 	x := w.p.hash("db", conn, op, n)
 	f := w.callFault(conn, op, n, x)
-	if f != (memstore.Fault{}) || op == memstore.OpFinish {
+	if f != (memstore.Fault{}) {
 		w.event("db %s %s: %+v", conn, op, f)
 	}
 	return f
