@@ -99,10 +99,12 @@ func newPlan(seed int64) *plan {
 			p.outages = append(p.outages, outage{gw: g, from: from, to: from + dur(200*time.Millisecond, 4*p.lease), freeze: r.IntN(2) == 0})
 		}
 	}
-	if r.IntN(3) == 0 {
-		p.crashes = append(p.crashes, crash{gw: r.IntN(p.gateways), at: dur(2*time.Second, p.traffic-10*time.Second), down: dur(0, 20*time.Second)})
+	for g := range p.gateways {
+		if r.IntN(3) == 0 { // a gateway's slot holds one incarnation at a time: at most one crash each
+			p.crashes = append(p.crashes, crash{gw: g, at: dur(2*time.Second, p.traffic-10*time.Second), down: dur(0, 20*time.Second)})
+		}
 	}
-	p.pFail, p.pLose, p.pStall = r.Float64()*0.05, r.Float64()*0.05, r.Float64()*0.05
+	p.pFail, p.pLose, p.pStall = r.Float64()*0.05, r.Float64()*0.1, r.Float64()*0.05
 	p.p4xx, p.p5xx, p.pSlow, p.pHang = r.Float64()*0.05, r.Float64()*0.3, r.Float64()*0.15, r.Float64()*0.05
 	n := 0
 	for d := range p.devices {

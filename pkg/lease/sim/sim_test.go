@@ -46,7 +46,7 @@ func runSeed(t *testing.T, seed int64) {
 	w := newWorld(ctx, p)
 	fail := func(what string) {
 		t.Helper()
-		t.Fatalf("seed %d: %s\nplan: %v\n%s\nreplay: go test ./pkg/lease/sim -run TestSim -seed=%d -v", seed, what, p, w.report(), seed)
+		t.Fatalf("seed %d: %s\nplan: %v\n%s\nreplay: go test ./pkg/lease/sim -run TestSim -seed=%d -count=20 -failfast", seed, what, p, w.report(), seed)
 	}
 	for i := range p.gateways {
 		s := &slot{changed: make(chan struct{})}
