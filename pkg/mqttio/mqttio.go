@@ -18,6 +18,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
 
+	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/internal/secretfile"
 )
 
@@ -72,7 +73,7 @@ const ClientIDMark = ":"
 
 // DefaultConfig returns the defaults (Broker and files empty).
 func DefaultConfig() Config {
-	return Config{ClientID: DefaultClientID, Topic: "device/+/data", KeepAlive: 30 * time.Second,
+	return Config{ClientID: DefaultClientID, Topic: envelope.DataSubscription, KeepAlive: 30 * time.Second,
 		ConnectTimeout: 10 * time.Second, MaxReconnectInterval: 30 * time.Second}
 }
 
