@@ -123,12 +123,12 @@ func newMetrics(g *Gateway) *metrics {
 			return b2f(up(g.mqtt.ConnState()))
 		})
 	}
-	if g.shared != nil {
+	{
 		reg.MustRegister(m.claimed,
-			gauge("iotgw_leases_held", "Devices whose rows this gateway forwards under a lease (storage.engine postgres).", func() float64 { return float64(g.shared.Held()) }),
+			gauge("iotgw_leases_held", "Devices whose rows this gateway forwards under a lease.", func() float64 { return float64(g.forwarder.Held()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_leases_lost_total",
 				Help: "Device leases found taken over by another gateway at renewal (this gateway was cut off from the database for longer than storage.lease)."},
-				func() float64 { return float64(g.shared.Lost()) }),
+				func() float64 { return float64(g.forwarder.Lost()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_lease_stale_total",
 				Help: "Settled rows and drained leases the database refused because this gateway's lease had moved on (fencing: a lost lease changes nothing)."},
 				func() float64 { return float64(g.staleFinish.Load()) }))
