@@ -426,7 +426,6 @@ func (l *logEvery) allow() bool {
 	return now-last >= int64(warnEvery) && l.last.CompareAndSwap(last, now)
 }
 
-
 func (g *Gateway) work(ctx context.Context, q chan *mqttio.Message) {
 	for {
 		select {

@@ -59,8 +59,8 @@ type Engine struct {
 	// Wakeups is the channel whose notifications mean "new rows", and
 	// RegistryChanges the one that means "the registry changed" (Shared only).
 	Wakeups, RegistryChanges string
-	pg     *pgstore.DB        // the shared database (nil on SQLite)
-	sqlite *sqlitestore.Store // the SQLite outbox (nil on PostgreSQL)
+	pg                       *pgstore.DB        // the shared database (nil on SQLite)
+	sqlite                   *sqlitestore.Store // the SQLite outbox (nil on PostgreSQL)
 	// audit opens the audit trail beside the registry.
 	audit   func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error)
 	closers []func()
