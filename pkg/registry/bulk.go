@@ -1,0 +1,163 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/iotgw/iotgw/pkg/envelope"
+)
+
+// NewDevice is one device for AddMany.
+type NewDevice struct {
+	// ID is the device id (envelope.ValidDeviceID).
+	ID string
+	// Secret is its first key's secret (ValidSecret).
+	Secret string
+	// Disabled registers the device disabled; its messages are rejected
+	// as "disabled" until it is enabled.
+	Disabled bool
+}
+
+// ExistingError is AddMany's refusal of devices that are already
+// registered. It wraps ErrExists.
+type ExistingError struct {
+	// IDs are the devices that exist, in input order.
+	IDs []string
+}
+
+func (e *ExistingError) Error() string {
+	const show = 10
+	ids := e.IDs
+	more := ""
+	if len(ids) > show {
+		ids, more = ids[:show], fmt.Sprintf(" and %d more", len(e.IDs)-show)
+	}
+	return fmt.Sprintf("%d devices already exist: %s%s", len(e.IDs), strings.Join(ids, ", "), more)
+}
+
+// Unwrap makes errors.Is(err, ErrExists) true.
+func (e *ExistingError) Unwrap() error { return ErrExists }
+
+// BulkOptions adjusts AddMany.
+type BulkOptions struct {
+	// SkipExisting leaves devices that are already registered as they
+	// are (their secrets are not changed) instead of refusing them all.
+	SkipExisting bool
+	// BeforeCommit, if not nil, is called inside the transaction, after
+	// every row is written and before the commit, with the devices being
+	// added (the skipped ones left out). If it returns an error nothing is
+	// committed. Callers put there what must exist if and only if the
+	// devices do (a file of generated secrets, certificates), and undo it
+	// if AddMany then fails.
+	BeforeCommit func(added []NewDevice) error
+}
+
+// AddMany registers devs, each enabled (unless Disabled) with its secret
+// as key 1, sealed when the registry has a KEK, in one transaction: either
+// every device is added or none is. It returns the devices added and the
+// ids skipped (with opts.SkipExisting).
+//
+// Every id and secret is checked first; a duplicate id in devs is an
+// error. A device already registered fails the whole call with an
+// *ExistingError naming every such id, unless opts.SkipExisting is set.
+// The registry's write lock is held throughout, so concurrent writers
+// wait rather than interleave.
+func (r *Registry) AddMany(ctx context.Context, devs []NewDevice, opts BulkOptions) (added []NewDevice, skipped []string, err error) {
+	seen := make(map[string]bool, len(devs))
+	for _, d := range devs {
+		if !envelope.ValidDeviceID(d.ID) {
+			return nil, nil, fmt.Errorf("add devices: %q: %w", d.ID, ErrBadID)
+		}
+		if !ValidSecret(d.Secret) {
+			return nil, nil, fmt.Errorf("add devices: %s: %w", d.ID, ErrBadSecret)
+		}
+		if seen[d.ID] {
+			return nil, nil, fmt.Errorf("add devices: %s is listed twice", d.ID)
+		}
+		seen[d.ID] = true
+	}
+	tx, err := r.begin(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("add devices: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+
+	// Which exist: one read of every id, under the lock.
+	existing := map[string]bool{}
+	rows, err := tx.QueryContext(ctx, `SELECT device_id FROM devices`)
+	if err != nil {
+		return nil, nil, fmt.Errorf("add devices: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, nil, fmt.Errorf("add devices: %w", err)
+		}
+		if seen[id] {
+			existing[id] = true
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("add devices: %w", err)
+	}
+	var clash []string
+	for _, d := range devs {
+		if existing[d.ID] {
+			clash = append(clash, d.ID)
+			continue
+		}
+		added = append(added, d)
+	}
+	if len(clash) > 0 && !opts.SkipExisting {
+		return nil, nil, &ExistingError{IDs: clash}
+	}
+
+	insDev, err := tx.PrepareContext(ctx, r.q(`INSERT INTO devices(device_id, enabled, created_at) VALUES(?, ?, ?)`))
+	if err != nil {
+		return nil, nil, fmt.Errorf("add devices: %w", err)
+	}
+	defer insDev.Close()
+	// A key left over from a removed device of the same id goes first, as
+	// in Add.
+	delKeys, err := tx.PrepareContext(ctx, r.q(`DELETE FROM device_keys WHERE device_id = ?`))
+	if err != nil {
+		return nil, nil, fmt.Errorf("add devices: %w", err)
+	}
+	defer delKeys.Close()
+	insKey, err := tx.PrepareContext(ctx, r.q(`INSERT INTO device_keys(device_id, key_id, secret, sealed, created_at) VALUES(?, 1, ?, ?, ?)`))
+	if err != nil {
+		return nil, nil, fmt.Errorf("add devices: %w", err)
+	}
+	defer insKey.Close()
+	now := r.now().Unix()
+	for _, d := range added {
+		stored, sealed, err := r.sealFor(d.ID, 1, d.Secret)
+		if err != nil {
+			return nil, nil, fmt.Errorf("add devices: %s: %w", d.ID, err)
+		}
+		if _, err := insDev.ExecContext(ctx, d.ID, !d.Disabled, now); err != nil {
+			return nil, nil, fmt.Errorf("add devices: %s: %w", d.ID, err)
+		}
+		if _, err := delKeys.ExecContext(ctx, d.ID); err != nil {
+			return nil, nil, fmt.Errorf("add devices: %s: %w", d.ID, err)
+		}
+		if _, err := insKey.ExecContext(ctx, d.ID, stored, sealed, now); err != nil {
+			return nil, nil, fmt.Errorf("add devices: %s: %w", d.ID, err)
+		}
+	}
+	if opts.BeforeCommit != nil {
+		if err := opts.BeforeCommit(added); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, nil, fmt.Errorf("add devices: commit: %w", err)
+	}
+	if len(clash) > 0 {
+		skipped = clash
+	}
+	return added, skipped, nil
+}
