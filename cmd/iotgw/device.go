@@ -29,7 +29,7 @@ const defaultRegistryPath = "iotgw.db"
 func newDeviceCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
-		Short: "Manage the device registry: add, list, show, rotate, disable, enable, remove",
+		Short: "Manage the device registry: add, import, export, list, show, rotate, disable, enable, remove",
 		Long: `device manages the device registry the gateway reads its devices and
 shared secrets from. A running gateway picks up every change within its
 registry refresh interval.
@@ -51,8 +51,14 @@ clear and add and rotate warn. See iotgw kek.`,
 	cmd.AddCommand(newDeviceAddCmd(), newDeviceListCmd(), newDeviceShowCmd(), newDeviceRotateCmd(),
 		newDeviceSetEnabledCmd(false), newDeviceSetEnabledCmd(true), newDeviceRemoveCmd())
 	cmd.AddCommand(newDeviceRevokeCmd())
+	for _, sub := range deviceSubcommands {
+		cmd.AddCommand(sub())
+	}
 	return cmd
 }
+
+// deviceSubcommands are the device subcommands defined in their own files.
+var deviceSubcommands []func() *cobra.Command
 
 // registryPath returns the registry file for cmd: --db, else
 // $IOTGW_REGISTRY_PATH, else defaultRegistryPath.
