@@ -26,6 +26,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
 # Debian's python3-paho-mqtt is for Debian's python3 (/usr/bin/python3).
 /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3-paho-mqtt)
+# python3-cryptography: examples/python-device/make_csr.py (the device's key and CSR).
+/usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3-cryptography)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # PostgreSQL: the storage.engine postgres tests (scripts/postgres.sh starts it).
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/pki"
+	"github.com/iotgw/iotgw/test/harness"
 )
 
 // opensslDeviceKey makes a key and a CSR for id with openssl, as a device
@@ -43,7 +44,8 @@ func placeDeviceKey(t *testing.T, certs, id, key string) {
 
 // TestCSRDeviceOnTheWire provisions devices from CSRs made by openssl
 // (ECDSA P-256 with "iotgw device add --csr", RSA 2048 with "iotgw pki
-// sign"): real Mosquitto accepts their certificates, binds them to their
+// sign") and by the Python example (examples/python-device/make_csr.py,
+// then device.py with that key): real Mosquitto accepts their certificates, binds them to their
 // CN, and the gateway answers their signed messages. A CSR naming another
 // device is refused.
 func TestCSRDeviceOnTheWire(t *testing.T) {
@@ -75,6 +77,27 @@ func TestCSRDeviceOnTheWire(t *testing.T) {
 	}
 	if crt, _ := pki.DeviceCert(f.certs, "csr_evil"); fileExists(crt) {
 		t.Fatal("certificate written for a refused CSR")
+	}
+
+	// The Python example device makes its key with the cryptography
+	// package, and then talks to the gateway with it.
+	py := pythonWithPaho(t)
+	if out, err := exec.Command(py, "-c", "import cryptography").CombinedOutput(); err != nil {
+		t.Fatalf("python3 without cryptography (apt-get install python3-cryptography): %v\n%s", err, out)
+	}
+	pyDir := t.TempDir()
+	pyKey, pyCSR := filepath.Join(pyDir, "csr_py.key"), filepath.Join(pyDir, "csr_py.csr")
+	if out, err := exec.Command(py, filepath.Join(harness.RepoRoot(t), "examples", "python-device", "make_csr.py"),
+		"--device", "csr_py", "--key-out", pyKey, "--csr-out", pyCSR).CombinedOutput(); err != nil {
+		t.Fatalf("make_csr.py: %v\n%s", err, out)
+	}
+	out, err = runCLI(f.bin, "", "device", "add", "csr_py", "--csr", pyCSR, "--certs", f.certs, "--db", f.db)
+	if err != nil {
+		t.Fatalf("device add --csr (python CSR): %v\n%s", err, out)
+	}
+	placeDeviceKey(t, f.certs, "csr_py", pyKey)
+	if code, stdout, stderr := f.pyDevice(t, py, "csr_py", lastLine(out), `{"t":0}`, 15*time.Second); code != 0 || !strings.Contains(stdout, `"status":200`) {
+		t.Fatalf("python device with its own key: exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
 	}
 
 	placeDeviceKey(t, f.certs, "csr_ec", ecKey)
