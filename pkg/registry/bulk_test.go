@@ -76,6 +76,17 @@ func TestAddManyEngines(t *testing.T) {
 				if got := bytes.Contains(stored, []byte("secret-number-one")); got == sealed {
 					t.Fatalf("stored in the clear = %v with sealed = %v", got, sealed)
 				}
+				// More than two statements' worth: every batch lands.
+				many := make([]NewDevice, 2*bulkBatch+1)
+				for i := range many {
+					many[i] = NewDevice{ID: fmt.Sprintf("m%04d", i), Secret: fmt.Sprintf("many-secret-%08d", i)}
+				}
+				if added, _, err := r.AddMany(ctx, many, BulkOptions{}); err != nil || len(added) != len(many) {
+					t.Fatalf("AddMany of %d: %d added, %v", len(many), len(added), err)
+				}
+				if n := count(); n != 3+len(many) {
+					t.Fatalf("%d devices, want %d", n, 3+len(many))
+				}
 				c, err := NewCache(ctx, r)
 				if err != nil {
 					t.Fatal(err)
@@ -84,7 +95,8 @@ func TestAddManyEngines(t *testing.T) {
 				for _, tc := range []struct {
 					id, secret string
 					enabled    bool
-				}{{"n1", "secret-number-one-0001", true}, {"n2", "secret-number-two-0002", false}, {"old", old, true}} {
+				}{{"n1", "secret-number-one-0001", true}, {"n2", "secret-number-two-0002", false}, {"old", old, true},
+					{"m0000", "many-secret-00000000", true}, {"m0400", "many-secret-00000400", true}} {
 					d, err := c.Device(ctx, tc.id)
 					if err != nil || d.Enabled != tc.enabled || len(d.Keys) != 1 || string(d.Keys[0].Secret) != tc.secret {
 						t.Errorf("cached %s = %+v, %v", tc.id, d, err)
