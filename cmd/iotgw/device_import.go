@@ -374,7 +374,7 @@ the new devices within its registry refresh interval.`,
 					return fmt.Errorf("%s has CSRs: %w", path, err)
 				}
 			}
-			imp := &importer{devs: devs, format: f, secretsOut: secretsOut, signer: signer, days: days, now: time.Now()}
+			imp := &importer{devs: devs, format: f, secretsOut: secretsOut, certsDir: certsDir, signer: signer, days: days, now: time.Now()}
 			return imp.run(cmd, skipExisting)
 		},
 	}
@@ -425,13 +425,15 @@ type importer struct {
 	devs       []importDevice
 	format     string
 	secretsOut string
+	certsDir   string
 	signer     *pki.Signer
 	days       int
 	now        time.Time
 
-	// written are the files made inside the transaction, removed if it
-	// does not commit.
-	written []string
+	// written are the files made for the transaction (certificates, the
+	// secrets file), removed if it does not commit.
+	written      []string
+	wroteSecrets bool
 }
 
 func (imp *importer) run(cmd *cobra.Command, skipExisting bool) error {
@@ -443,16 +445,25 @@ func (imp *importer) run(cmd *cobra.Command, skipExisting bool) error {
 	}
 	var added []registry.NewDevice
 	var skipped []string
+	var certs int
 	s, err := storeOf(cmd)
 	if err != nil {
 		return err
 	}
 	err = withRegistry(cmd, true, func(ctx context.Context, r *registry.Registry) error {
 		warnUnsealed(cmd, r)
-		var err error
+		// Certificates are signed before the transaction, for the devices
+		// that do not exist yet, so that the registry's write lock is not
+		// held while thousands are written; the transaction then checks
+		// that it adds exactly those devices.
+		signed, err := imp.signNew(ctx, r, skipExisting)
+		if err != nil {
+			return err
+		}
+		certs = len(signed)
 		added, skipped, err = r.AddMany(ctx, devs, registry.BulkOptions{
 			SkipExisting: skipExisting,
-			BeforeCommit: func(a []registry.NewDevice) error { return imp.beforeCommit(a, byID) },
+			BeforeCommit: func(a []registry.NewDevice) error { return imp.beforeCommit(a, byID, signed) },
 		})
 		return err
 	})
@@ -470,39 +481,90 @@ func (imp *importer) run(cmd *cobra.Command, skipExisting bool) error {
 	if len(skipped) > 0 {
 		fmt.Fprintf(out, "; skipped %d that already exist", len(skipped))
 	}
+	if certs > 0 {
+		fmt.Fprintf(out, "; signed %d certificates in %s", certs, filepath.Join(imp.certsDir, "devices"))
+	}
 	fmt.Fprintln(out)
-	for _, p := range imp.written {
-		fmt.Fprintln(out, "wrote", p)
+	if imp.wroteSecrets {
+		fmt.Fprintln(out, "wrote", imp.secretsOut)
 	}
 	return auditErr
 }
 
-// beforeCommit writes the generated secrets of the devices being added to
-// --secrets-out and signs their certificates, inside the transaction.
-func (imp *importer) beforeCommit(added []registry.NewDevice, byID map[string]importDevice) error {
+// signNew signs, in one batch, the certificates of the devices with a CSR
+// that are not registered yet (all of them, without skipExisting: the
+// transaction refuses existing ones anyway). It returns their ids.
+func (imp *importer) signNew(ctx context.Context, r *registry.Registry, skipExisting bool) (map[string]bool, error) {
+	var reqs []pki.CSRRequest
+	for _, d := range imp.devs {
+		if d.csr != nil {
+			reqs = append(reqs, pki.CSRRequest{DeviceID: d.dev.ID, CSR: d.csr})
+		}
+	}
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	existing := map[string]bool{}
+	list, err := r.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range list {
+		existing[d.ID] = true
+	}
+	var clash []string
+	todo := reqs[:0]
+	for _, q := range reqs {
+		if existing[q.DeviceID] {
+			clash = append(clash, q.DeviceID)
+			continue
+		}
+		todo = append(todo, q)
+	}
+	if len(clash) > 0 && !skipExisting {
+		return nil, &registry.ExistingError{IDs: clash}
+	}
+	issued, err := imp.signer.SignBatch(todo, imp.days, imp.now)
+	if err != nil {
+		return nil, err
+	}
+	signed := make(map[string]bool, len(issued))
+	for _, is := range issued {
+		imp.written = append(imp.written, is.Path)
+		signed[is.DeviceID] = true
+	}
+	return signed, nil
+}
+
+// beforeCommit checks, inside the transaction, that the devices being
+// added with a CSR are exactly those whose certificates were signed (a
+// device added or removed meanwhile by someone else refuses the import),
+// and writes the generated secrets of the devices being added to
+// --secrets-out.
+func (imp *importer) beforeCommit(added []registry.NewDevice, byID map[string]importDevice, signed map[string]bool) error {
+	n := 0
+	for _, a := range added {
+		if byID[a.ID].csr == nil {
+			continue
+		}
+		if !signed[a.ID] {
+			return fmt.Errorf("device %s was removed from the registry during the import; run it again", a.ID)
+		}
+		n++
+	}
+	if n != len(signed) {
+		return errors.New("devices were added to the registry during the import; run it again")
+	}
 	var gen []registry.NewDevice
 	for _, a := range added {
 		if byID[a.ID].generated {
 			gen = append(gen, a)
 		}
 	}
-	if len(gen) > 0 {
-		if err := imp.writeSecrets(gen); err != nil {
-			return err
-		}
+	if len(gen) == 0 {
+		return nil
 	}
-	for _, a := range added {
-		d := byID[a.ID]
-		if d.csr == nil {
-			continue
-		}
-		is, err := imp.signer.Sign(a.ID, d.csr, imp.days, imp.now)
-		if err != nil {
-			return fmt.Errorf("line %d: %w", d.line, err)
-		}
-		imp.written = append(imp.written, is.Path)
-	}
-	return nil
+	return imp.writeSecrets(gen)
 }
 
 // writeSecrets creates --secrets-out (0600, never an existing file),
@@ -513,6 +575,7 @@ func (imp *importer) writeSecrets(devs []registry.NewDevice) (err error) {
 		return fmt.Errorf("--secrets-out: %w", err)
 	}
 	imp.written = append(imp.written, imp.secretsOut)
+	imp.wroteSecrets = true
 	defer func() {
 		if cerr := f.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("--secrets-out: %w", cerr)

@@ -242,11 +242,22 @@ func TestDeviceImportCSR(t *testing.T) {
 	secrets := filepath.Join(dir, "s.jsonl")
 	r = runCLI(t, "", "device", "import", f, "--certs", certs, "--db", db, "--secrets-out", secrets)
 	crt1, _ := pki.DeviceCert(certs, "c1")
-	if r.code != 1 || !strings.Contains(r.err.Error(), "line 2:") || fileExists(crt1) || fileExists(secrets) {
+	if r.code != 1 || !strings.Contains(r.err.Error(), "c2.crt already exists; nothing imported") || fileExists(crt1) || fileExists(secrets) {
 		t.Fatalf("import with a clashing certificate: %+v; c1.crt %v, secrets %v", r, fileExists(crt1), fileExists(secrets))
 	}
 	if l := runCLI(t, "", "device", "list", "--db", db); strings.Contains(l.stdout, "c1") {
 		t.Fatalf("c1 registered by an import that failed:\n%s", l.stdout)
+	}
+	// Certificates are signed before the transaction: one that then fails
+	// (here: the secrets file cannot be created) removes them again.
+	f5 := writeFile(t, filepath.Join(dir, "c5.jsonl"), line("c5", pemOf("c5", "/CN=c5"))+"\n")
+	r = runCLI(t, "", "device", "import", f5, "--certs", certs, "--db", db, "--secrets-out", filepath.Join(dir, "no", "such", "dir"))
+	crt5, _ := pki.DeviceCert(certs, "c5")
+	if r.code != 1 || fileExists(crt5) {
+		t.Fatalf("import whose transaction failed: %+v; c5.crt left behind: %v", r, fileExists(crt5))
+	}
+	if l := runCLI(t, "", "device", "list", "--db", db); strings.Contains(l.stdout, "c5") {
+		t.Fatalf("c5 registered by an import that failed:\n%s", l.stdout)
 	}
 	crt2, key2 := pki.DeviceCert(certs, "c2")
 	os.Remove(crt2)

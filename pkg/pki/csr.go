@@ -199,15 +199,7 @@ func (s *Signer) Sign(deviceID string, csrPEM []byte, days int, now time.Time) (
 	if err := os.MkdirAll(filepath.Dir(crtPath), 0o755); err != nil { //nolint:gosec // G301: as in Init: public certificates
 		return Issued{}, fmt.Errorf("sign CSR for %q: %w", deviceID, err)
 	}
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: deviceID, Organization: []string{"iotgw"}},
-		NotBefore:             now.Add(-Backdate),
-		NotAfter:              now.Add(time.Duration(days) * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	cert, err := s.ca.signPublic(tmpl, csr.PublicKey, nil)
+	cert, err := s.ca.signPublic(deviceTemplate(deviceID, days, now), csr.PublicKey, nil)
 	if err != nil {
 		return Issued{}, fmt.Errorf("sign CSR for %q: %w", deviceID, err)
 	}
@@ -241,4 +233,85 @@ func ReadCSR(path string) ([]byte, error) {
 		return nil, fmt.Errorf("read CSR %s: %w: larger than %d bytes", path, ErrBadCSR, MaxCSRSize)
 	}
 	return b, nil
+}
+
+// CSRRequest is one device's certificate signing request, for SignBatch.
+type CSRRequest struct {
+	// DeviceID is the device id the certificate is for.
+	DeviceID string
+	// CSR is its PEM certificate signing request.
+	CSR []byte
+}
+
+// SignBatch signs every request as Sign does, for an import: every request
+// is checked (CheckCSR, and no certificate or key for the device yet)
+// before any is signed, and the certificates are made durable together at
+// the end rather than one at a time. Either every certificate is written
+// or, on any error, none is: those already written are removed.
+func (s *Signer) SignBatch(reqs []CSRRequest, days int, now time.Time) ([]Issued, error) {
+	if days < 1 || days > MaxCSRDays {
+		return nil, fmt.Errorf("sign CSRs: %w (got %d)", ErrBadValidity, days)
+	}
+	pubs := make([]any, len(reqs))
+	kinds := make([]string, len(reqs))
+	for i, r := range reqs {
+		csr, kind, err := CheckCSR(r.CSR, r.DeviceID)
+		if err != nil {
+			return nil, fmt.Errorf("sign CSR for %q: %w", r.DeviceID, err)
+		}
+		crtPath, keyPath := DeviceCert(s.dir, r.DeviceID)
+		for _, p := range []string{crtPath, keyPath} {
+			if _, err := os.Lstat(p); err == nil {
+				return nil, fmt.Errorf("sign CSR for %q: %s %w", r.DeviceID, p, ErrExists)
+			}
+		}
+		pubs[i], kinds[i] = csr.PublicKey, kind
+	}
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	devDir := filepath.Join(s.dir, "devices")
+	if err := os.MkdirAll(devDir, 0o755); err != nil { //nolint:gosec // G301: as in Init: public certificates
+		return nil, fmt.Errorf("sign CSRs: %w", err)
+	}
+	out := make([]Issued, 0, len(reqs))
+	var written []string
+	undo := func(err error) ([]Issued, error) {
+		for _, p := range written {
+			_ = os.Remove(p)
+		}
+		return nil, err
+	}
+	for i, r := range reqs {
+		cert, err := s.ca.signPublic(deviceTemplate(r.DeviceID, days, now), pubs[i], nil)
+		if err != nil {
+			return undo(fmt.Errorf("sign CSR for %q: %w", r.DeviceID, err))
+		}
+		crtPath, _ := DeviceCert(s.dir, r.DeviceID)
+		if err := writeFileSync(crtPath, certPEM(cert.Raw), certMode, createNew, false, false); err != nil {
+			return undo(fmt.Errorf("sign CSR for %q: %w", r.DeviceID, err))
+		}
+		written = append(written, crtPath)
+		out = append(out, Issued{DeviceID: r.DeviceID, Path: crtPath, Serial: fmt.Sprintf("%x", cert.SerialNumber), NotAfter: cert.NotAfter, Key: kinds[i]})
+	}
+	if err := syncFiles(written); err != nil {
+		return undo(fmt.Errorf("sign CSRs: %w", err))
+	}
+	if err := syncDir(devDir); err != nil {
+		return undo(fmt.Errorf("sign CSRs: %w", err))
+	}
+	return out, nil
+}
+
+// deviceTemplate is the template of a device certificate signed from a
+// CSR: CN=id, O=iotgw, digitalSignature, clientAuth, CA:false.
+func deviceTemplate(deviceID string, days int, now time.Time) *x509.Certificate {
+	return &x509.Certificate{
+		Subject:               pkix.Name{CommonName: deviceID, Organization: []string{"iotgw"}},
+		NotBefore:             now.Add(-Backdate),
+		NotAfter:              now.Add(time.Duration(days) * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
 }

@@ -269,3 +269,48 @@ func TestSignCSRNeverOverwrites(t *testing.T) {
 		t.Errorf("without a CA: %v, want ErrNoCA", err)
 	}
 }
+
+// TestSignBatchAllOrNothing signs a batch, and refuses one with a bad
+// request, an existing certificate or a repeated id without leaving any
+// certificate behind.
+func TestSignBatchAllOrNothing(t *testing.T) {
+	dir := initDir(t)
+	s, err := pki.OpenSigner(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := ecKey(t, elliptic.P256())
+	req := func(id, cn string) pki.CSRRequest { return pki.CSRRequest{DeviceID: id, CSR: makeCSR(t, key, cnOnly(cn))} }
+	if err := pki.Issue(dir, "taken", now); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		reqs []pki.CSRRequest
+		want error
+	}{
+		{"bad CN last", []pki.CSRRequest{req("b1", "b1"), req("b2", "b2"), req("b3", "other")}, pki.ErrCSRSubject},
+		{"existing certificate", []pki.CSRRequest{req("b1", "b1"), req("taken", "taken")}, pki.ErrExists},
+		{"repeated id", []pki.CSRRequest{req("b1", "b1"), req("b2", "b2"), req("b1", "b1")}, pki.ErrExists},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := s.SignBatch(tc.reqs, 30, now); !errors.Is(err, tc.want) {
+				t.Fatalf("SignBatch = %v, want %v", err, tc.want)
+			}
+			for _, id := range []string{"b1", "b2", "b3"} {
+				if crt, _ := pki.DeviceCert(dir, id); fileExists(crt) {
+					t.Fatalf("%s left behind by a refused batch", crt)
+				}
+			}
+		})
+	}
+	got, err := s.SignBatch([]pki.CSRRequest{req("b1", "b1"), req("b2", "b2")}, 30, now)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("SignBatch = %v, %v", got, err)
+	}
+	for _, is := range got {
+		if c := readCert(t, is.Path); c.Subject.CommonName != is.DeviceID || c.IsCA {
+			t.Errorf("%s: CN %q", is.Path, c.Subject.CommonName)
+		}
+	}
+}
