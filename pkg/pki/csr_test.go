@@ -280,7 +280,9 @@ func TestSignBatchAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := ecKey(t, elliptic.P256())
-	req := func(id, cn string) pki.CSRRequest { return pki.CSRRequest{DeviceID: id, CSR: makeCSR(t, key, cnOnly(cn))} }
+	req := func(id, cn string) pki.CSRRequest {
+		return pki.CSRRequest{DeviceID: id, CSR: makeCSR(t, key, cnOnly(cn))}
+	}
 	if err := pki.Issue(dir, "taken", now); err != nil {
 		t.Fatal(err)
 	}
