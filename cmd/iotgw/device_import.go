@@ -157,7 +157,7 @@ func csvLine(err error, def int) int {
 	return def
 }
 
-// jsonRow is one JSON line of an import or export.
+// jsonRow is one JSON line of an import (or of a secrets file).
 type jsonRow struct {
 	ID        *string `json:"id"`
 	Secret    string  `json:"secret,omitempty"`
@@ -388,7 +388,7 @@ the new devices within its registry refresh interval.`,
 
 // readImport reads FILE ("-" is stdin), at most 1 GiB.
 func readImport(cmd *cobra.Command, path string) ([]byte, error) {
-	var r io.Reader = cmd.InOrStdin()
+	r := cmd.InOrStdin()
 	if path != "-" {
 		f, err := os.Open(path) //nolint:gosec // G304: the operator names the import file
 		if err != nil {
@@ -596,7 +596,7 @@ func (imp *importer) writeSecrets(devs []registry.NewDevice) (err error) {
 		enc := json.NewEncoder(w)
 		for _, d := range devs {
 			id := d.ID
-			if err := enc.Encode(jsonRow{ID: &id, Secret: d.Secret}); err != nil {
+			if err := enc.Encode(jsonRow{ID: &id, Secret: d.Secret}); err != nil { //nolint:gosec // G117: the secrets file is where generated secrets go (0600, new)
 				return fmt.Errorf("--secrets-out: %w", err)
 			}
 		}
@@ -684,6 +684,14 @@ ignores created_at and refuses revoked devices).`,
 	return cmd
 }
 
+// exportRow is one JSON line of an export: it has no field for a secret.
+type exportRow struct {
+	ID        string `json:"id"`
+	Enabled   bool   `json:"enabled"`
+	CreatedAt string `json:"created_at,omitempty"`
+	RevokedAt string `json:"revoked_at,omitempty"`
+}
+
 // writeExport writes devices in format.
 func writeExport(w io.Writer, format string, devices []registry.Info) error {
 	ts := func(t time.Time) string {
@@ -706,8 +714,7 @@ func writeExport(w io.Writer, format string, devices []registry.Info) error {
 	} else {
 		enc := json.NewEncoder(bw)
 		for _, d := range devices {
-			id, enabled := d.ID, d.Enabled
-			if err := enc.Encode(jsonRow{ID: &id, Enabled: &enabled, CreatedAt: ts(d.CreatedAt), RevokedAt: ts(d.RevokedAt)}); err != nil {
+			if err := enc.Encode(exportRow{ID: d.ID, Enabled: d.Enabled, CreatedAt: ts(d.CreatedAt), RevokedAt: ts(d.RevokedAt)}); err != nil {
 				return err
 			}
 		}

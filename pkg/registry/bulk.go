@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 
@@ -84,23 +85,8 @@ func (r *Registry) AddMany(ctx context.Context, devs []NewDevice, opts BulkOptio
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
 
 	// Which exist: one read of every id, under the lock.
-	existing := map[string]bool{}
-	rows, err := tx.QueryContext(ctx, `SELECT device_id FROM devices`)
+	existing, err := existingIDs(ctx, tx, seen)
 	if err != nil {
-		return nil, nil, fmt.Errorf("add devices: %w", err)
-	}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, nil, fmt.Errorf("add devices: %w", err)
-		}
-		if seen[id] {
-			existing[id] = true
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return nil, nil, fmt.Errorf("add devices: %w", err)
 	}
 	var clash []string
@@ -166,4 +152,24 @@ const bulkBatch = 200
 // placeholders returns n copies of one, comma-separated.
 func placeholders(n int, one string) string {
 	return strings.TrimSuffix(strings.Repeat(one+", ", n), ", ")
+}
+
+// existingIDs returns which of the ids in want are registered, read in tx.
+func existingIDs(ctx context.Context, tx *sql.Tx, want map[string]bool) (map[string]bool, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT device_id FROM devices`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	existing := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		if want[id] {
+			existing[id] = true
+		}
+	}
+	return existing, rows.Err()
 }

@@ -2,7 +2,6 @@ package registry_test
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -52,7 +51,7 @@ func BenchmarkAddMany10000(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.Cleanup(db.Close)
-			var sdb *sql.DB = pgstore.SQLDB(db)
+			sdb := pgstore.SQLDB(db)
 			b.Cleanup(func() { sdb.Close() })
 			r, err := registry.OpenDB(ctx, sdb, pgstore.Dialect, registry.WithKEK(kek))
 			if err != nil {
