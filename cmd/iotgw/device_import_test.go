@@ -138,7 +138,7 @@ func TestDeviceImport(t *testing.T) {
 				t.Fatalf("without --secrets-out: %+v", r)
 			}
 			r = run("device", "import", good, "--secrets-out", out)
-			if r.code != 1 || !strings.Contains(r.err.Error(), "1 devices already exist: existing") || fileExists(out) {
+			if r.code != 1 || !strings.Contains(r.err.Error(), "1 device already exists: existing") || fileExists(out) {
 				t.Fatalf("over an existing device: %+v", r)
 			}
 			r = run("device", "import", good, "--secrets-out", out, "--skip-existing")

@@ -34,6 +34,9 @@ func (e *ExistingError) Error() string {
 	if len(ids) > show {
 		ids, more = ids[:show], fmt.Sprintf(" and %d more", len(e.IDs)-show)
 	}
+	if len(e.IDs) == 1 {
+		return "1 device already exists: " + e.IDs[0]
+	}
 	return fmt.Sprintf("%d devices already exist: %s%s", len(e.IDs), strings.Join(ids, ", "), more)
 }
 

@@ -114,6 +114,6 @@ func ExampleRegistry_AddMany() {
 	added, skipped, err := r.AddMany(ctx, fleet, registry.BulkOptions{SkipExisting: true})
 	fmt.Println(len(added), skipped, err)
 	// Output:
-	// 1 devices already exist: sensor_001
+	// 1 device already exists: sensor_001
 	// 1 [sensor_001] <nil>
 }
