@@ -273,3 +273,40 @@ func TestDeviceImportCSR(t *testing.T) {
 		t.Fatalf("audit:\n%s", tail.stdout)
 	}
 }
+
+// TestImportRefusesARegistryChangedMeanwhile: certificates are signed
+// before the transaction, so the transaction must add exactly the devices
+// they were signed for; a device someone else added or removed in between
+// refuses the import.
+func TestImportRefusesARegistryChangedMeanwhile(t *testing.T) {
+	byID := map[string]importDevice{
+		"a": {dev: registry.NewDevice{ID: "a"}, csr: []byte("x")},
+		"b": {dev: registry.NewDevice{ID: "b"}, csr: []byte("x")},
+		"c": {dev: registry.NewDevice{ID: "c"}},
+	}
+	imp := &importer{}
+	for _, tc := range []struct {
+		name   string
+		added  []string
+		signed []string
+		ok     bool
+	}{
+		{"as signed", []string{"a", "b", "c"}, []string{"a", "b"}, true},
+		{"a device removed meanwhile is added unsigned", []string{"a", "b", "c"}, []string{"a"}, false},
+		{"a device added meanwhile is skipped, its certificate signed", []string{"a", "c"}, []string{"a", "b"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var added []registry.NewDevice
+			for _, id := range tc.added {
+				added = append(added, byID[id].dev)
+			}
+			signed := map[string]bool{}
+			for _, id := range tc.signed {
+				signed[id] = true
+			}
+			if err := imp.beforeCommit(added, byID, signed); (err == nil) != tc.ok {
+				t.Fatalf("beforeCommit = %v, want ok %v", err, tc.ok)
+			}
+		})
+	}
+}
