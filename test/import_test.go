@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,7 +20,8 @@ import (
 // batch while it runs (with --skip-existing over one device of the first
 // batch). Devices of both batches, using the secrets from the 0600 secrets
 // files, get verified replies from the real gateway; the skipped device
-// keeps its first secret.
+// keeps its first secret. A device imported with a CSR made by openssl
+// connects with the certificate the import signed.
 func TestImportServedByRunningGateway(t *testing.T) {
 	for _, engine := range []string{"sqlite", "postgres"} {
 		t.Run(engine, func(t *testing.T) {
@@ -88,13 +90,42 @@ func TestImportServedByRunningGateway(t *testing.T) {
 			if len(second) != len(late) || second["early_1"] != "" {
 				t.Fatalf("second batch secrets %v: the skipped device got a new secret", second)
 			}
-			for _, id := range []string{"early_0", "early_1", "late_0", "late_4"} {
+			// A device whose key openssl made, imported from JSON lines
+			// with its CSR: its certificate is signed by the import.
+			csr, key := opensslDeviceKey(t, "imp_csr", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+			csrPEM, err := os.ReadFile(csr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			line, _ := json.Marshal(map[string]string{"id": "imp_csr", "csr": string(csrPEM)})
+			jl := filepath.Join(f.dir, "csr.jsonl")
+			if err := os.WriteFile(jl, append(line, '\n'), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			csrSecrets := filepath.Join(f.dir, "csr-secrets.jsonl")
+			if out, err := cli("device", "import", jl, "--certs", f.certs, "--secrets-out", csrSecrets); err != nil {
+				t.Fatalf("device import with a CSR: %v\n%s", err, out)
+			}
+			b, err := os.ReadFile(csrSecrets)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sl struct{ ID, Secret string }
+			if err := json.Unmarshal(b, &sl); err != nil || sl.ID != "imp_csr" {
+				t.Fatalf("secrets file %q: %v", b, err)
+			}
+			f.secrets["imp_csr"] = sl.Secret
+			placeDeviceKey(t, f.certs, "imp_csr", key)
+
+			for _, id := range []string{"early_0", "early_1", "late_0", "late_4", "imp_csr"} {
 				secret := first[id]
 				if secret == "" {
 					secret = second[id]
 				}
-				f.secrets[id] = secret
-				harness.IssueDevice(t, f.certs, id)
+				if secret != "" {
+					f.secrets[id] = secret
+					harness.IssueDevice(t, f.certs, id)
+				}
 				d := f.device(id)
 				raw, msgID := d.signed(`{"n":1}`, time.Now().Unix())
 				d.publish("", raw)
@@ -103,7 +134,7 @@ func TestImportServedByRunningGateway(t *testing.T) {
 					t.Fatalf("%s: reply ok=%v valid=%v %s; want a verified 200 reply to %s", id, ok, r.valid, r.raw, msgID)
 				}
 			}
-			if out, err := cli("audit", "tail", "-n", "20"); err != nil || strings.Count(out, "device.import") != 10 {
+			if out, err := cli("audit", "tail", "-n", "20"); err != nil || strings.Count(out, "device.import") != 11 || !strings.Contains(out, "device.import.csr") {
 				t.Fatalf("audit tail (%v):\n%s", err, out)
 			}
 		})
