@@ -413,11 +413,15 @@ func reportBadLines(w io.Writer, path string, errs []lineError) error {
 	for _, e := range errs {
 		fmt.Fprintf(w, "%s:%d: %s\n", path, e.line, e.msg)
 	}
-	noun := "lines"
-	if len(errs) == 1 {
-		noun = "line"
+	return fmt.Errorf("%s: %s; nothing imported", path, plural(len(errs), "bad line"))
+}
+
+// plural is "1 device" or "n devices".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
 	}
-	return fmt.Errorf("%s: %d bad %s; nothing imported", path, len(errs), noun)
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // importer carries one checked import through the transaction.
@@ -477,12 +481,12 @@ func (imp *importer) run(cmd *cobra.Command, skipExisting bool) error {
 	}
 	auditErr := imp.audit(cmd.Context(), s, added, byID)
 	out := cmd.ErrOrStderr()
-	fmt.Fprintf(out, "imported %d devices", len(added))
+	fmt.Fprintf(out, "imported %s", plural(len(added), "device"))
 	if len(skipped) > 0 {
-		fmt.Fprintf(out, "; skipped %d that already exist", len(skipped))
+		fmt.Fprintf(out, "; skipped %d that already existed", len(skipped))
 	}
 	if certs > 0 {
-		fmt.Fprintf(out, "; signed %d certificates in %s", certs, filepath.Join(imp.certsDir, "devices"))
+		fmt.Fprintf(out, "; signed %s in %s", plural(certs, "certificate"), filepath.Join(imp.certsDir, "devices"))
 	}
 	fmt.Fprintln(out)
 	if imp.wroteSecrets {
