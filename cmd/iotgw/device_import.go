@@ -311,7 +311,9 @@ JSON keys):
 Generated secrets are written to --secrets-out, a new file created 0600
 (in FILE's format: id,secret), never to the terminal; it is required when
 any line has no secret, and is written before the transaction commits (and
-removed if it does not). Secrets are sealed under the KEK as by device add.
+removed if it does not). Certificates are signed, all at once, just
+before the transaction (for the devices it will add) and removed if it
+does not commit. Secrets are sealed under the KEK as by device add.
 Each device added gets one audit entry (device.import, or
 device.import.csr when a certificate was signed). A running gateway serves
 the new devices within its registry refresh interval.`,
