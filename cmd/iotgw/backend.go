@@ -70,6 +70,9 @@ answered in a JSON array of {"status","body"}.
 Fault simulation: --fail-for D answers --fail-status (default 503) to every
 POST for D after start; POST /fail?for=D[&status=N] starts such an outage
 at run time (for=0 ends it). --delay D waits D before answering each POST.
+GET /stats and POST /fail need the same credentials as a delivery (below):
+the token, and a signature over the method, the target and the timestamp
+with an empty body.
 
 Backend trust (docs/PROTOCOL.md 4b): with --bearer-token-file every POST
 must carry "Authorization: Bearer <the file's token>"; with
@@ -234,8 +237,11 @@ type backendStats struct {
 
 func (b *backend) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /stats", b.stats)
-	mux.HandleFunc("POST /fail", b.fail)
+	// The control endpoints need the same credentials as a delivery: an
+	// unauthenticated POST /fail?status=410 would make the gateway drop
+	// its next message (410 is final).
+	mux.HandleFunc("GET /stats", b.control(b.stats))
+	mux.HandleFunc("POST /fail", b.control(b.fail))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n") //nolint:errcheck
 	})
@@ -303,6 +309,24 @@ func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
 		Received string `json:"received"`
 	}{true, rec.MessageID})
 	w.Write(reply) //nolint:errcheck
+}
+
+// control wraps a control endpoint (/stats, /fail): it is served only to a
+// request that passes authorized, as a POST to /ingest must, with an
+// empty body (it signs method, target and timestamp).
+func (b *backend) control(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBackendBody))
+		r.Body.Close()
+		if err != nil {
+			http.Error(w, "cannot read body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if !b.authorized(w, r, body) {
+			return
+		}
+		h(w, r)
+	}
 }
 
 // authorized checks the bearer token and the signature required, if any.

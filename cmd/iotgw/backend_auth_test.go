@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -194,5 +195,47 @@ func TestBackendRecordsSignedMessageID(t *testing.T) {
 	id := single.header.Get("Idempotency-Key")
 	if b.seen[id] != 2 || b.seen[""] != 0 {
 		t.Fatalf("recorded %d under the Idempotency-Key %s and %d under \"\", want 2 and 0", b.seen[id], id, b.seen[""])
+	}
+}
+
+// TestBackendControlNeedsAuth: with --bearer-token-file and
+// --signing-key-file set, an unauthenticated POST /fail (which would make
+// the backend answer the gateway's next message with a final 410, so the
+// message is dropped) and GET /stats are refused with 401 and change
+// nothing; the same requests with the token and a signature are served.
+func TestBackendControlNeedsAuth(t *testing.T) {
+	tokenFile, keyFile := writeSecret(t, authToken), writeSecret(t, authKey)
+	b, err := newBackend(backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: forward.SchemeV2, signingMaxSkew: 5 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.errOut = io.Discard
+	h := b.routes()
+	do := func(method, target string, auth bool) int {
+		r := httptest.NewRequest(method, target, nil)
+		if auth {
+			ts := time.Now().Unix()
+			r.Header.Set("Authorization", "Bearer "+authToken)
+			r.Header.Set(forward.TimestampHeader, strconv.FormatInt(ts, 10))
+			r.Header.Set(forward.SignatureHeader, forward.Sign([]byte(authKey), forward.SchemeV2, method, target, forward.Signed{}, ts, nil))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	if got := do("POST", "/fail?for=1h&status=410", false); got != http.StatusUnauthorized {
+		t.Errorf("unauthenticated POST /fail = %d, want 401", got)
+	}
+	if !b.failUntil.IsZero() {
+		t.Fatalf("an unauthenticated POST /fail started an outage until %v", b.failUntil)
+	}
+	if got := do("GET", "/stats", false); got != http.StatusUnauthorized {
+		t.Errorf("unauthenticated GET /stats = %d, want 401", got)
+	}
+	if got := do("POST", "/fail?for=1h&status=410", true); got != http.StatusOK || b.failUntil.IsZero() {
+		t.Errorf("authenticated POST /fail = %d (outage until %v), want 200 and an outage", got, b.failUntil)
+	}
+	if got := do("GET", "/stats?message_id=m1", true); got != http.StatusOK {
+		t.Errorf("authenticated GET /stats = %d, want 200", got)
 	}
 }
