@@ -52,8 +52,8 @@ type sampleBackend struct {
 	// token and key, when set, authenticate the control requests (/stats):
 	// the backend asks of them what it asks of a delivery.
 	token, key string
-	mu     sync.Mutex
-	stderr strings.Builder
+	mu         sync.Mutex
+	stderr     strings.Builder
 }
 
 func (b *sampleBackend) errLog() string {
