@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/backendsig"
 	"github.com/iotgw/iotgw/pkg/pki"
 )
 
@@ -130,8 +130,8 @@ func (b *sampleBackend) stats(t *testing.T, msgID string) (s struct {
 	}
 	if b.key != "" {
 		ts := time.Now().Unix()
-		req.Header.Set(forward.TimestampHeader, strconv.FormatInt(ts, 10))
-		req.Header.Set(forward.SignatureHeader, forward.Sign([]byte(b.key), forward.SchemeV2, http.MethodGet, target, forward.Signed{}, ts, nil))
+		req.Header.Set(backendsig.TimestampHeader, strconv.FormatInt(ts, 10))
+		req.Header.Set(backendsig.SignatureHeader, backendsig.Sign([]byte(b.key), backendsig.SchemeV2, http.MethodGet, target, backendsig.Signed{}, ts, nil))
 	}
 	resp, err := httpClient.Do(req)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/iotgw/pkg/backendsig"
 	"github.com/iotgw/iotgw/pkg/forward"
 )
 
@@ -92,7 +93,7 @@ logged as one line on stderr naming the reason. The files must be chmod
 			if o.failFor < 0 || o.delay < 0 || o.signingMaxSkew <= 0 {
 				return usagef("backend: --fail-for and --delay must not be negative, --signing-max-skew must be positive")
 			}
-			if err := forward.CheckScheme("backend: --signature-scheme", o.signingScheme); err != nil {
+			if err := backendsig.CheckScheme("backend: --signature-scheme", o.signingScheme); err != nil {
 				return usagef("%v", err) // a usage error (exit 2) before any file is read
 			}
 			return runBackend(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -107,7 +108,7 @@ logged as one line on stderr naming the reason. The files must be chmod
 	f.DurationVar(&o.delay, "delay", 0, "wait this long before answering each POST")
 	f.StringVar(&o.bearerTokenFile, "bearer-token-file", "", "require Authorization: Bearer <token in this file> (chmod 600)")
 	f.StringVar(&o.signingKeyFile, "signing-key-file", "", "require a valid X-Iotgw-Signature made with the key in this file (chmod 600)")
-	f.StringVar(&o.signingScheme, "signature-scheme", forward.SchemeV2, "the scheme X-Iotgw-Signature must use: v2 or v1 (the gateway's backend.signature_scheme)")
+	f.StringVar(&o.signingScheme, "signature-scheme", backendsig.SchemeV2, "the scheme X-Iotgw-Signature must use: v2 or v1 (the gateway's backend.signature_scheme)")
 	f.DurationVar(&o.signingMaxSkew, "signing-max-skew", 5*time.Minute, "how far X-Iotgw-Timestamp may be from now")
 	return cmd
 }
@@ -129,7 +130,7 @@ func newBackend(o backendOptions) (*backend, error) {
 		if err != nil {
 			return nil, fmt.Errorf("backend: --signing-key-file: %w", err)
 		}
-		if err := forward.CheckScheme("backend: --signature-scheme", o.signingScheme); err != nil {
+		if err := backendsig.CheckScheme("backend: --signature-scheme", o.signingScheme); err != nil {
 			return nil, err
 		}
 		b.signingKey = key
@@ -341,7 +342,7 @@ func (b *backend) authorized(w http.ResponseWriter, r *http.Request, body []byte
 		}
 	}
 	if reason == "" && b.signingKey != nil {
-		if err := forward.VerifyRequest(b.signingKey, b.scheme, r, body, b.now(), b.maxSkew); err != nil {
+		if err := backendsig.VerifyRequest(b.signingKey, b.scheme, r, body, b.now(), b.maxSkew); err != nil {
 			reason = err.Error()
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/backendsig"
 	"github.com/iotgw/iotgw/pkg/forward"
 )
 
@@ -80,7 +81,7 @@ func TestBackendRequiresSignatureAndToken(t *testing.T) {
 	noSig, _ := sendWith(t, tokenFile, "")
 	noToken, _ := sendWith(t, "", keyFile)
 
-	o := backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: forward.SchemeV2, signingMaxSkew: 5 * time.Minute}
+	o := backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: backendsig.SchemeV2, signingMaxSkew: 5 * time.Minute}
 	b, err := newBackend(o)
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +177,7 @@ func TestBackendAuthFlags(t *testing.T) {
 func TestBackendRecordsSignedMessageID(t *testing.T) {
 	keyFile := writeSecret(t, authKey)
 	single, _ := sendWith(t, "", keyFile)
-	b, err := newBackend(backendOptions{signingKeyFile: keyFile, signingScheme: forward.SchemeV2, signingMaxSkew: 5 * time.Minute})
+	b, err := newBackend(backendOptions{signingKeyFile: keyFile, signingScheme: backendsig.SchemeV2, signingMaxSkew: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +206,7 @@ func TestBackendRecordsSignedMessageID(t *testing.T) {
 // nothing; the same requests with the token and a signature are served.
 func TestBackendControlNeedsAuth(t *testing.T) {
 	tokenFile, keyFile := writeSecret(t, authToken), writeSecret(t, authKey)
-	b, err := newBackend(backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: forward.SchemeV2, signingMaxSkew: 5 * time.Minute})
+	b, err := newBackend(backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: backendsig.SchemeV2, signingMaxSkew: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,8 +217,8 @@ func TestBackendControlNeedsAuth(t *testing.T) {
 		if auth {
 			ts := time.Now().Unix()
 			r.Header.Set("Authorization", "Bearer "+authToken)
-			r.Header.Set(forward.TimestampHeader, strconv.FormatInt(ts, 10))
-			r.Header.Set(forward.SignatureHeader, forward.Sign([]byte(authKey), forward.SchemeV2, method, target, forward.Signed{}, ts, nil))
+			r.Header.Set(backendsig.TimestampHeader, strconv.FormatInt(ts, 10))
+			r.Header.Set(backendsig.SignatureHeader, backendsig.Sign([]byte(authKey), backendsig.SchemeV2, method, target, backendsig.Signed{}, ts, nil))
 		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
