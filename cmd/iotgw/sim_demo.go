@@ -28,6 +28,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/mqttio"
+	"github.com/iotgw/iotgw/pkg/samplebackend"
 )
 
 // demoOptions are the flags of "iotgw sim demo".
@@ -702,7 +703,7 @@ func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		var s backendStats
+		var s samplebackend.Stats
 		if err := json.Unmarshal(body, &s); err != nil || s.MessageOK == nil {
 			return 0, fmt.Errorf("%s is not the sample backend's /stats", d.o.backendStats)
 		}
@@ -723,7 +724,7 @@ func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
 		if !strings.Contains(sc.Text(), id) {
 			continue
 		}
-		var rec backendRecord
+		var rec samplebackend.Record
 		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.MessageID == id && rec.Status == http.StatusOK {
 			n++
 		}

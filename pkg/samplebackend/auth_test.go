@@ -1,4 +1,4 @@
-package main
+package samplebackend
 
 import (
 	"bytes"
@@ -81,14 +81,14 @@ func TestBackendRequiresSignatureAndToken(t *testing.T) {
 	noSig, _ := sendWith(t, tokenFile, "")
 	noToken, _ := sendWith(t, "", keyFile)
 
-	o := backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: backendsig.SchemeV2, signingMaxSkew: 5 * time.Minute}
-	b, err := newBackend(o)
+	o := Options{BearerTokenFile: tokenFile, SigningKeyFile: keyFile, SigningScheme: backendsig.SchemeV2, SigningMaxSkew: 5 * time.Minute}
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var logBuf bytes.Buffer
 	b.errOut = &logBuf
-	h := b.routes()
+	h := b.Handler()
 	tests := []struct {
 		name   string
 		req    captured
@@ -155,14 +155,14 @@ func TestBackendAuthFlags(t *testing.T) {
 	if err := os.Chmod(open, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range []backendOptions{
-		{signingKeyFile: "/nonexistent/key", signingMaxSkew: time.Minute},
-		{signingKeyFile: open, signingMaxSkew: time.Minute},
-		{signingKeyFile: writeSecret(t, "short"), signingMaxSkew: time.Minute},
-		{bearerTokenFile: writeSecret(t, "a\nb"), signingMaxSkew: time.Minute},
-		{signingKeyFile: writeSecret(t, authKey), signingScheme: "v3", signingMaxSkew: time.Minute},
+	for _, o := range []Options{
+		{SigningKeyFile: "/nonexistent/key", SigningMaxSkew: time.Minute},
+		{SigningKeyFile: open, SigningMaxSkew: time.Minute},
+		{SigningKeyFile: writeSecret(t, "short"), SigningMaxSkew: time.Minute},
+		{BearerTokenFile: writeSecret(t, "a\nb"), SigningMaxSkew: time.Minute},
+		{SigningKeyFile: writeSecret(t, authKey), SigningScheme: "v3", SigningMaxSkew: time.Minute},
 	} {
-		_, err := newBackend(o)
+		_, err := New(o)
 		if err == nil || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), authKey) {
 			t.Errorf("%+v: %v, want one line without the secret", o, err)
 		}
@@ -177,12 +177,12 @@ func TestBackendAuthFlags(t *testing.T) {
 func TestBackendRecordsSignedMessageID(t *testing.T) {
 	keyFile := writeSecret(t, authKey)
 	single, _ := sendWith(t, "", keyFile)
-	b, err := newBackend(backendOptions{signingKeyFile: keyFile, signingScheme: backendsig.SchemeV2, signingMaxSkew: 5 * time.Minute})
+	b, err := New(Options{SigningKeyFile: keyFile, SigningScheme: backendsig.SchemeV2, SigningMaxSkew: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b.errOut = io.Discard
-	h := b.routes()
+	h := b.Handler()
 	for range 2 {
 		r := httptest.NewRequest(single.method, single.target, bytes.NewReader(single.body))
 		r.Header = single.header.Clone()
@@ -206,12 +206,12 @@ func TestBackendRecordsSignedMessageID(t *testing.T) {
 // nothing; the same requests with the token and a signature are served.
 func TestBackendControlNeedsAuth(t *testing.T) {
 	tokenFile, keyFile := writeSecret(t, authToken), writeSecret(t, authKey)
-	b, err := newBackend(backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: backendsig.SchemeV2, signingMaxSkew: 5 * time.Minute})
+	b, err := New(Options{BearerTokenFile: tokenFile, SigningKeyFile: keyFile, SigningScheme: backendsig.SchemeV2, SigningMaxSkew: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b.errOut = io.Discard
-	h := b.routes()
+	h := b.Handler()
 	do := func(method, target string, auth bool) int {
 		r := httptest.NewRequest(method, target, nil)
 		if auth {

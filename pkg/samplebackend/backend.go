@@ -1,4 +1,4 @@
-package main
+package samplebackend
 
 import (
 	"cmp"
@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,120 +18,72 @@ import (
 	"sync"
 	"time"
 
-	"github.com/spf13/cobra"
-
 	"github.com/iotgw/iotgw/pkg/backendsig"
 	"github.com/iotgw/iotgw/pkg/forward"
 )
 
-func init() { commands = append(commands, newBackendCmd) }
-
-// backendOptions are the flags of "iotgw backend".
-type backendOptions struct {
-	listen     string
-	logPath    string
-	failStatus int
-	failFor    time.Duration
-	delay      time.Duration
-	// Backend trust (docs/PROTOCOL.md 4b).
-	bearerTokenFile string
-	signingKeyFile  string
-	signingScheme   string
-	signingMaxSkew  time.Duration
+// Options are the settings of a sample backend (the flags of "iotgw
+// backend").
+type Options struct {
+	// Listen is the address to listen on ("127.0.0.1:8080"; port 0 picks a
+	// free one, which Run prints).
+	Listen string
+	// LogPath, when set, gets one JSON line (a Record) per request.
+	LogPath string
+	// FailStatus is answered to every POST during a simulated outage
+	// (100..599; 503 by default).
+	FailStatus int
+	// FailFor simulates an outage for this long after start (0: none).
+	FailFor time.Duration
+	// Delay is waited before answering each POST.
+	Delay time.Duration
+	// BearerTokenFile, when set, makes every request (deliveries and the
+	// control endpoints) carry "Authorization: Bearer <its token>".
+	BearerTokenFile string
+	// SigningKeyFile, when set, makes every request carry a valid
+	// X-Iotgw-Signature of SigningScheme made with its key.
+	SigningKeyFile string
+	// SigningScheme is backendsig.SchemeV2 (the default) or SchemeV1.
+	SigningScheme string
+	// SigningMaxSkew bounds how far X-Iotgw-Timestamp may be from now.
+	SigningMaxSkew time.Duration
 }
 
-func newBackendCmd() *cobra.Command {
-	var o backendOptions
-	cmd := &cobra.Command{
-		Use:   "backend [--listen ADDR] [--log FILE] [--fail-status N --fail-for D] [--delay D] [--bearer-token-file F] [--signing-key-file F [--signature-scheme v2|v1]]",
-		Short: "Run a sample HTTP backend that records what the gateway forwards",
-		Long: `backend is a small HTTP server standing in for the real backend, for the
-demo and the end-to-end tests.
+// DefaultOptions returns the defaults of "iotgw backend".
+func DefaultOptions() Options {
+	return Options{Listen: "127.0.0.1:8080", FailStatus: http.StatusServiceUnavailable,
+		SigningScheme: backendsig.SchemeV2, SigningMaxSkew: 5 * time.Minute}
+}
 
-POST to any path (the gateway uses /ingest/{device_id}) is recorded and
-answered 200 {"ok":true,"received":"<message id>"} (the Idempotency-Key,
-else X-Message-ID). With --log, each
-request appends one JSON line to FILE:
-
-  {"time":"<RFC 3339>","path_device_id":"<last path segment>","device_id":"<X-Device-ID>",
-   "message_id":"<message id>","timestamp":"<X-Device-Timestamp>",
-   "idempotency_key":"<Idempotency-Key>","status":200,"body":<request body>}
-
-"status" is what the backend answered, so count lines with status 200 to
-count deliveries. "body" is the request body embedded as JSON (as a string
-when it is not valid JSON).
-
-GET /stats returns counters as JSON: requests, ok, failed, unique_messages,
-duplicates (200s for a message id already answered 200) and by_device;
-GET /stats?message_id=ID adds "message_ok", that id's 200 count.
-
-POST /batch takes the gateway's batch mode (backend.batch_max > 1,
-backend.batch_url = http://ADDR/batch): each item is recorded as above and
-answered in a JSON array of {"status","body"}.
-
-Fault simulation: --fail-for D answers --fail-status (default 503) to every
-POST for D after start; POST /fail?for=D[&status=N] starts such an outage
-at run time (for=0 ends it). --delay D waits D before answering each POST.
-GET /stats and POST /fail need the same credentials as a delivery (below):
-the token, and a signature over the method, the target and the timestamp
-with an empty body.
-
-Backend trust (docs/PROTOCOL.md 4b): with --bearer-token-file every POST
-must carry "Authorization: Bearer <the file's token>"; with
---signing-key-file every POST must carry a valid X-Iotgw-Signature of
---signature-scheme (v2, the default, signs every header the gateway sets;
-v1, of a gateway with backend.signature_scheme v1, leaves
-X-Device-Timestamp and X-Iotgw-Seq unsigned), whose X-Iotgw-Timestamp is
-within --signing-max-skew of now. Anything else
-is answered 401, counted in /stats as "unauthorized", not recorded, and
-logged as one line on stderr naming the reason. The files must be chmod
-600, as the gateway's (backend.bearer_token_file, backend.signing_key_file).`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.failStatus < 100 || o.failStatus > 599 {
-				return usagef("backend: --fail-status must be an HTTP status 100..599, got %d", o.failStatus)
-			}
-			if o.failFor < 0 || o.delay < 0 || o.signingMaxSkew <= 0 {
-				return usagef("backend: --fail-for and --delay must not be negative, --signing-max-skew must be positive")
-			}
-			if err := backendsig.CheckScheme("backend: --signature-scheme", o.signingScheme); err != nil {
-				return usagef("%v", err) // a usage error (exit 2) before any file is read
-			}
-			return runBackend(cmd.Context(), o, cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
+// Validate checks o without reading any file.
+func (o Options) Validate() error {
+	if o.FailStatus < 100 || o.FailStatus > 599 {
+		return fmt.Errorf("--fail-status must be an HTTP status 100..599, got %d", o.FailStatus)
 	}
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
-	f := cmd.Flags()
-	f.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to listen on (port 0 picks a free one; the address is printed)")
-	f.StringVar(&o.logPath, "log", "", "append one JSON line per request to this file")
-	f.IntVar(&o.failStatus, "fail-status", http.StatusServiceUnavailable, "status answered during a simulated outage")
-	f.DurationVar(&o.failFor, "fail-for", 0, "simulate an outage for this long after start (0: none)")
-	f.DurationVar(&o.delay, "delay", 0, "wait this long before answering each POST")
-	f.StringVar(&o.bearerTokenFile, "bearer-token-file", "", "require Authorization: Bearer <token in this file> (chmod 600)")
-	f.StringVar(&o.signingKeyFile, "signing-key-file", "", "require a valid X-Iotgw-Signature made with the key in this file (chmod 600)")
-	f.StringVar(&o.signingScheme, "signature-scheme", backendsig.SchemeV2, "the scheme X-Iotgw-Signature must use: v2 or v1 (the gateway's backend.signature_scheme)")
-	f.DurationVar(&o.signingMaxSkew, "signing-max-skew", 5*time.Minute, "how far X-Iotgw-Timestamp may be from now")
-	return cmd
+	if o.FailFor < 0 || o.Delay < 0 || o.SigningMaxSkew <= 0 {
+		return errors.New("--fail-for and --delay must not be negative, --signing-max-skew must be positive")
+	}
+	return backendsig.CheckScheme("--signature-scheme", o.SigningScheme)
 }
 
-// newBackend returns a backend for o (without its request log), reading
-// the token and key files the gateway's way.
-func newBackend(o backendOptions) (*backend, error) {
-	b := &backend{delay: o.delay, now: time.Now, seen: map[string]int{}, byDevice: map[string]int{}, maxSkew: o.signingMaxSkew, scheme: o.signingScheme}
-	if o.bearerTokenFile != "" {
-		tok, err := forward.ReadBearerToken(o.bearerTokenFile)
+// New returns a backend for o (without its request log), reading the
+// token and key files the gateway's way.
+func New(o Options) (*Backend, error) {
+	b := &Backend{delay: o.Delay, now: time.Now, seen: map[string]int{}, byDevice: map[string]int{}, maxSkew: o.SigningMaxSkew, scheme: o.SigningScheme}
+	if o.BearerTokenFile != "" {
+		tok, err := forward.ReadBearerToken(o.BearerTokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("backend: --bearer-token-file: %w", err)
 		}
 		h := sha256.Sum256([]byte("Bearer " + tok))
 		b.wantAuth = h[:]
 	}
-	if o.signingKeyFile != "" {
-		key, err := forward.ReadSigningKey(o.signingKeyFile)
+	if o.SigningKeyFile != "" {
+		key, err := forward.ReadSigningKey(o.SigningKeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("backend: --signing-key-file: %w", err)
 		}
-		if err := backendsig.CheckScheme("backend: --signature-scheme", o.signingScheme); err != nil {
+		if err := backendsig.CheckScheme("backend: --signature-scheme", o.SigningScheme); err != nil {
 			return nil, err
 		}
 		b.signingKey = key
@@ -138,32 +91,35 @@ func newBackend(o backendOptions) (*backend, error) {
 	return b, nil
 }
 
-func runBackend(ctx context.Context, o backendOptions, out, errOut io.Writer) error {
-	b, err := newBackend(o)
+// Run serves a backend for o until ctx is cancelled, then shuts it down
+// within 5 s. It prints "backend listening on http://ADDR" to out once it
+// listens, and one line per refused request to errOut.
+func Run(ctx context.Context, o Options, out, errOut io.Writer) error {
+	b, err := New(o)
 	if err != nil {
 		return err
 	}
 	b.errOut = errOut
-	if o.logPath != "" {
-		f, err := os.OpenFile(o.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if o.LogPath != "" {
+		f, err := os.OpenFile(o.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
 			return fmt.Errorf("backend log: %w", err)
 		}
 		defer f.Close()
 		b.log = f
 	}
-	if o.failFor > 0 {
-		b.failUntil, b.failStatus = b.now().Add(o.failFor), o.failStatus
+	if o.FailFor > 0 {
+		b.failUntil, b.failStatus = b.now().Add(o.FailFor), o.FailStatus
 	}
-	ln, err := net.Listen("tcp", o.listen)
+	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return fmt.Errorf("backend: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           b.routes(),
+		Handler:           b.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      o.delay + 30*time.Second,
+		WriteTimeout:      o.Delay + 30*time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
 	fmt.Fprintf(out, "backend listening on http://%s\n", ln.Addr())
@@ -185,9 +141,9 @@ func runBackend(ctx context.Context, o backendOptions, out, errOut io.Writer) er
 // maxBackendBody bounds a request body; the gateway sends at most 64 KiB.
 const maxBackendBody = 1 << 20
 
-// backend is the state of "iotgw backend". Its handlers are safe for
+// Backend is the state of a sample backend. Its handlers are safe for
 // concurrent use.
-type backend struct {
+type Backend struct {
 	delay time.Duration
 	now   func() time.Time
 	// Trust: wantAuth is SHA-256 of the expected Authorization value (nil:
@@ -212,8 +168,8 @@ type backend struct {
 	byDevice     map[string]int // X-Device-ID → 200s answered
 }
 
-// backendRecord is one line of the --log file.
-type backendRecord struct {
+// Record is one line of the request log (Options.LogPath).
+type Record struct {
 	Time           string          `json:"time"`
 	PathDeviceID   string          `json:"path_device_id"`
 	DeviceID       string          `json:"device_id"`
@@ -224,8 +180,8 @@ type backendRecord struct {
 	Body           json.RawMessage `json:"body"`
 }
 
-// backendStats is the body of GET /stats.
-type backendStats struct {
+// Stats is the body of GET /stats.
+type Stats struct {
 	Requests       int            `json:"requests"`
 	OK             int            `json:"ok"`
 	Failed         int            `json:"failed"`
@@ -236,7 +192,9 @@ type backendStats struct {
 	MessageOK      *int           `json:"message_ok,omitempty"`
 }
 
-func (b *backend) routes() http.Handler {
+// Handler returns the backend's routes: POST /batch, GET /stats, POST
+// /fail, GET /healthz, and a POST to any other path as one delivery.
+func (b *Backend) Handler() http.Handler {
 	mux := http.NewServeMux()
 	// The control endpoints need the same credentials as a delivery: an
 	// unauthenticated POST /fail?status=410 would make the gateway drop
@@ -252,7 +210,7 @@ func (b *backend) routes() http.Handler {
 }
 
 // ingest records one forwarded message and answers it.
-func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
+func (b *Backend) ingest(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		http.Error(w, "POST only", http.StatusMethodNotAllowed)
@@ -276,7 +234,7 @@ func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	pathDev, _ := url.PathUnescape(path.Base(r.URL.EscapedPath()))
-	rec := backendRecord{
+	rec := Record{
 		Time:         arrived.UTC().Format(time.RFC3339Nano),
 		PathDeviceID: pathDev,
 		DeviceID:     r.Header.Get("X-Device-ID"),
@@ -315,7 +273,7 @@ func (b *backend) ingest(w http.ResponseWriter, r *http.Request) {
 // control wraps a control endpoint (/stats, /fail): it is served only to a
 // request that passes authorized, as a POST to /ingest must, with an
 // empty body (it signs method, target and timestamp).
-func (b *backend) control(h http.HandlerFunc) http.HandlerFunc {
+func (b *Backend) control(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBackendBody))
 		r.Body.Close()
@@ -333,7 +291,7 @@ func (b *backend) control(h http.HandlerFunc) http.HandlerFunc {
 // authorized checks the bearer token and the signature required, if any.
 // When one fails it answers 401, counts it and logs one line naming the
 // reason (never the credentials), and returns false.
-func (b *backend) authorized(w http.ResponseWriter, r *http.Request, body []byte) bool {
+func (b *Backend) authorized(w http.ResponseWriter, r *http.Request, body []byte) bool {
 	var reason string
 	if b.wantAuth != nil {
 		got := sha256.Sum256([]byte(r.Header.Get("Authorization")))
@@ -361,7 +319,7 @@ func (b *backend) authorized(w http.ResponseWriter, r *http.Request, body []byte
 
 // record counts rec (one delivered message), sets its Status (200, or the
 // simulated outage's) and appends it to the log.
-func (b *backend) record(rec *backendRecord, arrived time.Time) error {
+func (b *Backend) record(rec *Record, arrived time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.requests++
@@ -389,7 +347,7 @@ func (b *backend) record(rec *backendRecord, arrived time.Time) error {
 // JSON array of {"device_id","message_id","timestamp","payload"}, answered
 // with an array of {"status","body"} in the same order. Each item is
 // recorded as ingest records one message (path_device_id is empty).
-func (b *backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
+func (b *Backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
 	arrived := b.now()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64*maxBackendBody))
 	r.Body.Close()
@@ -423,7 +381,7 @@ func (b *backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]result, len(items))
 	for i, it := range items {
-		rec := backendRecord{Time: arrived.UTC().Format(time.RFC3339Nano), DeviceID: it.DeviceID, MessageID: it.MessageID,
+		rec := Record{Time: arrived.UTC().Format(time.RFC3339Nano), DeviceID: it.DeviceID, MessageID: it.MessageID,
 			Timestamp: it.Timestamp.String(), IdempotencyKey: it.MessageID, Body: it.Payload}
 		if err := b.record(&rec, arrived); err != nil {
 			http.Error(w, "cannot write request log: "+err.Error(), http.StatusInternalServerError)
@@ -436,9 +394,9 @@ func (b *backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
 }
 
 // stats serves the counters.
-func (b *backend) stats(w http.ResponseWriter, r *http.Request) {
+func (b *Backend) stats(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
-	s := backendStats{Requests: b.requests, OK: b.ok, Failed: b.failed, UniqueMessages: len(b.seen),
+	s := Stats{Requests: b.requests, OK: b.ok, Failed: b.failed, UniqueMessages: len(b.seen),
 		Duplicates: b.dups, Unauthorized: b.unauthorized, ByDevice: make(map[string]int, len(b.byDevice))}
 	for k, v := range b.byDevice {
 		s.ByDevice[k] = v
@@ -453,7 +411,7 @@ func (b *backend) stats(w http.ResponseWriter, r *http.Request) {
 }
 
 // fail starts (or, with for=0, ends) a simulated outage.
-func (b *backend) fail(w http.ResponseWriter, r *http.Request) {
+func (b *Backend) fail(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	d, err := time.ParseDuration(q.Get("for"))
 	if err != nil || d < 0 {
