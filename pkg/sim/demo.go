@@ -1,4 +1,4 @@
-package main
+package sim
 
 import (
 	"bufio"
@@ -23,87 +23,37 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/spf13/cobra"
 
 	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
-	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/samplebackend"
 )
 
-// demoOptions are the flags of "iotgw sim demo".
-type demoOptions struct {
-	devices      string
-	intruder     string
-	readings     int
-	timeout      time.Duration
-	quiet        time.Duration
-	backendLog   string
-	backendStats string
-	metrics      string
-	json         bool
-	flood        int
-	// gatewayClientID is the gateway's mqtt.client_id, for the session
-	// takeover row.
-	gatewayClientID string
-}
-
-func newSimDemoCmd(so *simOptions) *cobra.Command {
-	var o demoOptions
-	cmd := &cobra.Command{
-		Use:   "demo --db FILE|--secrets-file FILE [--devices A,B] [--intruder ID] [--backend-log FILE|--backend-stats URL] [--metrics URL]",
-		Short: "Send valid readings, then each attack one at a time, and print a verdict table",
-		Long: `demo connects the first two --devices (their certificates and registered
-secrets are needed), sends --readings valid readings from each, then runs
-each attack one at a time and waits, for at most --timeout, for its outcome
-on the device's own device/<id>/response, checking every reply's signature
-with the device's downlink key. Scenarios that expect silence wait until a later
-valid message from the same device has been answered, then --quiet more.
-
-With --backend-log (the file of "iotgw backend --log") or --backend-stats
-(its /stats URL) every row also checks what reached the backend; with
---metrics (the gateway's /metrics URL) the unregistered-device row checks
-iotgw_messages_rejected_total{reason="unknown_device"}.
-
-It prints scenario | expected | observed | result and exits 1 if any row
-fails. docs/DEMO.md explains each row.`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := so.check(); err != nil {
-				return err
-			}
-			ids, err := splitIDs("--devices", o.devices)
-			if err != nil {
-				return err
-			}
-			if len(ids) != 2 {
-				return usagef("sim demo: --devices wants two device ids, got %d", len(ids))
-			}
-			if o.readings < 1 || o.timeout <= 0 || o.quiet < 0 {
-				return usagef("sim demo: --readings ≥ 1, --timeout > 0 and --quiet ≥ 0 are required")
-			}
-			if o.backendLog != "" && o.backendStats != "" {
-				return usagef("sim demo: give at most one of --backend-log and --backend-stats")
-			}
-			if o.intruder != "" && !envelope.ValidDeviceID(o.intruder) {
-				return usagef("sim demo: --intruder %q is not a device id", o.intruder)
-			}
-			return runDemo(cmd.Context(), so, o, ids, cmd.OutOrStdout())
-		},
-	}
-	f := cmd.Flags()
-	f.StringVar(&o.devices, "devices", "sensor_001,sensor_002", "the two registered devices that play the scenarios")
-	f.StringVar(&o.intruder, "intruder", "intruder", "a device with a certificate but no registry entry (\"\" skips that row)")
-	f.IntVar(&o.readings, "readings", 3, "valid readings sent by each device first")
-	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "longest wait for each outcome")
-	f.DurationVar(&o.quiet, "quiet", time.Second, "extra wait for scenarios that expect no reply")
-	f.StringVar(&o.backendLog, "backend-log", "", "request log of \"iotgw backend --log\", to check what reached the backend")
-	f.StringVar(&o.backendStats, "backend-stats", "", "URL of the sample backend's /stats, instead of --backend-log")
-	f.StringVar(&o.metrics, "metrics", "", "URL of the gateway's /metrics, to confirm unknown_device rejections")
-	f.BoolVar(&o.json, "json", false, "print the rows as one JSON object instead of a table")
-	f.IntVar(&o.flood, "flood", 2000, "validly signed messages the first device floods in the last row (0 skips it)")
-	f.StringVar(&o.gatewayClientID, "gateway-client-id", mqttio.DefaultClientID, "the gateway's mqtt.client_id, which the takeover row asks for with the --intruder's certificate")
-	return cmd
+// DemoOptions configure Demo (the flags of "iotgw sim demo").
+type DemoOptions struct {
+	// Intruder is a device with a certificate but no registry entry ("":
+	// skip that row).
+	Intruder string
+	// Readings is the number of valid readings each device sends first.
+	Readings int
+	// Timeout is the longest wait for each outcome.
+	Timeout time.Duration
+	// Quiet is the extra wait of the rows that expect no reply.
+	Quiet time.Duration
+	// BackendLog is the request log of the sample backend, to check what
+	// reached the backend; BackendStats is its /stats URL instead.
+	BackendLog, BackendStats string
+	// Metrics is the gateway's /metrics URL, to confirm unknown_device
+	// rejections ("": not checked).
+	Metrics string
+	// JSON prints the rows as one JSON object instead of a table.
+	JSON bool
+	// Flood is the number of validly signed messages the first device
+	// floods in the last row (0 skips it).
+	Flood int
+	// GatewayClientID is the gateway's mqtt.client_id, which the takeover
+	// row asks for with the intruder's certificate.
+	GatewayClientID string
 }
 
 // demoRow is one line of the verdict table.
@@ -144,8 +94,8 @@ type reply struct {
 
 // demo runs the scenarios.
 type demo struct {
-	so   *simOptions
-	o    demoOptions
+	so   *Options
+	o    DemoOptions
 	f    *fleet
 	a, b *demoDevice
 	rows []demoRow
@@ -156,8 +106,17 @@ type demo struct {
 	noticeAt map[string]time.Time
 }
 
-func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, out io.Writer) error {
-	f, err := openFleet(ctx, so, ids)
+// Demo connects devices ids[0] and ids[1], sends o.Readings valid
+// readings from each, then runs each attack one at a time and waits, for
+// at most o.Timeout, for its outcome on the device's own response topic,
+// checking every reply's signature with the device's downlink key. It
+// prints one row per scenario to out (a table, or JSON) and returns an
+// error wrapping ErrFailed when a row did not behave as expected.
+func Demo(ctx context.Context, so *Options, o DemoOptions, ids []string, out io.Writer) error {
+	if len(ids) != 2 {
+		return fmt.Errorf("sim demo: want two device ids, got %d", len(ids))
+	}
+	f, err := openFleet(so, ids)
 	if err != nil {
 		return err
 	}
@@ -201,7 +160,7 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 			failed++
 		}
 	}
-	if o.json {
+	if o.JSON {
 		err = json.NewEncoder(out).Encode(struct {
 			Rows   []demoRow `json:"rows"`
 			Failed int       `json:"failed"`
@@ -213,7 +172,7 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 		return fmt.Errorf("print: %w", err)
 	}
 	if failed > 0 {
-		return fmt.Errorf("%w: %d of %d scenarios did not behave as expected", errSimFailed, failed, len(d.rows))
+		return fmt.Errorf("%w: %d of %d scenarios did not behave as expected", ErrFailed, failed, len(d.rows))
 	}
 	return nil
 }
@@ -225,7 +184,7 @@ func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevi
 	var err error
 	dev.Device, err = d.f.device(ctx, id, secret, false, dev.received)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s to %s: %w", id, d.so.broker, err)
+		return nil, fmt.Errorf("connect %s to %s: %w", id, d.so.Broker, err)
 	}
 	return dev, nil
 }
@@ -291,7 +250,7 @@ func (dev *demoDevice) since(mark int) []reply {
 
 // publish sends raw on topic at QoS 1 and waits for the broker's PUBACK.
 func (d *demo) publish(dev *demoDevice, topic string, raw []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), d.o.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), d.o.Timeout)
 	defer cancel()
 	return dev.PublishRaw(ctx, topic, raw)
 }
@@ -308,9 +267,9 @@ func (d *demo) valid(ctx context.Context) []byte {
 	var first []byte
 	for _, dev := range []*demoDevice{d.a, d.b} {
 		row := demoRow{Scenario: "(a) valid readings from " + dev.id,
-			Expected: fmt.Sprintf("%d forwarded, status 200", d.o.readings)}
+			Expected: fmt.Sprintf("%d forwarded, status 200", d.o.Readings)}
 		ok, seen, problems := 0, 0, []string(nil)
-		for i := 1; i <= d.o.readings; i++ {
+		for i := 1; i <= d.o.Readings; i++ {
 			m, problem := d.request(ctx, dev, reading(i))
 			if problem != "" {
 				problems = append(problems, problem)
@@ -324,14 +283,14 @@ func (d *demo) valid(ctx context.Context) []byte {
 				seen++
 			}
 		}
-		row.Observed = fmt.Sprintf("%d/%d status 200", ok, d.o.readings)
+		row.Observed = fmt.Sprintf("%d/%d status 200", ok, d.o.Readings)
 		if d.hasBackend() {
-			row.Observed += fmt.Sprintf(", backend got %d/%d", seen, d.o.readings)
+			row.Observed += fmt.Sprintf(", backend got %d/%d", seen, d.o.Readings)
 		}
 		if len(problems) > 0 {
 			row.Observed += " (" + problems[0] + ")"
 		}
-		row.Pass = ok == d.o.readings && len(problems) == 0 && (!d.hasBackend() || seen == d.o.readings)
+		row.Pass = ok == d.o.Readings && len(problems) == 0 && (!d.hasBackend() || seen == d.o.Readings)
 		d.rows = append(d.rows, row)
 	}
 	return first
@@ -343,7 +302,7 @@ func (d *demo) valid(ctx context.Context) []byte {
 // the backend answered 200, else what happened instead.
 func (d *demo) request(ctx context.Context, dev *demoDevice, payload []byte) (device.Message, string) {
 	m := dev.Sign(time.Now(), payload)
-	ctx, cancel := context.WithTimeout(ctx, 2*d.o.timeout) // the PUBACK, then the reply
+	ctx, cancel := context.WithTimeout(ctx, 2*d.o.Timeout) // the PUBACK, then the reply
 	defer cancel()
 	r, err := dev.RequestMessage(ctx, m)
 	var rej *device.RejectedError
@@ -376,10 +335,10 @@ func (d *demo) expectRejectionN(ctx context.Context, name string, dev *demoDevic
 		row.Observed = "publish failed: " + err.Error()
 		return row
 	}
-	r, got := dev.replyTo(ctx, mark, id, d.o.timeout)
+	r, got := dev.replyTo(ctx, mark, id, d.o.Timeout)
 	switch {
 	case !got:
-		row.Observed = fmt.Sprintf("no reply in %v", d.o.timeout)
+		row.Observed = fmt.Sprintf("no reply in %v", d.o.Timeout)
 	case !r.Verified:
 		row.Observed = r.Problem
 	default:
@@ -493,7 +452,7 @@ func (d *demo) silence(ctx context.Context, dev *demoDevice, mark int, id string
 	if _, problem := d.request(ctx, dev, reading(99)); problem != "" {
 		return fmt.Sprintf("probe from %s not answered with 200 (%s)", dev.id, problem), false
 	}
-	if ok := sleepCtx(ctx, d.o.quiet); !ok {
+	if ok := sleepCtx(ctx, d.o.Quiet); !ok {
 		return ctx.Err().Error(), false
 	}
 	if n := replyIDs(dev.since(mark), id); n > 0 {
@@ -594,7 +553,7 @@ func selfSigned(cn string) (tls.Certificate, error) {
 // intruder connects with a valid certificate for an unregistered id and
 // sends a message signed with a made-up secret.
 func (d *demo) intruder(ctx context.Context) demoRow {
-	id := d.o.intruder
+	id := d.o.Intruder
 	row := demoRow{Scenario: fmt.Sprintf("(j) unregistered device %q with a valid certificate", id),
 		Expected: "no reply, not forwarded (unknown_device)"}
 	if id == "" {
@@ -615,9 +574,9 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 		return row
 	}
 	counted := ""
-	if d.o.metrics != "" && metricErr == nil {
+	if d.o.Metrics != "" && metricErr == nil {
 		// Wait until the gateway has judged it, then a moment for a reply.
-		deadline := time.Now().Add(d.o.timeout)
+		deadline := time.Now().Add(d.o.Timeout)
 		for {
 			after, err := d.rejectedCount(ctx, "unknown_device")
 			if err == nil && after > before {
@@ -625,7 +584,7 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 				break
 			}
 			if time.Now().After(deadline) || !sleepCtx(ctx, 100*time.Millisecond) {
-				counted = fmt.Sprintf("; unknown_device not counted in %v", d.o.timeout)
+				counted = fmt.Sprintf("; unknown_device not counted in %v", d.o.Timeout)
 				break
 			}
 		}
@@ -668,7 +627,7 @@ func (d *demo) get(ctx context.Context, u string) ([]byte, error) {
 	return body, nil
 }
 
-func (d *demo) hasBackend() bool { return d.o.backendLog != "" || d.o.backendStats != "" }
+func (d *demo) hasBackend() bool { return d.o.BackendLog != "" || d.o.BackendStats != "" }
 
 // checkBackend adds what the backend saw of id to an observation: it must
 // have answered id with 200 exactly want times.
@@ -691,8 +650,8 @@ func (d *demo) checkBackend(ctx context.Context, obs string, pass bool, id strin
 
 // backendCount returns how many times the backend answered id with 200.
 func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
-	if d.o.backendStats != "" {
-		u, err := url.Parse(d.o.backendStats)
+	if d.o.BackendStats != "" {
+		u, err := url.Parse(d.o.BackendStats)
 		if err != nil {
 			return 0, err
 		}
@@ -705,14 +664,14 @@ func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
 		}
 		var s samplebackend.Stats
 		if err := json.Unmarshal(body, &s); err != nil || s.MessageOK == nil {
-			return 0, fmt.Errorf("%s is not the sample backend's /stats", d.o.backendStats)
+			return 0, fmt.Errorf("%s is not the sample backend's /stats", d.o.BackendStats)
 		}
 		return *s.MessageOK, nil
 	}
-	if d.o.backendLog == "" {
+	if d.o.BackendLog == "" {
 		return 0, errors.New("no backend given")
 	}
-	f, err := os.Open(d.o.backendLog)
+	f, err := os.Open(d.o.BackendLog)
 	if err != nil {
 		return 0, err
 	}
@@ -809,7 +768,7 @@ func (d *demo) reflect(ctx context.Context, name string, trigger []byte, id stri
 	if err := d.publish(d.a, dataTopic(d.a.id), trigger); err != nil {
 		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: "publish failed: " + err.Error()}
 	}
-	r, got := d.a.replyTo(ctx, mark, id, d.o.timeout)
+	r, got := d.a.replyTo(ctx, mark, id, d.o.Timeout)
 	if !got || !r.Verified {
 		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: "no signed downlink to reflect"}
 	}
@@ -826,20 +785,20 @@ func (d *demo) reflect(ctx context.Context, name string, trigger []byte, id stri
 // before the HMAC, the device gets about one notice a second rather than
 // one per message, and the second device is still answered.
 func (d *demo) flooding(ctx context.Context) demoRow {
-	row := demoRow{Scenario: fmt.Sprintf("(p) %s floods %d validly signed messages", d.a.id, d.o.flood),
+	row := demoRow{Scenario: fmt.Sprintf("(p) %s floods %d validly signed messages", d.a.id, d.o.Flood),
 		Expected: "most rate_limited, ≤ ~1 notice/s, " + d.b.id + " still answered"}
-	if d.o.flood <= 0 {
+	if d.o.Flood <= 0 {
 		row.Observed, row.Pass = "skipped (--flood 0)", true
 		return row
 	}
 	before, metricErr := d.rejectedCount(ctx, "rate_limited")
 	markA := d.a.mark()
 	start := time.Now()
-	sent := make([]*device.Pending, 0, d.o.flood)
-	for i := range d.o.flood {
+	sent := make([]*device.Pending, 0, d.o.Flood)
+	for i := range d.o.Flood {
 		sent = append(sent, d.a.Send(d.a.Sign(time.Now(), reading(1000+i))))
 	}
-	fctx, cancel := context.WithTimeout(ctx, 4*d.o.timeout)
+	fctx, cancel := context.WithTimeout(ctx, 4*d.o.Timeout)
 	defer cancel()
 	for _, p := range sent {
 		if err := p.Wait(fctx); err != nil {
@@ -854,7 +813,7 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 		return row
 	}
 	bLatency := time.Since(probeAt)
-	sleepCtx(ctx, d.o.quiet) // late notices
+	sleepCtx(ctx, d.o.Quiet) // late notices
 	elapsed := time.Since(start)
 	notices := 0
 	for _, r := range d.a.since(markA) {
@@ -865,7 +824,7 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 	maxNotices := int(elapsed.Seconds()) + 2
 	row.Observed = fmt.Sprintf("%d rate_limited notices in %.1f s, %s answered in %d ms", notices, elapsed.Seconds(), d.b.id, bLatency.Milliseconds())
 	row.Pass = notices >= 1 && notices <= maxNotices
-	if d.o.metrics != "" {
+	if d.o.Metrics != "" {
 		after, err := d.rejectedCount(ctx, "rate_limited")
 		if err != nil || metricErr != nil {
 			row.Observed += "; metrics: " + errors.Join(err, metricErr).Error()
@@ -873,18 +832,18 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 			return row
 		}
 		refused := int(after - before)
-		row.Observed = fmt.Sprintf("%d/%d refused (rate_limited), ", refused, d.o.flood) + row.Observed
-		row.Pass = row.Pass && refused >= d.o.flood/2
+		row.Observed = fmt.Sprintf("%d/%d refused (rate_limited), ", refused, d.o.Flood) + row.Observed
+		row.Pass = row.Pass && refused >= d.o.Flood/2
 	}
 	return row
 }
 
 // rejectedCount reads iotgw_messages_rejected_total for reason.
 func (d *demo) rejectedCount(ctx context.Context, reason string) (float64, error) {
-	if d.o.metrics == "" {
+	if d.o.Metrics == "" {
 		return 0, nil
 	}
-	body, err := d.get(ctx, d.o.metrics)
+	body, err := d.get(ctx, d.o.Metrics)
 	if err != nil {
 		return 0, err
 	}
@@ -894,7 +853,7 @@ func (d *demo) rejectedCount(ctx context.Context, reason string) (float64, error
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
-	return 0, errors.New("no " + reason + " series in " + d.o.metrics)
+	return 0, errors.New("no " + reason + " series in " + d.o.Metrics)
 }
 
 // takeover connects the --intruder's certificate with the gateway's client
@@ -905,13 +864,13 @@ func (d *demo) rejectedCount(ctx context.Context, reason string) (float64, error
 // (use_username_as_clientid), so it gets nothing and every reading is
 // answered and forwarded once.
 func (d *demo) takeover(ctx context.Context) demoRow {
-	row := demoRow{Scenario: fmt.Sprintf("(o) %q connects with the gateway's client id %q", d.o.intruder, d.o.gatewayClientID),
+	row := demoRow{Scenario: fmt.Sprintf("(o) %q connects with the gateway's client id %q", d.o.Intruder, d.o.GatewayClientID),
 		Expected: "intruder gets nothing; readings all answered 200"}
-	if d.o.intruder == "" {
+	if d.o.Intruder == "" {
 		row.Observed, row.Pass = "skipped (--intruder \"\")", true
 		return row
 	}
-	cfg, err := d.f.tlsConfig(d.o.intruder)
+	cfg, err := d.f.tlsConfig(d.o.Intruder)
 	if err != nil {
 		row.Observed = err.Error()
 		return row
@@ -923,7 +882,7 @@ func (d *demo) takeover(ctx context.Context) demoRow {
 	ok, seen, total := 0, 0, 0
 	var problems []string
 	for round, persistent := range []bool{true, false} {
-		c, err := d.so.dial(ctx, connectOptions{ClientID: d.o.gatewayClientID, TLS: cfg, Persistent: persistent, Subscribe: "#", OnMessage: count})
+		c, err := d.so.dial(ctx, connectOptions{ClientID: d.o.GatewayClientID, TLS: cfg, Persistent: persistent, Subscribe: "#", OnMessage: count})
 		if err != nil {
 			problems = append(problems, "intruder connect: "+shortErr(err))
 			continue

@@ -1,4 +1,4 @@
-package main
+package sim
 
 import (
 	"os"
@@ -26,7 +26,7 @@ func TestSecretsFromFile(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			got, err := secretsFromFile(path)
+			got, err := ReadSecretsFile(path)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
@@ -43,39 +43,6 @@ func TestSecretsFromFile(t *testing.T) {
 				if string(got[id]) != s {
 					t.Errorf("secret of %s = %q, want %q", id, got[id], s)
 				}
-			}
-		})
-	}
-}
-
-func TestLoadIDs(t *testing.T) {
-	tests := []struct {
-		name    string
-		o       loadOptions
-		want    string
-		wantErr string
-	}{
-		{"count", loadOptions{devices: 3, idPrefix: "sim-"}, "sim-1,sim-2,sim-3", ""},
-		{"list", loadOptions{deviceIDs: "a, b,,c"}, "a,b,c", ""},
-		{"both", loadOptions{devices: 1, deviceIDs: "a"}, "", "exactly one"},
-		{"neither", loadOptions{}, "", "exactly one"},
-		{"duplicate", loadOptions{deviceIDs: "a,a"}, "", "given twice"},
-		{"bad prefix", loadOptions{devices: 2, idPrefix: "a/"}, "", "not a device id"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ids, err := tc.o.ids()
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := strings.Join(ids, ","); got != tc.want {
-				t.Errorf("ids = %s, want %s", got, tc.want)
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-package main
+package sim
 
 import (
 	"bufio"
@@ -13,101 +13,55 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/spf13/cobra"
 
-	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/pki"
-	"github.com/iotgw/iotgw/pkg/storage"
 )
 
-func init() { commands = append(commands, newSimCmd) }
-
-// simOptions are the flags shared by every "iotgw sim" subcommand.
-type simOptions struct {
-	broker         string
-	certs          string
-	db             string
-	secretsFile    string
-	connectTimeout time.Duration
-	// shared: neither --db nor --secrets-file, and the environment names
-	// a shared registry (storage.engine postgres); set by check.
-	shared bool
+// Options are what every simulation shares: where the broker is, the
+// devices' certificates and their secrets.
+type Options struct {
+	// Broker is the broker URL (ssl://, tls:// or mqtts://).
+	Broker string
+	// Certs is the PKI directory of "iotgw pki init" (ca.crt,
+	// devices/<id>.crt and .key).
+	Certs string
+	// ConnectTimeout bounds each MQTT connection attempt.
+	ConnectTimeout time.Duration
+	// Secrets holds each device's shared secret, by device id.
+	Secrets map[string][]byte
+	// SecretsFrom names where Secrets came from, for the error that names
+	// a device without one.
+	SecretsFrom string
 }
 
-func newSimCmd() *cobra.Command {
-	var o simOptions
-	cmd := &cobra.Command{
-		Use:   "sim",
-		Short: "Simulated devices: the attack demo and a load generator, over real MQTT with mutual TLS",
-		Long: `sim plays devices against a running broker and gateway. Each simulated device
-connects with its own certificate (--certs DIR/devices/<id>.crt and .key,
-trusting DIR/ca.crt) and signs its messages with its shared secret, read
-from the registry (--db, opened read-only; or, with neither flag, the
-shared registry of IOTGW_STORAGE_ENGINE=postgres and IOTGW_STORAGE_DSN) or
-from --secrets-file (lines "<id> <secret>"; blank lines and lines
-starting with # are ignored).
-
-  iotgw sim demo   valid readings, then one attack at a time, with a verdict table
-  iotgw sim load   many devices publishing signed QoS 1 messages, with a summary`,
-	}
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
-	f := cmd.PersistentFlags()
-	f.StringVar(&o.broker, "broker", "ssl://127.0.0.1:8883", "broker URL (ssl://, tls:// or mqtts://)")
-	f.StringVar(&o.certs, "certs", "certs", "PKI directory from \"iotgw pki init\" (ca.crt, devices/<id>.crt|.key)")
-	f.StringVar(&o.db, "db", "", "device registry SQLite file to read the secrets from (read-only)")
-	f.StringVar(&o.secretsFile, "secrets-file", "", "file of \"<id> <secret>\" lines, instead of --db")
-	f.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second, "bound on each MQTT connection attempt")
-	cmd.AddCommand(newSimDemoCmd(&o), newSimLoadCmd(&o))
-	return cmd
-}
-
-// check validates the shared flags.
-func (o *simOptions) check() error {
-	if o.db == "" && o.secretsFile == "" {
-		// The shared registry of the environment's storage section
-		// (IOTGW_STORAGE_ENGINE=postgres, IOTGW_STORAGE_DSN) is the third source.
-		c, err := config.LoadUnvalidated("")
-		if err != nil { // a mistyped IOTGW_* variable, say: name it
-			return usagef("sim: %v", err)
-		}
-		o.shared = c.Storage.Shared()
-	}
-	if (o.db == "") == (o.secretsFile == "") && !o.shared {
-		return usagef("sim: give exactly one of --db and --secrets-file")
-	}
-	if !strings.HasPrefix(o.broker, "ssl://") && !strings.HasPrefix(o.broker, "tls://") && !strings.HasPrefix(o.broker, "mqtts://") {
-		return usagef("sim: --broker %q is not a TLS URL like ssl://127.0.0.1:8883", o.broker)
-	}
-	if o.connectTimeout <= 0 {
-		return usagef("sim: --connect-timeout must be positive")
-	}
-	return nil
-}
+// ErrFailed is returned when a simulation ran but its checks failed (the
+// CLI's exit status 1).
+var ErrFailed = errors.New("sim: checks failed")
 
 // brokerURL returns the broker URL in the scheme Paho understands.
-func (o *simOptions) brokerURL() string {
+func (o *Options) brokerURL() string {
 	for _, p := range []string{"tls://", "mqtts://"} {
-		if s, ok := strings.CutPrefix(o.broker, p); ok {
+		if s, ok := strings.CutPrefix(o.Broker, p); ok {
 			return "ssl://" + s
 		}
 	}
-	return o.broker
+	return o.Broker
 }
 
 // fleet is what every simulated device shares: the CA and the secrets.
 type fleet struct {
-	opts    *simOptions
+	opts    *Options
 	roots   *x509.CertPool
 	secrets map[string][]byte
 }
 
 // openFleet loads the CA certificate and the secrets of ids (all of them
 // must be found).
-func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error) {
-	caFile := pki.Paths(o.certs).CACert
+func openFleet(o *Options, ids []string) (*fleet, error) {
+	caFile := pki.Paths(o.Certs).CACert
 	ca, err := os.ReadFile(caFile) //nolint:gosec // G304: the operator names the certs directory (--certs); reading it is the point
 	if err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
@@ -116,15 +70,7 @@ func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error)
 	if !roots.AppendCertsFromPEM(ca) {
 		return nil, fmt.Errorf("load CA: no PEM certificate in %s", caFile)
 	}
-	var secrets map[string][]byte
-	if o.db != "" || o.shared {
-		secrets, err = secretsFromDB(ctx, o.db)
-	} else {
-		secrets, err = secretsFromFile(o.secretsFile)
-	}
-	if err != nil {
-		return nil, err
-	}
+	secrets := o.Secrets
 	var missing []string
 	for _, id := range ids {
 		if _, ok := secrets[id]; !ok {
@@ -132,13 +78,7 @@ func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error)
 		}
 	}
 	if len(missing) > 0 {
-		src := o.db
-		switch {
-		case o.shared:
-			src = "the shared registry (storage.dsn)"
-		case src == "":
-			src = o.secretsFile
-		}
+		src := o.SecretsFrom
 		more := ""
 		if len(missing) > 5 {
 			more = fmt.Sprintf(" and %d more", len(missing)-5)
@@ -149,25 +89,9 @@ func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error)
 	return &fleet{opts: o, roots: roots, secrets: secrets}, nil
 }
 
-// secretsFromDB reads every device's newest secret from the registry file
-// (opened read-only, so a running gateway is not disturbed), or with
-// path "" from the shared registry of $IOTGW_STORAGE_ENGINE and
-// $IOTGW_STORAGE_DSN. A sealed registry needs its KEK: security.kek_file
-// from $IOTGW_SECURITY_KEK_FILE.
-func secretsFromDB(ctx context.Context, path string) (map[string][]byte, error) {
-	c, err := config.LoadUnvalidated("")
-	if err != nil {
-		return nil, err
-	}
-	kek, err := c.Security.LoadKEK()
-	if err != nil {
-		return nil, err
-	}
-	return storage.DeviceSecrets(ctx, c.Storage, path, kek)
-}
-
-// secretsFromFile reads "<id> <secret>" lines.
-func secretsFromFile(path string) (map[string][]byte, error) {
+// ReadSecretsFile reads a secrets file: "<id> <secret>" lines; blank lines
+// and lines starting with # are ignored.
+func ReadSecretsFile(path string) (map[string][]byte, error) {
 	f, err := os.Open(path) //nolint:gosec // G304: the operator names this file (--secrets); reading it is the point
 	if err != nil {
 		return nil, fmt.Errorf("secrets file: %w", err)
@@ -203,10 +127,10 @@ func (f *fleet) tlsConfig(id string) (*tls.Config, error) {
 	if id == "" {
 		return cfg, nil
 	}
-	crt, key := pki.DeviceCert(f.opts.certs, id)
+	crt, key := pki.DeviceCert(f.opts.Certs, id)
 	pair, err := tls.LoadX509KeyPair(crt, key)
 	if err != nil {
-		return nil, fmt.Errorf("load certificate of %s (iotgw pki issue %s --dir %s): %w", id, id, f.opts.certs, err)
+		return nil, fmt.Errorf("load certificate of %s (iotgw pki issue %s --dir %s): %w", id, id, f.opts.Certs, err)
 	}
 	cfg.Certificates = []tls.Certificate{pair}
 	return cfg, nil
@@ -223,18 +147,18 @@ func (f *fleet) device(ctx context.Context, id string, secret []byte, reconnect 
 		return nil, err
 	}
 	return device.Dial(ctx, device.Config{
-		Broker:               f.opts.broker,
+		Broker:               f.opts.Broker,
 		TLS:                  cfg,
 		DeviceID:             id,
 		Secret:               secret,
-		ConnectTimeout:       f.opts.connectTimeout,
+		ConnectTimeout:       f.opts.ConnectTimeout,
 		NoReconnect:          !reconnect,
 		MaxReconnectInterval: 2 * time.Second,
 		OnDownlink:           onDownlink,
 		PublishOnly:          onDownlink == nil,
 		// Batches each connection's packets into fewer TLS records and
 		// system calls under load, as the gateway does.
-		OpenConnection: mqttio.OpenTLS(cfg, f.opts.connectTimeout),
+		OpenConnection: mqttio.OpenTLS(cfg, f.opts.ConnectTimeout),
 	})
 }
 
@@ -256,7 +180,7 @@ type connectOptions struct {
 }
 
 // dial connects one raw client, with a clean session unless co.Persistent.
-func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, error) {
+func (o *Options) dial(ctx context.Context, co connectOptions) (mqtt.Client, error) {
 	subscribed := make(chan error, 1)
 	opts := mqtt.NewClientOptions().
 		AddBroker(o.brokerURL()).
@@ -264,13 +188,13 @@ func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, 
 		SetTLSConfig(co.TLS).
 		// Batches each connection's packets into fewer TLS records and
 		// system calls under load, as the gateway does.
-		SetCustomOpenConnectionFn(mqttio.OpenTLS(co.TLS, o.connectTimeout)).
+		SetCustomOpenConnectionFn(mqttio.OpenTLS(co.TLS, o.ConnectTimeout)).
 		SetProtocolVersion(4). // MQTT 3.1.1, without Paho's fallback to 3.1 and a second attempt
 		SetCleanSession(!co.Persistent).
 		SetOrderMatters(false).
 		SetKeepAlive(30 * time.Second).
-		SetConnectTimeout(o.connectTimeout).
-		SetWriteTimeout(o.connectTimeout).
+		SetConnectTimeout(o.ConnectTimeout).
+		SetWriteTimeout(o.ConnectTimeout).
 		SetAutoReconnect(false).
 		SetConnectRetry(false)
 	if co.Subscribe != "" {
@@ -279,8 +203,8 @@ func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, 
 			go func() {
 				var err error
 				switch {
-				case !t.WaitTimeout(o.connectTimeout):
-					err = fmt.Errorf("subscribe %s: no SUBACK after %v", co.Subscribe, o.connectTimeout)
+				case !t.WaitTimeout(o.ConnectTimeout):
+					err = fmt.Errorf("subscribe %s: no SUBACK after %v", co.Subscribe, o.ConnectTimeout)
 				case t.Error() != nil:
 					err = fmt.Errorf("subscribe %s: %w", co.Subscribe, t.Error())
 				case t.(*mqtt.SubscribeToken).Result()[co.Subscribe] == 0x80:
@@ -319,31 +243,6 @@ func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, 
 		return nil, ctx.Err()
 	}
 }
-
-// splitIDs parses a comma-separated list of device ids.
-func splitIDs(flag, s string) ([]string, error) {
-	var ids []string
-	seen := map[string]bool{}
-	for _, id := range strings.Split(s, ",") {
-		id = strings.TrimSpace(id)
-		if id == "" {
-			continue
-		}
-		if !envelope.ValidDeviceID(id) {
-			return nil, usagef("sim: %s: %q is not a device id (1-64 characters of [A-Za-z0-9_.-])", flag, id)
-		}
-		if seen[id] {
-			return nil, usagef("sim: %s: %q given twice", flag, id)
-		}
-		seen[id] = true
-		ids = append(ids, id)
-	}
-	return ids, nil
-}
-
-// errSimFailed is returned when the simulation ran but its checks failed
-// (exit status 1).
-var errSimFailed = errors.New("sim: checks failed")
 
 // percentiles returns the p-th percentiles (0-100) of sorted d in
 // milliseconds.
