@@ -185,7 +185,7 @@ cat >"$work/iotgw.yaml" <<EOF
 # Written by scripts/demo.sh; see examples/iotgw.yaml for every key.
 mqtt:
   broker: ssl://127.0.0.1:$gateway_mqtt_port
-  client_id: iotgw:demo-gateway
+  client_id: iotgw:gateway
   ca_file: $certs/ca.crt
   cert_file: $certs/gateway.crt
   key_file: $certs/gateway.key
@@ -219,7 +219,7 @@ set +e
   --db "$db" \
   --devices "$(IFS=,; echo "${devices[*]}")" \
   --intruder "$intruder" \
-  --gateway-client-id iotgw:demo-gateway \
+  --gateway-client-id iotgw:gateway \
   --backend-log "$backend_log" \
   --metrics "http://127.0.0.1:$ops_port/metrics"
 status=$?

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -694,7 +695,6 @@ func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
 // printTable prints the rows as an aligned text table.
 func printTable(w io.Writer, rows []demoRow) error {
 	head := []string{"scenario", "expected", "observed", "result"}
-	width := make([]int, len(head))
 	cells := make([][]string, 0, len(rows))
 	for _, r := range rows {
 		res := "PASS"
@@ -703,24 +703,33 @@ func printTable(w io.Writer, rows []demoRow) error {
 		}
 		cells = append(cells, []string{r.Scenario, r.Expected, r.Observed, res})
 	}
-	for i, h := range head {
-		width[i] = len([]rune(h))
-		for _, c := range cells {
-			width[i] = max(width[i], len([]rune(c[i])))
-		}
-	}
+	width := columnWidths(head, cells, tableWidth)
 	var b strings.Builder
 	line := func(c []string) {
+		wrapped := make([][]string, len(c))
+		height := 1
 		for i, s := range c {
-			if i > 0 {
-				b.WriteString(" | ")
-			}
-			b.WriteString(s)
-			if i < len(c)-1 {
-				b.WriteString(strings.Repeat(" ", width[i]-len([]rune(s))))
-			}
+			wrapped[i] = wrap(s, width[i])
+			height = max(height, len(wrapped[i]))
 		}
-		b.WriteByte('\n')
+		for l := range height {
+			var ln strings.Builder
+			for i := range c {
+				var s string
+				if l < len(wrapped[i]) {
+					s = wrapped[i][l]
+				}
+				if i > 0 {
+					ln.WriteString(" | ")
+				}
+				ln.WriteString(s)
+				if i < len(c)-1 {
+					ln.WriteString(strings.Repeat(" ", width[i]-len([]rune(s))))
+				}
+			}
+			b.WriteString(strings.TrimRight(ln.String(), " "))
+			b.WriteByte('\n')
+		}
 	}
 	line(head)
 	for i, wd := range width {
@@ -740,6 +749,69 @@ func printTable(w io.Writer, rows []demoRow) error {
 	fmt.Fprintf(&b, "\n%d of %d scenarios behaved as expected.\n", passed, len(rows))
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// tableWidth is the widest line printTable writes, in characters.
+const tableWidth = 120
+
+// columnWidths returns each column's width: its widest cell when the
+// table fits total; otherwise the columns share what the last one (the
+// verdict, never wrapped) and the separators leave, each narrow column
+// keeping its width and the wide ones splitting the rest evenly.
+func columnWidths(head []string, cells [][]string, total int) []int {
+	width := make([]int, len(head))
+	for i, h := range head {
+		width[i] = len([]rune(h))
+		for _, c := range cells {
+			width[i] = max(width[i], len([]rune(c[i])))
+		}
+	}
+	last := len(width) - 1
+	budget := total - 3*last - width[last]
+	sum := 0
+	for _, wd := range width[:last] {
+		sum += wd
+	}
+	if sum <= budget {
+		return width
+	}
+	order := make([]int, last)
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return width[order[a]] < width[order[b]] })
+	for n, i := range order {
+		share := budget / (last - n)
+		width[i] = max(min(width[i], share), len([]rune(head[i])))
+		budget -= width[i]
+	}
+	return width
+}
+
+// wrap breaks s into lines of at most width characters at spaces; a word
+// longer than width is cut.
+func wrap(s string, width int) []string {
+	var lines []string
+	var cur []rune
+	for _, word := range strings.Fields(s) {
+		wr := []rune(word)
+		if len(cur) > 0 && len(cur)+1+len(wr) > width {
+			lines = append(lines, string(cur))
+			cur = cur[:0]
+		}
+		if len(cur) > 0 {
+			cur = append(cur, ' ')
+		}
+		cur = append(cur, wr...)
+		for len(cur) > width {
+			lines = append(lines, string(cur[:width]))
+			cur = append([]rune(nil), cur[width:]...)
+		}
+	}
+	if len(cur) > 0 || len(lines) == 0 {
+		lines = append(lines, string(cur))
+	}
+	return lines
 }
 
 // reflectedNotice republishes the signed notice of a malformed message as

@@ -4,10 +4,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/test/harness"
 )
 
@@ -56,5 +58,20 @@ func TestDemoPortsBelowEphemeralRange(t *testing.T) {
 			t.Fatalf("free_port gave %s twice", p)
 		}
 		seen[p] = true
+	}
+}
+
+// TestDemoUsesTheGatewayClientID (issue 16, item 15): the demo's gateway
+// and its takeover row (o) use the gateway's client id, iotgw:gateway, as
+// every other document and default does, not a demo-only one.
+func TestDemoUsesTheGatewayClientID(t *testing.T) {
+	script, err := os.ReadFile(filepath.Join(harness.RepoRoot(t), "scripts", "demo.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range regexp.MustCompile(`iotgw:[A-Za-z0-9_.-]+`).FindAllString(string(script), -1) {
+		if id != mqttio.DefaultClientID {
+			t.Errorf("scripts/demo.sh uses the client id %q, want %q (mqttio.DefaultClientID)", id, mqttio.DefaultClientID)
+		}
 	}
 }
