@@ -42,7 +42,9 @@ POST for D after start; POST /fail?for=D[&status=N] starts such an outage
 at run time (for=0 ends it). --delay D waits D before answering each POST.
 GET /stats and POST /fail need the same credentials as a delivery (below):
 the token, and a signature over the method, the target and the timestamp
-with an empty body.
+with an empty body. Without --bearer-token-file or --signing-key-file
+anyone who reaches the backend can use them (and POST deliveries): keep
+it on loopback or a private network.
 
 Backend trust (docs/PROTOCOL.md 4b): with --bearer-token-file every POST
 must carry "Authorization: Bearer <the file's token>"; with
