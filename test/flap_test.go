@@ -65,28 +65,50 @@ func TestGatewayOnDeviceListenerFlaps(t *testing.T) {
 	}
 }
 
-// TestGatewayExitsWithoutBroker (issue 16, item 11): a gateway whose
-// broker is gone (here: nothing listens on mqtt.broker's port, as for a
-// container left in the dead network namespace of a restarted broker)
-// exits non-zero after mqtt.max_disconnected, with a log line naming the
-// setting, so that any supervisor's restart policy recovers it.
+// TestGatewayExitsWithoutBroker (issue 16, item 11): a gateway that has
+// been without its broker for mqtt.max_disconnected exits non-zero, with
+// a log line naming the setting, so that any supervisor's restart policy
+// recovers it (in compose: a gateway left in the dead network namespace
+// of a restarted broker container). It does not exit while the broker is
+// there: first it runs connected for twice max_disconnected; then the
+// broker stops; and a gateway started with no broker at all exits too.
 func TestGatewayExitsWithoutBroker(t *testing.T) {
 	f := newFixture(t, "d1")
-	dead := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
-	g := f.startGatewayNoWait(gatewayOpts{edit: func(cfg string) string {
-		cfg = strings.Replace(cfg, "broker: "+f.broker.GatewayAddr, "broker: ssl://"+dead, 1)
+	withLimit := func(cfg string) string {
 		return strings.Replace(cfg, "  max_reconnect_interval: 2s\n", "  max_reconnect_interval: 2s\n  max_disconnected: 3s\n", 1)
-	}})
+	}
+	waitExit := func(g *gatewayProc, what string) {
+		t.Helper()
+		select {
+		case <-g.done:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("%s: the gateway still runs 60 s after losing its broker, with mqtt.max_disconnected 3s", what)
+		}
+		if code := g.cmd.ProcessState.ExitCode(); code != 1 {
+			t.Errorf("%s: exit status %d, want 1", what, code)
+		}
+		b, _ := os.ReadFile(g.logPath)
+		if !strings.Contains(string(b), "mqtt.max_disconnected") || !strings.Contains(string(b), "no broker connection") {
+			t.Errorf("%s: no log line names mqtt.max_disconnected:\n%s", what, lastBytes(b, 2048))
+		}
+	}
+
+	g := f.startGateway(gatewayOpts{edit: withLimit})
+	time.Sleep(6 * time.Second) // twice max_disconnected, connected
 	select {
 	case <-g.done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the gateway still runs 60 s after losing its broker, with mqtt.max_disconnected 3s")
+		t.Fatalf("the gateway exited while connected to its broker: %v", g.waitErr)
+	default:
 	}
-	if code := g.cmd.ProcessState.ExitCode(); code != 1 {
-		t.Errorf("exit status %d, want 1", code)
+	if st, body := g.readyzStatus(); st != 200 {
+		t.Fatalf("/readyz %d %q while connected", st, body)
 	}
-	b, _ := os.ReadFile(g.logPath)
-	if !strings.Contains(string(b), "mqtt.max_disconnected") || !strings.Contains(string(b), "no broker connection") {
-		t.Errorf("no log line names mqtt.max_disconnected:\n%s", lastBytes(b, 2048))
-	}
+	f.broker.Stop()
+	waitExit(g, "broker stopped")
+
+	dead := fmt.Sprintf("127.0.0.1:%d", harness.FreePort(t))
+	g = f.startGatewayNoWait(gatewayOpts{edit: func(cfg string) string {
+		return withLimit(strings.Replace(cfg, "broker: "+f.broker.GatewayAddr, "broker: ssl://"+dead, 1))
+	}})
+	waitExit(g, "no broker at start")
 }
