@@ -154,7 +154,7 @@ func (c *Client) Watch(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	t := time.NewTicker(min(time.Second, limit/4))
+	t := time.NewTicker(max(min(time.Second, limit/4), time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
