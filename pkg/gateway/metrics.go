@@ -176,11 +176,17 @@ func (m *metrics) reject(r validate.Reason) {
 }
 
 // backendAnswer counts one POST attempt's answer: status when the backend
-// answered (also when it came back inside a retryable error), else "error".
+// answered (also when it came back inside a retryable error or a
+// redirect error), else "error".
 func (m *metrics) backendAnswer(status int, err error) {
 	var re *forward.RetryableError
-	if status == 0 && errors.As(err, &re) {
+	var rd *forward.RedirectError
+	switch {
+	case status != 0:
+	case errors.As(err, &re):
 		status = re.Status
+	case errors.As(err, &rd):
+		status = rd.Status
 	}
 	m.backend.WithLabelValues(statusClass(status)).Inc()
 }
