@@ -29,7 +29,7 @@ const defaultRegistryPath = "iotgw.db"
 func newDeviceCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
-		Short: "Manage the device registry: add, import, export, list, show, rotate, disable, enable, remove",
+		Short: "Manage the device registry: add, import, export, list, show, rotate, disable, enable, revoke, remove",
 		Long: `device manages the device registry the gateway reads its devices and
 shared secrets from. A running gateway picks up every change within its
 registry refresh interval.

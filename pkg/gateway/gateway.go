@@ -703,6 +703,9 @@ func (g *Gateway) routes() http.Handler {
 		if !g.mqtt.Connected() {
 			problems = append(problems, "broker: not connected")
 		}
+		if g.mqtt.Flapping() {
+			problems = append(problems, "broker: the connection keeps dropping right after connecting (mqtt.broker names the device listener, or another client uses mqtt.client_id)")
+		}
 		if g.dispatcher.BreakerOpen() {
 			problems = append(problems, "backend: circuit breaker open")
 		}
