@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/iotgw/iotgw/pkg/downlink"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/forward"
 	"github.com/iotgw/iotgw/pkg/lease"
@@ -61,9 +62,7 @@ type Gateway struct {
 	metrics    *metrics
 	abuse      *abuse // rate limits, notice limits, quarantine, audit trail
 
-	// usedKey is device id → the newest key id (int64) the device's
-	// messages verified with; replies are signed with it. In memory only.
-	usedKey  sync.Map
+	downlink *downlink.Signer // signs replies and notices with the key the device uses
 	pendingQ *deviceQuota // outbox rows per device (outbox.max_pending_per_device)
 
 	seed     maphash.Seed
@@ -151,6 +150,7 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
+	g.downlink = downlink.New(g.keys, now)
 	if err = g.openAbuse(ctx); err != nil {
 		g.close()
 		return nil, err
@@ -463,7 +463,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 	}
 	env := &res.Envelope
 	if res.Verified {
-		g.noteKey(env.DeviceID, res.KeyID, res.NewestKeyID)
+		g.downlink.Used(env.DeviceID, res.KeyID, res.NewestKeyID)
 	}
 	if rej := res.Rejection; rej != nil {
 		if rej.Reason == validate.Replay && g.inflight.addAck(env.DeviceID, env.UUID(), m.Ack) {
@@ -493,6 +493,9 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 
 func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envelope.Envelope, rej *validate.Rejection) {
 	g.metrics.reject(rej.Reason)
+	if rej.Reason == validate.UnknownDevice {
+		g.downlink.Forget(dev) // a removed device's downlink key leaves memory
+	}
 	fields := []zap.Field{zap.String("device_id", dev), zap.String("reason", string(rej.Reason))}
 	if env.MessageID != nil {
 		fields = append(fields, zap.ByteString("message_id", env.MessageID))
@@ -519,35 +522,12 @@ func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envel
 	ack()
 }
 
-// noteKey remembers that dev's message verified with key id, keeping the
-// newest: an old-key message still in flight after a rotation does not
-// move replies back to the old key. newest is the largest key id dev has
-// now: a remembered id above it belongs to a registration since removed
-// (ids start over at 1), and is replaced.
-func (g *Gateway) noteKey(dev string, id, newest int64) {
-	for {
-		old, loaded := g.usedKey.LoadOrStore(dev, id)
-		if !loaded || old.(int64) == id || (old.(int64) > id && old.(int64) <= newest) || g.usedKey.CompareAndSwap(dev, old, id) {
-			return
-		}
-	}
-}
-
-// replyKey returns the key id replies to dev are signed with: the newest
-// the device has used since start, else 0 (its newest valid key).
-func (g *Gateway) replyKey(dev string) int64 {
-	if v, ok := g.usedKey.Load(dev); ok {
-		return v.(int64)
-	}
-	return 0
-}
-
 // notify signs payload for dev and publishes it to device/<dev>/response.
 // A device that is not registered gets nothing (there is no key).
 func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
 	e := envelope.Envelope{DeviceID: dev, Timestamp: g.now().Unix(), MessageID: envelope.NewMessageID(), Payload: payload}
 	e.TimestampRaw = strconv.AppendInt(nil, e.Timestamp, 10)
-	if err := g.validator.SignFor(ctx, &e, g.replyKey(dev)); err != nil {
+	if err := g.downlink.Sign(ctx, &e); err != nil {
 		if !errors.Is(err, validate.ErrUnknownDevice) {
 			g.log.Warn("cannot sign reply", zap.String("device_id", dev), zap.Error(err))
 		}
