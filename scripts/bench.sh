@@ -36,8 +36,8 @@ if [ "${1:-}" = scale ]; then
   exit 0
 fi
 
-echo "== micro-benchmarks: go test -bench . ./pkg/... (output in $micro)"
-"$GO" test -count=1 -run '^$' -bench . -benchmem ./pkg/... | tee "$micro"
+echo "== micro-benchmarks: go test -bench . ./pkg/... ./cmd/... (output in $micro)"
+"$GO" test -count=1 -run '^$' -bench . -benchmem ./pkg/... ./cmd/... | tee "$micro"
 
 echo
 echo "== end-to-end benchmark: test/perf (results in $out)"

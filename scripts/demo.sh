@@ -92,12 +92,19 @@ alive() {
 }
 
 # free_port VAR: stores in VAR a TCP port on 127.0.0.1 that nothing
-# listens on and that this script has not handed out yet.
+# listens on and that this script has not handed out yet. It picks below
+# the kernel's ephemeral range (ip_local_port_range, 32768 and up by
+# default), where outgoing connections take their local ports: a port from
+# that range can be taken by any connection between this probe and the
+# listener's bind ("bind: address already in use").
 used_ports=" "
 free_port() {
-  local p
+  local p low=32768 range
+  if read -r range _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null && [ "$range" -gt 11024 ]; then
+    low=$range
+  fi
   for _ in $(seq 200); do
-    p=$(( 20000 + RANDOM % 30000 ))
+    p=$(( 10000 + RANDOM % (low - 10000) ))
     case "$used_ports" in *" $p "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       used_ports+="$p "
@@ -137,29 +144,39 @@ for id in "${devices[@]}"; do
 done
 step "registry: ${devices[*]} registered with fresh secrets, sealed under the KEK in $(basename "$IOTGW_SECURITY_KEK_FILE"); $intruder has a certificate but is not registered"
 
-free_port mqtt_port
-free_port gateway_mqtt_port
-free_port backend_port
 free_port ops_port
-
-start mosquitto "$work/mosquitto.log" "$root/mosquitto/run-local.sh" --certs "$certs" --port "$mqtt_port" --gateway-port "$gateway_mqtt_port" --dir "$work/mosquitto"
-for i in $(seq 100); do
-  alive 0 "$work/mosquitto.log"
-  # "running" follows the listener's start; the TCP probe is a fallback.
-  grep -q ' running$' "$work/mosquitto.log" && break
-  [ "$i" -gt 30 ] && (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break
-  [ "$i" -lt 100 ] || die "Mosquitto is not listening on $mqtt_port after 10 s; see $work/mosquitto.log"
-  sleep 0.1
+# Mosquitto cannot report a port it picked: if another listener took one
+# of its ports after the probe, it is started again on two other ports.
+for attempt in 1 2 3; do
+  free_port mqtt_port
+  free_port gateway_mqtt_port
+  start mosquitto "$work/mosquitto.log" "$root/mosquitto/run-local.sh" --certs "$certs" --port "$mqtt_port" --gateway-port "$gateway_mqtt_port" --dir "$work/mosquitto"
+  for i in $(seq 100); do
+    if [ "$attempt" -lt 3 ] && ! kill -0 "${pids[0]}" 2>/dev/null && grep -q 'Address already in use' "$work/mosquitto.log"; then
+      wait "${pids[0]}" 2>/dev/null || true
+      pids=() names=()
+      continue 2
+    fi
+    alive 0 "$work/mosquitto.log"
+    # "running" follows the listener's start; the TCP probe is a fallback.
+    grep -q ' running$' "$work/mosquitto.log" && break 2
+    [ "$i" -gt 30 ] && (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break 2
+    [ "$i" -lt 100 ] || die "Mosquitto is not listening on $mqtt_port after 10 s; see $work/mosquitto.log"
+    sleep 0.1
+  done
 done
 step "Mosquitto: ssl://127.0.0.1:$mqtt_port, client certificates required, the project ACL"
 step "Mosquitto: the gateway's own listener ssl://127.0.0.1:$gateway_mqtt_port (devices' client ids are their CN on $mqtt_port)"
 
 backend_log=$work/backend-requests.jsonl
-start backend "$work/backend.log" "$bin" backend --listen "127.0.0.1:$backend_port" --log "$backend_log"
+# The backend binds port 0 and prints the port the kernel gave it.
+start backend "$work/backend.log" "$bin" backend --listen "127.0.0.1:0" --log "$backend_log"
+backend_port=
 for i in $(seq 100); do
   alive 1 "$work/backend.log"
-  [ "$(http_status 127.0.0.1 "$backend_port" /healthz)" = 200 ] && break
-  [ "$i" -lt 100 ] || die "the backend does not answer on $backend_port after 10 s; see $work/backend.log"
+  backend_port=$(sed -n 's|^backend listening on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$work/backend.log")
+  [ -n "$backend_port" ] && [ "$(http_status 127.0.0.1 "$backend_port" /healthz)" = 200 ] && break
+  [ "$i" -lt 100 ] || die "the backend does not answer after 10 s; see $work/backend.log"
   sleep 0.1
 done
 step "sample backend: http://127.0.0.1:$backend_port (each request it gets is logged to $(basename "$backend_log"))"
@@ -168,7 +185,7 @@ cat >"$work/iotgw.yaml" <<EOF
 # Written by scripts/demo.sh; see examples/iotgw.yaml for every key.
 mqtt:
   broker: ssl://127.0.0.1:$gateway_mqtt_port
-  client_id: iotgw:demo-gateway
+  client_id: iotgw:gateway
   ca_file: $certs/ca.crt
   cert_file: $certs/gateway.crt
   key_file: $certs/gateway.key
@@ -202,7 +219,7 @@ set +e
   --db "$db" \
   --devices "$(IFS=,; echo "${devices[*]}")" \
   --intruder "$intruder" \
-  --gateway-client-id iotgw:demo-gateway \
+  --gateway-client-id iotgw:gateway \
   --backend-log "$backend_log" \
   --metrics "http://127.0.0.1:$ops_port/metrics"
 status=$?

@@ -3,8 +3,8 @@
 # mosquitto (the broker), gcc (cgo for SQLite), python3 and openssl (the
 # test-vector cross-check), promtool (Debian package prometheus: checks
 # deploy/prometheus/alerts.yml), golangci-lint v2 (make lint; built with
-# go install from the Go module proxy), libmbedtls-dev (the C device
-# example), python3-paho-mqtt (the Python device example) and systemd
+# go install from the Go module proxy), libmbedtls-dev and libmosquitto-dev
+# (the C device example and program), python3-paho-mqtt (the Python device example) and systemd
 # (systemd-analyze checks the unit file). Does nothing when all are present.
 set -euo pipefail
 GOLANGCI_LINT_VERSION=v2.15.0
@@ -22,8 +22,12 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -f /usr/include/mbedtls/sha256.h ] || need+=(libmbedtls-dev)
+# libmosquitto-dev: the C device program (examples/c-device/device.c, TestCDevice).
+[ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
 # Debian's python3-paho-mqtt is for Debian's python3 (/usr/bin/python3).
 /usr/bin/python3 -c 'import paho.mqtt.client' >/dev/null 2>&1 || need+=(python3-paho-mqtt)
+# python3-cryptography: examples/python-device/make_csr.py (the device's key and CSR).
+/usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3-cryptography)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # PostgreSQL: the storage.engine postgres tests (scripts/postgres.sh starts it).
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)

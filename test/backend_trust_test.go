@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/backendsig"
 	"github.com/iotgw/iotgw/pkg/pki"
 )
 
@@ -46,9 +48,12 @@ func writeSecret(t *testing.T, dir, name, content string) string {
 
 // sampleBackend is a running `iotgw backend`.
 type sampleBackend struct {
-	URL    string
-	mu     sync.Mutex
-	stderr strings.Builder
+	URL string
+	// token and key, when set, authenticate the control requests (/stats):
+	// the backend asks of them what it asks of a delivery.
+	token, key string
+	mu         sync.Mutex
+	stderr     strings.Builder
 }
 
 func (b *sampleBackend) errLog() string {
@@ -115,7 +120,20 @@ func (b *sampleBackend) stats(t *testing.T, msgID string) (s struct {
 	MessageOK    *int `json:"message_ok"`
 }) {
 	t.Helper()
-	resp, err := httpClient.Get(b.URL + "/stats?message_id=" + msgID)
+	target := "/stats?message_id=" + msgID
+	req, err := http.NewRequest(http.MethodGet, b.URL+target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.token != "" {
+		req.Header.Set("Authorization", "Bearer "+b.token)
+	}
+	if b.key != "" {
+		ts := time.Now().Unix()
+		req.Header.Set(backendsig.TimestampHeader, strconv.FormatInt(ts, 10))
+		req.Header.Set(backendsig.SignatureHeader, backendsig.Sign([]byte(b.key), backendsig.SchemeV2, http.MethodGet, target, backendsig.Signed{}, ts, nil))
+	}
+	resp, err := httpClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,6 +165,7 @@ func TestBackendTrustSignedAndBearer(t *testing.T) {
 	keyFile := writeSecret(t, f.dir, "backend-signing.key", trustKey)
 	wrongKey := writeSecret(t, f.dir, "wrong-signing.key", strings.Repeat("0", 64))
 	be := startSampleBackend(t, f.bin, "--bearer-token-file", tokenFile, "--signing-key-file", keyFile)
+	be.token, be.key = trustToken, trustKey
 	opts := func(key string) gatewayOpts {
 		return gatewayOpts{backendURL: be.URL + "/ingest/{device_id}",
 			backendExtra: "  bearer_token_file: " + tokenFile + "\n  signing_key_file: " + key + "\n"}
@@ -270,6 +289,7 @@ func TestBackendSignatureCoversEveryHeader(t *testing.T) {
 	f := newFixture(t, "hdr_dev")
 	keyFile := writeSecret(t, f.dir, "backend-signing.key", trustKey)
 	be := startSampleBackend(t, f.bin, "--signing-key-file", keyFile)
+	be.key = trustKey
 	target, err := url.Parse(be.URL)
 	if err != nil {
 		t.Fatal(err)

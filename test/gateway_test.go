@@ -106,6 +106,7 @@ func TestRejections(t *testing.T) {
 		{"malformed: too large", []byte(strings.Replace(good, `{"t":6}`, `"`+strings.Repeat("a", 65600)+`"`, 1)), "malformed"},
 		{"malformed: float timestamp", []byte(strings.Replace(good, fmt.Sprintf(`"timestamp":%d`, now), fmt.Sprintf(`"timestamp":%d.5`, now), 1)), "malformed"},
 		{"malformed: uppercase signature", []byte(good[:len(good)-66] + strings.ToUpper(good[len(good)-66:])), "malformed"},
+		{"malformed: millisecond timestamp", []byte(strings.Replace(good, fmt.Sprintf(`"timestamp":%d`, now), fmt.Sprintf(`"timestamp":%d123`, now), 1)), "malformed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -131,6 +132,11 @@ func TestRejections(t *testing.T) {
 			// field itself was readable, else null.
 			if tc.reason == "malformed" && p["in_reply_to"] != nil && p["in_reply_to"] != goodID {
 				t.Errorf("in_reply_to = %v, want null or %s", p["in_reply_to"], goodID)
+			}
+			// A millisecond timestamp is malformed, but the message_id after
+			// it was fine: the notice names it (issue 16, item 15).
+			if tc.name == "malformed: millisecond timestamp" && p["in_reply_to"] != goodID {
+				t.Errorf("in_reply_to = %v, want %s", p["in_reply_to"], goodID)
 			}
 			g.waitMetric(series, before+1, 5*time.Second)
 			// A valid message still passes right after.

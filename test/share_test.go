@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"os"
@@ -383,6 +384,7 @@ func TestShareGroupRecoveryByClientID(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	waitStopped(t, a.cmd.Process.Pid) // else A may take a share before it stops, and B's count never matches the backend's
 	ids := sendSigned(t, pubs, perDevice)
 	total := len(ids)
 	// B forwards its share; A's stays with A.
@@ -486,4 +488,23 @@ func TestShareGroupStoppedMemberKeepsItsTurn(t *testing.T) {
 	if got := int(g1.metric("iotgw_messages_received_total")) - before; got != 20 {
 		t.Errorf("after member 2's session was discarded member 1 got %d of 20", got)
 	}
+}
+
+// waitStopped waits until process pid is stopped (state T in
+// /proc/<pid>/stat): a signal is delivered asynchronously, and on a busy
+// machine a process may run on for a while after SIGSTOP was sent.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	for range 1000 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// pid (comm) state ...: the state follows the last ')'.
+		if i := bytes.LastIndexByte(b, ')'); i > 0 && i+2 < len(b) && b[i+2] == 'T' {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("process %d not stopped after SIGSTOP", pid)
 }

@@ -29,7 +29,12 @@ func newConfigCmd() *cobra.Command {
 		Long: `check loads FILE and the IOTGW_<SECTION>_<KEY> environment variables and
 runs serve's configuration checks (keys, values, the TLS and secret files).
 It does not open the registry or the outbox, nor connect anywhere.`,
-		Args: cobra.ExactArgs(1),
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("config check FILE: give the one configuration file to check, e.g. iotgw config check /etc/iotgw/iotgw.yaml (got %d arguments)", len(args))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := config.Load(args[0]); err != nil {
 				return err

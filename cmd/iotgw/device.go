@@ -29,7 +29,7 @@ const defaultRegistryPath = "iotgw.db"
 func newDeviceCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
-		Short: "Manage the device registry: add, list, show, rotate, disable, enable, remove",
+		Short: "Manage the device registry: add, import, export, list, show, rotate, disable, enable, revoke, remove",
 		Long: `device manages the device registry the gateway reads its devices and
 shared secrets from. A running gateway picks up every change within its
 registry refresh interval.
@@ -51,8 +51,14 @@ clear and add and rotate warn. See iotgw kek.`,
 	cmd.AddCommand(newDeviceAddCmd(), newDeviceListCmd(), newDeviceShowCmd(), newDeviceRotateCmd(),
 		newDeviceSetEnabledCmd(false), newDeviceSetEnabledCmd(true), newDeviceRemoveCmd())
 	cmd.AddCommand(newDeviceRevokeCmd())
+	for _, sub := range deviceSubcommands {
+		cmd.AddCommand(sub())
+	}
 	return cmd
 }
+
+// deviceSubcommands are the device subcommands defined in their own files.
+var deviceSubcommands []func() *cobra.Command
 
 // registryPath returns the registry file for cmd: --db, else
 // $IOTGW_REGISTRY_PATH, else defaultRegistryPath.
@@ -208,6 +214,7 @@ func newDeviceAddCmd() *cobra.Command {
 		fromStdin bool
 		issueCert bool
 		certsDir  string
+		csr       deviceCSR
 	)
 	cmd := &cobra.Command{
 		Use:   "add ID",
@@ -223,20 +230,40 @@ device id) from the CA in --certs, as "iotgw pki issue" does, so one
 command provisions a device. If the certificate cannot be issued, the
 device is not registered either.
 
+With --csr FILE it instead signs the device's client certificate from a
+certificate signing request made on the device (see "iotgw pki sign": the
+CN must be the device id, the key ECDSA P-256/P-384 or RSA >= 2048, and
+nothing but the key is taken from the request), valid for --days (default
+730). This is the recommended path: the device's private key never leaves
+it. The CSR is checked before the device is registered; if the
+certificate cannot be signed, the device is not registered either.
+
 The id "gateway" is reserved: it is the gateway's own identity at the
 broker.`,
 		Example: `  iotgw device add sensor_001 --db /var/lib/iotgw/registry.db
   SECRET=$(iotgw device add sensor_002)
   iotgw device add sensor_003 --secret-stdin < sensor_003.secret
-  iotgw device add sensor_004 --issue-cert --certs /etc/iotgw/certs`,
+  iotgw device add sensor_004 --issue-cert --certs /etc/iotgw/certs
+  iotgw device add sensor_005 --csr sensor_005.csr --certs /etc/iotgw/certs`,
 		Args: deviceIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
 			if id == pki.GatewayIdentity {
 				return usagef("device id %q is reserved: it is the gateway's identity at the broker", id)
 			}
-			if !issueCert && cmd.Flags().Changed("certs") {
-				return usagef("--certs needs --issue-cert")
+			if !issueCert && !csr.set() && cmd.Flags().Changed("certs") {
+				return usagef("--certs needs --issue-cert or --csr")
+			}
+			if issueCert && csr.set() {
+				return usagef("--issue-cert and --csr exclude each other (with --csr the device keeps its own key)")
+			}
+			if !csr.set() && cmd.Flags().Changed("days") {
+				return usagef("--days needs --csr")
+			}
+			if csr.set() {
+				if err := csr.check(id, certsDir); err != nil {
+					return err
+				}
 			}
 			if issueCert {
 				crt, key := pki.DeviceCert(certsDir, id)
@@ -259,6 +286,17 @@ broker.`,
 				if err := r.Add(ctx, id, secret); err != nil {
 					return err
 				}
+				if csr.set() {
+					is, err := csr.sign(id, certsDir)
+					if err != nil {
+						if rerr := r.Remove(ctx, id); rerr != nil {
+							return fmt.Errorf("%w; and undoing the registration failed: %w", err, rerr)
+						}
+						return fmt.Errorf("%w; device not registered", err)
+					}
+					printIssued(cmd.ErrOrStderr(), is)
+					return nil
+				}
 				if !issueCert {
 					return nil
 				}
@@ -278,6 +316,9 @@ broker.`,
 			// The secret is printed even if the audit entry fails: it is
 			// registered and would otherwise be lost. The failure still exits 1.
 			auditErr := recordCmd(cmd, "device.add", id, 1)
+			if csr.set() {
+				auditErr = errors.Join(auditErr, recordCmd(cmd, "pki.sign", id, 1))
+			}
 			if !generated {
 				fmt.Fprintf(cmd.ErrOrStderr(), "added device %s\n", id)
 				return auditErr
@@ -291,7 +332,8 @@ broker.`,
 	}
 	cmd.Flags().BoolVar(&fromStdin, "secret-stdin", false, "read the secret from the first line of stdin instead of generating one")
 	cmd.Flags().BoolVar(&issueCert, "issue-cert", false, "also issue the device's client certificate from the CA in --certs")
-	cmd.Flags().StringVar(&certsDir, "certs", "certs", "PKI directory made by \"iotgw pki init\" (with --issue-cert)")
+	cmd.Flags().StringVar(&certsDir, "certs", "certs", "PKI directory made by \"iotgw pki init\" (with --issue-cert or --csr)")
+	csr.addFlags(cmd.Flags())
 	return cmd
 }
 

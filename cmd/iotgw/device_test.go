@@ -226,3 +226,14 @@ func TestDeviceAddIssueCert(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceSummaryNamesEverySubcommand: `iotgw --help` shows device's
+// summary line; it named every subcommand but revoke.
+func TestDeviceSummaryNamesEverySubcommand(t *testing.T) {
+	cmd := newDeviceCmd()
+	for _, sub := range cmd.Commands() {
+		if !strings.Contains(cmd.Short, sub.Name()) {
+			t.Errorf("device's summary %q leaves out %q", cmd.Short, sub.Name())
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -38,14 +39,22 @@ func newRoot() *cobra.Command {
 	return root
 }
 
-// exitCode prints err as one line and maps it to an exit status:
-// 0 success, 1 a verdict or runtime failure, 2 bad usage.
-func exitCode(err error) int {
+// exitCode prints err as one line on stderr and maps it to an exit
+// status: 0 success, 1 a verdict or runtime failure, 2 bad usage.
+func exitCode(err error) int { return report(os.Stderr, err) }
+
+// report is exitCode writing to w. A verdict the command already printed
+// (a *rejectedError) adds nothing: its reason is on stdout once.
+func report(w io.Writer, err error) int {
 	if err == nil {
 		return 0
 	}
+	var re *rejectedError
+	if errors.As(err, &re) {
+		return 1
+	}
 	var ue *usageError
-	fmt.Fprintln(os.Stderr, "iotgw: "+err.Error())
+	fmt.Fprintln(w, "iotgw: "+err.Error())
 	if errors.As(err, &ue) {
 		return 2
 	}

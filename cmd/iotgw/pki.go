@@ -27,8 +27,14 @@ the layout and file permissions.`,
 	// Unknown or malformed flags are bad usage (exit status 2).
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
 	cmd.AddCommand(newPKIInitCmd(), newPKIIssueCmd(), newPKICRLCmd())
+	for _, sub := range pkiSubcommands {
+		cmd.AddCommand(sub())
+	}
 	return cmd
 }
+
+// pkiSubcommands are the pki subcommands defined in their own files.
+var pkiSubcommands []func() *cobra.Command
 
 func newPKIInitCmd() *cobra.Command {
 	var dir string

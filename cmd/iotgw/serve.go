@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/gateway"
+	"github.com/iotgw/iotgw/pkg/mqttio"
 )
 
 func init() { commands = append(commands, newServeCmd) }
@@ -24,7 +27,10 @@ device/<id>/response.
 
 Configuration comes from --config (YAML) and IOTGW_<SECTION>_<KEY>
 environment variables, e.g. IOTGW_BACKEND_URL. See examples/iotgw.yaml.
-SIGINT/SIGTERM drain in-flight work within shutdown_grace and exit 0.`,
+SIGINT/SIGTERM drain in-flight work within shutdown_grace and exit 0.
+Without its broker connections for mqtt.max_disconnected (default 5m; 0:
+never) it drains the same way and exits 1, for the supervisor to restart
+it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := config.Load(cfgPath)
@@ -36,7 +42,8 @@ SIGINT/SIGTERM drain in-flight work within shutdown_grace and exit 0.`,
 				return err
 			}
 			defer log.Sync() //nolint:errcheck
-			ctx := cmd.Context()
+			ctx, cancel := context.WithCancelCause(cmd.Context())
+			defer cancel(nil)
 			g, err := gateway.New(ctx, cfg.Config, log, time.Now)
 			if err != nil {
 				return err
@@ -44,7 +51,20 @@ SIGINT/SIGTERM drain in-flight work within shutdown_grace and exit 0.`,
 			if a := g.HTTPAddr(); a != "" {
 				log.Info("operations endpoint", zap.String("addr", a))
 			}
-			return g.Run(ctx)
+			// Without a broker for mqtt.max_disconnected, drain and exit
+			// non-zero: the supervisor's restart policy recovers the gateway.
+			go func() {
+				if err := g.WatchBroker(ctx); err != nil {
+					cancel(err)
+				}
+			}()
+			if err := g.Run(ctx); err != nil {
+				return err
+			}
+			if cause := context.Cause(ctx); errors.Is(cause, mqttio.ErrBrokerLost) {
+				return cause
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML config file")

@@ -247,3 +247,26 @@ func TestSignReply(t *testing.T) {
 		t.Fatalf("verify --reply: %q", v.stdout)
 	}
 }
+
+// TestVerifyPrintsTheReasonOnce (issue 16, item 15): a rejected message's
+// reason is printed once (on stdout, with its detail), not again on
+// stderr as "iotgw: message rejected: <reason>".
+func TestVerifyPrintsTheReasonOnce(t *testing.T) {
+	secretFile := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secretFile, []byte(cliSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	signed := runCLI(t, cliSecret+"\n", "sign", "--device", "sensor_001", "--secret-stdin", "--payload", `{"t":1}`, "--timestamp", "1727712000")
+	if signed.code != 0 {
+		t.Fatalf("sign: %v", signed.err)
+	}
+	r := runCLI(t, signed.stdout, "verify", "--secret-file", secretFile, "--now", "1727715000")
+	var stderr strings.Builder
+	if code := report(&stderr, r.err); code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	all := r.stdout + r.stderr + stderr.String()
+	if n := strings.Count(all, "stale"); n != 1 {
+		t.Errorf("the reason appears %d times, want once:\nstdout %q\nstderr %q", n, r.stdout, r.stderr+stderr.String())
+	}
+}

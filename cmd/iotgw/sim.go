@@ -1,25 +1,17 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
-	"fmt"
-	"os"
-	"sort"
+	"strconv"
 	"strings"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/spf13/cobra"
 
 	"github.com/iotgw/iotgw/pkg/config"
-	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/mqttio"
-	"github.com/iotgw/iotgw/pkg/pki"
+	"github.com/iotgw/iotgw/pkg/sim"
 	"github.com/iotgw/iotgw/pkg/storage"
 )
 
@@ -27,11 +19,9 @@ func init() { commands = append(commands, newSimCmd) }
 
 // simOptions are the flags shared by every "iotgw sim" subcommand.
 type simOptions struct {
-	broker         string
-	certs          string
-	db             string
-	secretsFile    string
-	connectTimeout time.Duration
+	sim.Options
+	db          string
+	secretsFile string
 	// shared: neither --db nor --secrets-file, and the environment names
 	// a shared registry (storage.engine postgres); set by check.
 	shared bool
@@ -55,11 +45,11 @@ starting with # are ignored).
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%v", err) })
 	f := cmd.PersistentFlags()
-	f.StringVar(&o.broker, "broker", "ssl://127.0.0.1:8883", "broker URL (ssl://, tls:// or mqtts://)")
-	f.StringVar(&o.certs, "certs", "certs", "PKI directory from \"iotgw pki init\" (ca.crt, devices/<id>.crt|.key)")
+	f.StringVar(&o.Broker, "broker", "ssl://127.0.0.1:8883", "broker URL (ssl://, tls:// or mqtts://)")
+	f.StringVar(&o.Certs, "certs", "certs", "PKI directory from \"iotgw pki init\" (ca.crt, devices/<id>.crt|.key)")
 	f.StringVar(&o.db, "db", "", "device registry SQLite file to read the secrets from (read-only)")
 	f.StringVar(&o.secretsFile, "secrets-file", "", "file of \"<id> <secret>\" lines, instead of --db")
-	f.DurationVar(&o.connectTimeout, "connect-timeout", 5*time.Second, "bound on each MQTT connection attempt")
+	f.DurationVar(&o.ConnectTimeout, "connect-timeout", 5*time.Second, "bound on each MQTT connection attempt")
 	cmd.AddCommand(newSimDemoCmd(&o), newSimLoadCmd(&o))
 	return cmd
 }
@@ -78,75 +68,31 @@ func (o *simOptions) check() error {
 	if (o.db == "") == (o.secretsFile == "") && !o.shared {
 		return usagef("sim: give exactly one of --db and --secrets-file")
 	}
-	if !strings.HasPrefix(o.broker, "ssl://") && !strings.HasPrefix(o.broker, "tls://") && !strings.HasPrefix(o.broker, "mqtts://") {
-		return usagef("sim: --broker %q is not a TLS URL like ssl://127.0.0.1:8883", o.broker)
+	if !strings.HasPrefix(o.Broker, "ssl://") && !strings.HasPrefix(o.Broker, "tls://") && !strings.HasPrefix(o.Broker, "mqtts://") {
+		return usagef("sim: --broker %q is not a TLS URL like ssl://127.0.0.1:8883", o.Broker)
 	}
-	if o.connectTimeout <= 0 {
+	if o.ConnectTimeout <= 0 {
 		return usagef("sim: --connect-timeout must be positive")
 	}
 	return nil
 }
 
-// brokerURL returns the broker URL in the scheme Paho understands.
-func (o *simOptions) brokerURL() string {
-	for _, p := range []string{"tls://", "mqtts://"} {
-		if s, ok := strings.CutPrefix(o.broker, p); ok {
-			return "ssl://" + s
+// loadSecrets fills o.Secrets and o.SecretsFrom from --db, the shared
+// registry or --secrets-file.
+func (o *simOptions) loadSecrets(ctx context.Context) error {
+	var err error
+	switch {
+	case o.db != "" || o.shared:
+		o.SecretsFrom = o.db
+		if o.shared {
+			o.SecretsFrom = "the shared registry (storage.dsn)"
 		}
+		o.Secrets, err = secretsFromDB(ctx, o.db)
+	default:
+		o.SecretsFrom = o.secretsFile
+		o.Secrets, err = sim.ReadSecretsFile(o.secretsFile)
 	}
-	return o.broker
-}
-
-// fleet is what every simulated device shares: the CA and the secrets.
-type fleet struct {
-	opts    *simOptions
-	roots   *x509.CertPool
-	secrets map[string][]byte
-}
-
-// openFleet loads the CA certificate and the secrets of ids (all of them
-// must be found).
-func openFleet(ctx context.Context, o *simOptions, ids []string) (*fleet, error) {
-	caFile := pki.Paths(o.certs).CACert
-	ca, err := os.ReadFile(caFile) //nolint:gosec // G304: the operator names the certs directory (--certs); reading it is the point
-	if err != nil {
-		return nil, fmt.Errorf("load CA: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("load CA: no PEM certificate in %s", caFile)
-	}
-	var secrets map[string][]byte
-	if o.db != "" || o.shared {
-		secrets, err = secretsFromDB(ctx, o.db)
-	} else {
-		secrets, err = secretsFromFile(o.secretsFile)
-	}
-	if err != nil {
-		return nil, err
-	}
-	var missing []string
-	for _, id := range ids {
-		if _, ok := secrets[id]; !ok {
-			missing = append(missing, id)
-		}
-	}
-	if len(missing) > 0 {
-		src := o.db
-		switch {
-		case o.shared:
-			src = "the shared registry (storage.dsn)"
-		case src == "":
-			src = o.secretsFile
-		}
-		more := ""
-		if len(missing) > 5 {
-			more = fmt.Sprintf(" and %d more", len(missing)-5)
-			missing = missing[:5]
-		}
-		return nil, fmt.Errorf("no secret in %s for %s%s", src, strings.Join(missing, ", "), more)
-	}
-	return &fleet{opts: o, roots: roots, secrets: secrets}, nil
+	return err
 }
 
 // secretsFromDB reads every device's newest secret from the registry file
@@ -166,158 +112,163 @@ func secretsFromDB(ctx context.Context, path string) (map[string][]byte, error) 
 	return storage.DeviceSecrets(ctx, c.Storage, path, kek)
 }
 
-// secretsFromFile reads "<id> <secret>" lines.
-func secretsFromFile(path string) (map[string][]byte, error) {
-	f, err := os.Open(path) //nolint:gosec // G304: the operator names this file (--secrets); reading it is the point
-	if err != nil {
-		return nil, fmt.Errorf("secrets file: %w", err)
+func newSimDemoCmd(so *simOptions) *cobra.Command {
+	var o sim.DemoOptions
+	var devices string
+	cmd := &cobra.Command{
+		Use:   "demo --db FILE|--secrets-file FILE [--devices A,B] [--intruder ID] [--backend-log FILE|--backend-stats URL] [--metrics URL]",
+		Short: "Send valid readings, then each attack one at a time, and print a verdict table",
+		Long: `demo connects the first two --devices (their certificates and registered
+secrets are needed), sends --readings valid readings from each, then runs
+each attack one at a time and waits, for at most --timeout, for its outcome
+on the device's own device/<id>/response, checking every reply's signature
+with the device's downlink key. Scenarios that expect silence wait until a later
+valid message from the same device has been answered, then --quiet more.
+
+With --backend-log (the file of "iotgw backend --log") or --backend-stats
+(its /stats URL) every row also checks what reached the backend; with
+--metrics (the gateway's /metrics URL) the unregistered-device row checks
+iotgw_messages_rejected_total{reason="unknown_device"}.
+
+It prints scenario | expected | observed | result and exits 1 if any row
+fails. docs/DEMO.md explains each row.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := so.check(); err != nil {
+				return err
+			}
+			ids, err := splitIDs("--devices", devices)
+			if err != nil {
+				return err
+			}
+			if len(ids) != 2 {
+				return usagef("sim demo: --devices wants two device ids, got %d", len(ids))
+			}
+			if o.Readings < 1 || o.Timeout <= 0 || o.Quiet < 0 {
+				return usagef("sim demo: --readings ≥ 1, --timeout > 0 and --quiet ≥ 0 are required")
+			}
+			if o.BackendLog != "" && o.BackendStats != "" {
+				return usagef("sim demo: give at most one of --backend-log and --backend-stats")
+			}
+			if o.Intruder != "" && !envelope.ValidDeviceID(o.Intruder) {
+				return usagef("sim demo: --intruder %q is not a device id", o.Intruder)
+			}
+			if err := so.loadSecrets(cmd.Context()); err != nil {
+				return err
+			}
+			return sim.Demo(cmd.Context(), &so.Options, o, ids, cmd.OutOrStdout())
+		},
 	}
-	defer f.Close()
-	out := map[string][]byte{}
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.IndexAny(line, " \t")
-		if i < 0 {
-			i = len(line)
-		}
-		id, secret := line[:i], strings.TrimSpace(line[i:])
-		if secret == "" || !envelope.ValidDeviceID(id) {
-			return nil, fmt.Errorf("secrets file %s:%d: want \"<device id> <secret>\"", path, n)
-		}
-		out[id] = []byte(secret)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("secrets file %s: %w", path, err)
-	}
-	return out, nil
+	f := cmd.Flags()
+	f.StringVar(&devices, "devices", "sensor_001,sensor_002", "the two registered devices that play the scenarios")
+	f.StringVar(&o.Intruder, "intruder", "intruder", "a device with a certificate but no registry entry (\"\" skips that row)")
+	f.IntVar(&o.Readings, "readings", 3, "valid readings sent by each device first")
+	f.DurationVar(&o.Timeout, "timeout", 5*time.Second, "longest wait for each outcome")
+	f.DurationVar(&o.Quiet, "quiet", time.Second, "extra wait for scenarios that expect no reply")
+	f.StringVar(&o.BackendLog, "backend-log", "", "request log of \"iotgw backend --log\", to check what reached the backend")
+	f.StringVar(&o.BackendStats, "backend-stats", "", "URL of the sample backend's /stats, instead of --backend-log")
+	f.StringVar(&o.Metrics, "metrics", "", "URL of the gateway's /metrics, to confirm unknown_device rejections")
+	f.BoolVar(&o.JSON, "json", false, "print the rows as one JSON object instead of a table")
+	f.IntVar(&o.Flood, "flood", 2000, "validly signed messages the first device floods in the last row (0 skips it)")
+	f.StringVar(&o.GatewayClientID, "gateway-client-id", mqttio.DefaultClientID, "the gateway's mqtt.client_id, which the takeover row asks for with the --intruder's certificate")
+	return cmd
 }
 
-// tlsConfig returns the client TLS configuration of device id, or one
-// with no client certificate when id is "".
-func (f *fleet) tlsConfig(id string) (*tls.Config, error) {
-	cfg := &tls.Config{RootCAs: f.roots, MinVersion: tls.VersionTLS12}
-	if id == "" {
-		return cfg, nil
-	}
-	crt, key := pki.DeviceCert(f.opts.certs, id)
-	pair, err := tls.LoadX509KeyPair(crt, key)
-	if err != nil {
-		return nil, fmt.Errorf("load certificate of %s (iotgw pki issue %s --dir %s): %w", id, id, f.opts.certs, err)
-	}
-	cfg.Certificates = []tls.Certificate{pair}
-	return cfg, nil
+// loadOptions are the flags of "iotgw sim load".
+type loadOptions struct {
+	sim.LoadOptions
+	devices     int
+	deviceIDs   string
+	idPrefix    string
+	connections int
 }
 
-// device connects device id with its certificate through pkg/device:
-// signed messages, the response topic subscribed before it returns, and
-// every downlink verified with the device's downlink key and passed to
-// onDownlink; with a nil onDownlink the device only publishes (no
-// subscription). reconnect lets Paho reconnect after a lost connection.
-func (f *fleet) device(ctx context.Context, id string, secret []byte, reconnect bool, onDownlink func(*device.Reply, error)) (*device.Device, error) {
-	cfg, err := f.tlsConfig(id)
-	if err != nil {
-		return nil, err
+func newSimLoadCmd(so *simOptions) *cobra.Command {
+	var o loadOptions
+	cmd := &cobra.Command{
+		Use:   "load --devices N|--device-ids A,B,... --messages M [--rate R] [--expect-replies] [--json]",
+		Short: "Publish signed QoS 1 messages from many devices and report the throughput",
+		Long: `load connects every device with its own certificate and connection (the
+broker's ACL lets a certificate publish only on its own device/<id>/data,
+so one connection cannot speak for several devices), then each device
+publishes --messages signed QoS 1 messages with the payload
+{"seq":<1..M>,"sent_ns":<Unix nanoseconds at send>}.
+
+--devices N uses the ids <--id-prefix>1 .. <--id-prefix>N; each needs a
+certificate (iotgw pki issue) and a registered secret (iotgw device add).
+Every connection costs a TLS handshake, a socket (mind ulimit -n) and a few
+goroutines here and in the broker; see docs/DEMO.md.
+
+--rate paces the total over all devices (0: as fast as the window allows).
+Each connection keeps at most --window PUBLISHes awaiting their PUBACK.
+With --expect-replies each device also subscribes to device/<id>/response,
+verifies every reply's signature and waits up to --reply-timeout for one
+reply per acknowledged message; the summary gives reply counts and
+round-trip latency (publish to verified reply). --record FILE writes
+"<device_id> <message_id>" for every message the broker acknowledged.
+
+The summary is printed as text, or with --json as one JSON object. The exit
+status is 1 when a publish failed or, with --expect-replies, when a reply
+was missing or failed verification.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := so.check(); err != nil {
+				return err
+			}
+			ids, err := o.ids()
+			if err != nil {
+				return err
+			}
+			if o.Messages < 1 || o.Rate < 0 || o.Window < 1 || o.DialParallel < 1 || o.PublishTimeout <= 0 || o.ReplyTimeout <= 0 {
+				return usagef("sim load: need --messages ≥ 1, --rate ≥ 0, --window ≥ 1, --dial-parallel ≥ 1 and positive timeouts")
+			}
+			if o.connections != 0 && o.connections != len(ids) {
+				return usagef("sim load: --connections %d: every device needs its own connection (the broker ACL allows a certificate "+
+					"to publish only on its own topic); issue a certificate per device and leave --connections at 0", o.connections)
+			}
+			if err := so.loadSecrets(cmd.Context()); err != nil {
+				return err
+			}
+			return sim.Load(cmd.Context(), &so.Options, o.LoadOptions, ids, cmd.OutOrStdout())
+		},
 	}
-	return device.Dial(ctx, device.Config{
-		Broker:               f.opts.broker,
-		TLS:                  cfg,
-		DeviceID:             id,
-		Secret:               secret,
-		ConnectTimeout:       f.opts.connectTimeout,
-		NoReconnect:          !reconnect,
-		MaxReconnectInterval: 2 * time.Second,
-		OnDownlink:           onDownlink,
-		PublishOnly:          onDownlink == nil,
-		// Batches each connection's packets into fewer TLS records and
-		// system calls under load, as the gateway does.
-		OpenConnection: mqttio.OpenTLS(cfg, f.opts.connectTimeout),
-	})
+	f := cmd.Flags()
+	f.IntVar(&o.devices, "devices", 0, "number of devices, named <id-prefix>1..N")
+	f.StringVar(&o.deviceIDs, "device-ids", "", "comma-separated device ids, instead of --devices")
+	f.StringVar(&o.idPrefix, "id-prefix", "sim-", "prefix of the ids made by --devices")
+	f.IntVar(&o.Messages, "messages", 100, "messages per device")
+	f.Float64Var(&o.Rate, "rate", 0, "total messages per second over all devices (0: unpaced)")
+	f.IntVar(&o.connections, "connections", 0, "connections (0: one per device, the only value the project ACL allows)")
+	f.IntVar(&o.Window, "window", 64, "PUBLISHes awaiting PUBACK per connection")
+	f.IntVar(&o.DialParallel, "dial-parallel", 32, "connections set up at once")
+	f.DurationVar(&o.PublishTimeout, "publish-timeout", 10*time.Second, "longest wait for one PUBACK")
+	f.BoolVar(&o.ExpectReplies, "expect-replies", false, "subscribe to the replies, verify and count them")
+	f.DurationVar(&o.ReplyTimeout, "reply-timeout", 30*time.Second, "with --expect-replies, longest wait for the last replies")
+	f.StringVar(&o.Record, "record", "", "write \"<device_id> <message_id>\" per acknowledged message to this file")
+	f.BoolVar(&o.JSON, "json", false, "print the summary as one JSON object")
+	return cmd
 }
 
-// connectOptions configures dial, the raw Paho connection of the demo
-// rows that play what no device does (no certificate, a foreign CA, a
-// chosen client id); every device connects through fleet.device.
-type connectOptions struct {
-	// ClientID is the MQTT client id.
-	ClientID string
-	// TLS is the client TLS configuration.
-	TLS *tls.Config
-	// Persistent asks for a persistent session (clean session off).
-	Persistent bool
-	// Subscribe, when set, is subscribed at QoS 1 with OnMessage on every
-	// (re)connection; dial returns once the first SUBACK granted it.
-	Subscribe string
-	// OnMessage receives the subscription's messages; it must not block.
-	OnMessage mqtt.MessageHandler
-}
-
-// dial connects one raw client, with a clean session unless co.Persistent.
-func (o *simOptions) dial(ctx context.Context, co connectOptions) (mqtt.Client, error) {
-	subscribed := make(chan error, 1)
-	opts := mqtt.NewClientOptions().
-		AddBroker(o.brokerURL()).
-		SetClientID(co.ClientID).
-		SetTLSConfig(co.TLS).
-		// Batches each connection's packets into fewer TLS records and
-		// system calls under load, as the gateway does.
-		SetCustomOpenConnectionFn(mqttio.OpenTLS(co.TLS, o.connectTimeout)).
-		SetProtocolVersion(4). // MQTT 3.1.1, without Paho's fallback to 3.1 and a second attempt
-		SetCleanSession(!co.Persistent).
-		SetOrderMatters(false).
-		SetKeepAlive(30 * time.Second).
-		SetConnectTimeout(o.connectTimeout).
-		SetWriteTimeout(o.connectTimeout).
-		SetAutoReconnect(false).
-		SetConnectRetry(false)
-	if co.Subscribe != "" {
-		opts.SetOnConnectHandler(func(c mqtt.Client) {
-			t := c.Subscribe(co.Subscribe, 1, co.OnMessage)
-			go func() {
-				var err error
-				switch {
-				case !t.WaitTimeout(o.connectTimeout):
-					err = fmt.Errorf("subscribe %s: no SUBACK after %v", co.Subscribe, o.connectTimeout)
-				case t.Error() != nil:
-					err = fmt.Errorf("subscribe %s: %w", co.Subscribe, t.Error())
-				case t.(*mqtt.SubscribeToken).Result()[co.Subscribe] == 0x80:
-					err = fmt.Errorf("subscribe %s: refused by the broker", co.Subscribe)
-				}
-				select {
-				case subscribed <- err:
-				default:
-				}
-			}()
-		})
+// ids returns the device ids from --devices or --device-ids.
+func (o *loadOptions) ids() ([]string, error) {
+	if (o.devices > 0) == (o.deviceIDs != "") {
+		return nil, usagef("sim load: give exactly one of --devices N (N ≥ 1) and --device-ids")
 	}
-	c := mqtt.NewClient(opts)
-	t := c.Connect()
-	select {
-	case <-t.Done():
-	case <-ctx.Done():
-		c.Disconnect(0)
-		return nil, ctx.Err()
-	}
-	if err := t.Error(); err != nil {
-		return nil, err
-	}
-	if co.Subscribe == "" {
-		return c, nil
-	}
-	select {
-	case err := <-subscribed:
-		if err != nil {
-			c.Disconnect(0)
-			return nil, err
+	if o.deviceIDs != "" {
+		ids, err := splitIDs("--device-ids", o.deviceIDs)
+		if err == nil && len(ids) == 0 {
+			err = usagef("sim load: --device-ids is empty")
 		}
-		return c, nil
-	case <-ctx.Done():
-		c.Disconnect(0)
-		return nil, ctx.Err()
+		return ids, err
 	}
+	ids := make([]string, o.devices)
+	for i := range ids {
+		ids[i] = o.idPrefix + strconv.Itoa(i+1)
+	}
+	if last := ids[len(ids)-1]; !envelope.ValidDeviceID(last) {
+		return nil, usagef("sim load: --id-prefix %q makes %q, not a device id (1-64 characters of [A-Za-z0-9_.-])", o.idPrefix, last)
+	}
+	return ids, nil
 }
 
 // splitIDs parses a comma-separated list of device ids.
@@ -339,23 +290,4 @@ func splitIDs(flag, s string) ([]string, error) {
 		ids = append(ids, id)
 	}
 	return ids, nil
-}
-
-// errSimFailed is returned when the simulation ran but its checks failed
-// (exit status 1).
-var errSimFailed = errors.New("sim: checks failed")
-
-// percentiles returns the p-th percentiles (0-100) of sorted d in
-// milliseconds.
-func percentiles(d []time.Duration, ps ...float64) []float64 {
-	out := make([]float64, len(ps))
-	if len(d) == 0 {
-		return out
-	}
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	for i, p := range ps {
-		k := int(p / 100 * float64(len(d)-1))
-		out[i] = float64(d[k].Microseconds()) / 1000
-	}
-	return out
 }

@@ -17,3 +17,36 @@ func TestSimNamesAMistypedEnvVariable(t *testing.T) {
 		t.Fatalf("exit %d: %v, want 2 naming IOTGW_STORAGE_ENGNE and IOTGW_STORAGE_ENGINE", r.code, r.err)
 	}
 }
+
+func TestLoadIDs(t *testing.T) {
+	tests := []struct {
+		name    string
+		o       loadOptions
+		want    string
+		wantErr string
+	}{
+		{"count", loadOptions{devices: 3, idPrefix: "sim-"}, "sim-1,sim-2,sim-3", ""},
+		{"list", loadOptions{deviceIDs: "a, b,,c"}, "a,b,c", ""},
+		{"both", loadOptions{devices: 1, deviceIDs: "a"}, "", "exactly one"},
+		{"neither", loadOptions{}, "", "exactly one"},
+		{"duplicate", loadOptions{deviceIDs: "a,a"}, "", "given twice"},
+		{"bad prefix", loadOptions{devices: 2, idPrefix: "a/"}, "", "not a device id"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ids, err := tc.o.ids()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(ids, ","); got != tc.want {
+				t.Errorf("ids = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/pgstore/pgtest"
 	"github.com/iotgw/iotgw/pkg/registry"
+	"github.com/iotgw/iotgw/pkg/sim"
 	"github.com/iotgw/iotgw/pkg/storage"
 )
 
@@ -127,7 +128,7 @@ func TestCommandsOnPostgres(t *testing.T) {
 			// iotgw sim reads the shared registry when the environment
 			// names one and neither --db nor --secrets-file is given.
 			if via == "env" {
-				o := simOptions{broker: "ssl://127.0.0.1:8883", connectTimeout: 1}
+				o := simOptions{Options: sim.Options{Broker: "ssl://127.0.0.1:8883", ConnectTimeout: 1}}
 				if err := o.check(); err != nil || !o.shared {
 					t.Fatalf("sim check with a shared registry: %v (shared %v)", err, o.shared)
 				}

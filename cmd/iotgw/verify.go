@@ -29,7 +29,8 @@ func (k oneDevice) Device(_ context.Context, id string) (validate.Device, error)
 	return validate.Device{Secret: k.secret, Enabled: true}, nil
 }
 
-// rejectedError is a verdict other than valid: exit status 1.
+// rejectedError is a verdict other than valid, already printed on stdout
+// with its detail: exit status 1 and nothing more on stderr.
 type rejectedError struct{ reason validate.Reason }
 
 func (e *rejectedError) Error() string { return "message rejected: " + string(e.reason) }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"sort"
 	"strings"
 	"time"
 
@@ -74,6 +75,9 @@ func load(path string) (File, error) {
 		v.SetConfigFile(path)
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
+			return def, fmt.Errorf("config file %s: %w", path, err)
+		}
+		if err := checkKeys(v.AllKeys()); err != nil {
 			return def, fmt.Errorf("config file %s: %w", path, err)
 		}
 	}
@@ -145,10 +149,17 @@ var decodeHook = mapstructure.ComposeDecodeHookFunc(
 		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
 			return nil, fmt.Errorf("a bare number (%v) is not a duration; write it with a unit, e.g. \"%vs\"", data, data)
+		case reflect.String:
+			// mapstructure's own hook drops the value from its error; a
+			// duration is never a secret, so name it.
+			d, err := time.ParseDuration(data.(string))
+			if err != nil {
+				return nil, fmt.Errorf("%q is not a duration; write a number with a unit, e.g. \"30s\" or \"5m\"", data)
+			}
+			return d, nil
 		}
 		return data, nil
 	},
-	mapstructure.StringToTimeDurationHookFunc(),
 	mapstructure.StringToSliceHookFunc(","),
 )
 
@@ -198,6 +209,62 @@ func checkEnv(keys, environ []string) error {
 		return fmt.Errorf("%s: unknown setting (variables starting %s set config keys, e.g. IOTGW_BACKEND_URL; see iotgw config print-defaults)", name, EnvPrefix)
 	}
 	return nil
+}
+
+// knownKeys returns every key of the configuration (its leaves) and its
+// sections, as dotted paths.
+func knownKeys() (leaves, sections map[string]bool) {
+	leaves, sections = map[string]bool{}, map[string]bool{}
+	walkKeys(reflect.ValueOf(Defaults()), nil, func(path []string, _ reflect.Value, section bool) {
+		if section {
+			sections[strings.Join(path, ".")] = true
+		} else {
+			leaves[strings.Join(path, ".")] = true
+		}
+	})
+	return leaves, sections
+}
+
+// checkKeys refuses keys that name no setting, each with the nearest
+// known key when one is near (a typo), as checkEnv does for variables.
+// Keys below a known key (a list or a section given the wrong shape) are
+// left to the decoder, which names the type it wanted.
+func checkKeys(keys []string) error {
+	leaves, sections := knownKeys()
+	var bad []string
+	for _, k := range keys {
+		if leaves[k] || sections[k] {
+			continue
+		}
+		under := false
+		for p := k; !under; {
+			i := strings.LastIndexByte(p, '.')
+			if i < 0 {
+				break
+			}
+			p = p[:i]
+			under = leaves[p]
+		}
+		if under {
+			continue
+		}
+		msg := "unknown key " + k
+		best, bestD := "", 4 // suggest only a near miss
+		for l := range leaves {
+			if d := distance(k, l); d < bestD || (d == bestD && l < best) {
+				best, bestD = l, d
+			}
+		}
+		if best != "" {
+			msg += " (did you mean " + best + "?)"
+		}
+		bad = append(bad, msg)
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	sort.Strings(bad)
+	return fmt.Errorf("%s; iotgw config print-defaults lists every key", strings.Join(bad, "; "))
 }
 
 // distance is the Levenshtein edit distance between a and b.

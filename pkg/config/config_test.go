@@ -196,27 +196,27 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "unknown key in a section",
 			yaml: "backend:\n  urll: http://x/\n",
-			want: []string{"backend", "urll"},
+			want: []string{"backend.urll", "did you mean backend.url?"},
 		},
 		{
 			name: "unknown top-level section",
 			yaml: "backends:\n  url: http://x/\n",
-			want: []string{"backends"},
+			want: []string{"backends.url", "did you mean backend.url?"},
 		},
 		{
 			name: "two unknown keys on one line",
 			yaml: "log:\n  level: info\n  colour: true\nextra: 1\n",
-			want: []string{"colour", "extra"},
+			want: []string{"log.colour", "extra"},
 		},
 		{
 			name: "bad duration in the file",
 			yaml: "backend:\n  timeout: 10x\n",
-			want: []string{"backend.timeout"},
+			want: []string{"backend.timeout", `"10x"`},
 		},
 		{
 			name: "bad duration in the environment",
 			env:  map[string]string{"IOTGW_MQTT_KEEPALIVE": "soon"},
-			want: []string{"mqtt.keepalive"},
+			want: []string{"mqtt.keepalive", `"soon"`},
 		},
 		{
 			name: "bare number as a duration",
@@ -226,7 +226,17 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "unknown top-level key is named as such",
 			yaml: "nope: 1\n",
-			want: []string{"unknown top-level keys: nope"},
+			want: []string{"unknown key nope"},
+		},
+		{
+			name: "a typo in a key gets the nearest key",
+			yaml: "mqtt:\n  brokr: ssl://127.0.0.1:8884\n",
+			want: []string{"mqtt.brokr", "did you mean mqtt.broker?"},
+		},
+		{
+			name: "a typo in a section gets the nearest key",
+			yaml: "mqt:\n  broker: ssl://127.0.0.1:8884\n",
+			want: []string{"mqt.broker", "did you mean mqtt.broker?"},
 		},
 		{
 			name: "bad integer",

@@ -18,10 +18,10 @@ import (
 const QoS = 1
 
 // DataTopic returns the topic device id publishes on.
-func DataTopic(id string) string { return "device/" + id + "/data" }
+func DataTopic(id string) string { return envelope.DataTopic(id) }
 
 // ResponseTopic returns the topic the gateway answers device id on.
-func ResponseTopic(id string) string { return "device/" + id + "/response" }
+func ResponseTopic(id string) string { return envelope.ResponseTopic(id) }
 
 // Device is one connected device. Its methods are safe for concurrent use.
 type Device struct {

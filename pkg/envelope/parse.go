@@ -51,26 +51,34 @@ func Parse(raw []byte, lim Limits) (Envelope, error) {
 		return e, &ParseError{Msg: "message larger than " + strconv.Itoa(maxBytes) + " bytes", Offset: maxBytes}
 	}
 	s := scanner{b: raw, maxDepth: maxDepth}
+	// first returns the soft error when there is one, else err: the
+	// earliest problem is the one reported.
+	first := func(err error) (Envelope, error) {
+		if s.soft != nil {
+			return e, s.soft
+		}
+		return e, err
+	}
 	s.ws()
 	if !s.eat('{') {
-		return e, s.fail("", "not a JSON object")
+		return first(s.fail("", "not a JSON object"))
 	}
 	s.depth = 1
 	seen := 0
 	s.ws()
 	if s.eat('}') {
-		return e, s.fail("", "missing fields")
+		return first(s.fail("", "missing fields"))
 	}
 	var keyBuf [16]byte
 	for {
 		s.ws()
 		key, err := s.plainStr(keyBuf[:0], "")
 		if err != nil {
-			return e, err
+			return first(err)
 		}
 		s.ws()
 		if !s.eat(':') {
-			return e, s.fail("", "expected ':'")
+			return first(s.fail("", "expected ':'"))
 		}
 		s.ws()
 		var bit int
@@ -86,14 +94,14 @@ func Parse(raw []byte, lim Limits) (Envelope, error) {
 		case "signature":
 			bit = fSignature
 		default:
-			return e, s.fail("", "unknown field")
+			return first(s.fail("", "unknown field"))
 		}
 		if seen&bit != 0 {
-			return e, s.fail(string(key), "duplicate field")
+			return first(s.fail(string(key), "duplicate field"))
 		}
 		seen |= bit
 		if err := s.field(bit, &e); err != nil {
-			return e, err
+			return first(err)
 		}
 		s.ws()
 		if s.eat(',') {
@@ -102,14 +110,17 @@ func Parse(raw []byte, lim Limits) (Envelope, error) {
 		if s.eat('}') {
 			break
 		}
-		return e, s.fail("", "expected ',' or '}'")
+		return first(s.fail("", "expected ',' or '}'"))
 	}
 	s.ws()
 	if s.i != len(s.b) {
-		return e, s.fail("", "trailing data after the object")
+		return first(s.fail("", "trailing data after the object"))
 	}
 	if seen != fAll {
-		return e, &ParseError{Field: missingField(seen), Msg: "missing field", Offset: s.i}
+		return first(&ParseError{Field: missingField(seen), Msg: "missing field", Offset: s.i})
+	}
+	if s.soft != nil {
+		return e, s.soft
 	}
 	return e, nil
 }
@@ -131,6 +142,9 @@ type scanner struct {
 	i        int
 	depth    int
 	maxDepth int
+	// soft is the first error found in a value that was still read to its
+	// end (a timestamp out of range): Parse goes on and returns it.
+	soft *ParseError
 }
 
 func (s *scanner) fail(field, msg string) *ParseError {
@@ -184,11 +198,16 @@ func (s *scanner) field(bit int, e *Envelope) error {
 		if len(digits) == 0 || s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E') {
 			return s.fail("timestamp", "must be an unsigned integer of Unix seconds")
 		}
+		// Past a whole number, a bad one is noted and the parse reads on
+		// (soft), so that the message_id after it still reaches the
+		// rejection notice.
 		if len(digits) > 1 && digits[0] == '0' {
-			return s.fail("timestamp", "leading zero")
+			s.soft = s.fail("timestamp", "leading zero")
+			return nil
 		}
-		if len(digits) > 12 { // year 33658; anything longer is nonsense
-			return s.fail("timestamp", "out of range")
+		if len(digits) > 12 { // year 33658; anything longer is nonsense (e.g. milliseconds)
+			s.soft = s.fail("timestamp", "out of range")
+			return nil
 		}
 		ts, _ := strconv.ParseInt(string(digits), 10, 64) // ≤12 digits: cannot fail
 		e.Timestamp, e.TimestampRaw = ts, digits

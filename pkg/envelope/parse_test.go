@@ -256,3 +256,34 @@ func TestParseErrorNeverQuotesPayload(t *testing.T) {
 		}
 	}
 }
+
+// TestParseKeepsMessageIDPastABadTimestamp (issue 16, item 15): a
+// millisecond timestamp (13 digits) or one with a leading zero is
+// malformed, but it is a whole number token, so Parse reads on: the
+// message_id after it is still returned with the error, and the
+// rejection notice can carry it in in_reply_to instead of null. A later
+// syntax error does not hide the timestamp's; a bad message_id stays nil.
+func TestParseKeepsMessageIDPastABadTimestamp(t *testing.T) {
+	const id = "550e8400-e29b-41d4-a716-446655440000"
+	tests := []struct {
+		name, raw, field, msg, id string
+	}{
+		{"milliseconds", withTimestamp("1727712000123"), "timestamp", "out of range", id},
+		{"leading zero", withTimestamp("01727712000"), "timestamp", "leading zero", id},
+		{"milliseconds, then a syntax error", strings.Replace(withTimestamp("1727712000123"), `"payload":`, `"payload"`, 1), "timestamp", "out of range", id},
+		{"milliseconds, bad message_id", strings.Replace(withTimestamp("1727712000123"), id, "not-a-uuid", 1), "timestamp", "out of range", ""},
+		{"a fraction stops the parse", withTimestamp("1727712000.5"), "timestamp", "unsigned integer", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := envelope.Parse([]byte(tc.raw), envelope.Limits{})
+			var pe *envelope.ParseError
+			if !errors.As(err, &pe) || pe.Field != tc.field || !strings.Contains(pe.Msg, tc.msg) {
+				t.Fatalf("err = %v, want a %s error %q", err, tc.field, tc.msg)
+			}
+			if string(e.MessageID) != tc.id {
+				t.Errorf("MessageID = %q, want %q", e.MessageID, tc.id)
+			}
+		})
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/iotgw/iotgw/pkg/backendsig"
 )
 
 // Config holds the backend settings.
@@ -95,7 +97,7 @@ func DefaultConfig() Config {
 	return Config{Timeout: 10 * time.Second, Workers: 64, MaxAttempts: 50, MaxAge: 24 * time.Hour,
 		BackoffInitial: 200 * time.Millisecond, BackoffMax: 30 * time.Second,
 		BreakerThreshold: 5, BreakerCooldown: 5 * time.Second, MaxResponseBytes: 16 << 10, BatchMax: 1, MaxPayloadMemory: 64 << 20,
-		SignatureScheme: SchemeV2}
+		SignatureScheme: backendsig.SchemeV2}
 }
 
 // Validate checks the settings.
@@ -288,11 +290,11 @@ func (c *Client) authenticate(req *http.Request, body []byte) {
 			}
 			return ""
 		}
-		h := Signed{DeviceID: first("X-Device-Id"), IdempotencyKey: first("Idempotency-Key"),
+		h := backendsig.Signed{DeviceID: first("X-Device-Id"), IdempotencyKey: first("Idempotency-Key"),
 			DeviceTimestamp: first("X-Device-Timestamp"), Seq: first("X-Iotgw-Seq")}
 		ts := c.now().Unix()
-		req.Header[TimestampHeader] = []string{strconv.FormatInt(ts, 10)}
-		req.Header[SignatureHeader] = []string{Sign(c.cred.signingKey, c.cfg.SignatureScheme, req.Method, req.URL.RequestURI(), h, ts, body)}
+		req.Header[backendsig.TimestampHeader] = []string{strconv.FormatInt(ts, 10)}
+		req.Header[backendsig.SignatureHeader] = []string{backendsig.Sign(c.cred.signingKey, c.cfg.SignatureScheme, req.Method, req.URL.RequestURI(), h, ts, body)}
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/iotgw/iotgw/pkg/downlink"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/forward"
 	"github.com/iotgw/iotgw/pkg/lease"
@@ -26,6 +27,20 @@ import (
 	"github.com/iotgw/iotgw/pkg/storage"
 	"github.com/iotgw/iotgw/pkg/validate"
 )
+
+// outboxStore is what the gateway needs of the engine's outbox besides
+// the rows it claims (lease.Store): the Writer's commits, the replay ids
+// to reload and prune, the freshness window, payloads read back, and the
+// statistics.
+type outboxStore interface {
+	outbox.Committer
+	Seen(ctx context.Context, now time.Time, window time.Duration, fn func(deviceID string, id [16]byte, expires time.Time) error) error
+	SeenHorizon(ctx context.Context) (time.Time, error)
+	PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error)
+	FreshnessWindow(ctx context.Context, skew time.Duration) error
+	Payload(ctx context.Context, seq int64) ([]byte, error)
+	Stats(ctx context.Context) (outbox.Stats, error)
+}
 
 // Gateway is a running iotgw serve.
 type Gateway struct {
@@ -39,17 +54,15 @@ type Gateway struct {
 	inflight   *inflightReplay
 	validator  *validate.Validator
 	engine     *storage.Engine
-	store      storage.Outbox
-	shared     *lease.Forwarder // an engine shared by several gateways: rows claimed under leases
+	store      outboxStore
+	forwarder  *lease.Forwarder // every row is claimed from the engine under a lease
 	writer     *outbox.Writer
 	dispatcher *forward.Dispatcher
 	mqtt       *mqttio.Client
 	metrics    *metrics
 	abuse      *abuse // rate limits, notice limits, quarantine, audit trail
 
-	// usedKey is device id → the newest key id (int64) the device's
-	// messages verified with; replies are signed with it. In memory only.
-	usedKey  sync.Map
+	downlink *downlink.Signer // signs replies and notices with the key the device uses
 	pendingQ *deviceQuota // outbox rows per device (outbox.max_pending_per_device)
 
 	seed     maphash.Seed
@@ -137,21 +150,24 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
+	g.downlink = downlink.New(g.keys, now)
 	if err = g.openAbuse(ctx); err != nil {
 		g.close()
 		return nil, err
 	}
-	// Without payloads: the dispatcher reads each back when it posts it,
-	// so a large backlog need not fit in memory.
-	// With a shared engine, rows are claimed (sharedFwd), not reloaded,
-	// and the database enforces the per-device quota fleet-wide.
-	var pending []*outbox.Record
-	quota := cfg.Outbox.MaxPendingPerDevice
-	if g.engine.Shared != nil {
-		g.shared, quota = g.newLeaseForwarder(g.engine.Shared), 0
-	} else if pending, err = g.store.PendingMeta(ctx); err != nil {
+	// Rows left from an earlier run (this gateway's alone: on a shared
+	// engine every gateway claims any row), without payloads: the
+	// dispatcher reads each back when it posts it, so a large backlog need
+	// not fit in memory. A shared engine enforces the per-device quota
+	// fleet-wide, in its commit.
+	pending, err := g.engine.Pending(ctx)
+	if err != nil {
 		g.close()
 		return nil, err
+	}
+	quota := cfg.Outbox.MaxPendingPerDevice
+	if !g.engine.Local {
+		quota = 0
 	}
 	g.pendingQ = newDeviceQuota(quota)
 	for _, r := range pending {
@@ -166,8 +182,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		Foreign:   g.foreign,
 		Failed:    g.commitFailed,
 		Refused:   g.refused,
-		HandOff:   g.shared != nil,
+		HandOff:   !g.engine.Local,
 	})
+	// Every row is forwarded through one state machine, claimed under a
+	// lease from the engine (in process on SQLite, from the database when
+	// shared), pending rows first.
+	g.forwarder = g.newLeaseForwarder(g.engine.Leases(g.writer, pending, cfg.Backend.MaxPayloadMemory, now))
 	poster, err := forward.NewClient(cfg.Backend)
 	if err != nil {
 		g.close()
@@ -187,15 +207,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		}
 		log.Info("backend circuit breaker closed: the backend answers again, forwarding resumed")
 	})
-	hooks := forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload}
-	if g.shared != nil {
-		hooks.Admit = g.shared.Admit
-	}
+	hooks := forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload, Admit: g.forwarder.Admit}
 	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster, breaker,
 		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now, hooks)
-	for _, r := range pending { // forwarded first, before any new message
-		g.dispatcher.Submit(lease.Job(r, 0))
-	}
 	g.settleCtx, g.stopSettle = context.WithCancel(context.Background())
 	g.metrics = newMetrics(g)
 	g.abuse.register(g.metrics.reg, now)
@@ -285,18 +299,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	})
 	goBG(func() { g.prune(bg) })
-	sharedCtx, stopShared := context.WithCancel(context.Background())
-	sharedDone := make(chan struct{})
-	if g.shared != nil {
-		goBG(func() {
-			g.engine.Shared.Listen(bg, map[string]func(){g.engine.Wakeups: g.shared.Kick, g.engine.RegistryChanges: g.keys.Kick}, func(err error) {
-				g.log.Warn("storage notifications lost; polling every second until they return", zap.Error(err))
-			})
+	goBG(func() {
+		g.engine.Listen(bg, g.forwarder.Kick, g.keys.Kick, func(err error) {
+			g.log.Warn("storage notifications lost; polling every second until they return", zap.Error(err))
 		})
-		go func() { g.shared.Run(sharedCtx); close(sharedDone) }()
-	} else {
-		close(sharedDone)
-	}
+	})
+	fwdCtx, stopFwd := context.WithCancel(context.Background())
+	fwdDone := make(chan struct{})
+	go func() { g.forwarder.Run(fwdCtx); close(fwdDone) }()
 	goBG(func() { g.abuse.writer.Run(bg) }) // flushes the rest once bg is cancelled, after the workers stopped
 
 	// Stages, in the order they are stopped.
@@ -340,13 +350,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 		g.stopSettle()
 		<-dispDone
 	}
-	stopShared()
-	<-sharedDone
-	if g.shared != nil { // deletes what settled, releases the leases
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		g.shared.Stop(sctx)
-		cancel()
-	}
+	stopFwd()
+	<-fwdDone
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	g.forwarder.Stop(sctx) // finishes what settled, gives the leases back
+	cancel()
 	g.writer.Close() // commits what was accepted (and acks it) and the last deletions
 	select {
 	case <-writerDone:
@@ -391,7 +399,7 @@ func (g *Gateway) receive(m *mqttio.Message) {
 		return // unacked: redelivered after restart
 	}
 	g.metrics.received.Inc()
-	dev := topicDevice(m.Topic)
+	dev := envelope.DataTopicDevice(m.Topic)
 	q := g.queues[maphash.String(g.seed, dev)%uint64(len(g.queues))]
 	select {
 	case q <- m:
@@ -418,19 +426,6 @@ func (l *logEvery) allow() bool {
 	return now-last >= int64(warnEvery) && l.last.CompareAndSwap(last, now)
 }
 
-// topicDevice returns <id> from device/<id>/data, or "" for another shape.
-func topicDevice(topic string) string {
-	rest, ok := strings.CutPrefix(topic, "device/")
-	if !ok {
-		return ""
-	}
-	id, ok := strings.CutSuffix(rest, "/data")
-	if !ok || strings.Contains(id, "/") {
-		return ""
-	}
-	return id
-}
-
 func (g *Gateway) work(ctx context.Context, q chan *mqttio.Message) {
 	for {
 		select {
@@ -446,7 +441,7 @@ func (g *Gateway) work(ctx context.Context, q chan *mqttio.Message) {
 // it to the outbox (ack at commit). Infrastructure errors are retried with
 // the message unacked.
 func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
-	dev := topicDevice(m.Topic)
+	dev := envelope.DataTopicDevice(m.Topic)
 	delay := 100 * time.Millisecond
 	var res validate.Result
 	for {
@@ -468,7 +463,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 	}
 	env := &res.Envelope
 	if res.Verified {
-		g.noteKey(env.DeviceID, res.KeyID, res.NewestKeyID)
+		g.downlink.Used(env.DeviceID, res.KeyID, res.NewestKeyID)
 	}
 	if rej := res.Rejection; rej != nil {
 		if rej.Reason == validate.Replay && g.inflight.addAck(env.DeviceID, env.UUID(), m.Ack) {
@@ -498,6 +493,9 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 
 func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envelope.Envelope, rej *validate.Rejection) {
 	g.metrics.reject(rej.Reason)
+	if rej.Reason == validate.UnknownDevice {
+		g.downlink.Forget(dev) // a removed device's downlink key leaves memory
+	}
 	fields := []zap.Field{zap.String("device_id", dev), zap.String("reason", string(rej.Reason))}
 	if env.MessageID != nil {
 		fields = append(fields, zap.ByteString("message_id", env.MessageID))
@@ -524,41 +522,18 @@ func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envel
 	ack()
 }
 
-// noteKey remembers that dev's message verified with key id, keeping the
-// newest: an old-key message still in flight after a rotation does not
-// move replies back to the old key. newest is the largest key id dev has
-// now: a remembered id above it belongs to a registration since removed
-// (ids start over at 1), and is replaced.
-func (g *Gateway) noteKey(dev string, id, newest int64) {
-	for {
-		old, loaded := g.usedKey.LoadOrStore(dev, id)
-		if !loaded || old.(int64) == id || (old.(int64) > id && old.(int64) <= newest) || g.usedKey.CompareAndSwap(dev, old, id) {
-			return
-		}
-	}
-}
-
-// replyKey returns the key id replies to dev are signed with: the newest
-// the device has used since start, else 0 (its newest valid key).
-func (g *Gateway) replyKey(dev string) int64 {
-	if v, ok := g.usedKey.Load(dev); ok {
-		return v.(int64)
-	}
-	return 0
-}
-
 // notify signs payload for dev and publishes it to device/<dev>/response.
 // A device that is not registered gets nothing (there is no key).
 func (g *Gateway) notify(ctx context.Context, dev string, payload []byte) {
 	e := envelope.Envelope{DeviceID: dev, Timestamp: g.now().Unix(), MessageID: envelope.NewMessageID(), Payload: payload}
 	e.TimestampRaw = strconv.AppendInt(nil, e.Timestamp, 10)
-	if err := g.validator.SignFor(ctx, &e, g.replyKey(dev)); err != nil {
+	if err := g.downlink.Sign(ctx, &e); err != nil {
 		if !errors.Is(err, validate.ErrUnknownDevice) {
 			g.log.Warn("cannot sign reply", zap.String("device_id", dev), zap.Error(err))
 		}
 		return
 	}
-	if err := g.mqtt.Publish("device/"+dev+"/response", envelope.AppendJSON(make([]byte, 0, 256+len(payload)), &e)); err != nil {
+	if err := g.mqtt.Publish(envelope.ResponseTopic(dev), envelope.AppendJSON(make([]byte, 0, 256+len(payload)), &e)); err != nil {
 		g.metrics.replyErrors.Inc()
 		if g.replyErrLog.allow() {
 			g.log.Warn("reply not published (see iotgw_reply_publish_errors_total)", zap.String("device_id", dev), zap.Error(err))
@@ -582,13 +557,8 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 		for _, ack := range g.committedAcks(r) {
 			ack()
 		}
-		if g.shared == nil {
-			g.dispatcher.Submit(lease.Job(r, 0))
-		}
 	}
-	if g.shared != nil {
-		g.shared.Kick()
-	}
+	g.forwarder.Kick() // the engine has them: claim
 }
 
 // refused runs on the Writer's goroutine for records the shared database
@@ -612,13 +582,16 @@ func (g *Gateway) refused(rs []outbox.Refusal) {
 	}
 }
 
+// foreign runs on the Writer's goroutine for rows another process added
+// to the outbox (the CLI's dead-letter retry): they count against the
+// bounds, and the engine made them claimable.
 func (g *Gateway) foreign(rows []*outbox.Record) {
 	g.writer.Reserve(len(rows))
 	for _, r := range rows {
 		g.pendingQ.force(r.DeviceID)
 		g.log.Info("picked up a retried dead letter", zap.String("device_id", r.DeviceID), zap.String("message_id", r.MessageID))
-		g.dispatcher.Submit(lease.Job(r, 0))
 	}
+	g.forwarder.Kick()
 }
 
 func (g *Gateway) commitFailed(err error, n int, delay time.Duration) {
@@ -648,11 +621,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 		g.metrics.backendAnswer(0, o.Err)
 		g.log.Error("forward gave up; moved to the dead-letter table", zap.String("device_id", j.DeviceID),
 			zap.String("message_id", j.MessageID), zap.Int("attempts", j.Attempts), zap.Error(o.Err))
-		if g.shared != nil { // buried under the job's lease, by Finish
-			g.shared.Settled(j, &lease.Dead{Attempts: j.Attempts, LastError: o.Err.Error(), At: g.now()})
-			return
-		}
-		g.bury(j, o.Err)
+		g.forwarder.Settled(j, &lease.Dead{Attempts: j.Attempts, LastError: o.Err.Error(), At: g.now()}) // buried under its lease
 		return
 	}
 	result := "ok"
@@ -664,32 +633,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
 	g.log.Debug("forwarded", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID), zap.Int("status", o.Response.Status))
 	g.notify(g.settleCtx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
-	if g.shared != nil {
-		g.shared.Settled(j, nil)
-		return
-	}
-	g.writer.Settle(j.Seq)
-}
-
-// bury moves j's row to the dead letters, retrying while the outbox
-// cannot be written, until the shutdown grace runs out (then the row stays
-// in the outbox, and is posted again after a restart).
-func (g *Gateway) bury(j *forward.Job, cause error) {
-	for delay := 100 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
-		err := g.store.Bury(g.settleCtx, j.Seq, j.Attempts, cause.Error(), g.now())
-		if err == nil {
-			g.writer.Release(1)
-			return
-		}
-		g.metrics.infraErrors.WithLabelValues("deadletter").Inc()
-		g.log.Error("cannot move to dead letters; retrying", zap.String("message_id", j.MessageID), zap.Error(err))
-		select {
-		case <-time.After(delay):
-		case <-g.settleCtx.Done():
-			g.log.Warn("shutting down: the dead letter stays in the outbox and is posted again after restart", zap.String("message_id", j.MessageID))
-			return
-		}
-	}
+	g.forwarder.Settled(j, nil)
 }
 
 // prune deletes expired replay ids from the outbox database.
@@ -739,16 +683,17 @@ func (g *Gateway) routes() http.Handler {
 		if !g.mqtt.Connected() {
 			problems = append(problems, "broker: not connected")
 		}
+		if g.mqtt.Flapping() {
+			problems = append(problems, "broker: the connection keeps dropping right after connecting (mqtt.broker names the device listener, or another client uses mqtt.client_id)")
+		}
 		if g.dispatcher.BreakerOpen() {
 			problems = append(problems, "backend: circuit breaker open")
 		}
 		if p := g.commitErr.Load(); p != nil {
 			problems = append(problems, "outbox: commit failing: "+*p)
 		}
-		if g.shared != nil {
-			if e := g.shared.LastError(); e != "" {
-				problems = append(problems, "storage: "+e)
-			}
+		if e := g.forwarder.LastError(); e != "" {
+			problems = append(problems, "storage: "+e)
 		}
 		if g.writer.Occupied() >= g.cfg.Outbox.MaxPending {
 			problems = append(problems, "outbox: full (backpressure)")

@@ -8,23 +8,6 @@ import (
 	"github.com/iotgw/iotgw/pkg/replay"
 )
 
-func TestTopicDevice(t *testing.T) {
-	for _, tc := range []struct{ topic, want string }{
-		{"device/sensor_001/data", "sensor_001"},
-		{"device/a.b-c/data", "a.b-c"},
-		{"device//data", ""},
-		{"device/a/b/data", ""},
-		{"device/a/response", ""},
-		{"devices/a/data", ""},
-		{"device/a/data/", ""},
-		{"", ""},
-	} {
-		if got := topicDevice(tc.topic); got != tc.want {
-			t.Errorf("topicDevice(%q) = %q, want %q", tc.topic, got, tc.want)
-		}
-	}
-}
-
 // TestInflightReplay: a redelivered copy of an accepted but not yet durable
 // message is held and acked with the original; once durable, a copy is an
 // ordinary replay.

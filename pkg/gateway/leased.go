@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -12,18 +13,22 @@ import (
 	"github.com/iotgw/iotgw/pkg/lease"
 )
 
-// newLeaseForwarder returns the forwarder of an engine whose rows are
-// claimed under leases (several gateways sharing one database): a gateway
-// does not forward the rows it accepted; any gateway claims any device's
-// rows (see lease.Forwarder). Its owner name is unique to this process run.
+// newLeaseForwarder returns the forwarder of every row: claimed from st
+// under per-device leases (see lease.Forwarder). On a shared engine any
+// gateway claims any device's rows, and a round trip per claim is paced;
+// on a local one (in process) claims are not, and the lease covers a few
+// POSTs. Its owner name is unique to this process run.
 func (g *Gateway) newLeaseForwarder(st lease.Store) *lease.Forwarder {
 	b := make([]byte, 4)
 	rand.Read(b) //nolint:errcheck // never fails
 	host, _ := os.Hostname()
 	owner := fmt.Sprintf("%s@%s/%d/%s", g.cfg.MQTT.ClientID, host, os.Getpid(), hex.EncodeToString(b))
-	return lease.New(st, owner, lease.Config{
-		Lease: g.cfg.Storage.Lease, Timeout: g.cfg.Backend.Timeout, MaxPayloadMemory: g.cfg.Backend.MaxPayloadMemory,
-	}, g.now, g.log.With(zap.String("component", "lease")), lease.Hooks{
+	cfg := lease.Config{Lease: g.cfg.Storage.Lease, Timeout: g.cfg.Backend.Timeout, MaxPayloadMemory: g.cfg.Backend.MaxPayloadMemory,
+		Pace: 10 * time.Millisecond}
+	if g.engine.Local {
+		cfg.Lease, cfg.Pace = max(cfg.Lease, 4*cfg.Timeout), 0
+	}
+	return lease.New(st, owner, cfg, g.now, g.log.With(zap.String("component", "lease")), lease.Hooks{
 		Submit: func(j *forward.Job) { g.dispatcher.Submit(j) },
 		Paused: func() bool { return g.stopping.Load() || g.dispatcher.BreakerOpen() },
 		Claimed: func(n int) {

@@ -123,12 +123,12 @@ func newMetrics(g *Gateway) *metrics {
 			return b2f(up(g.mqtt.ConnState()))
 		})
 	}
-	if g.shared != nil {
+	{
 		reg.MustRegister(m.claimed,
-			gauge("iotgw_leases_held", "Devices whose rows this gateway forwards under a lease (storage.engine postgres).", func() float64 { return float64(g.shared.Held()) }),
+			gauge("iotgw_leases_held", "Devices whose rows this gateway forwards under a lease.", func() float64 { return float64(g.forwarder.Held()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_leases_lost_total",
 				Help: "Device leases found taken over by another gateway at renewal (this gateway was cut off from the database for longer than storage.lease)."},
-				func() float64 { return float64(g.shared.Lost()) }),
+				func() float64 { return float64(g.forwarder.Lost()) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "iotgw_lease_stale_total",
 				Help: "Settled rows and drained leases the database refused because this gateway's lease had moved on (fencing: a lost lease changes nothing)."},
 				func() float64 { return float64(g.staleFinish.Load()) }))
@@ -176,11 +176,17 @@ func (m *metrics) reject(r validate.Reason) {
 }
 
 // backendAnswer counts one POST attempt's answer: status when the backend
-// answered (also when it came back inside a retryable error), else "error".
+// answered (also when it came back inside a retryable error or a
+// redirect error), else "error".
 func (m *metrics) backendAnswer(status int, err error) {
 	var re *forward.RetryableError
-	if status == 0 && errors.As(err, &re) {
+	var rd *forward.RedirectError
+	switch {
+	case status != 0:
+	case errors.As(err, &re):
 		status = re.Status
+	case errors.As(err, &rd):
+		status = rd.Status
 	}
 	m.backend.WithLabelValues(statusClass(status)).Inc()
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -24,8 +25,9 @@ func TestStatusClass(t *testing.T) {
 	}
 }
 
-// TestBackendAnswer: a status inside a retryable error counts by its
-// class; a transport error (no status) counts as "error".
+// TestBackendAnswer: a status inside a retryable error or a redirect
+// error counts by its class (a 302 is "3xx", issue 16 item 15); a
+// transport error (no status) counts as "error".
 func TestBackendAnswer(t *testing.T) {
 	m := &metrics{backend: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "x"}, []string{"class"})}
 	m.backendAnswer(201, nil)
@@ -33,6 +35,8 @@ func TestBackendAnswer(t *testing.T) {
 	m.backendAnswer(0, errors.Join(errors.New("wrapped"), &forward.RetryableError{Status: 502}))
 	m.backendAnswer(0, &forward.RetryableError{Err: errors.New("connection refused")})
 	m.backendAnswer(0, errors.New("cannot build request"))
+	m.backendAnswer(0, &forward.RedirectError{Status: 302, Host: "elsewhere.example"})
+	m.backendAnswer(0, fmt.Errorf("final: %w", &forward.RedirectError{Status: 308}))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m.backend)
 	mfs, err := reg.Gather()
@@ -43,7 +47,7 @@ func TestBackendAnswer(t *testing.T) {
 	for _, s := range mfs[0].GetMetric() {
 		got[s.GetLabel()[0].GetValue()] = s.GetCounter().GetValue()
 	}
-	if want := map[string]float64{"2xx": 1, "5xx": 2, "error": 2}; !maps.Equal(got, want) {
+	if want := map[string]float64{"2xx": 1, "3xx": 2, "5xx": 2, "error": 2}; !maps.Equal(got, want) {
 		t.Errorf("backend answers by class = %v, want %v", got, want)
 	}
 }

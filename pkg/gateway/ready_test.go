@@ -7,13 +7,12 @@ import (
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/outbox"
-	"github.com/iotgw/iotgw/pkg/storage"
 )
 
-// statsOnly is a storage.Outbox whose Stats is scripted (the other methods
+// statsOnly is an outboxStore whose Stats is scripted (the other methods
 // are not called).
 type statsOnly struct {
-	storage.Outbox
+	outboxStore
 	oldest time.Time
 }
 

@@ -29,7 +29,8 @@ type Config struct {
 	// RowsPerDevice the most rows claimed per device (default 16).
 	Devices, RowsPerDevice int
 	// Poll is the longest wait between claims without a Kick (default 1s);
-	// Pace the shortest (default 10ms): wake-ups arriving faster are folded.
+	// Pace the shortest (0: none): wake-ups arriving faster are folded, so
+	// that a store with a round trip per call is not called per wake-up.
 	Poll, Pace time.Duration
 }
 
@@ -42,9 +43,6 @@ func (c *Config) defaults() {
 	}
 	if c.Poll <= 0 {
 		c.Poll = time.Second
-	}
-	if c.Pace <= 0 {
-		c.Pace = 10 * time.Millisecond
 	}
 }
 
@@ -206,6 +204,9 @@ func (f *Forwarder) Run(ctx context.Context) {
 		}
 		f.finish(ctx)
 		f.claim(ctx)
+		if f.cfg.Pace <= 0 {
+			continue
+		}
 		pace.Reset(f.cfg.Pace)
 		select {
 		case <-ctx.Done():

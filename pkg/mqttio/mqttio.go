@@ -18,12 +18,15 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"go.uber.org/zap"
 
+	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/internal/secretfile"
 )
 
 // Config holds the broker connection settings.
 type Config struct {
-	// Broker is the broker URL, ssl://host:8883 (tls:// and mqtts:// also accepted). Required.
+	// Broker is the URL of the broker's gateway listener, ssl://host:8884
+	// (tls:// and mqtts:// also accepted); not the devices' 8883, where the
+	// gateway's two connections would knock each other off. Required.
 	Broker string `mapstructure:"broker"`
 	// ClientID is the stable client id of the persistent session; the reply
 	// connection uses ClientID+"-replies". It must contain ":", which no
@@ -52,6 +55,11 @@ type Config struct {
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
 	// MaxReconnectInterval caps the reconnect backoff. Default 30s.
 	MaxReconnectInterval time.Duration `mapstructure:"max_reconnect_interval"`
+	// MaxDisconnected is how long the gateway may be without its broker
+	// connections (from its start, or from a loss) before it exits
+	// non-zero, so that its supervisor's restart policy recovers it: 0
+	// (never exit) or at least MaxReconnectInterval. Default 5m.
+	MaxDisconnected time.Duration `mapstructure:"max_disconnected"`
 }
 
 // GatewayIdentity is the Common Name the gateway's certificate must carry:
@@ -72,8 +80,8 @@ const ClientIDMark = ":"
 
 // DefaultConfig returns the defaults (Broker and files empty).
 func DefaultConfig() Config {
-	return Config{ClientID: DefaultClientID, Topic: "device/+/data", KeepAlive: 30 * time.Second,
-		ConnectTimeout: 10 * time.Second, MaxReconnectInterval: 30 * time.Second}
+	return Config{ClientID: DefaultClientID, Topic: envelope.DataSubscription, KeepAlive: 30 * time.Second,
+		ConnectTimeout: 10 * time.Second, MaxReconnectInterval: 30 * time.Second, MaxDisconnected: 5 * time.Minute}
 }
 
 // MaxShareGroupBytes bounds mqtt.share_group.
@@ -114,11 +122,11 @@ func validShareGroup(g string) error {
 // Validate checks the settings and that the TLS files load.
 func (c Config) Validate() error {
 	if c.Broker == "" {
-		return errors.New("mqtt.broker: required (ssl://host:8883)")
+		return errors.New("mqtt.broker: required (ssl://host:8884, the broker's gateway listener; devices use 8883)")
 	}
 	u, err := url.Parse(c.Broker)
 	if err != nil || u.Host == "" || u.Port() == "" {
-		return fmt.Errorf("mqtt.broker: %q is not a URL like ssl://host:8883", c.Broker)
+		return fmt.Errorf("mqtt.broker: %q is not a URL like ssl://host:8884 (the broker's gateway listener)", c.Broker)
 	}
 	switch u.Scheme {
 	case "ssl", "tls", "mqtts":
@@ -139,6 +147,9 @@ func (c Config) Validate() error {
 	}
 	if c.KeepAlive < time.Second || c.ConnectTimeout <= 0 || c.MaxReconnectInterval <= 0 {
 		return errors.New("mqtt.keepalive/connect_timeout/max_reconnect_interval: must be positive (keepalive ≥ 1s)")
+	}
+	if c.MaxDisconnected != 0 && c.MaxDisconnected < c.MaxReconnectInterval {
+		return fmt.Errorf("mqtt.max_disconnected: %s: 0 (never exit) or at least mqtt.max_reconnect_interval (%s), so that one reconnect backoff does not stop the gateway", c.MaxDisconnected, c.MaxReconnectInterval)
 	}
 	_, err = c.TLSConfig()
 	return err
@@ -219,6 +230,9 @@ type Client struct {
 	pub       mqtt.Client
 	connected atomic.Bool
 	onConnect func()
+	// links follows both connections (Flapping, Watch) on the clock now.
+	links *linkState
+	now   func() time.Time
 	// repliesUp is closed once the reply connection first connected.
 	repliesUp chan struct{}
 }
@@ -233,7 +247,8 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 		return nil, err
 	}
 	broker := strings.Replace(strings.Replace(cfg.Broker, "mqtts://", "ssl://", 1), "tls://", "ssl://", 1)
-	cl := &Client{cfg: cfg, log: log, repliesUp: make(chan struct{})}
+	cl := &Client{cfg: cfg, log: log, repliesUp: make(chan struct{}), now: time.Now}
+	cl.links = newLinkState(func() time.Time { return cl.now() }, max(10*time.Second, 2*cfg.MaxReconnectInterval))
 	const writeTimeout = 10 * time.Second
 	handler := func(_ mqtt.Client, m mqtt.Message) {
 		h(&Message{Topic: m.Topic(), Payload: m.Payload(), Duplicate: m.Duplicate(), ack: m.Ack})
@@ -266,11 +281,15 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			cl.connected.Store(false)
 			log.Warn("broker connection lost; reconnecting", zap.Error(err))
+			if cl.links.down(linkSession) {
+				cl.flapWarning()
+			}
 		}).
 		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) {
 			log.Info("reconnecting to broker")
 		}).
 		SetOnConnectHandler(func(c mqtt.Client) {
+			cl.links.up(linkSession)
 			t := c.Subscribe(topic, 1, handler)
 			go func() {
 				if !t.WaitTimeout(cfg.ConnectTimeout) || t.Error() != nil {
@@ -288,8 +307,12 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 	cl.pub = mqtt.NewClient(base(cfg.ClientID + ReplyClientSuffix).
 		SetCleanSession(true).
 		SetOrderMatters(false).
+		SetOnConnectHandler(func(mqtt.Client) { cl.links.up(linkReplies) }).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			log.Warn("reply connection lost; reconnecting", zap.Error(err))
+			if cl.links.down(linkReplies) {
+				cl.flapWarning()
+			}
 		}))
 	return cl, nil
 }
@@ -298,10 +321,10 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 // subscribed. Call it before Connect; f must not block.
 func (c *Client) OnConnect(f func()) { c.onConnect = f }
 
-// Connected reports whether the session is up and subscribed and the reply
-// connection is up.
+// Connected reports whether the session is up and subscribed, the reply
+// connection is up, and they are not flapping (Flapping).
 func (c *Client) Connected() bool {
-	return c.connected.Load() && c.c.IsConnectionOpen() && c.pub.IsConnectionOpen()
+	return c.connected.Load() && c.c.IsConnectionOpen() && c.pub.IsConnectionOpen() && !c.Flapping()
 }
 
 // Connect connects, retrying with backoff until it succeeds or ctx ends. A

@@ -46,13 +46,24 @@ func newCA(now time.Time) (*signed, error) {
 }
 
 // sign creates a fresh key and a certificate for it from tmpl, signed by
-// ca. edit, if not nil, adjusts the template first. The certificate never
-// outlives the CA.
+// ca (see signPublic).
 func (ca *signed) sign(tmpl *x509.Certificate, edit func(*x509.Certificate)) (*signed, error) {
 	key, err := newKey()
 	if err != nil {
 		return nil, err
 	}
+	cert, err := ca.signPublic(tmpl, &key.PublicKey, edit)
+	if err != nil {
+		return nil, err
+	}
+	return &signed{cert: cert, key: key}, nil
+}
+
+// signPublic creates a certificate for pub from tmpl, signed by ca, with a
+// fresh serial. edit, if not nil, adjusts the template first. The
+// certificate never outlives the CA.
+func (ca *signed) signPublic(tmpl *x509.Certificate, pub any, edit func(*x509.Certificate)) (*x509.Certificate, error) {
+	var err error
 	if tmpl.SerialNumber, err = newSerial(); err != nil {
 		return nil, err
 	}
@@ -65,7 +76,7 @@ func (ca *signed) sign(tmpl *x509.Certificate, edit func(*x509.Certificate)) (*s
 	if !tmpl.NotBefore.Before(tmpl.NotAfter) {
 		return nil, fmt.Errorf("sign certificate %q: the CA expired at %s", tmpl.Subject.CommonName, ca.cert.NotAfter.Format(time.RFC3339))
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, pub, ca.key)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate %q: %w", tmpl.Subject.CommonName, err)
 	}
@@ -73,7 +84,7 @@ func (ca *signed) sign(tmpl *x509.Certificate, edit func(*x509.Certificate)) (*s
 	if err != nil {
 		return nil, fmt.Errorf("parse certificate %q: %w", tmpl.Subject.CommonName, err)
 	}
-	return &signed{cert: cert, key: key}, nil
+	return cert, nil
 }
 
 // loadCA reads the CA certificate and key from dir and checks that they

@@ -3,7 +3,9 @@
 //
 // It sits outside the message pipeline: an operator runs it once (Init) to
 // create a private CA with a broker server certificate and the gateway's
-// client certificate, then once per device (Issue). The broker accepts any
+// client certificate, then once per device: Issue makes the device's key
+// here, while Signer signs a certificate signing request made on the
+// device, whose key never leaves it (CheckCSR says what is accepted). The broker accepts any
 // client certificate signed by the CA and uses its Common Name as the MQTT
 // username, so the CN of a device certificate is the device id that the
 // broker's ACL (mosquitto/acl) checks topics against.
@@ -27,7 +29,8 @@
 //	ca.crt ca.key                   the CA (10 years)
 //	broker.crt broker.key           the broker's server certificate (2 years)
 //	gateway.crt gateway.key         the gateway's client certificate, CN "gateway" (2 years)
-//	devices/<id>.crt devices/<id>.key  one client certificate per device, CN <id> (2 years)
+//	devices/<id>.crt devices/<id>.key  one client certificate per device, CN <id> (2 years);
+//	                                only the .crt for a device signed from its CSR
 //	crl.pem                         the CRL (Mosquitto's crlfile), signed by the CA: empty
 //	                                from Init, extended by Revoke; 0644, valid until the CA expires
 package pki

@@ -1,6 +1,12 @@
 package pki_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,4 +60,44 @@ func ExampleIssue() {
 	// devices/sensor-1.crt <nil>
 	// devices/sensor-1.key <nil>
 	// issue device certificate "bad id": device id must be 1-64 characters of [A-Za-z0-9_.-], not starting with a dot
+}
+
+func ExampleSigner_Sign() {
+	tmp, err := os.MkdirTemp("", "pki-example-")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := pki.Init(tmp, nil, time.Now()); err != nil {
+		panic(err)
+	}
+
+	// On the device: a key that never leaves it, and a CSR for its id.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "sensor-7"}}, key)
+	if err != nil {
+		panic(err)
+	}
+	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+
+	// On the operator's machine: sign it; only the certificate is written.
+	s, err := pki.OpenSigner(tmp)
+	if err != nil {
+		panic(err)
+	}
+	is, err := s.Sign("sensor-7", csr, pki.DefaultCSRDays, time.Now())
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(filepath.Rel(tmp, is.Path))
+	fmt.Println(is.Key)
+	_, err = s.Sign("sensor-8", csr, pki.DefaultCSRDays, time.Now())
+	fmt.Println(err)
+	// Output:
+	// devices/sensor-7.crt <nil>
+	// ECDSA P-256
+	// sign CSR for "sensor-8": CSR Common Name must be exactly the device id: it asks for CN "sensor-7", the device id is "sensor-8"
 }

@@ -36,7 +36,13 @@ const (
 // same directory, synced and given its final mode (and, if group, the
 // BrokerGroup) before it is renamed or linked into place, then the
 // directory is synced. Readers see either no file or the whole file.
-func writeFile(path string, data []byte, mode os.FileMode, how placement, group bool) (err error) {
+func writeFile(path string, data []byte, mode os.FileMode, how placement, group bool) error {
+	return writeFileSync(path, data, mode, how, group, true)
+}
+
+// writeFileSync is writeFile; without sync it neither syncs the file nor
+// its directory, and the caller makes a batch durable at once (syncTree).
+func writeFileSync(path string, data []byte, mode os.FileMode, how placement, group, sync bool) (err error) {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -55,7 +61,7 @@ func writeFile(path string, data []byte, mode os.FileMode, how placement, group 
 	if err == nil && group {
 		chgrp(f)
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -77,6 +83,9 @@ func writeFile(path string, data []byte, mode os.FileMode, how placement, group 
 		if err := os.Rename(tmp, path); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)
 		}
+	}
+	if !sync {
+		return nil
 	}
 	return syncDir(dir)
 }

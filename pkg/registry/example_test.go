@@ -84,3 +84,36 @@ func ExampleRegistry_Rotate() {
 	// 2 true
 	// true
 }
+
+func ExampleRegistry_AddMany() {
+	dir, err := os.MkdirTemp("", "registry-example")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	ctx := context.Background()
+	r, err := registry.Open(ctx, filepath.Join(dir, "iotgw.db"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer r.Close()
+	if err := r.Add(ctx, "sensor_001", "a-shared-secret-of-16+-chars"); err != nil {
+		fmt.Println(err)
+		return
+	}
+	fleet := []registry.NewDevice{
+		{ID: "sensor_001", Secret: "another-secret-0123456789"},
+		{ID: "sensor_002", Secret: "a-third-secret-0123456789"},
+	}
+	// All or nothing: sensor_001 exists, so nothing is added...
+	_, _, err = r.AddMany(ctx, fleet, registry.BulkOptions{})
+	fmt.Println(err)
+	// ...unless existing devices are left as they are.
+	added, skipped, err := r.AddMany(ctx, fleet, registry.BulkOptions{SkipExisting: true})
+	fmt.Println(len(added), skipped, err)
+	// Output:
+	// 1 device already exists: sensor_001
+	// 1 [sensor_001] <nil>
+}

@@ -78,6 +78,8 @@ INSERT INTO seen_horizon(id, ts) VALUES (1, 0);`},
 // Store is the outbox database.
 type Store struct {
 	db *sql.DB
+	// leases, once Leases made it, is told every row committed or found.
+	leases *Leases
 }
 
 // Open opens (creating if needed) the outbox database and migrates it.
@@ -158,6 +160,10 @@ func (s *Store) write(ctx context.Context, recs []*outbox.Record, dels []int64, 
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
+	if s.leases != nil { // in seq order: another process's rows came before recs
+		s.leases.Add(foreign)
+		s.leases.Add(recs)
+	}
 	return foreign, nil
 }
 
@@ -216,9 +222,14 @@ func (s *Store) Bury(ctx context.Context, seq int64, attempts int, lastErr strin
 	return nil
 }
 
-// Pending returns rows with seq > after, oldest first.
+// Pending returns rows with seq > after, oldest first (another process's:
+// the CLI's dead-letter retry), and makes them claimable (Leases).
 func (s *Store) Pending(ctx context.Context, after int64) ([]*outbox.Record, error) {
-	return pendingBetween(ctx, s.db, after, math.MaxInt64)
+	rows, err := pendingBetween(ctx, s.db, after, math.MaxInt64)
+	if err == nil && s.leases != nil {
+		s.leases.Add(rows)
+	}
+	return rows, err
 }
 
 // PendingMeta returns every row, oldest first, without its payload (see

@@ -49,12 +49,18 @@ type Engine struct {
 	Outbox Outbox
 	// Shared is nil on an engine that serves one gateway (SQLite).
 	Shared Shared
+	// Local is true on an engine that serves one gateway: its rows, its
+	// per-device quota and its outbox bound are this gateway's alone (on a
+	// shared engine the database enforces the quota fleet-wide, and a row
+	// leaves this gateway's bound once committed: any gateway forwards it).
+	Local bool
 	// Registry is the device registry, when opened with Open.
 	Registry *registry.Registry
 	// Wakeups is the channel whose notifications mean "new rows", and
 	// RegistryChanges the one that means "the registry changed" (Shared only).
 	Wakeups, RegistryChanges string
-	pg *pgstore.DB // the shared database (nil on SQLite)
+	pg                       *pgstore.DB        // the shared database (nil on SQLite)
+	sqlite                   *sqlitestore.Store // the SQLite outbox (nil on PostgreSQL)
 	// audit opens the audit trail beside the registry.
 	audit   func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error)
 	closers []func()
@@ -155,9 +161,46 @@ func OpenOutbox(ctx context.Context, cfg Config, oc outbox.Config) (*Engine, err
 			return nil, fmt.Errorf("outbox.path: %w", err)
 		}
 		e.closers = append(e.closers, func() { s.Close() })
-		e.Outbox = s
+		e.Outbox, e.Local, e.sqlite = s, true, s
 	}
 	return e, nil
+}
+
+// Listen calls wakeups on each notification that new rows wait, and
+// registry on each that the registry changed, until ctx ends, reconnecting
+// after errors (reported to onErr). An engine without notifications (one
+// gateway's SQLite, whose rows the forwarder learns of at commit) just
+// waits for ctx.
+func (e *Engine) Listen(ctx context.Context, wakeups, registry func(), onErr func(error)) {
+	if e.Shared == nil {
+		<-ctx.Done()
+		return
+	}
+	e.Shared.Listen(ctx, map[string]func(){e.Wakeups: wakeups, e.RegistryChanges: registry}, onErr)
+}
+
+// Pending returns the rows this gateway alone forwards that wait from an
+// earlier run, oldest first, without payloads: on SQLite every pending
+// row; on a shared engine none (they are claimed).
+func (e *Engine) Pending(ctx context.Context) ([]*outbox.Record, error) {
+	if e.sqlite == nil {
+		return nil, nil
+	}
+	return e.sqlite.PendingMeta(ctx)
+}
+
+// Leases returns the engine's lease.Store, the source of every row the
+// gateway forwards. On SQLite it answers in process from the rows the
+// outbox commits (deleted through w's next commit), pending among them;
+// budget bounds the payload bytes it keeps for rows not yet claimed. On a
+// shared engine it is the database's.
+func (e *Engine) Leases(w sqlitestore.Writer, pending []*outbox.Record, budget int64, now func() time.Time) lease.Store {
+	if e.sqlite == nil {
+		return e.Shared
+	}
+	l := e.sqlite.Leases(w, budget, now)
+	l.Add(pending)
+	return l
 }
 
 // ErrOneGateway is returned by fleet-wide settings on an engine that

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/replay"
 	"github.com/iotgw/iotgw/pkg/validate"
 )
@@ -80,35 +79,3 @@ func TestCheckNoKeys(t *testing.T) {
 	}
 }
 
-// TestSignForPicksKey: replies are signed with the key asked for while it
-// is valid, else the newest valid key.
-func TestSignForPicksKey(t *testing.T) {
-	oldS, newS := []byte("old-secret-0123456789"), []byte("new-secret-0123456789")
-	keys := fakeKeys{"sensor_001": {Enabled: true, Secret: newS, Keys: []validate.Key{
-		{ID: 1, Secret: oldS, Expires: t0.Add(time.Hour)}, {ID: 2, Secret: newS}}}}
-	tests := []struct {
-		name  string
-		now   time.Time
-		keyID int64
-		want  []byte
-	}{
-		{"newest used is the old key", t0, 1, oldS},
-		{"newest used is the new key", t0, 2, newS},
-		{"none used yet", t0, 0, newS},
-		{"used key expired", t0.Add(2 * time.Hour), 1, newS},
-		{"unknown key id", t0, 9, newS},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			v := newValidator(t, validate.DefaultConfig(), keys, nil, tc.now)
-			e := envelope.Envelope{DeviceID: "sensor_001", TimestampRaw: []byte("1727712000"), Timestamp: 1727712000,
-				MessageID: []byte(defMID), Payload: []byte(defPayload)}
-			if err := v.SignFor(context.Background(), &e, tc.keyID); err != nil {
-				t.Fatal(err)
-			}
-			if e.Signature != envelope.SignDownlink(tc.want, &e) {
-				t.Fatal("reply signed with the wrong key (want the downlink key of the expected secret)")
-			}
-		})
-	}
-}

@@ -52,8 +52,8 @@ type Key struct {
 	Expires time.Time
 }
 
-// keys returns d's keys, Secret standing in for an empty Keys.
-func (d *Device) keys() []Key {
+// KeyList returns d's keys, Secret standing in for an empty Keys.
+func (d *Device) KeyList() []Key {
 	if len(d.Keys) == 0 && len(d.Secret) > 0 {
 		return []Key{{Secret: d.Secret}}
 	}
@@ -153,8 +153,7 @@ type Validator struct {
 	vmacs  sync.Map // device id → *deviceMACs, for verifying
 	dummy  *macPool
 
-	downMacs sync.Map    // device id → *downPool: downlink keys, derived once
-	limit    RateLimiter // nil: no rate limit
+	limit RateLimiter // nil: no rate limit
 }
 
 // LimitWith makes Check consult l for every message of a registered,
@@ -186,8 +185,7 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	}
 	dev, err := v.keys.Device(ctx, env.DeviceID)
 	if errors.Is(err, ErrUnknownDevice) {
-		v.dummy.verify(&env)            // same cost as a known device
-		v.downMacs.Delete(env.DeviceID) // a removed device's key leaves memory
+		v.dummy.verify(&env) // same cost as a known device
 		v.vmacs.Delete(env.DeviceID)
 		return reject(env, UnknownDevice, ""), nil
 	}
@@ -195,7 +193,6 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return Result{}, fmt.Errorf("look up device: %w", err)
 	}
 	if !dev.Enabled {
-		v.downMacs.Delete(env.DeviceID)
 		v.vmacs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
 	}
@@ -231,7 +228,7 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return Result{}, fmt.Errorf("record message id: %w", err)
 	}
 	var newest int64
-	for _, k := range dev.keys() {
+	for _, k := range dev.KeyList() {
 		newest = max(newest, k.ID)
 	}
 	if dup {
@@ -240,34 +237,6 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return r, nil
 	}
 	return Result{Envelope: env, Expires: expires, KeyID: keyID, NewestKeyID: newest, Verified: true}, nil
-}
-
-// Sign signs e in place for a downlink (reply or notice) to e.DeviceID
-// with the device's newest valid key (SignFor with keyID 0).
-func (v *Validator) Sign(ctx context.Context, e *envelope.Envelope) error {
-	return v.SignFor(ctx, e, 0)
-}
-
-// SignFor signs e in place with the secret of the device's key keyID (the
-// newest key the device was seen to use), or with its newest valid key
-// when keyID is 0 or no longer valid, for replies.
-func (v *Validator) SignFor(ctx context.Context, e *envelope.Envelope, keyID int64) error {
-	dev, err := v.keys.Device(ctx, e.DeviceID)
-	if err != nil {
-		if errors.Is(err, ErrUnknownDevice) {
-			v.downMacs.Delete(e.DeviceID)
-		}
-		return fmt.Errorf("look up device: %w", err)
-	}
-	secret := replySecret(&dev, keyID, v.now())
-	if secret == nil {
-		return fmt.Errorf("device %s: no valid key to sign with", e.DeviceID)
-	}
-	p := v.downMACFor(e.DeviceID, secret)
-	m := p.get()
-	e.Signature = envelope.SignWith(m, e)
-	p.put(m)
-	return nil
 }
 
 func reject(env envelope.Envelope, r Reason, detail string) Result {
@@ -294,22 +263,6 @@ func (p *macPool) verify(e *envelope.Envelope) bool {
 	ok := envelope.Verify(m, e)
 	p.put(m)
 	return ok
-}
-
-// replySecret picks the secret replies are signed with: key keyID if it is
-// still valid, else the newest valid key.
-func replySecret(d *Device, keyID int64, now time.Time) []byte {
-	var newest []byte
-	for _, k := range d.keys() {
-		if !k.Expires.IsZero() && !now.Before(k.Expires) {
-			continue
-		}
-		if keyID != 0 && k.ID == keyID {
-			return k.Secret
-		}
-		newest = k.Secret
-	}
-	return newest
 }
 
 // deviceMACs holds a pool per key of one device, for verifying.
@@ -355,7 +308,7 @@ func b2b(b bool) uint8 {
 // macsFor returns the verifying pools for id, rebuilding them when the
 // device's keys changed.
 func (v *Validator) macsFor(id string, dev *Device) *deviceMACs {
-	keys := dev.keys()
+	keys := dev.KeyList()
 	if p, ok := v.vmacs.Load(id); ok && sameKeys(p.(*deviceMACs).keys, keys) {
 		return p.(*deviceMACs)
 	}

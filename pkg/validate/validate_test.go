@@ -367,38 +367,6 @@ func TestCheckSecretRotation(t *testing.T) {
 	}
 }
 
-func TestValidatorSign(t *testing.T) {
-	keys := defaultKeys()
-	v := newValidator(t, validate.DefaultConfig(), keys, nil, t0)
-	ctx := context.Background()
-	e := envelope.Envelope{DeviceID: "sensor_001", TimestampRaw: []byte("1727712000"), Timestamp: 1727712000,
-		MessageID: []byte(defMID), Payload: []byte(defPayload)}
-	if err := v.Sign(ctx, &e); err != nil {
-		t.Fatal(err)
-	}
-	if want := envelope.SignDownlink(secretA, &e); e.Signature != want {
-		t.Fatalf("Sign = %x, want the downlink signature %x", e.Signature, want)
-	}
-	if e.Signature == envelope.Sign(secretA, &e) {
-		t.Fatal("Sign used the uplink key")
-	}
-	// Finding 2 of issue 9: a signed downlink republished as an uplink.
-	res, err := v.Check(ctx, "sensor_001", envelope.AppendJSON(nil, &e))
-	if err != nil || res.Accepted() || res.Rejection.Reason != validate.BadSignature {
-		t.Fatalf("reflected downlink: %+v, %v; want bad_signature", res.Rejection, err)
-	}
-	// The cached downlink key follows a changed secret.
-	rotated := []byte("a-rotated-secret-for-sensor_001")
-	keys["sensor_001"] = validate.Device{Secret: rotated, Enabled: true}
-	if err := v.Sign(ctx, &e); err != nil || e.Signature != envelope.SignDownlink(rotated, &e) {
-		t.Fatalf("Sign after a secret change: %v, not signed with the new downlink key", err)
-	}
-	e.DeviceID = "ghost"
-	if err := v.Sign(ctx, &e); !errors.Is(err, validate.ErrUnknownDevice) {
-		t.Fatalf("Sign for unknown device = %v", err)
-	}
-}
-
 func TestConfigValidate(t *testing.T) {
 	mod := func(f func(*validate.Config)) validate.Config {
 		c := validate.DefaultConfig()

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/iotgw/iotgw/pkg/sim"
 )
 
 // LoadSpec is one `iotgw sim load` invocation.
@@ -28,40 +30,9 @@ type LoadSpec struct {
 	Registry string
 }
 
-// SimSummary is the JSON summary `iotgw sim load --json` prints.
-type SimSummary struct {
-	Devices           int         `json:"devices"`
-	MessagesPerDevice int         `json:"messages_per_device"`
-	Planned           int         `json:"planned"`
-	Rate              float64     `json:"rate"`
-	Window            int         `json:"window"`
-	ConnectSeconds    float64     `json:"connect_seconds"`
-	Published         int64       `json:"published"`
-	Acked             int64       `json:"acked"`
-	PublishErrors     int64       `json:"publish_errors"`
-	FirstError        string      `json:"first_error,omitempty"`
-	DurationSeconds   float64     `json:"duration_seconds"`
-	MsgPerSecond      float64     `json:"msg_per_sec"`
-	Interrupted       bool        `json:"interrupted,omitempty"`
-	Replies           *SimReplies `json:"replies,omitempty"`
-}
-
-// SimReplies is the reply part of SimSummary.
-type SimReplies struct {
-	Received     int64              `json:"received"`
-	OK           int64              `json:"ok"`
-	OtherStatus  int64              `json:"other_status"`
-	Rejected     map[string]int64   `json:"rejected"`
-	BadSignature int64              `json:"bad_signature"`
-	Unmatched    int64              `json:"unmatched"`
-	Missing      int64              `json:"missing"`
-	WaitSeconds  float64            `json:"wait_seconds"`
-	LatencyMS    map[string]float64 `json:"latency_ms"`
-}
-
 // LoadResult is one finished load run.
 type LoadResult struct {
-	SimSummary
+	sim.LoadSummary
 	// CPU is the load generator's user + system time, connection set-up
 	// (TLS handshakes) included.
 	CPU time.Duration
@@ -101,7 +72,7 @@ func (r *Rig) load(ctx context.Context, s LoadSpec, started func(pid int)) (Load
 	if cmd.ProcessState != nil {
 		res.CPU = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
-	if jerr := json.Unmarshal(stdout.Bytes(), &res.SimSummary); jerr != nil {
+	if jerr := json.Unmarshal(stdout.Bytes(), &res.LoadSummary); jerr != nil {
 		return res, fmt.Errorf("iotgw %s: %w\nstdout: %s\nstderr: %s",
 			strings.Join(args, " "), errors.Join(err, fmt.Errorf("summary: %w", jerr)), lastBytes(stdout.Bytes(), 2048), lastBytes(stderr.Bytes(), 2048))
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/iotgw/iotgw/pkg/sim"
 )
 
 // consumer is where a run's messages arrive: the Sink (behind a gateway)
@@ -76,7 +78,7 @@ type Run struct {
 	// Gateway holds the gateway's counters, for gateway runs.
 	Gateway *GatewayStats `json:"gateway,omitempty"`
 	// Loads are the load generator's summaries, one per chunk.
-	Loads []SimSummary `json:"loads"`
+	Loads []sim.LoadSummary `json:"loads"`
 }
 
 // CPU is CPU time in seconds by process, from each chunk's first arrival
@@ -279,7 +281,7 @@ func (r *Rig) MeasureFleet(ctx context.Context, spec RunSpec, c consumer, gws []
 		}
 		cpu.Other = (a.machine - b.machine).Seconds() - cpu.Gateway - cpu.Broker - cpu.Bench - cpu.LoadGenerator - cpu.Postgres
 		run.CPU = run.CPU.add(cpu)
-		run.Loads = append(run.Loads, res.SimSummary)
+		run.Loads = append(run.Loads, res.LoadSummary)
 		for i, gw := range gws {
 			for k, v := range counterDelta(before[i], gw.Metrics()) {
 				run.Gateway.Counters[k] += v

@@ -1,4 +1,4 @@
-package main
+package sim
 
 import (
 	"bufio"
@@ -8,122 +8,43 @@ import (
 	"io"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/spf13/cobra"
-
 	"github.com/iotgw/iotgw/pkg/device"
-	"github.com/iotgw/iotgw/pkg/envelope"
 )
 
-// loadOptions are the flags of "iotgw sim load".
-type loadOptions struct {
-	devices        int
-	deviceIDs      string
-	idPrefix       string
-	messages       int
-	rate           float64
-	connections    int
-	window         int
-	dialParallel   int
-	publishTimeout time.Duration
-	expectReplies  bool
-	replyTimeout   time.Duration
-	record         string
-	json           bool
+// LoadOptions configure Load (the flags of "iotgw sim load").
+type LoadOptions struct {
+	// Messages is the number of messages per device.
+	Messages int
+	// Rate is the total paced rate over all devices in msg/s (0: as fast
+	// as the window allows).
+	Rate float64
+	// Window bounds the PUBLISHes awaiting their PUBACK per connection.
+	Window int
+	// DialParallel is the number of connections set up at once.
+	DialParallel int
+	// PublishTimeout is the longest wait for one PUBACK.
+	PublishTimeout time.Duration
+	// ExpectReplies subscribes every device to its replies, verifies and
+	// counts them.
+	ExpectReplies bool
+	// ReplyTimeout is, with ExpectReplies, the longest wait for the last
+	// replies.
+	ReplyTimeout time.Duration
+	// Record, when set, is a file that gets "<device_id> <message_id>" per
+	// acknowledged message.
+	Record string
+	// JSON prints the summary as one JSON object.
+	JSON bool
 }
 
-func newSimLoadCmd(so *simOptions) *cobra.Command {
-	var o loadOptions
-	cmd := &cobra.Command{
-		Use:   "load --devices N|--device-ids A,B,... --messages M [--rate R] [--expect-replies] [--json]",
-		Short: "Publish signed QoS 1 messages from many devices and report the throughput",
-		Long: `load connects every device with its own certificate and connection (the
-broker's ACL lets a certificate publish only on its own device/<id>/data,
-so one connection cannot speak for several devices), then each device
-publishes --messages signed QoS 1 messages with the payload
-{"seq":<1..M>,"sent_ns":<Unix nanoseconds at send>}.
-
---devices N uses the ids <--id-prefix>1 .. <--id-prefix>N; each needs a
-certificate (iotgw pki issue) and a registered secret (iotgw device add).
-Every connection costs a TLS handshake, a socket (mind ulimit -n) and a few
-goroutines here and in the broker; see docs/DEMO.md.
-
---rate paces the total over all devices (0: as fast as the window allows).
-Each connection keeps at most --window PUBLISHes awaiting their PUBACK.
-With --expect-replies each device also subscribes to device/<id>/response,
-verifies every reply's signature and waits up to --reply-timeout for one
-reply per acknowledged message; the summary gives reply counts and
-round-trip latency (publish to verified reply). --record FILE writes
-"<device_id> <message_id>" for every message the broker acknowledged.
-
-The summary is printed as text, or with --json as one JSON object. The exit
-status is 1 when a publish failed or, with --expect-replies, when a reply
-was missing or failed verification.`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := so.check(); err != nil {
-				return err
-			}
-			ids, err := o.ids()
-			if err != nil {
-				return err
-			}
-			if o.messages < 1 || o.rate < 0 || o.window < 1 || o.dialParallel < 1 || o.publishTimeout <= 0 || o.replyTimeout <= 0 {
-				return usagef("sim load: need --messages ≥ 1, --rate ≥ 0, --window ≥ 1, --dial-parallel ≥ 1 and positive timeouts")
-			}
-			if o.connections != 0 && o.connections != len(ids) {
-				return usagef("sim load: --connections %d: every device needs its own connection (the broker ACL allows a certificate "+
-					"to publish only on its own topic); issue a certificate per device and leave --connections at 0", o.connections)
-			}
-			return runLoad(cmd.Context(), so, o, ids, cmd.OutOrStdout())
-		},
-	}
-	f := cmd.Flags()
-	f.IntVar(&o.devices, "devices", 0, "number of devices, named <id-prefix>1..N")
-	f.StringVar(&o.deviceIDs, "device-ids", "", "comma-separated device ids, instead of --devices")
-	f.StringVar(&o.idPrefix, "id-prefix", "sim-", "prefix of the ids made by --devices")
-	f.IntVar(&o.messages, "messages", 100, "messages per device")
-	f.Float64Var(&o.rate, "rate", 0, "total messages per second over all devices (0: unpaced)")
-	f.IntVar(&o.connections, "connections", 0, "connections (0: one per device, the only value the project ACL allows)")
-	f.IntVar(&o.window, "window", 64, "PUBLISHes awaiting PUBACK per connection")
-	f.IntVar(&o.dialParallel, "dial-parallel", 32, "connections set up at once")
-	f.DurationVar(&o.publishTimeout, "publish-timeout", 10*time.Second, "longest wait for one PUBACK")
-	f.BoolVar(&o.expectReplies, "expect-replies", false, "subscribe to the replies, verify and count them")
-	f.DurationVar(&o.replyTimeout, "reply-timeout", 30*time.Second, "with --expect-replies, longest wait for the last replies")
-	f.StringVar(&o.record, "record", "", "write \"<device_id> <message_id>\" per acknowledged message to this file")
-	f.BoolVar(&o.json, "json", false, "print the summary as one JSON object")
-	return cmd
-}
-
-// ids returns the device ids from --devices or --device-ids.
-func (o *loadOptions) ids() ([]string, error) {
-	if (o.devices > 0) == (o.deviceIDs != "") {
-		return nil, usagef("sim load: give exactly one of --devices N (N ≥ 1) and --device-ids")
-	}
-	if o.deviceIDs != "" {
-		ids, err := splitIDs("--device-ids", o.deviceIDs)
-		if err == nil && len(ids) == 0 {
-			err = usagef("sim load: --device-ids is empty")
-		}
-		return ids, err
-	}
-	ids := make([]string, o.devices)
-	for i := range ids {
-		ids[i] = o.idPrefix + strconv.Itoa(i+1)
-	}
-	if last := ids[len(ids)-1]; !envelope.ValidDeviceID(last) {
-		return nil, usagef("sim load: --id-prefix %q makes %q, not a device id (1-64 characters of [A-Za-z0-9_.-])", o.idPrefix, last)
-	}
-	return ids, nil
-}
-
-// loadSummary is the result of a load run; --json prints it as is.
-type loadSummary struct {
+// LoadSummary is the result of a load run; LoadOptions.JSON prints it as
+// is, and test/perf reads it.
+type LoadSummary struct {
 	Devices           int           `json:"devices"`
 	Connections       int           `json:"connections"`
 	MessagesPerDevice int           `json:"messages_per_device"`
@@ -138,11 +59,11 @@ type loadSummary struct {
 	DurationSeconds   float64       `json:"duration_seconds"`
 	MsgPerSecond      float64       `json:"msg_per_sec"`
 	Interrupted       bool          `json:"interrupted,omitempty"`
-	Replies           *replySummary `json:"replies,omitempty"`
+	Replies           *ReplySummary `json:"replies,omitempty"`
 }
 
-// replySummary counts the replies of a load run.
-type replySummary struct {
+// ReplySummary counts the replies of a load run (LoadOptions.ExpectReplies).
+type ReplySummary struct {
 	Received     int64              `json:"received"`
 	OK           int64              `json:"ok"`
 	OtherStatus  int64              `json:"other_status"`
@@ -165,8 +86,8 @@ type loadDevice struct {
 
 // load is the state of one run.
 type load struct {
-	so  *simOptions
-	o   loadOptions
+	so  *Options
+	o   LoadOptions
 	f   *fleet
 	dev []*loadDevice
 
@@ -175,7 +96,7 @@ type load struct {
 	next                   atomic.Int64 // pacing slot
 
 	rmu       sync.Mutex // guards the reply counters below
-	replies   replySummary
+	replies   ReplySummary
 	matched   int64
 	latencies []time.Duration
 
@@ -183,14 +104,20 @@ type load struct {
 	recMu  sync.Mutex
 }
 
-func runLoad(ctx context.Context, so *simOptions, o loadOptions, ids []string, out io.Writer) error {
-	f, err := openFleet(ctx, so, ids)
+// Load connects every device of ids with its own certificate and
+// connection, then each publishes o.Messages signed QoS 1 messages with
+// the payload {"seq":<1..M>,"sent_ns":<Unix nanoseconds at send>}. It
+// prints a LoadSummary to out and returns an error wrapping ErrFailed
+// when a publish failed or, with o.ExpectReplies, a reply was missing or
+// failed verification.
+func Load(ctx context.Context, so *Options, o LoadOptions, ids []string, out io.Writer) error {
+	f, err := openFleet(so, ids)
 	if err != nil {
 		return err
 	}
-	l := &load{so: so, o: o, f: f, replies: replySummary{Rejected: map[string]int64{}}}
-	if o.record != "" {
-		rf, err := os.Create(o.record)
+	l := &load{so: so, o: o, f: f, replies: ReplySummary{Rejected: map[string]int64{}}}
+	if o.Record != "" {
+		rf, err := os.Create(o.Record)
 		if err != nil {
 			return fmt.Errorf("record: %w", err)
 		}
@@ -203,8 +130,8 @@ func runLoad(ctx context.Context, so *simOptions, o loadOptions, ids []string, o
 	if err != nil {
 		return err
 	}
-	s := loadSummary{Devices: len(ids), Connections: len(ids), MessagesPerDevice: o.messages, Planned: len(ids) * o.messages,
-		Rate: o.rate, Window: o.window, ConnectSeconds: time.Since(t0).Seconds()}
+	s := LoadSummary{Devices: len(ids), Connections: len(ids), MessagesPerDevice: o.Messages, Planned: len(ids) * o.Messages,
+		Rate: o.Rate, Window: o.Window, ConnectSeconds: time.Since(t0).Seconds()}
 
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -222,7 +149,7 @@ func runLoad(ctx context.Context, so *simOptions, o loadOptions, ids []string, o
 	if elapsed > 0 {
 		s.MsgPerSecond = float64(s.Acked) / elapsed.Seconds()
 	}
-	if o.expectReplies {
+	if o.ExpectReplies {
 		s.Replies = l.awaitReplies(ctx, s.Acked)
 	}
 	s.Interrupted = ctx.Err() != nil
@@ -231,7 +158,7 @@ func runLoad(ctx context.Context, so *simOptions, o loadOptions, ids []string, o
 			return fmt.Errorf("record: %w", err)
 		}
 	}
-	if o.json {
+	if o.JSON {
 		err = json.NewEncoder(out).Encode(s)
 	} else {
 		err = printLoad(out, s)
@@ -243,9 +170,9 @@ func runLoad(ctx context.Context, so *simOptions, o loadOptions, ids []string, o
 	case s.Interrupted:
 		return ctx.Err()
 	case s.PublishErrors > 0:
-		return fmt.Errorf("%w: %d publishes failed (first: %s)", errSimFailed, s.PublishErrors, s.FirstError)
+		return fmt.Errorf("%w: %d publishes failed (first: %s)", ErrFailed, s.PublishErrors, s.FirstError)
 	case s.Replies != nil && (s.Replies.Missing > 0 || s.Replies.BadSignature > 0):
-		return fmt.Errorf("%w: %d replies missing, %d failed verification", errSimFailed, s.Replies.Missing, s.Replies.BadSignature)
+		return fmt.Errorf("%w: %d replies missing, %d failed verification", ErrFailed, s.Replies.Missing, s.Replies.BadSignature)
 	}
 	return nil
 }
@@ -253,7 +180,7 @@ func runLoad(ctx context.Context, so *simOptions, o loadOptions, ids []string, o
 // connect connects every device, --dial-parallel at a time.
 func (l *load) connect(ctx context.Context, ids []string) error {
 	l.dev = make([]*loadDevice, len(ids))
-	sem := make(chan struct{}, l.o.dialParallel)
+	sem := make(chan struct{}, l.o.DialParallel)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failed int
@@ -287,7 +214,7 @@ func (l *load) connect(ctx context.Context, ids []string) error {
 func (l *load) dial(ctx context.Context, id string) (*loadDevice, error) {
 	d := &loadDevice{id: id}
 	var onDownlink func(*device.Reply, error)
-	if l.o.expectReplies {
+	if l.o.ExpectReplies {
 		d.sent = map[string]time.Time{}
 		onDownlink = func(r *device.Reply, err error) { l.reply(d, r, err) }
 	}
@@ -313,9 +240,9 @@ func (l *load) disconnect() {
 
 // publish sends d's messages, keeping at most --window unacknowledged.
 func (l *load) publish(ctx context.Context, d *loadDevice, start time.Time) {
-	window := make([]*device.Pending, 0, l.o.window)
+	window := make([]*device.Pending, 0, l.o.Window)
 	payload := make([]byte, 0, 64)
-	for seq := 1; seq <= l.o.messages; seq++ {
+	for seq := 1; seq <= l.o.Messages; seq++ {
 		if !l.pace(ctx, start) {
 			break
 		}
@@ -329,7 +256,7 @@ func (l *load) publish(ctx context.Context, d *loadDevice, start time.Time) {
 		}
 		window = append(window, d.dev.Send(m))
 		l.published.Add(1)
-		if len(window) == l.o.window {
+		if len(window) == l.o.Window {
 			l.settle(ctx, d, window[0])
 			window = window[1:]
 		}
@@ -344,11 +271,11 @@ func (l *load) pace(ctx context.Context, start time.Time) bool {
 	if ctx.Err() != nil {
 		return false
 	}
-	if l.o.rate <= 0 {
+	if l.o.Rate <= 0 {
 		return true
 	}
 	n := l.next.Add(1) - 1
-	due := start.Add(time.Duration(float64(n) * float64(time.Second) / l.o.rate))
+	due := start.Add(time.Duration(float64(n) * float64(time.Second) / l.o.Rate))
 	if wait := time.Until(due); wait > 0 {
 		return sleepCtx(ctx, wait)
 	}
@@ -357,7 +284,7 @@ func (l *load) pace(ctx context.Context, start time.Time) bool {
 
 // settle waits for one PUBACK and counts it.
 func (l *load) settle(ctx context.Context, d *loadDevice, p *device.Pending) {
-	wctx, cancel := context.WithTimeout(ctx, l.o.publishTimeout)
+	wctx, cancel := context.WithTimeout(ctx, l.o.PublishTimeout)
 	err := p.Wait(wctx)
 	cancel()
 	if err != nil {
@@ -414,9 +341,9 @@ func (l *load) reply(d *loadDevice, r *device.Reply, err error) {
 
 // awaitReplies waits until every acknowledged message has its reply, or
 // --reply-timeout, and summarizes the replies.
-func (l *load) awaitReplies(ctx context.Context, acked int64) *replySummary {
+func (l *load) awaitReplies(ctx context.Context, acked int64) *ReplySummary {
 	start := time.Now()
-	deadline := start.Add(l.o.replyTimeout)
+	deadline := start.Add(l.o.ReplyTimeout)
 	for {
 		l.rmu.Lock()
 		done := l.matched >= acked
@@ -439,7 +366,7 @@ func (l *load) awaitReplies(ctx context.Context, acked int64) *replySummary {
 	return &s
 }
 
-func printLoad(w io.Writer, s loadSummary) error {
+func printLoad(w io.Writer, s LoadSummary) error {
 	rate := "unpaced"
 	if s.Rate > 0 {
 		rate = fmt.Sprintf("%g msg/s", s.Rate)

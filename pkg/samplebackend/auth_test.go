@@ -1,4 +1,4 @@
-package main
+package samplebackend
 
 import (
 	"bytes"
@@ -8,10 +8,12 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/backendsig"
 	"github.com/iotgw/iotgw/pkg/forward"
 )
 
@@ -79,14 +81,14 @@ func TestBackendRequiresSignatureAndToken(t *testing.T) {
 	noSig, _ := sendWith(t, tokenFile, "")
 	noToken, _ := sendWith(t, "", keyFile)
 
-	o := backendOptions{bearerTokenFile: tokenFile, signingKeyFile: keyFile, signingScheme: forward.SchemeV2, signingMaxSkew: 5 * time.Minute}
-	b, err := newBackend(o)
+	o := Options{BearerTokenFile: tokenFile, SigningKeyFile: keyFile, SigningScheme: backendsig.SchemeV2, SigningMaxSkew: 5 * time.Minute}
+	b, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var logBuf bytes.Buffer
 	b.errOut = &logBuf
-	h := b.routes()
+	h := b.Handler()
 	tests := []struct {
 		name   string
 		req    captured
@@ -153,14 +155,14 @@ func TestBackendAuthFlags(t *testing.T) {
 	if err := os.Chmod(open, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range []backendOptions{
-		{signingKeyFile: "/nonexistent/key", signingMaxSkew: time.Minute},
-		{signingKeyFile: open, signingMaxSkew: time.Minute},
-		{signingKeyFile: writeSecret(t, "short"), signingMaxSkew: time.Minute},
-		{bearerTokenFile: writeSecret(t, "a\nb"), signingMaxSkew: time.Minute},
-		{signingKeyFile: writeSecret(t, authKey), signingScheme: "v3", signingMaxSkew: time.Minute},
+	for _, o := range []Options{
+		{SigningKeyFile: "/nonexistent/key", SigningMaxSkew: time.Minute},
+		{SigningKeyFile: open, SigningMaxSkew: time.Minute},
+		{SigningKeyFile: writeSecret(t, "short"), SigningMaxSkew: time.Minute},
+		{BearerTokenFile: writeSecret(t, "a\nb"), SigningMaxSkew: time.Minute},
+		{SigningKeyFile: writeSecret(t, authKey), SigningScheme: "v3", SigningMaxSkew: time.Minute},
 	} {
-		_, err := newBackend(o)
+		_, err := New(o)
 		if err == nil || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), authKey) {
 			t.Errorf("%+v: %v, want one line without the secret", o, err)
 		}
@@ -175,12 +177,12 @@ func TestBackendAuthFlags(t *testing.T) {
 func TestBackendRecordsSignedMessageID(t *testing.T) {
 	keyFile := writeSecret(t, authKey)
 	single, _ := sendWith(t, "", keyFile)
-	b, err := newBackend(backendOptions{signingKeyFile: keyFile, signingScheme: forward.SchemeV2, signingMaxSkew: 5 * time.Minute})
+	b, err := New(Options{SigningKeyFile: keyFile, SigningScheme: backendsig.SchemeV2, SigningMaxSkew: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b.errOut = io.Discard
-	h := b.routes()
+	h := b.Handler()
 	for range 2 {
 		r := httptest.NewRequest(single.method, single.target, bytes.NewReader(single.body))
 		r.Header = single.header.Clone()
@@ -194,5 +196,47 @@ func TestBackendRecordsSignedMessageID(t *testing.T) {
 	id := single.header.Get("Idempotency-Key")
 	if b.seen[id] != 2 || b.seen[""] != 0 {
 		t.Fatalf("recorded %d under the Idempotency-Key %s and %d under \"\", want 2 and 0", b.seen[id], id, b.seen[""])
+	}
+}
+
+// TestBackendControlNeedsAuth: with --bearer-token-file and
+// --signing-key-file set, an unauthenticated POST /fail (which would make
+// the backend answer the gateway's next message with a final 410, so the
+// message is dropped) and GET /stats are refused with 401 and change
+// nothing; the same requests with the token and a signature are served.
+func TestBackendControlNeedsAuth(t *testing.T) {
+	tokenFile, keyFile := writeSecret(t, authToken), writeSecret(t, authKey)
+	b, err := New(Options{BearerTokenFile: tokenFile, SigningKeyFile: keyFile, SigningScheme: backendsig.SchemeV2, SigningMaxSkew: 5 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.errOut = io.Discard
+	h := b.Handler()
+	do := func(method, target string, auth bool) int {
+		r := httptest.NewRequest(method, target, nil)
+		if auth {
+			ts := time.Now().Unix()
+			r.Header.Set("Authorization", "Bearer "+authToken)
+			r.Header.Set(backendsig.TimestampHeader, strconv.FormatInt(ts, 10))
+			r.Header.Set(backendsig.SignatureHeader, backendsig.Sign([]byte(authKey), backendsig.SchemeV2, method, target, backendsig.Signed{}, ts, nil))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	if got := do("POST", "/fail?for=1h&status=410", false); got != http.StatusUnauthorized {
+		t.Errorf("unauthenticated POST /fail = %d, want 401", got)
+	}
+	if !b.failUntil.IsZero() {
+		t.Fatalf("an unauthenticated POST /fail started an outage until %v", b.failUntil)
+	}
+	if got := do("GET", "/stats", false); got != http.StatusUnauthorized {
+		t.Errorf("unauthenticated GET /stats = %d, want 401", got)
+	}
+	if got := do("POST", "/fail?for=1h&status=410", true); got != http.StatusOK || b.failUntil.IsZero() {
+		t.Errorf("authenticated POST /fail = %d (outage until %v), want 200 and an outage", got, b.failUntil)
+	}
+	if got := do("GET", "/stats?message_id=m1", true); got != http.StatusOK {
+		t.Errorf("authenticated GET /stats = %d, want 200", got)
 	}
 }

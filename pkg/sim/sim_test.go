@@ -1,4 +1,4 @@
-package main
+package sim
 
 import (
 	"os"
@@ -26,7 +26,7 @@ func TestSecretsFromFile(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			got, err := secretsFromFile(path)
+			got, err := ReadSecretsFile(path)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
@@ -43,39 +43,6 @@ func TestSecretsFromFile(t *testing.T) {
 				if string(got[id]) != s {
 					t.Errorf("secret of %s = %q, want %q", id, got[id], s)
 				}
-			}
-		})
-	}
-}
-
-func TestLoadIDs(t *testing.T) {
-	tests := []struct {
-		name    string
-		o       loadOptions
-		want    string
-		wantErr string
-	}{
-		{"count", loadOptions{devices: 3, idPrefix: "sim-"}, "sim-1,sim-2,sim-3", ""},
-		{"list", loadOptions{deviceIDs: "a, b,,c"}, "a,b,c", ""},
-		{"both", loadOptions{devices: 1, deviceIDs: "a"}, "", "exactly one"},
-		{"neither", loadOptions{}, "", "exactly one"},
-		{"duplicate", loadOptions{deviceIDs: "a,a"}, "", "given twice"},
-		{"bad prefix", loadOptions{devices: 2, idPrefix: "a/"}, "", "not a device id"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ids, err := tc.o.ids()
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want one containing %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := strings.Join(ids, ","); got != tc.want {
-				t.Errorf("ids = %s, want %s", got, tc.want)
 			}
 		})
 	}
@@ -110,5 +77,46 @@ func TestPercentiles(t *testing.T) {
 	}
 	if got := percentiles(nil, 50); got[0] != 0 {
 		t.Errorf("percentiles(nil) = %v", got)
+	}
+}
+
+// TestPrintTableFits120 (issue 16, item 15): the demo's own rows made a
+// table 242 characters wide; long cells now wrap at word boundaries in
+// their column, so every line fits 120 characters and keeps every word.
+func TestPrintTableFits120(t *testing.T) {
+	rows := []demoRow{
+		{`(o) "intruder" connects with the gateway's client id "iotgw:gateway"`, "intruder gets nothing; readings all answered 200",
+			"intruder got 0; 6/6 answered 200, backend got 6/6 once", true},
+		{"(p) sensor_001 floods 2000 validly signed messages", "most rate_limited, ≤ ~1 notice/s, sensor_002 still answered",
+			"1783/2000 refused (rate_limited), 1 rate_limited notices in 1.2 s, sensor_002 answered in 18 ms", true},
+		{`(j) unregistered device "intruder" with a valid certificate`, "no reply, not forwarded (unknown_device)",
+			"no reply; gateway counted unknown_device +1, backend: not seen", false},
+		{"(x) " + strings.Repeat("a", 150), "b", "c", true},
+	}
+	var b strings.Builder
+	if err := printTable(&b, rows); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, l := range strings.Split(out, "\n") {
+		if n := len([]rune(l)); n > 120 {
+			t.Errorf("line of %d characters: %q", n, l)
+		}
+	}
+	for _, r := range rows {
+		for _, cell := range []string{r.Scenario, r.Expected, r.Observed} {
+			for _, w := range strings.Fields(cell) {
+				if len(w) < 30 && !strings.Contains(out, w) {
+					t.Errorf("cell %q lost the word %q in:\n%s", cell, w, out)
+				}
+			}
+		}
+	}
+	if n := strings.Count(out, "a") - strings.Count(rows[0].Scenario+rows[0].Expected+rows[0].Observed+rows[1].Scenario+rows[1].Expected+
+		rows[1].Observed+rows[2].Scenario+rows[2].Expected+rows[2].Observed+"scenarios behaved as expected"+"scenario", "a"); n != 150 {
+		t.Errorf("the 150-letter word kept %d letters", n)
+	}
+	if !strings.Contains(out, "3 of 4 scenarios behaved as expected.") {
+		t.Errorf("no summary line in:\n%s", out)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package samplebackend
 
 import (
 	"bytes"
@@ -13,8 +13,8 @@ import (
 func TestBackend(t *testing.T) {
 	now := time.Unix(1700000000, 0)
 	var log bytes.Buffer
-	b := &backend{now: func() time.Time { return now }, log: &log, seen: map[string]int{}, byDevice: map[string]int{}}
-	h := b.routes()
+	b := &Backend{now: func() time.Time { return now }, log: &log, seen: map[string]int{}, byDevice: map[string]int{}}
+	h := b.Handler()
 	do := func(method, target, msgID, body string) *httptest.ResponseRecorder {
 		req := httptest.NewRequest(method, target, strings.NewReader(body))
 		if msgID != "" {
@@ -56,7 +56,7 @@ func TestBackend(t *testing.T) {
 	}
 
 	w := do("GET", "/stats?message_id=m1", "", "")
-	var s backendStats
+	var s Stats
 	if err := json.Unmarshal(w.Body.Bytes(), &s); err != nil {
 		t.Fatalf("stats: %v: %s", err, w.Body)
 	}
@@ -69,7 +69,7 @@ func TestBackend(t *testing.T) {
 	if len(lines) != 5 {
 		t.Fatalf("log has %d lines, want 5:\n%s", len(lines), log.String())
 	}
-	want := []backendRecord{
+	want := []Record{
 		{PathDeviceID: "d1", MessageID: "m1", Status: 200, Body: json.RawMessage(`{"t":1}`)},
 		{PathDeviceID: "d1", MessageID: "m1", Status: 200, Body: json.RawMessage(`{"t":1}`)},
 		{PathDeviceID: "y/z", MessageID: "m2", Status: 200, Body: json.RawMessage(`"not json"`)},
@@ -77,7 +77,7 @@ func TestBackend(t *testing.T) {
 		{PathDeviceID: "d1", MessageID: "m3", Status: 200, Body: json.RawMessage(`{}`)},
 	}
 	for i, line := range lines {
-		var r backendRecord
+		var r Record
 		if err := json.Unmarshal([]byte(line), &r); err != nil {
 			t.Fatalf("log line %d: %v: %s", i, err, line)
 		}
@@ -92,11 +92,11 @@ func TestBackend(t *testing.T) {
 
 func TestBackendOutageFromFlags(t *testing.T) {
 	now := time.Unix(1700000000, 0)
-	b := &backend{now: func() time.Time { return now }, seen: map[string]int{}, byDevice: map[string]int{},
+	b := &Backend{now: func() time.Time { return now }, seen: map[string]int{}, byDevice: map[string]int{},
 		failUntil: now.Add(time.Second), failStatus: http.StatusServiceUnavailable}
 	post := func() int {
 		w := httptest.NewRecorder()
-		b.routes().ServeHTTP(w, httptest.NewRequest("POST", "/ingest/d1", strings.NewReader("{}")))
+		b.Handler().ServeHTTP(w, httptest.NewRequest("POST", "/ingest/d1", strings.NewReader("{}")))
 		return w.Code
 	}
 	if got := post(); got != 503 {
@@ -111,8 +111,8 @@ func TestBackendOutageFromFlags(t *testing.T) {
 // TestBackendBatch: POST /batch records each item and answers them in order.
 func TestBackendBatch(t *testing.T) {
 	var log bytes.Buffer
-	b := &backend{now: time.Now, log: &log, seen: map[string]int{}, byDevice: map[string]int{}}
-	h := b.routes()
+	b := &Backend{now: time.Now, log: &log, seen: map[string]int{}, byDevice: map[string]int{}}
+	h := b.Handler()
 	post := func(body string) *httptest.ResponseRecorder {
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, httptest.NewRequest("POST", "/batch", strings.NewReader(body)))

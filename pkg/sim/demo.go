@@ -1,4 +1,4 @@
-package main
+package sim
 
 import (
 	"bufio"
@@ -17,92 +17,44 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/spf13/cobra"
 
 	"github.com/iotgw/iotgw/pkg/device"
 	"github.com/iotgw/iotgw/pkg/envelope"
-	"github.com/iotgw/iotgw/pkg/mqttio"
+	"github.com/iotgw/iotgw/pkg/samplebackend"
 )
 
-// demoOptions are the flags of "iotgw sim demo".
-type demoOptions struct {
-	devices      string
-	intruder     string
-	readings     int
-	timeout      time.Duration
-	quiet        time.Duration
-	backendLog   string
-	backendStats string
-	metrics      string
-	json         bool
-	flood        int
-	// gatewayClientID is the gateway's mqtt.client_id, for the session
-	// takeover row.
-	gatewayClientID string
-}
-
-func newSimDemoCmd(so *simOptions) *cobra.Command {
-	var o demoOptions
-	cmd := &cobra.Command{
-		Use:   "demo --db FILE|--secrets-file FILE [--devices A,B] [--intruder ID] [--backend-log FILE|--backend-stats URL] [--metrics URL]",
-		Short: "Send valid readings, then each attack one at a time, and print a verdict table",
-		Long: `demo connects the first two --devices (their certificates and registered
-secrets are needed), sends --readings valid readings from each, then runs
-each attack one at a time and waits, for at most --timeout, for its outcome
-on the device's own device/<id>/response, checking every reply's signature
-with the device's downlink key. Scenarios that expect silence wait until a later
-valid message from the same device has been answered, then --quiet more.
-
-With --backend-log (the file of "iotgw backend --log") or --backend-stats
-(its /stats URL) every row also checks what reached the backend; with
---metrics (the gateway's /metrics URL) the unregistered-device row checks
-iotgw_messages_rejected_total{reason="unknown_device"}.
-
-It prints scenario | expected | observed | result and exits 1 if any row
-fails. docs/DEMO.md explains each row.`,
-		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := so.check(); err != nil {
-				return err
-			}
-			ids, err := splitIDs("--devices", o.devices)
-			if err != nil {
-				return err
-			}
-			if len(ids) != 2 {
-				return usagef("sim demo: --devices wants two device ids, got %d", len(ids))
-			}
-			if o.readings < 1 || o.timeout <= 0 || o.quiet < 0 {
-				return usagef("sim demo: --readings ≥ 1, --timeout > 0 and --quiet ≥ 0 are required")
-			}
-			if o.backendLog != "" && o.backendStats != "" {
-				return usagef("sim demo: give at most one of --backend-log and --backend-stats")
-			}
-			if o.intruder != "" && !envelope.ValidDeviceID(o.intruder) {
-				return usagef("sim demo: --intruder %q is not a device id", o.intruder)
-			}
-			return runDemo(cmd.Context(), so, o, ids, cmd.OutOrStdout())
-		},
-	}
-	f := cmd.Flags()
-	f.StringVar(&o.devices, "devices", "sensor_001,sensor_002", "the two registered devices that play the scenarios")
-	f.StringVar(&o.intruder, "intruder", "intruder", "a device with a certificate but no registry entry (\"\" skips that row)")
-	f.IntVar(&o.readings, "readings", 3, "valid readings sent by each device first")
-	f.DurationVar(&o.timeout, "timeout", 5*time.Second, "longest wait for each outcome")
-	f.DurationVar(&o.quiet, "quiet", time.Second, "extra wait for scenarios that expect no reply")
-	f.StringVar(&o.backendLog, "backend-log", "", "request log of \"iotgw backend --log\", to check what reached the backend")
-	f.StringVar(&o.backendStats, "backend-stats", "", "URL of the sample backend's /stats, instead of --backend-log")
-	f.StringVar(&o.metrics, "metrics", "", "URL of the gateway's /metrics, to confirm unknown_device rejections")
-	f.BoolVar(&o.json, "json", false, "print the rows as one JSON object instead of a table")
-	f.IntVar(&o.flood, "flood", 2000, "validly signed messages the first device floods in the last row (0 skips it)")
-	f.StringVar(&o.gatewayClientID, "gateway-client-id", mqttio.DefaultClientID, "the gateway's mqtt.client_id, which the takeover row asks for with the --intruder's certificate")
-	return cmd
+// DemoOptions configure Demo (the flags of "iotgw sim demo").
+type DemoOptions struct {
+	// Intruder is a device with a certificate but no registry entry ("":
+	// skip that row).
+	Intruder string
+	// Readings is the number of valid readings each device sends first.
+	Readings int
+	// Timeout is the longest wait for each outcome.
+	Timeout time.Duration
+	// Quiet is the extra wait of the rows that expect no reply.
+	Quiet time.Duration
+	// BackendLog is the request log of the sample backend, to check what
+	// reached the backend; BackendStats is its /stats URL instead.
+	BackendLog, BackendStats string
+	// Metrics is the gateway's /metrics URL, to confirm unknown_device
+	// rejections ("": not checked).
+	Metrics string
+	// JSON prints the rows as one JSON object instead of a table.
+	JSON bool
+	// Flood is the number of validly signed messages the first device
+	// floods in the last row (0 skips it).
+	Flood int
+	// GatewayClientID is the gateway's mqtt.client_id, which the takeover
+	// row asks for with the intruder's certificate.
+	GatewayClientID string
 }
 
 // demoRow is one line of the verdict table.
@@ -143,8 +95,8 @@ type reply struct {
 
 // demo runs the scenarios.
 type demo struct {
-	so   *simOptions
-	o    demoOptions
+	so   *Options
+	o    DemoOptions
 	f    *fleet
 	a, b *demoDevice
 	rows []demoRow
@@ -155,8 +107,17 @@ type demo struct {
 	noticeAt map[string]time.Time
 }
 
-func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, out io.Writer) error {
-	f, err := openFleet(ctx, so, ids)
+// Demo connects devices ids[0] and ids[1], sends o.Readings valid
+// readings from each, then runs each attack one at a time and waits, for
+// at most o.Timeout, for its outcome on the device's own response topic,
+// checking every reply's signature with the device's downlink key. It
+// prints one row per scenario to out (a table, or JSON) and returns an
+// error wrapping ErrFailed when a row did not behave as expected.
+func Demo(ctx context.Context, so *Options, o DemoOptions, ids []string, out io.Writer) error {
+	if len(ids) != 2 {
+		return fmt.Errorf("sim demo: want two device ids, got %d", len(ids))
+	}
+	f, err := openFleet(so, ids)
 	if err != nil {
 		return err
 	}
@@ -200,7 +161,7 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 			failed++
 		}
 	}
-	if o.json {
+	if o.JSON {
 		err = json.NewEncoder(out).Encode(struct {
 			Rows   []demoRow `json:"rows"`
 			Failed int       `json:"failed"`
@@ -212,7 +173,7 @@ func runDemo(ctx context.Context, so *simOptions, o demoOptions, ids []string, o
 		return fmt.Errorf("print: %w", err)
 	}
 	if failed > 0 {
-		return fmt.Errorf("%w: %d of %d scenarios did not behave as expected", errSimFailed, failed, len(d.rows))
+		return fmt.Errorf("%w: %d of %d scenarios did not behave as expected", ErrFailed, failed, len(d.rows))
 	}
 	return nil
 }
@@ -224,7 +185,7 @@ func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevi
 	var err error
 	dev.Device, err = d.f.device(ctx, id, secret, false, dev.received)
 	if err != nil {
-		return nil, fmt.Errorf("connect %s to %s: %w", id, d.so.broker, err)
+		return nil, fmt.Errorf("connect %s to %s: %w", id, d.so.Broker, err)
 	}
 	return dev, nil
 }
@@ -290,7 +251,7 @@ func (dev *demoDevice) since(mark int) []reply {
 
 // publish sends raw on topic at QoS 1 and waits for the broker's PUBACK.
 func (d *demo) publish(dev *demoDevice, topic string, raw []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), d.o.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), d.o.Timeout)
 	defer cancel()
 	return dev.PublishRaw(ctx, topic, raw)
 }
@@ -307,9 +268,9 @@ func (d *demo) valid(ctx context.Context) []byte {
 	var first []byte
 	for _, dev := range []*demoDevice{d.a, d.b} {
 		row := demoRow{Scenario: "(a) valid readings from " + dev.id,
-			Expected: fmt.Sprintf("%d forwarded, status 200", d.o.readings)}
+			Expected: fmt.Sprintf("%d forwarded, status 200", d.o.Readings)}
 		ok, seen, problems := 0, 0, []string(nil)
-		for i := 1; i <= d.o.readings; i++ {
+		for i := 1; i <= d.o.Readings; i++ {
 			m, problem := d.request(ctx, dev, reading(i))
 			if problem != "" {
 				problems = append(problems, problem)
@@ -323,14 +284,14 @@ func (d *demo) valid(ctx context.Context) []byte {
 				seen++
 			}
 		}
-		row.Observed = fmt.Sprintf("%d/%d status 200", ok, d.o.readings)
+		row.Observed = fmt.Sprintf("%d/%d status 200", ok, d.o.Readings)
 		if d.hasBackend() {
-			row.Observed += fmt.Sprintf(", backend got %d/%d", seen, d.o.readings)
+			row.Observed += fmt.Sprintf(", backend got %d/%d", seen, d.o.Readings)
 		}
 		if len(problems) > 0 {
 			row.Observed += " (" + problems[0] + ")"
 		}
-		row.Pass = ok == d.o.readings && len(problems) == 0 && (!d.hasBackend() || seen == d.o.readings)
+		row.Pass = ok == d.o.Readings && len(problems) == 0 && (!d.hasBackend() || seen == d.o.Readings)
 		d.rows = append(d.rows, row)
 	}
 	return first
@@ -342,7 +303,7 @@ func (d *demo) valid(ctx context.Context) []byte {
 // the backend answered 200, else what happened instead.
 func (d *demo) request(ctx context.Context, dev *demoDevice, payload []byte) (device.Message, string) {
 	m := dev.Sign(time.Now(), payload)
-	ctx, cancel := context.WithTimeout(ctx, 2*d.o.timeout) // the PUBACK, then the reply
+	ctx, cancel := context.WithTimeout(ctx, 2*d.o.Timeout) // the PUBACK, then the reply
 	defer cancel()
 	r, err := dev.RequestMessage(ctx, m)
 	var rej *device.RejectedError
@@ -375,10 +336,10 @@ func (d *demo) expectRejectionN(ctx context.Context, name string, dev *demoDevic
 		row.Observed = "publish failed: " + err.Error()
 		return row
 	}
-	r, got := dev.replyTo(ctx, mark, id, d.o.timeout)
+	r, got := dev.replyTo(ctx, mark, id, d.o.Timeout)
 	switch {
 	case !got:
-		row.Observed = fmt.Sprintf("no reply in %v", d.o.timeout)
+		row.Observed = fmt.Sprintf("no reply in %v", d.o.Timeout)
 	case !r.Verified:
 		row.Observed = r.Problem
 	default:
@@ -492,7 +453,7 @@ func (d *demo) silence(ctx context.Context, dev *demoDevice, mark int, id string
 	if _, problem := d.request(ctx, dev, reading(99)); problem != "" {
 		return fmt.Sprintf("probe from %s not answered with 200 (%s)", dev.id, problem), false
 	}
-	if ok := sleepCtx(ctx, d.o.quiet); !ok {
+	if ok := sleepCtx(ctx, d.o.Quiet); !ok {
 		return ctx.Err().Error(), false
 	}
 	if n := replyIDs(dev.since(mark), id); n > 0 {
@@ -593,7 +554,7 @@ func selfSigned(cn string) (tls.Certificate, error) {
 // intruder connects with a valid certificate for an unregistered id and
 // sends a message signed with a made-up secret.
 func (d *demo) intruder(ctx context.Context) demoRow {
-	id := d.o.intruder
+	id := d.o.Intruder
 	row := demoRow{Scenario: fmt.Sprintf("(j) unregistered device %q with a valid certificate", id),
 		Expected: "no reply, not forwarded (unknown_device)"}
 	if id == "" {
@@ -614,9 +575,9 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 		return row
 	}
 	counted := ""
-	if d.o.metrics != "" && metricErr == nil {
+	if d.o.Metrics != "" && metricErr == nil {
 		// Wait until the gateway has judged it, then a moment for a reply.
-		deadline := time.Now().Add(d.o.timeout)
+		deadline := time.Now().Add(d.o.Timeout)
 		for {
 			after, err := d.rejectedCount(ctx, "unknown_device")
 			if err == nil && after > before {
@@ -624,7 +585,7 @@ func (d *demo) intruder(ctx context.Context) demoRow {
 				break
 			}
 			if time.Now().After(deadline) || !sleepCtx(ctx, 100*time.Millisecond) {
-				counted = fmt.Sprintf("; unknown_device not counted in %v", d.o.timeout)
+				counted = fmt.Sprintf("; unknown_device not counted in %v", d.o.Timeout)
 				break
 			}
 		}
@@ -667,7 +628,7 @@ func (d *demo) get(ctx context.Context, u string) ([]byte, error) {
 	return body, nil
 }
 
-func (d *demo) hasBackend() bool { return d.o.backendLog != "" || d.o.backendStats != "" }
+func (d *demo) hasBackend() bool { return d.o.BackendLog != "" || d.o.BackendStats != "" }
 
 // checkBackend adds what the backend saw of id to an observation: it must
 // have answered id with 200 exactly want times.
@@ -690,8 +651,8 @@ func (d *demo) checkBackend(ctx context.Context, obs string, pass bool, id strin
 
 // backendCount returns how many times the backend answered id with 200.
 func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
-	if d.o.backendStats != "" {
-		u, err := url.Parse(d.o.backendStats)
+	if d.o.BackendStats != "" {
+		u, err := url.Parse(d.o.BackendStats)
 		if err != nil {
 			return 0, err
 		}
@@ -702,16 +663,16 @@ func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		var s backendStats
+		var s samplebackend.Stats
 		if err := json.Unmarshal(body, &s); err != nil || s.MessageOK == nil {
-			return 0, fmt.Errorf("%s is not the sample backend's /stats", d.o.backendStats)
+			return 0, fmt.Errorf("%s is not the sample backend's /stats", d.o.BackendStats)
 		}
 		return *s.MessageOK, nil
 	}
-	if d.o.backendLog == "" {
+	if d.o.BackendLog == "" {
 		return 0, errors.New("no backend given")
 	}
-	f, err := os.Open(d.o.backendLog)
+	f, err := os.Open(d.o.BackendLog)
 	if err != nil {
 		return 0, err
 	}
@@ -723,7 +684,7 @@ func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
 		if !strings.Contains(sc.Text(), id) {
 			continue
 		}
-		var rec backendRecord
+		var rec samplebackend.Record
 		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.MessageID == id && rec.Status == http.StatusOK {
 			n++
 		}
@@ -734,7 +695,6 @@ func (d *demo) backendCount(ctx context.Context, id string) (int, error) {
 // printTable prints the rows as an aligned text table.
 func printTable(w io.Writer, rows []demoRow) error {
 	head := []string{"scenario", "expected", "observed", "result"}
-	width := make([]int, len(head))
 	cells := make([][]string, 0, len(rows))
 	for _, r := range rows {
 		res := "PASS"
@@ -743,24 +703,33 @@ func printTable(w io.Writer, rows []demoRow) error {
 		}
 		cells = append(cells, []string{r.Scenario, r.Expected, r.Observed, res})
 	}
-	for i, h := range head {
-		width[i] = len([]rune(h))
-		for _, c := range cells {
-			width[i] = max(width[i], len([]rune(c[i])))
-		}
-	}
+	width := columnWidths(head, cells, tableWidth)
 	var b strings.Builder
 	line := func(c []string) {
+		wrapped := make([][]string, len(c))
+		height := 1
 		for i, s := range c {
-			if i > 0 {
-				b.WriteString(" | ")
-			}
-			b.WriteString(s)
-			if i < len(c)-1 {
-				b.WriteString(strings.Repeat(" ", width[i]-len([]rune(s))))
-			}
+			wrapped[i] = wrap(s, width[i])
+			height = max(height, len(wrapped[i]))
 		}
-		b.WriteByte('\n')
+		for l := range height {
+			var ln strings.Builder
+			for i := range c {
+				var s string
+				if l < len(wrapped[i]) {
+					s = wrapped[i][l]
+				}
+				if i > 0 {
+					ln.WriteString(" | ")
+				}
+				ln.WriteString(s)
+				if i < len(c)-1 {
+					ln.WriteString(strings.Repeat(" ", width[i]-len([]rune(s))))
+				}
+			}
+			b.WriteString(strings.TrimRight(ln.String(), " "))
+			b.WriteByte('\n')
+		}
 	}
 	line(head)
 	for i, wd := range width {
@@ -780,6 +749,69 @@ func printTable(w io.Writer, rows []demoRow) error {
 	fmt.Fprintf(&b, "\n%d of %d scenarios behaved as expected.\n", passed, len(rows))
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// tableWidth is the widest line printTable writes, in characters.
+const tableWidth = 120
+
+// columnWidths returns each column's width: its widest cell when the
+// table fits total; otherwise the columns share what the last one (the
+// verdict, never wrapped) and the separators leave, each narrow column
+// keeping its width and the wide ones splitting the rest evenly.
+func columnWidths(head []string, cells [][]string, total int) []int {
+	width := make([]int, len(head))
+	for i, h := range head {
+		width[i] = len([]rune(h))
+		for _, c := range cells {
+			width[i] = max(width[i], len([]rune(c[i])))
+		}
+	}
+	last := len(width) - 1
+	budget := total - 3*last - width[last]
+	sum := 0
+	for _, wd := range width[:last] {
+		sum += wd
+	}
+	if sum <= budget {
+		return width
+	}
+	order := make([]int, last)
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return width[order[a]] < width[order[b]] })
+	for n, i := range order {
+		share := budget / (last - n)
+		width[i] = max(min(width[i], share), len([]rune(head[i])))
+		budget -= width[i]
+	}
+	return width
+}
+
+// wrap breaks s into lines of at most width characters at spaces; a word
+// longer than width is cut.
+func wrap(s string, width int) []string {
+	var lines []string
+	var cur []rune
+	for _, word := range strings.Fields(s) {
+		wr := []rune(word)
+		if len(cur) > 0 && len(cur)+1+len(wr) > width {
+			lines = append(lines, string(cur))
+			cur = cur[:0]
+		}
+		if len(cur) > 0 {
+			cur = append(cur, ' ')
+		}
+		cur = append(cur, wr...)
+		for len(cur) > width {
+			lines = append(lines, string(cur[:width]))
+			cur = append([]rune(nil), cur[width:]...)
+		}
+	}
+	if len(cur) > 0 || len(lines) == 0 {
+		lines = append(lines, string(cur))
+	}
+	return lines
 }
 
 // reflectedNotice republishes the signed notice of a malformed message as
@@ -808,7 +840,7 @@ func (d *demo) reflect(ctx context.Context, name string, trigger []byte, id stri
 	if err := d.publish(d.a, dataTopic(d.a.id), trigger); err != nil {
 		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: "publish failed: " + err.Error()}
 	}
-	r, got := d.a.replyTo(ctx, mark, id, d.o.timeout)
+	r, got := d.a.replyTo(ctx, mark, id, d.o.Timeout)
 	if !got || !r.Verified {
 		return demoRow{Scenario: name, Expected: "rejected: bad_signature", Observed: "no signed downlink to reflect"}
 	}
@@ -825,20 +857,20 @@ func (d *demo) reflect(ctx context.Context, name string, trigger []byte, id stri
 // before the HMAC, the device gets about one notice a second rather than
 // one per message, and the second device is still answered.
 func (d *demo) flooding(ctx context.Context) demoRow {
-	row := demoRow{Scenario: fmt.Sprintf("(p) %s floods %d validly signed messages", d.a.id, d.o.flood),
+	row := demoRow{Scenario: fmt.Sprintf("(p) %s floods %d validly signed messages", d.a.id, d.o.Flood),
 		Expected: "most rate_limited, ≤ ~1 notice/s, " + d.b.id + " still answered"}
-	if d.o.flood <= 0 {
+	if d.o.Flood <= 0 {
 		row.Observed, row.Pass = "skipped (--flood 0)", true
 		return row
 	}
 	before, metricErr := d.rejectedCount(ctx, "rate_limited")
 	markA := d.a.mark()
 	start := time.Now()
-	sent := make([]*device.Pending, 0, d.o.flood)
-	for i := range d.o.flood {
+	sent := make([]*device.Pending, 0, d.o.Flood)
+	for i := range d.o.Flood {
 		sent = append(sent, d.a.Send(d.a.Sign(time.Now(), reading(1000+i))))
 	}
-	fctx, cancel := context.WithTimeout(ctx, 4*d.o.timeout)
+	fctx, cancel := context.WithTimeout(ctx, 4*d.o.Timeout)
 	defer cancel()
 	for _, p := range sent {
 		if err := p.Wait(fctx); err != nil {
@@ -853,7 +885,7 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 		return row
 	}
 	bLatency := time.Since(probeAt)
-	sleepCtx(ctx, d.o.quiet) // late notices
+	sleepCtx(ctx, d.o.Quiet) // late notices
 	elapsed := time.Since(start)
 	notices := 0
 	for _, r := range d.a.since(markA) {
@@ -864,7 +896,7 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 	maxNotices := int(elapsed.Seconds()) + 2
 	row.Observed = fmt.Sprintf("%d rate_limited notices in %.1f s, %s answered in %d ms", notices, elapsed.Seconds(), d.b.id, bLatency.Milliseconds())
 	row.Pass = notices >= 1 && notices <= maxNotices
-	if d.o.metrics != "" {
+	if d.o.Metrics != "" {
 		after, err := d.rejectedCount(ctx, "rate_limited")
 		if err != nil || metricErr != nil {
 			row.Observed += "; metrics: " + errors.Join(err, metricErr).Error()
@@ -872,18 +904,18 @@ func (d *demo) flooding(ctx context.Context) demoRow {
 			return row
 		}
 		refused := int(after - before)
-		row.Observed = fmt.Sprintf("%d/%d refused (rate_limited), ", refused, d.o.flood) + row.Observed
-		row.Pass = row.Pass && refused >= d.o.flood/2
+		row.Observed = fmt.Sprintf("%d/%d refused (rate_limited), ", refused, d.o.Flood) + row.Observed
+		row.Pass = row.Pass && refused >= d.o.Flood/2
 	}
 	return row
 }
 
 // rejectedCount reads iotgw_messages_rejected_total for reason.
 func (d *demo) rejectedCount(ctx context.Context, reason string) (float64, error) {
-	if d.o.metrics == "" {
+	if d.o.Metrics == "" {
 		return 0, nil
 	}
-	body, err := d.get(ctx, d.o.metrics)
+	body, err := d.get(ctx, d.o.Metrics)
 	if err != nil {
 		return 0, err
 	}
@@ -893,7 +925,7 @@ func (d *demo) rejectedCount(ctx context.Context, reason string) (float64, error
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
-	return 0, errors.New("no " + reason + " series in " + d.o.metrics)
+	return 0, errors.New("no " + reason + " series in " + d.o.Metrics)
 }
 
 // takeover connects the --intruder's certificate with the gateway's client
@@ -904,13 +936,13 @@ func (d *demo) rejectedCount(ctx context.Context, reason string) (float64, error
 // (use_username_as_clientid), so it gets nothing and every reading is
 // answered and forwarded once.
 func (d *demo) takeover(ctx context.Context) demoRow {
-	row := demoRow{Scenario: fmt.Sprintf("(o) %q connects with the gateway's client id %q", d.o.intruder, d.o.gatewayClientID),
+	row := demoRow{Scenario: fmt.Sprintf("(o) %q connects with the gateway's client id %q", d.o.Intruder, d.o.GatewayClientID),
 		Expected: "intruder gets nothing; readings all answered 200"}
-	if d.o.intruder == "" {
+	if d.o.Intruder == "" {
 		row.Observed, row.Pass = "skipped (--intruder \"\")", true
 		return row
 	}
-	cfg, err := d.f.tlsConfig(d.o.intruder)
+	cfg, err := d.f.tlsConfig(d.o.Intruder)
 	if err != nil {
 		row.Observed = err.Error()
 		return row
@@ -922,7 +954,7 @@ func (d *demo) takeover(ctx context.Context) demoRow {
 	ok, seen, total := 0, 0, 0
 	var problems []string
 	for round, persistent := range []bool{true, false} {
-		c, err := d.so.dial(ctx, connectOptions{ClientID: d.o.gatewayClientID, TLS: cfg, Persistent: persistent, Subscribe: "#", OnMessage: count})
+		c, err := d.so.dial(ctx, connectOptions{ClientID: d.o.GatewayClientID, TLS: cfg, Persistent: persistent, Subscribe: "#", OnMessage: count})
 		if err != nil {
 			problems = append(problems, "intruder connect: "+shortErr(err))
 			continue
