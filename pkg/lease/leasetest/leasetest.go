@@ -398,7 +398,9 @@ var cases = []kase{
 						t.Fatal(err)
 					}
 				}
-				if p != nil && string(p) != fmt.Sprintf(`{"n":%d}`, r.DSeq) {
+				var n int
+				fmt.Sscanf(r.MessageID, "m-"+r.DeviceID+"-%d", &n) //nolint:errcheck // checked by the comparison
+				if p != nil && string(p) != fmt.Sprintf(`{"n":%d}`, n) {
 					t.Fatalf("%s: payload %q", r.MessageID, p)
 				}
 			}
