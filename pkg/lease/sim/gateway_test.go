@@ -48,6 +48,7 @@ func (w *world) startGateway(slot, inc int) *gateway {
 	fcfg := forward.DefaultConfig()
 	fcfg.Timeout, fcfg.Workers, fcfg.MaxAttempts = p.timeout, p.workers, p.maxAttempts
 	fcfg.MaxPayloadMemory = p.maxPayloadMemory
+	fcfg.BatchMax = p.batchMax
 	backoff := func(attempt int) time.Duration { return min(200*time.Millisecond<<min(attempt, 6), 5*time.Second) }
 	g.fwd = lease.New(tracedStore{Conn: g.conn, w: w, name: name}, name, lease.Config{Lease: p.lease, Timeout: p.timeout, MaxPayloadMemory: p.maxPayloadMemory},
 		time.Now, zap.NewNop(), lease.Hooks{

@@ -26,6 +26,7 @@ type plan struct {
 	maxPayloadMemory int64
 	workers          int
 	maxAttempts      int
+	batchMax         int // backend.batch_max: 1, or a batch of up to this many devices' rows
 
 	clock   []time.Duration // each gateway's wall clock offset
 	outages []outage
@@ -86,6 +87,10 @@ func newPlan(seed int64) *plan {
 		p.quota = 3 + r.IntN(4)
 	}
 	p.maxPayloadMemory = []int64{1, 16, 1 << 20}[r.IntN(3)]
+	p.batchMax = 1
+	if r.IntN(3) == 0 {
+		p.batchMax = 2 + r.IntN(3)
+	}
 	for range p.gateways {
 		off := time.Duration(0)
 		if r.IntN(2) == 0 {
@@ -147,6 +152,6 @@ func (p *plan) hash(parts ...any) float64 {
 }
 
 func (p *plan) String() string {
-	return fmt.Sprintf("gateways=%d devices=%d msgs=%d deliveries=%d lease=%v timeout=%v quota=%d payload_mem=%d workers=%d clocks=%v outages=%d crashes=%d",
-		p.gateways, p.devices, len(p.msgs), len(p.deliveries), p.lease, p.timeout, p.quota, p.maxPayloadMemory, p.workers, p.clock, len(p.outages), len(p.crashes))
+	return fmt.Sprintf("gateways=%d devices=%d msgs=%d deliveries=%d lease=%v timeout=%v quota=%d payload_mem=%d workers=%d batch=%d clocks=%v outages=%d crashes=%d",
+		p.gateways, p.devices, len(p.msgs), len(p.deliveries), p.lease, p.timeout, p.quota, p.maxPayloadMemory, p.workers, p.batchMax, p.clock, len(p.outages), len(p.crashes))
 }

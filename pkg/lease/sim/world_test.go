@@ -136,18 +136,16 @@ type backend struct {
 	owner string
 }
 
-// Post is one POST. Like forward.Client, it gives up after the backend
-// timeout; a 2xx or final 4xx is taken (processed) before it is answered,
-// so an answer that arrives too late is a lost answer and the retry a
-// duplicate the at-least-once window allows.
-func (b *backend) Post(ctx context.Context, j *forward.Job) (forward.Response, error) {
+// begin is a POST (or one item of a batch) reaching the backend: the
+// invariants that hold at that moment are checked, and it counts as in
+// flight until end. It returns the message key and how many POSTs of it
+// came before.
+func (b *backend) begin(j *forward.Job) (k string, n int, quiet bool) {
 	w := b.w
-	k := j.DeviceID + "/" + j.MessageID
-	if err := ctx.Err(); err != nil { // past its deadline already: nothing is sent
-		return forward.Response{}, &forward.RetryableError{Err: err}
-	}
+	k = j.DeviceID + "/" + j.MessageID
 	owner, epoch := w.db.LeaseOf(j.DeviceID)
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.event("POST %s order=%d by %s epoch=%d (store: %q epoch %d)", k, j.Order, b.owner, j.Epoch, owner, epoch)
 	if w.inflight[j.DeviceID] > 0 {
 		w.violate("two POSTs of device %s in flight fleet-wide (the second: %s by %s)", j.DeviceID, k, b.owner)
@@ -161,37 +159,68 @@ func (b *backend) Post(ctx context.Context, j *forward.Job) (forward.Response, e
 	}
 	w.lastOrder[j.DeviceID] = max(w.lastOrder[j.DeviceID], j.Order)
 	w.posted[k]++
-	n := w.attempts[k]
+	n = w.attempts[k]
 	w.attempts[k]++
-	quiet := w.quiet
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		w.inflight[j.DeviceID]--
-		w.mu.Unlock()
-	}()
+	return k, n, w.quiet
+}
 
-	ctx, cancel := context.WithTimeout(ctx, w.p.timeout)
-	defer cancel()
-	x := w.p.hash("post", k, n)
-	d := func(f float64) time.Duration {
-		return time.Duration(w.p.hash("delay", k, n) * f * float64(w.p.timeout))
-	}
-	status, takeAfter, answerAfter := 200, d(0.3), d(0.3)
-	if !quiet {
-		switch p := w.p; {
-		case x < p.p4xx:
-			status = 422
-		case x < p.p4xx+p.p5xx:
-			status = 503
-		case x < p.p4xx+p.p5xx+p.pSlow:
-			takeAfter, answerAfter = d(0.8), d(1.6)
-		case x < p.p4xx+p.p5xx+p.pSlow+p.pHang:
-			<-ctx.Done()
-			return forward.Response{}, &forward.RetryableError{Err: ctx.Err()}
+func (b *backend) end(j *forward.Job) {
+	b.w.mu.Lock()
+	b.w.inflight[j.DeviceID]--
+	b.w.mu.Unlock()
+}
+
+// lost records that the answer to the taken messages of jobs was lost.
+func (w *world) lost(jobs []*forward.Job, taken []bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, j := range jobs {
+		if taken[i] {
+			w.lostAns[j.DeviceID]++
+			w.event("answer to %s/%s lost (timeout)", j.DeviceID, j.MessageID)
 		}
 	}
-	if !sleep(ctx, takeAfter) {
+}
+
+// answer is how the backend answers one attempt while faults are on:
+// status 200, 422 (final) or 503, after taking the message at take and
+// answering at answer (from the start); hang: never.
+func (w *world) answer(x, delay float64) (status int, take, answer time.Duration, hang bool) {
+	d := func(f float64) time.Duration { return time.Duration(delay * f * float64(w.p.timeout)) }
+	status, take, answer = 200, d(0.3), d(0.3)
+	switch p := w.p; {
+	case x < p.p4xx:
+		status = 422
+	case x < p.p4xx+p.p5xx:
+		status = 503
+	case x < p.p4xx+p.p5xx+p.pSlow:
+		take, answer = d(0.8), d(1.6)
+	case x < p.p4xx+p.p5xx+p.pSlow+p.pHang:
+		hang = true
+	}
+	return status, take, answer, hang
+}
+
+// Post is one POST. Like forward.Client, it sends nothing once its
+// deadline passed and gives up after the backend timeout; a 2xx or final
+// 4xx is taken (processed) before it is answered, so an answer that
+// arrives too late is a lost answer and the retry a duplicate the
+// at-least-once window allows.
+func (b *backend) Post(ctx context.Context, j *forward.Job) (forward.Response, error) {
+	w := b.w
+	if err := ctx.Err(); err != nil { // past its deadline already: nothing is sent
+		return forward.Response{}, &forward.RetryableError{Err: err}
+	}
+	k, n, quiet := b.begin(j)
+	defer b.end(j)
+	ctx, cancel := context.WithTimeout(ctx, w.p.timeout)
+	defer cancel()
+	status, takeAfter, answerAfter, hang := 200, time.Duration(0), time.Duration(0), false
+	if !quiet {
+		status, takeAfter, answerAfter, hang = w.answer(w.p.hash("post", k, n), w.p.hash("delay", k, n))
+	}
+	if hang || !sleep(ctx, takeAfter) {
+		<-ctx.Done()
 		return forward.Response{}, &forward.RetryableError{Err: ctx.Err()}
 	}
 	if status == 503 {
@@ -199,13 +228,74 @@ func (b *backend) Post(ctx context.Context, j *forward.Job) (forward.Response, e
 	}
 	w.take(j, k)
 	if !sleep(ctx, answerAfter-takeAfter) {
-		w.mu.Lock()
-		w.lostAns[j.DeviceID]++
-		w.event("answer to %s lost (timeout)", k)
-		w.mu.Unlock()
+		w.lost([]*forward.Job{j}, []bool{true})
 		return forward.Response{}, &forward.RetryableError{Err: ctx.Err()}
 	}
 	return forward.Response{Status: status, Body: []byte(`{"ok":true}`)}, nil
+}
+
+// PostBatch is one batch POST (backend.batch_max > 1), answered as a
+// whole (503, no answer, slowly, or a final 422 for the whole batch, which
+// the dispatcher posts again item by item) or item by item (200, 422 or
+// 503 each).
+func (b *backend) PostBatch(ctx context.Context, jobs []*forward.Job) ([]forward.Response, error) {
+	w := b.w
+	if err := ctx.Err(); err != nil {
+		return nil, &forward.RetryableError{Err: err}
+	}
+	keys := make([]string, len(jobs))
+	var id strings.Builder
+	quiet := false
+	for i, j := range jobs {
+		k, n, q := b.begin(j)
+		keys[i], quiet = k, q
+		fmt.Fprintf(&id, "%s#%d ", k, n)
+	}
+	defer func() {
+		for _, j := range jobs {
+			b.end(j)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(ctx, w.p.timeout)
+	defer cancel()
+	status, takeAfter, answerAfter, hang := 200, time.Duration(0), time.Duration(0), false
+	if !quiet {
+		status, takeAfter, answerAfter, hang = w.answer(w.p.hash("batch", id.String()), w.p.hash("delay", id.String()))
+	}
+	if hang || !sleep(ctx, takeAfter) {
+		<-ctx.Done()
+		return nil, &forward.RetryableError{Err: ctx.Err()}
+	}
+	switch status {
+	case 503:
+		return nil, &forward.RetryableError{Status: status}
+	case 422:
+		if len(jobs) == 1 { // a batch of one: its answer is the item's, and it is taken
+			w.take(jobs[0], keys[0])
+		}
+		return nil, &forward.BatchRefusedError{Status: status, Body: []byte(`{"error":"refused"}`)}
+	}
+	resps := make([]forward.Response, len(jobs))
+	taken := make([]bool, len(jobs))
+	for i, j := range jobs {
+		resps[i] = forward.Response{Status: 200, Body: []byte(`{"ok":true}`)}
+		if !quiet {
+			if y := w.p.hash("item", id.String(), i); y < w.p.p5xx {
+				resps[i].Status = 503
+			} else if y < w.p.p5xx+w.p.p4xx {
+				resps[i].Status = 422
+			}
+		}
+		if resps[i].Status != 503 {
+			w.take(j, keys[i])
+			taken[i] = true
+		}
+	}
+	if !sleep(ctx, answerAfter-takeAfter) {
+		w.lost(jobs, taken)
+		return nil, &forward.RetryableError{Err: ctx.Err()}
+	}
+	return resps, nil
 }
 
 // take records that the backend processed j: invariant "duplicates stay
