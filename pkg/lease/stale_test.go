@@ -12,7 +12,7 @@ import (
 // reach, and nobody has noticed at renewal yet) is still in the outbox, so
 // the device's next row must not go into the dispatcher: a re-claim would
 // queue the refused row behind it, and X-Iotgw-Seq would go back at the
-// backend (found by the simulation: go test ./pkg/lease/sim -seed=3389).
+// backend (found by the simulation: go test ./pkg/lease/sim -run TestSim -seed=2369, with the fix reverted).
 func TestForwarderStaleFinishDoesNotAdvance(t *testing.T) {
 	st := &fakeStore{claims: [][]*outbox.Record{rows("d", 1, 2, 3)}}
 	s, disp := newTestForwarder(t, st)
