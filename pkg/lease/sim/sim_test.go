@@ -64,6 +64,9 @@ func runSeed(t *testing.T, seed int64) {
 			}
 			s := w.slots[c.gw]
 			g := s.get(ctx)
+			if g == nil { // the run ended first
+				return
+			}
 			s.set(nil)
 			w.mu.Lock()
 			w.event("crash %s", g.name)
