@@ -63,7 +63,7 @@ type Gateway struct {
 	abuse      *abuse // rate limits, notice limits, quarantine, audit trail
 
 	downlink *downlink.Signer // signs replies and notices with the key the device uses
-	pendingQ *deviceQuota // outbox rows per device (outbox.max_pending_per_device)
+	pendingQ *deviceQuota     // outbox rows per device (outbox.max_pending_per_device)
 
 	seed     maphash.Seed
 	queues   []chan *mqttio.Message
