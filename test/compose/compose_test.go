@@ -14,14 +14,13 @@
 // (scripts/docker-engine.sh). Base images that cannot be pulled are built
 // locally by base-images.sh.
 //
-// All traffic stays on loopback: host-network.override.yml puts every
-// service in the host's network namespace with its listeners on
-// 127.0.0.1 and test ports; no bridge network is created. So the test
-// cannot show the compose network, nor the gateway sharing the broker's
-// network namespace (network_mode: service:mosquitto): a broker restarted
-// alone leaves that gateway in a dead namespace, which only the restart
-// step of "device revoke" (recreating both) or the gateway's own exit
-// after mqtt.max_disconnected recovers. README.md says so too.
+// TestComposeStack's traffic stays on loopback: host-network.override.yml
+// puts every service in the host's network namespace with its listeners
+// on 127.0.0.1 and test ports; no bridge network is created. So it cannot
+// show the compose network, nor the gateway sharing the broker's network
+// namespace (network_mode: service:mosquitto), where a broker restarted
+// alone leaves the gateway in a dead namespace: TestComposeRevokeRestart
+// (netns_test.go) runs docker-compose.yml with its own network for that.
 package compose
 
 import (
