@@ -323,7 +323,7 @@ broker.`,
 				fmt.Fprintf(cmd.ErrOrStderr(), "added device %s\n", id)
 				return auditErr
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "added device %s; its secret follows and will not be shown again:\n", id)
+			fmt.Fprintf(cmd.ErrOrStderr(), "added device %s; its secret is printed once, on stdout, and will not be shown again\n", id)
 			if _, err = fmt.Fprintln(cmd.OutOrStdout(), secret); err != nil {
 				return err
 			}
@@ -505,7 +505,7 @@ registry.refresh. A revoked device cannot be rotated.`,
 				fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s\n", id, k.ID, ends)
 				return auditErr
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s; the new secret follows and will not be shown again:\n", id, k.ID, ends)
+			fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s; the new secret is printed once, on stdout, and will not be shown again\n", id, k.ID, ends)
 			if _, err = fmt.Fprintln(cmd.OutOrStdout(), secret); err != nil {
 				return err
 			}
