@@ -76,11 +76,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if w := cfg.Storage.PlaintextWarning(); w != "" { // before connecting: a failed start still shows it
 		log.Warn(w)
 	}
-	kek, err := cfg.Security.LoadKEK()
+	kek, prevKEK, err := cfg.Security.LoadKEKs()
 	if err != nil {
 		return nil, err
 	}
-	if err := g.openRegistry(ctx, kek); err != nil {
+	if err := g.openRegistry(ctx, kek, registry.WithPreviousKEK(prevKEK)); err != nil {
 		g.close()
 		return nil, err
 	}
@@ -220,9 +220,9 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 // pool); on SQLite the file registry.path, which must exist: only `iotgw
 // device add` creates a registry, and one created empty here (a typo in
 // the path) would reject every device as unknown.
-func (g *Gateway) openRegistry(ctx context.Context, kek *registry.KEK) error {
+func (g *Gateway) openRegistry(ctx context.Context, kek *registry.KEK, more ...registry.Option) error {
 	cfg := g.cfg
-	opts := []registry.Option{registry.WithKEK(kek), registry.WithClock(g.now)}
+	opts := append([]registry.Option{registry.WithKEK(kek), registry.WithClock(g.now)}, more...)
 	if cfg.Storage.Shared() {
 		var err error
 		if g.engine, err = storage.OpenOutbox(ctx, cfg.Storage, cfg.Outbox); err != nil {
@@ -307,7 +307,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	goBG(func() {
 		g.keys.Run(bg, g.cfg.Registry.Refresh, func(err error) {
-			g.log.Error("registry refresh failed; serving the last snapshot", zap.Error(err))
+			g.log.Error(registryRefreshFailed(err), zap.Error(err))
 		})
 	})
 	goBG(func() { g.prune(bg) })
@@ -752,6 +752,9 @@ func (g *Gateway) routes() http.Handler {
 			if p := g.shared.lastErr.Load(); p != nil {
 				problems = append(problems, "storage: "+*p)
 			}
+		}
+		if p := g.registryStale(); p != "" {
+			problems = append(problems, p)
 		}
 		if g.writer.Occupied() >= g.cfg.Outbox.MaxPending {
 			problems = append(problems, "outbox: full (backpressure)")

@@ -44,6 +44,7 @@ type Registry struct {
 	path   string // the SQLite file, or ""
 	name   string // path, or the engine's name, for messages
 	kek    *KEK
+	prev   *KEK // the previous KEK, also accepted (security.previous_kek_file); nil: none
 	sealed bool // registry_meta holds a KEK fingerprint
 	now    func() time.Time
 }
@@ -53,6 +54,13 @@ type Option func(*Registry)
 
 // WithKEK seals new secrets and opens sealed ones with k (nil: none).
 func WithKEK(k *KEK) Option { return func(r *Registry) { r.kek = k } }
+
+// WithPreviousKEK also accepts a registry sealed under k, the KEK before
+// the current one (nil: none), and opens its secrets: a gateway given both
+// keeps working while the registry is re-sealed from k to the current KEK
+// (iotgw kek rotate), whichever it holds at each refresh. New secrets are
+// sealed under whichever of the two the registry is sealed with.
+func WithPreviousKEK(k *KEK) Option { return func(r *Registry) { r.prev = k } }
 
 // WithClock sets the clock used for key creation and expiry (default time.Now).
 func WithClock(now func() time.Time) Option { return func(r *Registry) { r.now = now } }
@@ -167,10 +175,28 @@ func (r *Registry) checkKEK(ctx context.Context) error {
 	return nil
 }
 
-// compareKEK checks the recorded fingerprint fp against r.kek.
+// compareKEK checks the recorded fingerprint fp against r.kek (and r.prev).
 func (r *Registry) compareKEK(fp string) error {
-	if r.kek != nil && fp != "" && !hmac.Equal([]byte(fp), []byte(r.kek.fp)) {
-		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s", r.name, ErrWrongKEK, short(fp), r.kek.Short())
+	if r.kek != nil && fp != "" && r.kekFor(fp) == nil {
+		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s%s", r.name, ErrWrongKEK, short(fp), r.kek.Short(), r.prevNote())
+	}
+	return nil
+}
+
+// prevNote names the previous KEK for messages, or is empty.
+func (r *Registry) prevNote() string {
+	if r.prev == nil {
+		return ""
+	}
+	return " and security.previous_kek_file KEK " + r.prev.Short()
+}
+
+// kekFor returns the KEK (current or previous) whose fingerprint is fp, or nil.
+func (r *Registry) kekFor(fp string) *KEK {
+	for _, k := range []*KEK{r.kek, r.prev} {
+		if k != nil && hmac.Equal([]byte(fp), []byte(k.fp)) {
+			return k
+		}
 	}
 	return nil
 }
@@ -247,25 +273,45 @@ type KeyInfo struct {
 	ExpiresAt time.Time
 }
 
-// sealFor returns the stored form of secret and whether it is sealed.
-func (r *Registry) sealFor(id string, keyID int64, secret string) ([]byte, bool, error) {
+// sealFor returns the stored form of secret and whether it is sealed,
+// under the KEK the registry is sealed with as q (a transaction holding
+// the registry's lock) sees it: a re-seal committed since Open is
+// followed, never mixed with rows under the KEK it replaced.
+func (r *Registry) sealFor(ctx context.Context, q querier, id string, keyID int64, secret string) ([]byte, bool, error) {
 	if r.kek == nil {
 		if r.sealed {
 			return nil, false, ErrSealed
 		}
 		return []byte(secret), false, nil
 	}
-	b, err := r.kek.seal(id, keyID, []byte(secret))
+	fp, err := fingerprint(ctx, q)
+	if err != nil {
+		return nil, false, err
+	}
+	k := r.kek
+	if fp != "" {
+		if k = r.kekFor(fp); k == nil {
+			return nil, false, r.compareKEK(fp)
+		}
+	}
+	b, err := k.seal(id, keyID, []byte(secret))
 	return b, true, err
 }
 
-// openSecret returns the secret bytes of a stored key.
+// openSecret returns the secret bytes of a stored key, opened with the
+// current KEK or else the previous one.
 func (r *Registry) openSecret(id string, keyID int64, stored []byte, sealed bool) ([]byte, error) {
 	switch {
 	case sealed && r.kek == nil:
 		return nil, ErrSealed
 	case sealed:
-		return r.kek.open(id, keyID, stored)
+		p, err := r.kek.open(id, keyID, stored)
+		if err != nil && r.prev != nil {
+			if q, perr := r.prev.open(id, keyID, stored); perr == nil {
+				return q, nil
+			}
+		}
+		return p, err
 	case r.kek != nil || r.sealed:
 		return nil, fmt.Errorf("device %s key %d: %w: a secret in the clear in a sealed registry", id, keyID, ErrOpen)
 	}
@@ -281,16 +327,16 @@ func (r *Registry) Add(ctx context.Context, id, secret string) error {
 	if !ValidSecret(secret) {
 		return ErrBadSecret
 	}
-	stored, sealed, err := r.sealFor(id, 1, secret)
-	if err != nil {
-		return fmt.Errorf("add device: %w", err)
-	}
 	now := r.now().Unix()
 	tx, err := r.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	stored, sealed, err := r.sealFor(ctx, tx, id, 1, secret)
+	if err != nil {
+		return fmt.Errorf("add device: %w", err)
+	}
 	_, err = tx.ExecContext(ctx, r.q(`INSERT INTO devices(device_id, enabled, created_at) VALUES(?, ?, ?)`), id, true, now)
 	if err != nil && r.d.UniqueViolation(err) {
 		return fmt.Errorf("%s: %w", id, ErrExists)
@@ -352,7 +398,7 @@ func (r *Registry) Rotate(ctx context.Context, id, secret string, overlap time.D
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}
 	k := KeyInfo{ID: last + 1, CreatedAt: time.Unix(now.Unix(), 0).UTC()}
-	stored, sealed, err := r.sealFor(id, k.ID, secret)
+	stored, sealed, err := r.sealFor(ctx, tx, id, k.ID, secret)
 	if err != nil {
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}

@@ -19,9 +19,10 @@ import (
 // under the old KEK) do not linger in free pages. It returns the number of
 // keys re-sealed.
 //
-// A gateway running on the registry keeps serving its last snapshot and
-// reports every refresh as failed (ErrWrongKEK) until it is restarted with
-// the new KEK.
+// A gateway running on the registry that holds neither next nor, as its
+// previous KEK (WithPreviousKEK), the KEK before, fails closed at its next
+// refresh: its Cache applies every change but rejects each device whose
+// key it can no longer open, until it is restarted with the new KEK.
 func (r *Registry) Reseal(ctx context.Context, next *KEK) (int, error) {
 	if next == nil {
 		return 0, errors.New("kek rotate: no new KEK")

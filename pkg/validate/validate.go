@@ -40,6 +40,10 @@ type Device struct {
 	// When Keys is empty, Secret is the only key (ID 0); a device with
 	// neither verifies nothing. Secret is then the newest key's secret.
 	Keys []Key
+	// KeyUnavailable reports that the KeyStore could not open one of the
+	// device's keys. Check rejects an enabled device so marked with
+	// KeyUnavailable, whatever Secret and Keys hold.
+	KeyUnavailable bool
 }
 
 // Key is one of a device's secrets.
@@ -198,6 +202,12 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		v.downMacs.Delete(env.DeviceID)
 		v.vmacs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
+	}
+	if dev.KeyUnavailable {
+		v.dummy.verify(&env) // same cost as a known device
+		v.downMacs.Delete(env.DeviceID)
+		v.vmacs.Delete(env.DeviceID)
+		return reject(env, KeyUnavailable, "the registry holds a key of this device the gateway cannot open"), nil
 	}
 	// The clock is read once per Check: the rate limiter, the freshness
 	// check, key expiry and the replay store all see this instant.

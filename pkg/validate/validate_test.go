@@ -52,6 +52,9 @@ func defaultKeys() fakeKeys {
 		"sensor_001": {Secret: secretA, Enabled: true},
 		"sensor_002": {Secret: []byte("another-secret-of-16+"), Enabled: true},
 		"sensor_off": {Secret: secretA, Enabled: false},
+		// sensor_lost still remembers secretA, but a key of it no longer opens.
+		"sensor_lost":     {Secret: secretA, Enabled: true, KeyUnavailable: true},
+		"sensor_lost_off": {Secret: secretA, Enabled: false, KeyUnavailable: true},
 	}
 }
 
@@ -65,6 +68,10 @@ func TestCheck(t *testing.T) {
 		e := envelope.New(secretA, "ghost", t0.Unix(), defMID, []byte(defPayload))
 		return envelope.AppendJSON(nil, &e)
 	}()
+	as := func(id string) []byte {
+		e := envelope.New(secretA, id, t0.Unix(), defMID, []byte(defPayload))
+		return envelope.AppendJSON(nil, &e)
+	}
 	tests := []struct {
 		name    string
 		topic   string
@@ -80,6 +87,8 @@ func TestCheck(t *testing.T) {
 		{"identity mismatch to unknown topic", "ghost", nil, good, validate.IdentityMismatch, true},
 		{"unknown device", "ghost", nil, ghost, validate.UnknownDevice, true},
 		{"disabled", "sensor_off", nil, offMsg, validate.Disabled, true},
+		{"key unavailable, signed with the remembered key", "sensor_lost", nil, as("sensor_lost"), validate.KeyUnavailable, true},
+		{"disabled before key unavailable", "sensor_lost_off", nil, as("sensor_lost_off"), validate.Disabled, true},
 		{"stale", "sensor_001", nil, message(secretA, t0.Unix()-3600, defMID, defPayload), validate.Stale, true},
 		{"bad signature", "sensor_001", nil, message([]byte("wrong-secret-1234"), t0.Unix(), defMID, defPayload), validate.BadSignature, true},
 		{"replay", "sensor_001", good, good, validate.Replay, true},
