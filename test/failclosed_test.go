@@ -128,22 +128,23 @@ var verdicts = map[string]string{
 	"unknown_device":  `iotgw_messages_rejected_total{reason="unknown_device"}`,
 }
 
-// verdict sends one fresh message signed with secret as d and reports
-// which counter of verdicts it moved: "accepted" or the rejection reason.
-// (A device whose key is unavailable gets no notice: there is no key to
+// verdictWith sends one fresh message signed with secret as d and
+// reports which counter of verdicts it moved, summed over gws (a share
+// group gives it to one of them): "accepted" or the rejection reason. (A
+// device whose key is unavailable gets no notice: there is no key to
 // sign one with, so the counters, not the replies, tell.)
-func verdictWith(t *testing.T, g *gatewayProc, d *device, secret string) string {
+func verdictWith(t *testing.T, gws []*gatewayProc, d *device, secret string) string {
 	t.Helper()
 	before := map[string]float64{}
 	for name, series := range verdicts {
-		before[name] = g.metric(series)
+		before[name] = sum(gws, series)
 	}
 	raw, _ := signAs(d.id, secret, `{"probe":true}`, time.Now().Unix())
 	d.publish("", raw)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		for name, series := range verdicts {
-			if g.metric(series) > before[name] {
+			if sum(gws, series) > before[name] {
 				return name
 			}
 		}
@@ -153,10 +154,16 @@ func verdictWith(t *testing.T, g *gatewayProc, d *device, secret string) string 
 	return ""
 }
 
-// verdict is verdictWith the device's registered secret.
+// verdict is verdictWith one gateway and the device's registered secret.
 func verdict(t *testing.T, g *gatewayProc, d *device) string {
 	t.Helper()
-	return verdictWith(t, g, d, d.secret)
+	return verdictWith(t, []*gatewayProc{g}, d, d.secret)
+}
+
+// verdictAny is verdict over several gateways.
+func verdictAny(t *testing.T, gws []*gatewayProc, d *device) string {
+	t.Helper()
+	return verdictWith(t, gws, d, d.secret)
 }
 
 // readyz returns /readyz's status code and body.
