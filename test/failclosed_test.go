@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"io"
@@ -26,17 +27,18 @@ type engineRig struct {
 }
 
 // cli runs `iotgw args...` against the rig's registry with kek as
-// security.kek_file ("" for none) and fails the test if it fails.
+// security.kek_file ("" for none), fails the test if it fails, and
+// returns its standard output.
 func (e *engineRig) cli(kek, stdin string, args ...string) string {
 	e.f.t.Helper()
-	out, err := e.tryCLI(kek, stdin, args...)
+	out, stderr, err := e.tryCLI(kek, stdin, args...)
 	if err != nil {
-		e.f.t.Fatalf("iotgw %s: %v\n%s", strings.Join(args, " "), err, out)
+		e.f.t.Fatalf("iotgw %s: %v\n%s%s", strings.Join(args, " "), err, out, stderr)
 	}
 	return out
 }
 
-func (e *engineRig) tryCLI(kek, stdin string, args ...string) (string, error) {
+func (e *engineRig) tryCLI(kek, stdin string, args ...string) (stdout, stderr string, err error) {
 	env := os.Environ()
 	if e.dsn != "" {
 		env = append(env, "IOTGW_STORAGE_ENGINE=postgres", "IOTGW_STORAGE_DSN="+e.dsn)
@@ -49,8 +51,10 @@ func (e *engineRig) tryCLI(kek, stdin string, args ...string) (string, error) {
 	cmd := exec.Command(e.f.bin, args...)
 	cmd.Env = env
 	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	var o, eb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &eb
+	err = cmd.Run()
+	return o.String(), eb.String(), err
 }
 
 // add issues a certificate for id and registers it sealed under kek.

@@ -177,6 +177,19 @@ func (c *Cache) Device(ctx context.Context, id string) (validate.Device, error) 
 	return validate.Device{}, validate.ErrUnknownDevice
 }
 
+// Reread implements validate.Rereader: after a signature did not verify,
+// it re-reads the registry if it changed (sharing the miss re-reads'
+// bound: at most one per MissReloadEvery for all devices together) and
+// returns the device as now cached. changed is false when it did not
+// re-read, nothing changed, or the device is gone.
+func (c *Cache) Reread(ctx context.Context, id string) (validate.Device, bool, error) {
+	if !c.missReload(ctx) {
+		return validate.Device{}, false, nil
+	}
+	d, ok := (*c.devices.Load())[id]
+	return d, ok, nil
+}
+
 // missReload refreshes unless a miss did within MissReloadEvery, and
 // reports whether the devices were reloaded.
 func (c *Cache) missReload(ctx context.Context) bool {
@@ -186,7 +199,8 @@ func (c *Cache) missReload(ctx context.Context) bool {
 		return false
 	}
 	changed, err := c.Refresh(ctx)
-	return err == nil && changed
+	var se *StaleError
+	return changed && (err == nil || errors.As(err, &se)) // a StaleError's snapshot applied
 }
 
 // Len returns the number of cached devices.
@@ -399,4 +413,7 @@ func (c *Cache) Close() error {
 	return err
 }
 
-var _ validate.KeyStore = (*Cache)(nil)
+var (
+	_ validate.KeyStore = (*Cache)(nil)
+	_ validate.Rereader = (*Cache)(nil)
+)

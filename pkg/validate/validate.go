@@ -71,6 +71,18 @@ type KeyStore interface {
 	Device(ctx context.Context, id string) (Device, error)
 }
 
+// Rereader is a KeyStore that can re-read a device from the registry
+// behind it. When a signature does not verify, Check calls Reread once
+// before rejecting, so a key committed a moment ago (iotgw device rotate,
+// then the device's first message under the new key) is not refused as
+// bad_signature while the store's next refresh is still pending. Reread
+// must bound its own cost (a flood of forgeries must not become a flood
+// of database reads) and report changed=false when it did not re-read or
+// nothing changed; an error is treated as no change.
+type Rereader interface {
+	Reread(ctx context.Context, id string) (dev Device, changed bool, err error)
+}
+
 // ReplayStore remembers accepted message ids.
 type ReplayStore interface {
 	// Record atomically checks whether (deviceID, id) is remembered and, if
@@ -227,7 +239,19 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	}
 	keyID, ok := v.macsFor(env.DeviceID, &dev).verify(&env, now)
 	if !ok {
-		return reject(env, BadSignature, ""), nil
+		fresh, changed := v.reread(ctx, env.DeviceID)
+		switch {
+		case !changed:
+			return reject(env, BadSignature, ""), nil
+		case !fresh.Enabled:
+			return reject(env, Disabled, ""), nil
+		case fresh.KeyUnavailable:
+			return reject(env, KeyUnavailable, "the registry holds a key of this device the gateway cannot open"), nil
+		}
+		dev = fresh
+		if keyID, ok = v.macsFor(env.DeviceID, &dev).verify(&env, now); !ok {
+			return reject(env, BadSignature, ""), nil
+		}
 	}
 	expires := msgTime.Add(v.cfg.MaxClockSkew)
 	dup, err := v.replay.Record(ctx, env.DeviceID, env.UUID(), expires, now)
@@ -250,6 +274,20 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return r, nil
 	}
 	return Result{Envelope: env, Expires: expires, KeyID: keyID, NewestKeyID: newest, Verified: true}, nil
+}
+
+// reread re-reads a device after a signature did not verify, when the
+// KeyStore can (see Rereader), and reports whether anything changed.
+func (v *Validator) reread(ctx context.Context, id string) (Device, bool) {
+	r, ok := v.keys.(Rereader)
+	if !ok {
+		return Device{}, false
+	}
+	dev, changed, err := r.Reread(ctx, id)
+	if err != nil || !changed {
+		return Device{}, false
+	}
+	return dev, true
 }
 
 // Sign signs e in place for a downlink (reply or notice) to e.DeviceID
