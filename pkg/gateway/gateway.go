@@ -548,7 +548,7 @@ func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envel
 	} else {
 		g.log.Info("rejected", fields...)
 	}
-	if g.cfg.Validation.RejectNotices && rej.Reason != validate.UnknownDevice && dev != "" {
+	if g.cfg.Validation.RejectNotices && rej.Reason != validate.UnknownDevice && rej.Reason != validate.KeyUnavailable && dev != "" { // no key to sign with
 		if notice {
 			g.notify(ctx, dev, envelope.RejectionPayload(env.MessageID, string(rej.Reason)))
 		} else {

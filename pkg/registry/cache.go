@@ -36,7 +36,10 @@ type Cache struct {
 	devices atomic.Pointer[map[string]validate.Device]
 	// opened is the stored form and opened secret of every key of the
 	// last snapshot; guarded by mu.
-	opened  map[keyRef]openedKey
+	opened map[keyRef]openedKey
+	// snapErr is the *StaleError of the snapshot served (nil: every key
+	// opened); guarded by mu.
+	snapErr error
 	version int64
 	loads   atomic.Int64
 	// nextExpiry is the earliest expiry of a cached key (zero: none).
@@ -209,16 +212,16 @@ func (c *Cache) Len() int { return len(*c.devices.Load()) }
 // Loads returns how many times the cache was (re)loaded.
 func (c *Cache) Loads() int64 { return c.loads.Load() }
 
-// Refresh reloads the devices if the database changed since the last load
-// (or the last refresh left the cache stale), and reports whether it
-// reloaded. When a cached key has expired it first deletes the expired
+// Refresh reloads the devices if the database changed since the last load,
+// and reports whether it reloaded. When a cached key has expired it first deletes the expired
 // keys (and reloads), so they leave memory and disk.
 //
 // A key that does not open (a swapped or altered row, another KEK, a row
 // in the clear in a sealed registry) does not stop the reload: everything
 // else applies, its device is served with KeyUnavailable, and Refresh
-// returns a *StaleError. Any other error leaves the last snapshot
-// serving. Both make the cache Stale.
+// returns a *StaleError, again at every refresh until a reload opens every
+// key. Any other error leaves the last snapshot serving. Both make the
+// cache Stale.
 func (c *Cache) Refresh(ctx context.Context) (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -253,8 +256,10 @@ func (c *Cache) refresh(ctx context.Context) (bool, error) {
 			return false, fmt.Errorf("registry cache: %w", err)
 		}
 	}
-	if c.devices.Load() != nil && v == c.version && !expired && c.stale.Load() == nil {
-		return false, nil
+	if c.devices.Load() != nil && v == c.version && !expired {
+		// Nothing changed: the keys that did not open would not open
+		// now either (the KEKs are fixed for the process's life).
+		return false, c.snapErr
 	}
 	s, err := c.load(ctx)
 	if err != nil {
@@ -269,10 +274,10 @@ func (c *Cache) refresh(ctx context.Context) (bool, error) {
 		}
 	}
 	c.devices.Store(&s.devices)
-	c.opened = s.opened
+	c.opened, c.snapErr = s.opened, s.stale()
 	c.version, c.nextExpiry = v, s.next
 	c.loads.Add(1)
-	return true, s.stale()
+	return true, c.snapErr
 }
 
 // snapshot is one load of the registry.

@@ -117,8 +117,12 @@ func TestCacheFailsClosed(t *testing.T) {
 			if err == nil || since.IsZero() {
 				t.Fatalf("Stale() = %v, %v; want stale", since, err)
 			}
+			loads := c.Loads()
 			if _, err := c.Refresh(ctx); err == nil {
 				t.Fatal("a second refresh made it fresh")
+			}
+			if c.Loads() != loads {
+				t.Fatal("a stale cache reloaded with nothing changed")
 			}
 			if s2, _ := c.Stale(); !s2.Equal(since) {
 				t.Fatalf("stale since moved from %v to %v", since, s2)
