@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -19,13 +18,13 @@ import (
 //
 // It fails closed. A refresh that reads the database always applies what
 // it read of every device (enabled, revoked, removed, its keys and their
-// expiry), even when some secrets do not open: a secret whose stored form
-// did not change since the last snapshot keeps its opened value, and a
-// device with any other key that does not open is served with
-// KeyUnavailable set and no keys, so it is rejected, never judged under a
-// key remembered from before. Such a refresh, or one that cannot read the
-// database at all, makes the cache stale (Stale) until a refresh reads
-// and opens everything.
+// expiry), even when some secrets do not open. Every secret is opened
+// afresh from what was read, and a device with a key that does not open
+// is served with KeyUnavailable set and no keys, so it is rejected, never
+// judged under a key remembered from an earlier snapshot (a key whose
+// stored form did not change opens as before: same bytes, same KEKs).
+// Such a refresh, or one that cannot read the database at all, makes the
+// cache stale (Stale) until a refresh reads and opens everything.
 type Cache struct {
 	r *Registry
 	// conn is pinned for the engine's change version (SQLite's
@@ -34,9 +33,6 @@ type Cache struct {
 	conn    *sql.Conn
 	kick    chan struct{}
 	devices atomic.Pointer[map[string]validate.Device]
-	// opened is the stored form and opened secret of every key of the
-	// last snapshot; guarded by mu.
-	opened map[keyRef]openedKey
 	// snapErr is the *StaleError of the snapshot served (nil: every key
 	// opened); guarded by mu.
 	snapErr error
@@ -51,19 +47,6 @@ type Cache struct {
 	// stale is set while refreshes fail or leave keys unopened; nil when
 	// the last refresh read and opened everything.
 	stale atomic.Pointer[staleState]
-}
-
-// keyRef names one stored key.
-type keyRef struct {
-	device string
-	id     int64
-}
-
-// openedKey is a stored key as last read, and its secret once opened.
-type openedKey struct {
-	stored []byte
-	sealed bool
-	secret []byte
 }
 
 type staleState struct {
@@ -274,7 +257,7 @@ func (c *Cache) refresh(ctx context.Context) (bool, error) {
 		}
 	}
 	c.devices.Store(&s.devices)
-	c.opened, c.snapErr = s.opened, s.stale()
+	c.snapErr = s.stale()
 	c.version, c.nextExpiry = v, s.next
 	c.loads.Add(1)
 	return true, c.snapErr
@@ -283,7 +266,6 @@ func (c *Cache) refresh(ctx context.Context) (bool, error) {
 // snapshot is one load of the registry.
 type snapshot struct {
 	devices map[string]validate.Device
-	opened  map[keyRef]openedKey
 	next    time.Time // earliest key expiry (zero: none)
 	wrong   error     // the registry's KEK is not one this gateway holds
 	failed  []string  // devices with a key that did not open, sorted
@@ -302,12 +284,11 @@ func (s *snapshot) stale() error {
 	return &StaleError{Devices: s.failed, Err: first}
 }
 
-// load reads every device and key. A key whose stored form equals the
-// last snapshot's keeps its secret; any other is opened, and a device
-// with a key that does not open is marked KeyUnavailable (and holds no
-// key). Only a failure to read is an error.
+// load reads every device and opens every key; a device with a key that
+// does not open is marked KeyUnavailable (and holds no key). Only a
+// failure to read is an error.
 func (c *Cache) load(ctx context.Context) (*snapshot, error) {
-	s := &snapshot{devices: make(map[string]validate.Device), opened: make(map[keyRef]openedKey)}
+	s := &snapshot{devices: make(map[string]validate.Device)}
 	fp, err := fingerprint(ctx, c.conn)
 	if err != nil {
 		return nil, fmt.Errorf("registry cache: %w", err)
@@ -337,9 +318,9 @@ func (c *Cache) load(ctx context.Context) (*snapshot, error) {
 		d := s.devices[id]
 		d.Enabled = enabled
 		if keyID.Valid {
-			ref := keyRef{id, keyID.Int64}
-			secret, err := c.secret(ref, stored, sealed.Bool)
+			secret, err := c.r.openSecret(id, keyID.Int64, stored, sealed.Bool)
 			if err != nil {
+				err = fmt.Errorf("registry cache: %w", err)
 				if !d.KeyUnavailable {
 					s.failed = append(s.failed, id)
 				}
@@ -347,8 +328,6 @@ func (c *Cache) load(ctx context.Context) (*snapshot, error) {
 					s.first = err
 				}
 				d.KeyUnavailable = true
-			} else {
-				s.opened[ref] = openedKey{stored: stored, sealed: sealed.Bool, secret: secret}
 			}
 			k := validate.Key{ID: keyID.Int64, Secret: secret}
 			if expires.Valid {
@@ -372,19 +351,6 @@ func (c *Cache) load(ctx context.Context) (*snapshot, error) {
 		}
 	}
 	return s, nil
-}
-
-// secret returns the opened secret of a stored key: the last snapshot's
-// when the stored form is the same, else opened now.
-func (c *Cache) secret(ref keyRef, stored []byte, sealed bool) ([]byte, error) {
-	if o, ok := c.opened[ref]; ok && o.sealed == sealed && bytes.Equal(o.stored, stored) {
-		return o.secret, nil
-	}
-	secret, err := c.r.openSecret(ref.device, ref.id, stored, sealed)
-	if err != nil {
-		return nil, fmt.Errorf("registry cache: %w", err)
-	}
-	return secret, nil
 }
 
 // Run refreshes every interval, and at once after each Kick, until ctx is
