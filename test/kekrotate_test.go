@@ -3,6 +3,8 @@ package test
 import (
 	"fmt"
 	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -100,5 +102,65 @@ func TestKEKRotationWithGatewaysRunning(t *testing.T) {
 	}
 	if v := verdictAny(t, gws, devs[0]); v != "accepted" {
 		t.Fatalf("kr_d1 after the rotation: %s", v)
+	}
+}
+
+// TestKEKReloadOnSIGHUP: one gateway on SQLite; the registry is re-sealed
+// under a new KEK, so the device is rejected as key_unavailable (fail
+// closed). The operator puts the new KEK in security.kek_file and sends
+// SIGHUP: the gateway reloads it, the device is accepted again and /readyz
+// is ready, without a restart. A KEK file that does not load (mode 0644)
+// leaves the KEK in use, and the gateway running. Before, a SIGHUP ended
+// the gateway.
+func TestKEKReloadOnSIGHUP(t *testing.T) {
+	e, kek1 := newRig(t, "sqlite", "hup_d1")
+	g := e.start(kek1)
+	d := e.f.device("hup_d1")
+	if v := verdict(t, g, d); v != "accepted" {
+		t.Fatalf("before: %s", v)
+	}
+	kek2 := e.f.newKEKFile("kek2")
+	e.cli(kek1, "", "kek", "rotate", "--new", kek2)
+	time.Sleep(effectWithin)
+	if v := verdict(t, g, d); v != "key_unavailable" {
+		t.Fatalf("after the re-seal, before SIGHUP: %s, want key_unavailable", v)
+	}
+	// A bad KEK file: refused, the gateway keeps running.
+	b, err := os.ReadFile(kek2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kek1, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(kek1, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(effectWithin)
+	if v := verdict(t, g, d); v != "key_unavailable" {
+		t.Fatalf("after a SIGHUP with a KEK file of mode 0644: %s, want key_unavailable", v)
+	}
+	// The new KEK in place, mode 0600: SIGHUP, and the device is back.
+	if err := os.Chmod(kek1, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(effectWithin)
+	if v := verdict(t, g, d); v != "accepted" {
+		t.Fatalf("after SIGHUP with the new KEK: %s, want accepted", v)
+	}
+	if code, body := readyz(t, g); code != http.StatusOK {
+		t.Fatalf("/readyz after the reload: %d %q", code, body)
+	}
+	log, _ := os.ReadFile(g.logPath)
+	for _, want := range []string{"SIGHUP: KEK files not reloaded", "SIGHUP: KEK files reloaded"} {
+		if !strings.Contains(string(log), want) {
+			t.Fatalf("gateway log lacks %q", want)
+		}
 	}
 }

@@ -77,7 +77,7 @@ func TestDeviceActivity(t *testing.T) {
 	}
 	for _, want := range []string{
 		"rejections:     34 (rate_limited 30, bad_signature 4)", // the stale ones are older than --since 24h
-		"last rejection: " + now.Add(-10*time.Second).UTC().Format(time.RFC3339)[:10],
+		"last rejection: " + now.Add(-10 * time.Second).UTC().Format(time.RFC3339)[:10],
 		" rate_limited\n",
 		"rate-limited:   yes",
 		"quarantined:    yes, since ",

@@ -91,8 +91,9 @@ restart it, then rotate: they open the registry under either KEK
 (docs/SECURITY.md, "Rotating the KEK"). A gateway that holds only the old
 KEK fails closed after the rotation: disables and revocations still
 apply, but every device whose key was re-sealed is rejected as
-key_unavailable and /readyz says the registry is stale, until it is
-restarted with the new KEK.`,
+key_unavailable and /readyz says the registry is stale, until it holds
+the new KEK: write it to the file security.kek_file names and send the
+gateway SIGHUP (it re-reads its KEK files), or restart it.`,
 		Example: `  iotgw kek new /etc/iotgw/kek.new
   iotgw kek rotate --new /etc/iotgw/kek.new --config /etc/iotgw/iotgw.yaml
   mv /etc/iotgw/kek.new /etc/iotgw/kek     # the file security.kek_file names`,

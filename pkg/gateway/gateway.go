@@ -311,6 +311,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		})
 	})
 	goBG(func() { g.prune(bg) })
+	goBG(func() { g.reloadKEKOnHUP(bg) })
 	sharedCtx, stopShared := context.WithCancel(context.Background())
 	sharedDone := make(chan struct{})
 	if g.shared != nil {

@@ -293,12 +293,12 @@ func (c *Cache) load(ctx context.Context) (*snapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry cache: %w", err)
 	}
-	switch r := c.r; {
-	case r.kek == nil && fp != "":
+	switch cur, _ := c.r.keks(); {
+	case cur == nil && fp != "":
 		s.wrong = fmt.Errorf("registry cache: %w", ErrSealed)
-	case r.kek != nil && fp != "" && r.kekFor(fp) == nil:
-		s.wrong = fmt.Errorf("registry cache: %w: the registry is now sealed with KEK %s, this gateway holds KEK %s%s (give it the new KEK as security.kek_file and the old one as security.previous_kek_file, and restart it)",
-			ErrWrongKEK, short(fp), r.kek.Short(), r.prevNote())
+	case cur != nil && fp != "" && c.r.kekFor(fp) == nil:
+		s.wrong = fmt.Errorf("registry cache: %w: the registry is now sealed with KEK %s, this gateway holds KEK %s%s (put the new KEK in security.kek_file and send SIGHUP, or restart)",
+			ErrWrongKEK, short(fp), cur.Short(), c.r.prevNote())
 	}
 	rows, err := c.conn.QueryContext(ctx, `SELECT d.device_id, d.enabled, k.key_id, k.secret, k.sealed, k.expires_at
 		FROM devices d LEFT JOIN device_keys k ON k.device_id = d.device_id ORDER BY d.device_id, k.key_id`)
@@ -351,6 +351,15 @@ func (c *Cache) load(ctx context.Context) (*snapshot, error) {
 		}
 	}
 	return s, nil
+}
+
+// Reload makes the next refresh reload every device whether or not the
+// registry changed: after SetKEKs, keys that did not open may open now.
+func (c *Cache) Reload() {
+	c.mu.Lock()
+	c.version = -1
+	c.mu.Unlock()
+	c.Kick()
 }
 
 // Run refreshes every interval, and at once after each Kick, until ctx is

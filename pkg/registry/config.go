@@ -39,8 +39,9 @@ type SecurityConfig struct {
 	// gateways running (docs/SECURITY.md, "Rotating the KEK"): a gateway
 	// holding both opens a registry sealed under either, so it keeps
 	// working while iotgw kek rotate re-seals the registry from this KEK
-	// to kek_file's. Same file rules as kek_file. Read by iotgw serve and
-	// config check; the other commands use kek_file alone. Default "".
+	// to kek_file's. Same file rules as kek_file. Read by iotgw serve (at
+	// start and on SIGHUP, with kek_file) and config check; the other
+	// commands use kek_file alone. Default "".
 	PreviousKEKFile string `mapstructure:"previous_kek_file"`
 	// RequireKEK makes a missing kek_file fatal at start. Default false.
 	RequireKEK bool `mapstructure:"require_kek"`

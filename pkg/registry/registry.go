@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/envelope"
@@ -38,13 +39,17 @@ func (i Info) Revoked() bool { return !i.RevokedAt.IsZero() }
 
 // Registry is the device database, on any engine (see OpenDB).
 type Registry struct {
-	db     *sql.DB
-	d      sqldb.Dialect
-	owned  bool   // Close closes db
-	path   string // the SQLite file, or ""
-	name   string // path, or the engine's name, for messages
+	db    *sql.DB
+	d     sqldb.Dialect
+	owned bool   // Close closes db
+	path  string // the SQLite file, or ""
+	name  string // path, or the engine's name, for messages
+	// kek and prev are the current KEK and the previous one, also
+	// accepted (security.previous_kek_file); nil: none. Guarded by kmu:
+	// SetKEKs swaps them while the gateway runs.
+	kmu    sync.RWMutex
 	kek    *KEK
-	prev   *KEK // the previous KEK, also accepted (security.previous_kek_file); nil: none
+	prev   *KEK
 	sealed bool // registry_meta holds a KEK fingerprint
 	now    func() time.Time
 }
@@ -61,6 +66,23 @@ func WithKEK(k *KEK) Option { return func(r *Registry) { r.kek = k } }
 // (iotgw kek rotate), whichever it holds at each refresh. New secrets are
 // sealed under whichever of the two the registry is sealed with.
 func WithPreviousKEK(k *KEK) Option { return func(r *Registry) { r.prev = k } }
+
+// SetKEKs replaces the KEK and the previous KEK (nil: none) of a registry
+// in use, for a gateway that reloads its KEK files (SIGHUP). Secrets are
+// opened and sealed with the new pair from then on; a Cache picks them up
+// at its next reload (Cache.Reload forces one).
+func (r *Registry) SetKEKs(cur, prev *KEK) {
+	r.kmu.Lock()
+	defer r.kmu.Unlock()
+	r.kek, r.prev = cur, prev
+}
+
+// keks returns the current and previous KEK.
+func (r *Registry) keks() (cur, prev *KEK) {
+	r.kmu.RLock()
+	defer r.kmu.RUnlock()
+	return r.kek, r.prev
+}
 
 // WithClock sets the clock used for key creation and expiry (default time.Now).
 func WithClock(now func() time.Time) Option { return func(r *Registry) { r.now = now } }
@@ -177,23 +199,25 @@ func (r *Registry) checkKEK(ctx context.Context) error {
 
 // compareKEK checks the recorded fingerprint fp against r.kek (and r.prev).
 func (r *Registry) compareKEK(fp string) error {
-	if r.kek != nil && fp != "" && r.kekFor(fp) == nil {
-		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s%s", r.name, ErrWrongKEK, short(fp), r.kek.Short(), r.prevNote())
+	if cur, _ := r.keks(); cur != nil && fp != "" && r.kekFor(fp) == nil {
+		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s%s", r.name, ErrWrongKEK, short(fp), cur.Short(), r.prevNote())
 	}
 	return nil
 }
 
 // prevNote names the previous KEK for messages, or is empty.
 func (r *Registry) prevNote() string {
-	if r.prev == nil {
+	_, prev := r.keks()
+	if prev == nil {
 		return ""
 	}
-	return " and security.previous_kek_file KEK " + r.prev.Short()
+	return " and security.previous_kek_file KEK " + prev.Short()
 }
 
 // kekFor returns the KEK (current or previous) whose fingerprint is fp, or nil.
 func (r *Registry) kekFor(fp string) *KEK {
-	for _, k := range []*KEK{r.kek, r.prev} {
+	cur, prev := r.keks()
+	for _, k := range []*KEK{cur, prev} {
 		if k != nil && hmac.Equal([]byte(fp), []byte(k.fp)) {
 			return k
 		}
@@ -278,7 +302,8 @@ type KeyInfo struct {
 // the registry's lock) sees it: a re-seal committed since Open is
 // followed, never mixed with rows under the KEK it replaced.
 func (r *Registry) sealFor(ctx context.Context, q querier, id string, keyID int64, secret string) ([]byte, bool, error) {
-	if r.kek == nil {
+	k, _ := r.keks()
+	if k == nil {
 		if r.sealed {
 			return nil, false, ErrSealed
 		}
@@ -288,7 +313,6 @@ func (r *Registry) sealFor(ctx context.Context, q querier, id string, keyID int6
 	if err != nil {
 		return nil, false, err
 	}
-	k := r.kek
 	if fp != "" {
 		if k = r.kekFor(fp); k == nil {
 			return nil, false, r.compareKEK(fp)
@@ -301,18 +325,19 @@ func (r *Registry) sealFor(ctx context.Context, q querier, id string, keyID int6
 // openSecret returns the secret bytes of a stored key, opened with the
 // current KEK or else the previous one.
 func (r *Registry) openSecret(id string, keyID int64, stored []byte, sealed bool) ([]byte, error) {
+	cur, prev := r.keks()
 	switch {
-	case sealed && r.kek == nil:
+	case sealed && cur == nil:
 		return nil, ErrSealed
 	case sealed:
-		p, err := r.kek.open(id, keyID, stored)
-		if err != nil && r.prev != nil {
-			if q, perr := r.prev.open(id, keyID, stored); perr == nil {
+		p, err := cur.open(id, keyID, stored)
+		if err != nil && prev != nil {
+			if q, perr := prev.open(id, keyID, stored); perr == nil {
 				return q, nil
 			}
 		}
 		return p, err
-	case r.kek != nil || r.sealed:
+	case cur != nil || r.sealed:
 		return nil, fmt.Errorf("device %s key %d: %w: a secret in the clear in a sealed registry", id, keyID, ErrOpen)
 	}
 	return stored, nil

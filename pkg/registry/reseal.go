@@ -27,14 +27,16 @@ func (r *Registry) Reseal(ctx context.Context, next *KEK) (int, error) {
 	if next == nil {
 		return 0, errors.New("kek rotate: no new KEK")
 	}
-	if r.sealed && r.kek == nil {
+	if cur, _ := r.keks(); r.sealed && cur == nil {
 		return 0, fmt.Errorf("kek rotate: %w", ErrSealed)
 	}
 	n, err := r.reseal(ctx, next)
 	if err != nil {
 		return 0, fmt.Errorf("kek rotate: %w (nothing changed)", err)
 	}
+	r.kmu.Lock()
 	r.kek, r.sealed = next, true
+	r.kmu.Unlock()
 	if err := r.d.Compact(ctx, r.db); err != nil {
 		return n, fmt.Errorf("kek rotate: re-sealed %d keys, but %w (old rows may linger in free pages)", n, err)
 	}
