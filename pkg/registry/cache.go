@@ -38,6 +38,9 @@ type Cache struct {
 	snapErr error
 	version int64
 	loads   atomic.Int64
+	// unavailable counts the enabled devices of the snapshot served with
+	// KeyUnavailable.
+	unavailable atomic.Int64
 	// nextExpiry is the earliest expiry of a cached key (zero: none).
 	nextExpiry time.Time
 	// mu serializes reloads: Run's ticker and the reloads on a miss.
@@ -87,15 +90,7 @@ func (c *Cache) Stale() (since time.Time, err error) {
 
 // Unavailable returns the number of enabled devices served with
 // KeyUnavailable: those rejected as key_unavailable.
-func (c *Cache) Unavailable() int {
-	n := 0
-	for _, d := range *c.devices.Load() {
-		if d.Enabled && d.KeyUnavailable {
-			n++
-		}
-	}
-	return n
-}
+func (c *Cache) Unavailable() int { return int(c.unavailable.Load()) }
 
 // setStale records err (nil: fresh again), keeping the first time.
 func (c *Cache) setStale(err error) {
@@ -256,7 +251,14 @@ func (c *Cache) refresh(ctx context.Context) (bool, error) {
 			return false, err
 		}
 	}
+	var n int64
+	for _, d := range s.devices {
+		if d.Enabled && d.KeyUnavailable {
+			n++
+		}
+	}
 	c.devices.Store(&s.devices)
+	c.unavailable.Store(n)
 	c.snapErr = s.stale()
 	c.version, c.nextExpiry = v, s.next
 	c.loads.Add(1)
