@@ -360,9 +360,10 @@ func newDeviceListCmd() *cobra.Command {
 }
 
 func newDeviceShowCmd() *cobra.Command {
-	return &cobra.Command{
+	var window time.Duration
+	cmd := &cobra.Command{
 		Use:   "show ID",
-		Short: "Show one device (never its secret)",
+		Short: "Show one device (never its secret) and its recent activity",
 		Args:  deviceIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
@@ -392,10 +393,12 @@ func newDeviceShowCmd() *cobra.Command {
 					}
 					fmt.Fprintf(out, "key %d:   created %s, expires %s\n", k.ID, k.CreatedAt.Format(time.RFC3339), exp)
 				}
-				return nil
+				return printActivity(cmd, out, d.ID, d, window)
 			})
 		},
 	}
+	cmd.Flags().DurationVar(&window, "since", 24*time.Hour, "activity window")
+	return cmd
 }
 
 // infoState is "revoked", "enabled" or "disabled".
