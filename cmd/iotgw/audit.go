@@ -85,8 +85,8 @@ func newAuditCmd() *cobra.Command {
 		p := dbPath
 		if p == "" {
 			p = f.Registry.Path
-		} else if f.Storage.Shared() {
-			return nil, nil, usagef("--db names a SQLite file, but storage.engine is %s (drop --db)", f.Storage.Engine)
+		} else if err := f.Storage.FileUnused("--db"); err != nil {
+			return nil, nil, usagef("%v", err)
 		}
 		if err := f.Storage.RegistryExists(p); err != nil {
 			return nil, nil, err
@@ -245,9 +245,9 @@ func printActivity(cmd *cobra.Command, w io.Writer, id string, info registry.Inf
 	if err != nil {
 		return err
 	}
-	scope := "this registry"
-	if s.cfg.Shared() {
-		scope = "every gateway (PostgreSQL)"
+	scope := "every gateway sharing storage.dsn"
+	if s.cfg.FilesLocal() {
+		scope = "this registry"
 	}
 	fmt.Fprintf(w, "activity: audit trail of %s since %s (--since %s)\n", scope, from.UTC().Format(time.RFC3339), window)
 	fmt.Fprintln(w, "  last accepted:  not recorded (accepted messages are in the outbox, not the audit trail)")

@@ -102,8 +102,10 @@ func storeOf(cmd *cobra.Command) (store, error) {
 	if err := c.Storage.Validate(); err != nil {
 		return store{}, err
 	}
-	if f := cmd.Flags().Lookup("db"); f != nil && f.Changed && c.Storage.Shared() {
-		return store{}, usagef("--db names a SQLite file, but storage.engine is %s (drop --db)", c.Storage.Engine)
+	if f := cmd.Flags().Lookup("db"); f != nil && f.Changed {
+		if err := c.Storage.FileUnused("--db"); err != nil {
+			return store{}, usagef("%v", err)
+		}
 	}
 	return store{cfg: c.Storage, path: registryPath(cmd)}, nil
 }
