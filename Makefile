@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build release demo test unit unit-file e2e bench bench-scale fuzz vet lint fmt deps clean
+.PHONY: all build release demo test unit unit-file e2e bench bench-scale fuzz vet lint fmt deps deps-demo clean
 
 all: build
 
@@ -31,14 +31,20 @@ release:
 	GOOS=linux GOARCH=arm64 CC=$(CC_arm64) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/iotgw-linux-arm64 ./cmd/iotgw
 	cd dist && sha256sum iotgw-linux-amd64 iotgw-linux-arm64 > SHA256SUMS
 
-# deps installs what the tests and the demo need and a fresh Debian lacks.
+# deps installs what the tests need and a fresh Debian lacks, and starts
+# the PostgreSQL they use; deps-demo only what the demo needs (Mosquitto,
+# gcc, Python's paho-mqtt). README.md says what each changes on the machine.
 deps:
-	@scripts/install-deps.sh
+	@scripts/install-deps.sh test
 	@scripts/postgres.sh
+
+deps-demo:
+	@scripts/install-deps.sh demo
 
 # demo: PKI, two devices, Mosquitto with the project's config, the gateway,
 # a sample backend and a simulated device with every attack; prints a table.
-demo: deps build
+# It needs no PostgreSQL, golangci-lint or promtool.
+demo: deps-demo build
 	@scripts/demo.sh
 
 # test: every test, the end-to-end and fault-injection ones included

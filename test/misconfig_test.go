@@ -169,6 +169,16 @@ func TestPrintDefaultsValidates(t *testing.T) {
 		t.Fatalf("print-defaults is not YAML: %v\n%s", err, out)
 	}
 	path := filepath.Join(t.TempDir(), "defaults.yaml")
+	// config check opens the registry as serve does, and wants the
+	// outbox's directory: both live beside the file, not in the cwd.
+	dir := filepath.Dir(path)
+	reg, err := registry.Open(context.Background(), filepath.Join(dir, "iotgw.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	doc["registry"].(map[string]any)["path"] = filepath.Join(dir, "iotgw.db")
+	doc["outbox"].(map[string]any)["path"] = filepath.Join(dir, "iotgw-outbox.db")
 	var filled []string
 	for range len(fill) + 1 {
 		b, err := yaml.Marshal(doc)

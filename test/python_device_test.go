@@ -77,8 +77,9 @@ func (f *fixture) pyDevice(t *testing.T, py, id, secret, payload string, timeout
 // (real Mosquitto with the project's config, real `iotgw serve`): its
 // message reaches the backend with its exact payload bytes, and it prints
 // the reply it verified with K_down. A wrong secret (the gateway's notice
-// then does not verify), a disabled device (a signed notice) and an
-// unregistered one (no notice) each exit 1 with one line.
+// answers the message but does not verify) exits 3, a disabled device (a
+// signed notice) and an unregistered one (no notice) exit 1, each with
+// one line.
 func TestPythonDevice(t *testing.T) {
 	py := pythonWithPaho(t)
 	f := newFixture(t, "py_sensor", "py_off")
@@ -121,17 +122,20 @@ func TestPythonDevice(t *testing.T) {
 
 	for _, tc := range []struct {
 		name, id, secret, want string
+		code                   int
 		timeout                time.Duration
 	}{
-		{"wrong secret", "py_sensor", strings.Repeat("0", 64), "reply refused: bad signature", 15 * time.Second},
-		{"disabled", "py_off", f.secrets["py_off"], "rejected: disabled", 15 * time.Second},
-		{"unregistered", "py_ghost", strings.Repeat("1", 64), "timeout: no reply to ", 3 * time.Second},
+		// The gateway's bad_signature notice is signed with the registered
+		// secret: it answers the message but does not verify (exit 3).
+		{"wrong secret", "py_sensor", strings.Repeat("0", 64), "answer not verified: the answer to ", 3, 15 * time.Second},
+		{"disabled", "py_off", f.secrets["py_off"], "rejected: disabled", 1, 15 * time.Second},
+		{"unregistered", "py_ghost", strings.Repeat("1", 64), "timeout: no reply to ", 1, 3 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stdout, stderr := f.pyDevice(t, py, tc.id, tc.secret, `{"x":1}`, tc.timeout)
 			lines := strings.Split(strings.TrimSpace(stderr), "\n")
-			if code != 1 || stdout != "" || len(lines) != 1 || !strings.HasPrefix(lines[0], tc.want) {
-				t.Fatalf("device.py exit %d, stdout %q, stderr %q; want exit 1 and one line %q", code, stdout, stderr, tc.want)
+			if code != tc.code || stdout != "" || len(lines) != 1 || !strings.HasPrefix(lines[0], tc.want) {
+				t.Fatalf("device.py exit %d, stdout %q, stderr %q; want exit %d and one line %q", code, stdout, stderr, tc.code, tc.want)
 			}
 		})
 	}

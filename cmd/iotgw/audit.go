@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -14,7 +16,9 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/audit"
 	"github.com/iotgw/iotgw/pkg/config"
+	"github.com/iotgw/iotgw/pkg/registry"
 	"github.com/iotgw/iotgw/pkg/storage"
+	"github.com/iotgw/iotgw/pkg/validate"
 )
 
 func init() { commands = append(commands, newAuditCmd) }
@@ -81,8 +85,8 @@ func newAuditCmd() *cobra.Command {
 		p := dbPath
 		if p == "" {
 			p = f.Registry.Path
-		} else if f.Storage.Shared() {
-			return nil, nil, usagef("--db names a SQLite file, but storage.engine is %s (drop --db)", f.Storage.Engine)
+		} else if err := f.Storage.FileUnused("--db"); err != nil {
+			return nil, nil, usagef("%v", err)
 		}
 		if err := f.Storage.RegistryExists(p); err != nil {
 			return nil, nil, err
@@ -143,17 +147,31 @@ elsewhere and pass it later as --anchor to catch that.`,
 		}}
 	verify.Flags().StringArrayVar(&anchors, "anchor", nil, "SEQ:HASH printed by an earlier verify and kept elsewhere: the entry must still be there (repeatable)")
 	var n int
-	tail := &cobra.Command{Use: "tail", Short: "Print the newest entries", Args: noArguments,
+	var filter audit.Filter
+	var since time.Duration
+	tail := &cobra.Command{Use: "tail", Short: "Print the newest entries, of one device or reason if asked", Args: noArguments,
+		Example: `  iotgw audit tail -n 50
+  iotgw audit tail --device sensor_042 --reason bad_signature --since 1h`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if n < 1 {
 				return usagef("-n must be at least 1")
+			}
+			if since < 0 {
+				return usagef("--since must not be negative")
+			}
+			if filter.Reason != "" && !knownReason(filter.Reason) {
+				return usagef("--reason %q is not a reason code (%s)", filter.Reason, reasonList())
+			}
+			f := filter
+			if since > 0 {
+				f.Since = time.Now().Add(-since)
 			}
 			l, closeLog, err := open(cmd)
 			if err != nil {
 				return err
 			}
 			defer closeLog() //nolint:errcheck // read only
-			entries, err := l.Tail(cmd.Context(), n)
+			entries, err := l.Find(cmd.Context(), f, n)
 			if err != nil {
 				return err
 			}
@@ -166,6 +184,9 @@ elsewhere and pass it later as --anchor to catch that.`,
 			return w.Flush()
 		}}
 	tail.Flags().IntVarP(&n, "lines", "n", 20, "how many entries")
+	tail.Flags().StringVar(&filter.Device, "device", "", "only entries about this device")
+	tail.Flags().StringVar(&filter.Reason, "reason", "", "only entries with this reason code (e.g. bad_signature)")
+	tail.Flags().DurationVar(&since, "since", 0, "only entries this recent (e.g. 1h; 0: all)")
 	cmd.AddCommand(verify, tail)
 	return cmd
 }
@@ -175,4 +196,106 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// knownReason reports whether r is a rejection reason code.
+func knownReason(r string) bool {
+	for _, x := range validate.Reasons {
+		if string(x) == r {
+			return true
+		}
+	}
+	return false
+}
+
+// reasonList is the reason codes, comma-separated.
+func reasonList() string {
+	var b strings.Builder
+	for i, r := range validate.Reasons {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(string(r))
+	}
+	return b.String()
+}
+
+// rateLimitedRecently is how recent a rate_limited rejection must be for
+// device show to call the device rate-limited now.
+const rateLimitedRecently = time.Minute
+
+// printActivity prints what the audit trail says of device id over the
+// last window (device show): the last rejection, rejections by reason,
+// quarantine and rate limiting. On PostgreSQL the trail is the whole
+// fleet's. Accepted messages are not in the trail.
+func printActivity(cmd *cobra.Command, w io.Writer, id string, info registry.Info, window time.Duration) error {
+	s, err := storeOf(cmd)
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	l, closeLog, err := storage.OpenAudit(ctx, s.cfg, s.path, time.Now)
+	if err != nil {
+		return err
+	}
+	defer closeLog() //nolint:errcheck // read only
+	now := time.Now()
+	from := now.Add(-window)
+	tallies, err := l.Summarize(ctx, audit.Filter{Device: id, Since: from})
+	if err != nil {
+		return err
+	}
+	scope := "every gateway sharing storage.dsn"
+	if s.cfg.FilesLocal() {
+		scope = "this registry"
+	}
+	fmt.Fprintf(w, "activity: audit trail of %s since %s (--since %s)\n", scope, from.UTC().Format(time.RFC3339), window)
+	fmt.Fprintln(w, "  last accepted:  not recorded (accepted messages are in the outbox, not the audit trail)")
+	var rejected []string
+	var lastRej, lastRate, lastQuarantine, lastEnable audit.Tally
+	var total int64
+	for _, t := range tallies { // most recent first
+		switch t.Action {
+		case "reject":
+			total += t.Count
+			rejected = append(rejected, fmt.Sprintf("%s %d", t.Reason, t.Count))
+			if lastRej.Last.IsZero() {
+				lastRej = t
+			}
+			if t.Reason == string(validate.RateLimited) {
+				lastRate = t
+			}
+		case "quarantine":
+			if lastQuarantine.Last.IsZero() {
+				lastQuarantine = t
+			}
+		case "device.enable":
+			if lastEnable.Last.IsZero() {
+				lastEnable = t
+			}
+		}
+	}
+	if total == 0 {
+		fmt.Fprintln(w, "  rejections:     none")
+	} else {
+		fmt.Fprintf(w, "  rejections:     %d (%s)\n", total, strings.Join(rejected, ", "))
+		fmt.Fprintf(w, "  last rejection: %s %s\n", lastRej.Last.Format(time.RFC3339), lastRej.Reason)
+	}
+	switch {
+	case lastRate.Last.IsZero():
+		fmt.Fprintln(w, "  rate-limited:   no")
+	case now.Sub(lastRate.Last) <= rateLimitedRecently:
+		fmt.Fprintf(w, "  rate-limited:   yes (last %s)\n", lastRate.Last.Format(time.RFC3339))
+	default:
+		fmt.Fprintf(w, "  rate-limited:   not now (last %s)\n", lastRate.Last.Format(time.RFC3339))
+	}
+	switch {
+	case lastQuarantine.Last.IsZero():
+		fmt.Fprintln(w, "  quarantined:    no")
+	case !info.Enabled && lastQuarantine.Last.After(lastEnable.Last):
+		fmt.Fprintf(w, "  quarantined:    yes, since %s (iotgw device enable re-enables it)\n", lastQuarantine.Last.Format(time.RFC3339))
+	default:
+		fmt.Fprintf(w, "  quarantined:    not now (last %s)\n", lastQuarantine.Last.Format(time.RFC3339))
+	}
+	return nil
 }

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"github.com/iotgw/iotgw/pkg/storage"
-	"os"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/outbox"
-	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 func init() { commands = append(commands, newDeadletterCmd) }
@@ -29,32 +26,16 @@ func newDeadletterCmd() *cobra.Command {
 		if err := f.Storage.Validate(); err != nil {
 			return nil, err
 		}
-		if f.Storage.Shared() {
-			if path != "" {
-				return nil, usagef("--outbox names a SQLite file, but storage.engine is postgres")
+		if path != "" {
+			if err := f.Storage.FileUnused("--outbox"); err != nil {
+				return nil, usagef("%v", err)
 			}
-			e, err := storage.OpenOutbox(cmd.Context(), f.Storage, f.Outbox)
-			if err != nil {
-				return nil, err
-			}
-			return engineStore{e.Outbox, e}, nil
 		}
-		p := path
-		if p == "" {
-			p = f.Outbox.Path
-		}
-		// Opening would create an empty database: a typo in --outbox
-		// would then list "0 dead letter(s)".
-		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("outbox %s does not exist (give --outbox, or --config with outbox.path)", p)
-		}
-		cfg := outbox.DefaultConfig()
-		cfg.Path = p
-		st, err := sqlitestore.Open(cmd.Context(), cfg) // beside a running gateway: no lock
+		st, closeSt, err := storage.OpenDeadLetters(cmd.Context(), f.Storage, f.Outbox, path)
 		if err != nil {
 			return nil, err
 		}
-		return st, nil
+		return engineStore{st, closeSt}, nil
 	}
 	seqs := func(args []string) ([]int64, error) {
 		var out []int64
@@ -149,17 +130,14 @@ func recordDeadletter(cmd *cobra.Command, dbPath, cfgPath, action string, n int)
 	if err != nil {
 		return err
 	}
-	if f.Storage.Shared() {
-		return recordAdminIn(cmd.Context(), store{cfg: f.Storage}, action, "", n)
-	}
 	if dbPath == "" {
 		dbPath = f.Registry.Path
 	}
-	if _, err := os.Stat(dbPath); err != nil {
+	if err := f.Storage.RegistryExists(dbPath); err != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s not recorded in the audit trail: registry %s not found (give --db or --config)\n", action, dbPath)
 		return nil
 	}
-	return recordAdmin(cmd.Context(), dbPath, action, "", n)
+	return recordAdminIn(cmd.Context(), store{cfg: f.Storage, path: dbPath}, action, "", n)
 }
 
 // deadStore is the dead-letter table on either engine.
@@ -170,10 +148,10 @@ type deadStore interface {
 	Close() error
 }
 
-// engineStore closes the engine it came from.
+// engineStore is an outbox with the closer of what opened it.
 type engineStore struct {
 	storage.Outbox
-	e *storage.Engine
+	close func()
 }
 
-func (s engineStore) Close() error { s.e.Close(); return nil }
+func (s engineStore) Close() error { s.close(); return nil }

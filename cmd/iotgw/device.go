@@ -102,8 +102,10 @@ func storeOf(cmd *cobra.Command) (store, error) {
 	if err := c.Storage.Validate(); err != nil {
 		return store{}, err
 	}
-	if f := cmd.Flags().Lookup("db"); f != nil && f.Changed && c.Storage.Shared() {
-		return store{}, usagef("--db names a SQLite file, but storage.engine is %s (drop --db)", c.Storage.Engine)
+	if f := cmd.Flags().Lookup("db"); f != nil && f.Changed {
+		if err := c.Storage.FileUnused("--db"); err != nil {
+			return store{}, usagef("%v", err)
+		}
 	}
 	return store{cfg: c.Storage, path: registryPath(cmd)}, nil
 }
@@ -323,7 +325,7 @@ broker.`,
 				fmt.Fprintf(cmd.ErrOrStderr(), "added device %s\n", id)
 				return auditErr
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "added device %s; its secret follows and will not be shown again:\n", id)
+			fmt.Fprintf(cmd.ErrOrStderr(), "added device %s; its secret is printed once, on stdout, and will not be shown again\n", id)
 			if _, err = fmt.Fprintln(cmd.OutOrStdout(), secret); err != nil {
 				return err
 			}
@@ -360,9 +362,10 @@ func newDeviceListCmd() *cobra.Command {
 }
 
 func newDeviceShowCmd() *cobra.Command {
-	return &cobra.Command{
+	var window time.Duration
+	cmd := &cobra.Command{
 		Use:   "show ID",
-		Short: "Show one device (never its secret)",
+		Short: "Show one device (never its secret) and its recent activity",
 		Args:  deviceIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withRegistry(cmd, false, func(ctx context.Context, r *registry.Registry) error {
@@ -392,10 +395,12 @@ func newDeviceShowCmd() *cobra.Command {
 					}
 					fmt.Fprintf(out, "key %d:   created %s, expires %s\n", k.ID, k.CreatedAt.Format(time.RFC3339), exp)
 				}
-				return nil
+				return printActivity(cmd, out, d.ID, d, window)
 			})
 		},
 	}
+	cmd.Flags().DurationVar(&window, "since", 24*time.Hour, "activity window")
+	return cmd
 }
 
 // infoState is "revoked", "enabled" or "disabled".
@@ -505,7 +510,7 @@ registry.refresh. A revoked device cannot be rotated.`,
 				fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s\n", id, k.ID, ends)
 				return auditErr
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s; the new secret follows and will not be shown again:\n", id, k.ID, ends)
+			fmt.Fprintf(cmd.ErrOrStderr(), "rotated device %s to key %d; older keys expire %s; the new secret is printed once, on stdout, and will not be shown again\n", id, k.ID, ends)
 			if _, err = fmt.Fprintln(cmd.OutOrStdout(), secret); err != nil {
 				return err
 			}

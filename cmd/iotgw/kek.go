@@ -85,9 +85,15 @@ linger on disk.
 With no current KEK configured, rotate seals a registry whose secrets are
 stored in the clear: that is how an existing registry becomes sealed.
 
-Stop the gateway first (or restart it right after): a running gateway
-keeps its last snapshot and reports every refresh as a wrong KEK until it
-is started with security.kek_file pointing at the new file.`,
+With gateways running, first give each one the new KEK as
+security.kek_file and the current one as security.previous_kek_file and
+restart it, then rotate: they open the registry under either KEK
+(docs/SECURITY.md, "Rotating the KEK"). A gateway that holds only the old
+KEK fails closed after the rotation: disables and revocations still
+apply, but every device whose key was re-sealed is rejected as
+key_unavailable and /readyz says the registry is stale, until it holds
+the new KEK: write it to the file security.kek_file names and send the
+gateway SIGHUP (it re-reads its KEK files), or restart it.`,
 		Example: `  iotgw kek new /etc/iotgw/kek.new
   iotgw kek rotate --new /etc/iotgw/kek.new --config /etc/iotgw/iotgw.yaml
   mv /etc/iotgw/kek.new /etc/iotgw/kek     # the file security.kek_file names`,

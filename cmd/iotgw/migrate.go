@@ -5,19 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/iotgw/iotgw/pkg/audit"
 	"github.com/iotgw/iotgw/pkg/config"
-	"github.com/iotgw/iotgw/pkg/outbox"
-	"github.com/iotgw/iotgw/pkg/pgstore"
-	"github.com/iotgw/iotgw/pkg/registry"
-	"github.com/iotgw/iotgw/pkg/sqlitestore"
 	"github.com/iotgw/iotgw/pkg/storage"
 )
 
@@ -58,10 +51,9 @@ Settings come from --config and the IOTGW_* environment.`,
 				return migrateSchema(cmd.Context(), cmd.OutOrStdout(), f)
 			case from == "" || to == "":
 				return usagef("--from and --to go together: iotgw migrate --from sqlite --to postgres")
-			case from != storage.SQLite:
-				return usagef("--from: %q is not an engine migrate copies from (valid: %s)", from, storage.SQLite)
-			case to != storage.Postgres:
-				return usagef("--to: %q is not an engine migrate copies to (valid: %s)", to, storage.Postgres)
+			}
+			if err := storage.CheckMigration(from, to); err != nil {
+				return usagef("%v", err)
 			}
 			return migrateCopy(cmd.Context(), cmd.OutOrStdout(), f)
 		},
@@ -78,48 +70,12 @@ func migrateSchema(ctx context.Context, out io.Writer, f config.File) error {
 	if err := f.Storage.Validate(); err != nil {
 		return err
 	}
-	if f.Storage.Engine == storage.Postgres {
-		db, err := openPostgres(ctx, f.Storage.DSN)
-		if err != nil {
-			return err
-		}
-		defer db.Close()
-		applied, latest, err := db.Version(ctx)
-		if err != nil {
-			return fmt.Errorf("storage.dsn: schema version: %s", oneLineErr(err))
-		}
-		fmt.Fprintf(out, "schema version %d (latest %d)\n", applied, latest)
-		return nil
+	lines, err := storage.SchemaStatus(ctx, f.Storage, f.Registry.Path, f.Outbox.Path)
+	if err != nil {
+		return dsnErr(err)
 	}
-	fmt.Fprintln(out, "storage.engine sqlite: SQLite files migrate themselves when opened")
-	for _, file := range []struct {
-		key, path string
-		open      func() (io.Closer, error)
-	}{
-		{"registry.path", f.Registry.Path, func() (io.Closer, error) {
-			r, err := registry.Open(ctx, f.Registry.Path)
-			if err != nil {
-				return nil, err
-			}
-			r.Close()
-			return audit.Open(ctx, f.Registry.Path, time.Now)
-		}},
-		{"outbox.path", f.Outbox.Path, func() (io.Closer, error) {
-			oc := outbox.DefaultConfig()
-			oc.Path = f.Outbox.Path
-			return sqlitestore.Open(ctx, oc)
-		}},
-	} {
-		if _, err := os.Stat(file.path); errors.Is(err, os.ErrNotExist) {
-			fmt.Fprintf(out, "%s %s: does not exist yet (created at first use)\n", file.key, file.path)
-			continue
-		}
-		c, err := file.open()
-		if err != nil {
-			return fmt.Errorf("%s: %w", file.key, err)
-		}
-		c.Close()
-		fmt.Fprintf(out, "%s %s: up to date\n", file.key, file.path)
+	for _, l := range lines {
+		fmt.Fprintln(out, l)
 	}
 	return nil
 }
@@ -127,24 +83,11 @@ func migrateSchema(ctx context.Context, out io.Writer, f config.File) error {
 // migrateCopy copies the SQLite files of f into the PostgreSQL database of
 // storage.dsn and prints what it copied.
 func migrateCopy(ctx context.Context, out io.Writer, f config.File) error {
-	sc := f.Storage
-	sc.Engine = storage.Postgres // the target, whatever the file says
-	if err := sc.Validate(); err != nil {
-		return err
-	}
-	db, err := openPostgres(ctx, sc.DSN)
+	n, err := storage.CopyToShared(ctx, f.Storage, f.Registry.Path, f.Outbox.Path)
 	if err != nil {
-		return err
+		return dsnErr(err)
 	}
-	defer db.Close()
-	n, err := storage.MigrateSQLite(ctx, f.Registry.Path, f.Outbox.Path, db)
-	if err != nil {
-		return errors.New(oneLineErr(err))
-	}
-	applied, _, err := db.Version(ctx)
-	if err != nil {
-		return fmt.Errorf("storage.dsn: schema version: %s", oneLineErr(err))
-	}
+	applied := n.Schema
 	fmt.Fprintf(out, "copied registry.path %s and outbox.path %s into PostgreSQL (schema version %d):\n", f.Registry.Path, f.Outbox.Path, applied)
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	for _, row := range []struct {
@@ -173,18 +116,14 @@ func migrateCopy(ctx context.Context, out io.Writer, f config.File) error {
 	return nil
 }
 
-// openPostgres connects to dsn and migrates its schema. Its errors name
-// storage.dsn, never its value.
-func openPostgres(ctx context.Context, dsn string) (*pgstore.DB, error) {
-	db, err := pgstore.Open(ctx, dsn)
-	if err != nil {
-		msg := strings.TrimPrefix(oneLineErr(err), "storage: ")
-		if !strings.HasPrefix(msg, "storage.dsn") {
-			msg = "storage.dsn: " + msg
-		}
-		return nil, errors.New(msg)
+// dsnErr is err on one line, naming storage.dsn (never its value) when
+// it is the database's: connecting, migrating, copying.
+func dsnErr(err error) error {
+	msg := strings.TrimPrefix(oneLineErr(err), "storage: ")
+	if strings.HasPrefix(msg, "postgres") || strings.HasPrefix(msg, "migration") {
+		msg = "storage.dsn: " + msg
 	}
-	return db, nil
+	return errors.New(msg)
 }
 
 // oneLineErr is err's text on one line.

@@ -19,9 +19,17 @@ import (
 // new handshakes after SIGHUP, but the revoked device's open connection
 // stayed open; a restart does both. Until then the registry alone rejects
 // the device's messages.
+//
+// Under docker-compose.yml the gateway shares the broker's network
+// namespace (network_mode: service:mosquitto), so "restart mosquitto"
+// alone leaves it in a namespace that no longer exists, reconnecting
+// forever (issue 16, item 11). The compose step recreates the pki service
+// (which publishes the new crl.pem to the broker's volume), the broker and
+// the gateway, in that order; test/compose runs it as printed.
 const mosquittoRestartStep = `NEXT STEP: restart Mosquitto, so it loads the new CRL and drops the device's open connection (mosquitto#35; a reload/SIGHUP leaves that connection open):
-  systemctl restart mosquitto            (a packaged broker)
-  docker compose restart mosquitto       (docker-compose.yml)
+  systemctl restart mosquitto                                     (a packaged broker)
+  docker compose up -d --force-recreate pki mosquitto gateway     (docker-compose.yml; v1: docker-compose)
+With docker-compose.yml, never restart mosquitto alone: the gateway shares its network namespace and must be recreated with it.
 Until then the broker still accepts the certificate; the gateway already rejects the device's messages as "disabled".`
 
 // newDeviceRevokeCmd returns "device revoke ID --certs DIR": disable the

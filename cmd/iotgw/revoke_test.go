@@ -33,7 +33,8 @@ func TestDeviceRevoke(t *testing.T) {
 		errText string
 	}{
 		{"revoke", []string{"device", "revoke", "sensor_001", "--certs", certs, "--db", db}, 0,
-			[]string{"revoked device sensor_001 in the registry", "revoked certificate of sensor_001 (serial ", "restart Mosquitto", "mosquitto#35"}, ""},
+			[]string{"revoked device sensor_001 in the registry", "revoked certificate of sensor_001 (serial ", "restart Mosquitto", "mosquitto#35",
+				"docker compose up -d --force-recreate pki mosquitto gateway"}, ""},
 		{"again", []string{"device", "revoke", "sensor_001", "--certs", certs, "--db", db}, 0,
 			[]string{"already on", "restart Mosquitto"}, ""},
 		{"show says revoked", []string{"device", "show", "sensor_001", "--db", db}, 0, []string{"revoked"}, ""},

@@ -63,7 +63,7 @@ func (o *simOptions) check() error {
 		if err != nil { // a mistyped IOTGW_* variable, say: name it
 			return usagef("sim: %v", err)
 		}
-		o.shared = c.Storage.Shared()
+		o.shared = !c.Storage.FilesLocal()
 	}
 	if (o.db == "") == (o.secretsFile == "") && !o.shared {
 		return usagef("sim: give exactly one of --db and --secrets-file")

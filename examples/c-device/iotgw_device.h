@@ -129,6 +129,11 @@ int iotgw_verify(const uint8_t *key, size_t key_len, const iotgw_envelope *env);
  * device_id must equal it (else IOTGW_ERR_IDENTITY). Trust env->payload
  * only on IOTGW_OK. It does not check the timestamp or in_reply_to: look
  * in_reply_to up with iotgw_object_member and match it to your message_id.
+ * On IOTGW_ERR_BAD_SIGNATURE env is still parsed: if its (unverified)
+ * payload's in_reply_to is your message id, the gateway answered with the
+ * secret it holds for you, so your secret is most likely wrong or not yet
+ * registered (PROTOCOL.md section 4): report that and stop; do not act on
+ * the payload, and do not wait for another answer.
  */
 int iotgw_verify_reply(const char k_down[IOTGW_HEX_SIZE], const char *device_id,
                        const char *msg, size_t len, iotgw_envelope *env);

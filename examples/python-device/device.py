@@ -7,8 +7,9 @@
 It subscribes to device/<id>/response, publishes the signed message at QoS 1
 on device/<id>/data, waits for the reply whose in_reply_to is its message_id,
 verifies it with K_down (docs/PROTOCOL.md §4) and prints its payload. Exit 1
-with one line on a timeout, a bad signature or a rejection notice; 2 on bad
-usage. The MQTT client id is the device id, the CN of its certificate.
+with one line on a timeout or a rejection notice; 3 when the answer to the
+message does not verify (the secret is most likely wrong, or not yet
+registered); 2 on bad usage. Other downlinks that do not verify are ignored. The MQTT client id is the device id, the CN of its certificate.
 Needs paho-mqtt (Debian: python3-paho-mqtt); the rest is the standard library.
 """
 import argparse, hashlib, hmac, json, os, re, ssl, sys, threading, time, uuid
@@ -130,6 +131,14 @@ def main() -> int:
         elif not sent:  # once: a resubscription after a reconnect must not resend (that is a replay)
             sent.append(cl.publish("device/%s/data" % a.device, build(secret, a.device, payload.encode(), int(time.time()), mid), qos=1))
 
+    def answers_us(raw: bytes) -> bool:
+        """Whether an unverified downlink names our message (read, never trusted)."""
+        try:
+            p = json.loads(split(raw)["payload"])
+            return isinstance(p, dict) and p.get("in_reply_to") == mid
+        except ValueError:
+            return False
+
     def on_message(_cl, _u, msg):
         try:
             f = verify(k_down, msg.payload)
@@ -138,7 +147,10 @@ def main() -> int:
             p = json.loads(f["payload"])
             p = p if isinstance(p, dict) else {}
         except ValueError as e:
-            result.append((1, "reply refused: %s" % e)); done.set(); return
+            if answers_us(msg.payload):  # the gateway signs with the secret it holds: ours differs
+                result.append((3, "answer not verified: the answer to %s does not verify (%s): this device's secret "
+                                  "is most likely wrong, or not yet registered at the gateway" % (mid, e))); done.set()
+            return  # not from the gateway, or not about this message: ignore it
         if p.get("in_reply_to") not in (mid, None):
             return  # a reply to an earlier message
         result.append((1, "rejected: %s" % p["error"]) if "error" in p else (0, f["payload"])); done.set()
@@ -158,7 +170,7 @@ def main() -> int:
     if not ok:
         print("timeout: no reply to %s within %gs" % (mid, a.timeout), file=sys.stderr); return 1
     if result[0][0]:
-        print(result[0][1], file=sys.stderr); return 1
+        print(result[0][1], file=sys.stderr); return result[0][0]
     print('{"message_id":"%s","reply":%s}' % (mid, result[0][1]))  # the verified payload, as sent
     return 0
 

@@ -90,6 +90,9 @@ func load(path string) (File, error) {
 
 // Validate checks every section.
 func (f File) Validate() error {
+	if err := checkBounds(f); err != nil {
+		return err
+	}
 	if err := f.Config.Validate(); err != nil {
 		return err
 	}

@@ -253,9 +253,12 @@ func (d *Device) Request(ctx context.Context, payload []byte) (*Reply, error) {
 // publish, so a reply that beats the PUBACK is not lost.
 //
 // The error is a *RejectedError when the gateway rejected the message
-// (the Reply is returned too); wraps ErrBadReplySignature when the
-// downlink naming the message does not verify under the downlink key (a
-// forged or reflected reply: do not act on it); and wraps ctx.Err() when
+// (the Reply is returned too); wraps ErrAnswerNotVerified (and
+// ErrBadReplySignature) when a downlink names the message (in_reply_to)
+// but does not verify under the downlink key: do not act on it, and do
+// not wait for another answer: the gateway signs with the secret it holds
+// for the device, so most likely this device's secret is wrong or not
+// (yet) registered (docs/PROTOCOL.md, section 4); and wraps ctx.Err() when
 // ctx ends first (the gateway may still forward the message: its answer
 // is then dropped, or passed to Config.OnDownlink).
 //
@@ -309,8 +312,11 @@ func (d *Device) received(_ mqtt.Client, msg mqtt.Message) {
 	if !ok {
 		return
 	}
-	if err == nil && r.Reason != "" {
+	switch {
+	case err == nil && r.Reason != "":
 		err = &RejectedError{Reason: r.Reason, MessageID: r.InReplyTo}
+	case errors.Is(err, ErrBadReplySignature):
+		err = fmt.Errorf("reply to %s: %w (%w)", r.InReplyTo, ErrAnswerNotVerified, err)
 	}
 	ch <- result{r, err}
 }
@@ -327,6 +333,15 @@ func (d *Device) parse(raw []byte, at time.Time) (*Reply, error) {
 // another device or whose signature is not valid under the device's
 // downlink key.
 var ErrBadReplySignature = errors.New("device: reply signature invalid")
+
+// ErrAnswerNotVerified is wrapped by the error of RequestMessage when a
+// downlink answers the message (its in_reply_to is the message's id) but
+// does not verify under the device's downlink key. The gateway signs its
+// answer with the secret the registry holds for the device, so this most
+// likely means the device's secret is wrong, or not (yet) registered (a
+// bad_signature notice the device cannot read). It is not a timeout:
+// waiting longer will not bring a verifiable answer.
+var ErrAnswerNotVerified = errors.New("device: the answer to this message does not verify: this device's secret is most likely wrong or not (yet) registered at the gateway")
 
 // ErrPublishOnly is the error of Request on a device dialled with
 // Config.PublishOnly.

@@ -36,6 +36,8 @@ func ExampleDial() {
 	switch {
 	case errors.As(err, &rej):
 		fmt.Println("rejected:", rej.Reason)
+	case errors.Is(err, device.ErrAnswerNotVerified):
+		fmt.Println("the answer does not verify: check this device's secret (wrong, or not registered yet)")
 	case errors.Is(err, device.ErrBadReplySignature):
 		fmt.Println("forged reply: ignored")
 	case err != nil:

@@ -25,6 +25,10 @@ type Keys interface {
 	Device(ctx context.Context, id string) (validate.Device, error)
 }
 
+// ErrKeyUnavailable is Sign's error for a device whose current key the
+// gateway cannot open (validate.KeyUnavailable): nothing is signed.
+var ErrKeyUnavailable = errors.New("its key cannot be opened (registry stale or sealed under another KEK): nothing signed")
+
 // Signer signs downlinks. Its methods are safe for concurrent use.
 type Signer struct {
 	keys Keys
@@ -88,6 +92,10 @@ func (s *Signer) SignWith(ctx context.Context, e *envelope.Envelope, keyID int64
 			s.pools.Delete(e.DeviceID)
 		}
 		return fmt.Errorf("look up device: %w", err)
+	}
+	if dev.KeyUnavailable { // its current key does not open: never sign under a remembered one
+		s.pools.Delete(e.DeviceID)
+		return fmt.Errorf("device %s: %w", e.DeviceID, ErrKeyUnavailable)
 	}
 	secret := keySecret(dev.KeyList(), keyID, s.now())
 	if secret == nil {

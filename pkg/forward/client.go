@@ -87,6 +87,14 @@ type Config struct {
 	// X-Device-Timestamp and X-Iotgw-Seq unsigned, for a backend that
 	// verifies v1 until it is upgraded. Default "v2".
 	SignatureScheme string `mapstructure:"signature_scheme"`
+	// PrivateNetworkHost names the one host of URL and BatchURL that the
+	// operator says is reached over a private network they control (the
+	// compose stack's "backend", on a bridge network that never leaves the
+	// machine), so plain http:// to it logs no warning at start. It
+	// acknowledges nothing about any other host, and it makes nothing more
+	// secure: a backend across a real network still needs https://.
+	// Default "".
+	PrivateNetworkHost string `mapstructure:"private_network_host"`
 }
 
 // MaxResponseBytesLimit is the largest backend.max_response_bytes: 1 MiB.

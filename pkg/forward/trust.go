@@ -162,8 +162,8 @@ func (c Config) loadCredentials() (credentials, error) {
 
 // PlaintextWarning returns one line for the operator when backend.url (or
 // backend.batch_url in batch mode) is plain http:// to a host that is not
-// loopback (127.0.0.0/8, ::1, localhost), and "" otherwise. It names the
-// host only, never credentials in the URL.
+// loopback (127.0.0.0/8, ::1, localhost) or backend.private_network_host,
+// and "" otherwise. It names the host only, never credentials in the URL.
 func (c Config) PlaintextWarning() string {
 	var bad []string
 	for _, e := range []struct{ key, url string }{{"backend.url", c.URL}, {"backend.batch_url", c.BatchURL}} {
@@ -171,7 +171,8 @@ func (c Config) PlaintextWarning() string {
 			continue
 		}
 		u, err := url.Parse(strings.ReplaceAll(e.url, "{device_id}", "x"))
-		if err != nil || !strings.EqualFold(u.Scheme, "http") || netx.IsLoopbackHost(u.Hostname()) {
+		if err != nil || !strings.EqualFold(u.Scheme, "http") || netx.IsLoopbackHost(u.Hostname()) ||
+			(c.PrivateNetworkHost != "" && strings.EqualFold(u.Hostname(), c.PrivateNetworkHost)) {
 			continue
 		}
 		bad = append(bad, fmt.Sprintf("%s host %q", e.key, u.Hostname()))

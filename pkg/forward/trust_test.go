@@ -350,27 +350,35 @@ func TestSchemeWarning(t *testing.T) {
 func TestPlaintextWarning(t *testing.T) {
 	tests := []struct {
 		url, batchURL string
+		private       string // backend.private_network_host
 		warn          string // "" for none; else a substring
 	}{
-		{"http://127.0.0.1:8080/ingest/{device_id}", "", ""},
-		{"http://127.3.4.5/ingest", "", ""},
-		{"http://[::1]:8080/ingest", "", ""},
-		{"http://localhost:8080/ingest", "", ""},
-		{"http://LocalHost/ingest", "", ""},
-		{"https://backend.example/ingest", "", ""},
-		{"https://10.0.0.1/ingest", "", ""},
-		{"http://backend.example/ingest", "", `"backend.example"`},
-		{"http://user:hunter2@10.0.0.1:8080/ingest", "", `"10.0.0.1"`},
-		{"http://[2001:db8::1]/ingest", "", `"2001:db8::1"`},
-		{"http://localhost.example.com/ingest", "", `"localhost.example.com"`},
-		{"http://128.0.0.1/ingest", "", `"128.0.0.1"`},
-		{"https://backend.example/ingest", "http://batch.example/batch", "backend.batch_url"},
-		{"http://127.0.0.1/ingest", "http://[::1]/batch", ""},
+		{"http://127.0.0.1:8080/ingest/{device_id}", "", "", ""},
+		{"http://127.3.4.5/ingest", "", "", ""},
+		{"http://[::1]:8080/ingest", "", "", ""},
+		{"http://localhost:8080/ingest", "", "", ""},
+		{"http://LocalHost/ingest", "", "", ""},
+		{"https://backend.example/ingest", "", "", ""},
+		{"https://10.0.0.1/ingest", "", "", ""},
+		{"http://backend.example/ingest", "", "", `"backend.example"`},
+		{"http://user:hunter2@10.0.0.1:8080/ingest", "", "", `"10.0.0.1"`},
+		{"http://[2001:db8::1]/ingest", "", "", `"2001:db8::1"`},
+		{"http://localhost.example.com/ingest", "", "", `"localhost.example.com"`},
+		{"http://128.0.0.1/ingest", "", "", `"128.0.0.1"`},
+		{"https://backend.example/ingest", "http://batch.example/batch", "", "backend.batch_url"},
+		{"http://127.0.0.1/ingest", "http://[::1]/batch", "", ""},
+		// The compose stack's backend, acknowledged as on its private network.
+		{"http://backend:8080/ingest/{device_id}", "", "backend", ""},
+		{"http://BACKEND:8080/ingest", "", "backend", ""},
+		// The acknowledgement covers its one host, never another.
+		{"http://backend.example/ingest", "", "backend", `"backend.example"`},
+		{"http://backend:8080/ingest", "http://batch.example/batch", "backend", "backend.batch_url"},
+		{"http://10.0.0.1/ingest", "", "backend", `"10.0.0.1"`},
 	}
 	for _, tc := range tests {
-		t.Run(tc.url+" "+tc.batchURL, func(t *testing.T) {
+		t.Run(tc.url+" "+tc.batchURL+" "+tc.private, func(t *testing.T) {
 			cfg := forward.DefaultConfig()
-			cfg.URL = tc.url
+			cfg.URL, cfg.PrivateNetworkHost = tc.url, tc.private
 			if tc.batchURL != "" {
 				cfg.BatchMax, cfg.BatchURL = 4, tc.batchURL
 			}

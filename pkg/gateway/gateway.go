@@ -63,7 +63,7 @@ type Gateway struct {
 	abuse      *abuse // rate limits, notice limits, quarantine, audit trail
 
 	downlink *downlink.Signer // signs replies and notices with the key the device uses
-	pendingQ *deviceQuota // outbox rows per device (outbox.max_pending_per_device)
+	pendingQ *deviceQuota     // outbox rows per device (outbox.max_pending_per_device)
 
 	seed     maphash.Seed
 	queues   []chan *mqttio.Message
@@ -94,11 +94,11 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	if w := cfg.Storage.PlaintextWarning(); w != "" { // before connecting: a failed start still shows it
 		log.Warn(w)
 	}
-	kek, err := cfg.Security.LoadKEK()
+	kek, prevKEK, err := cfg.Security.LoadKEKs()
 	if err != nil {
 		return nil, err
 	}
-	g.engine, err = storage.Open(ctx, cfg.Storage, cfg.Outbox, cfg.Registry.Path, registry.WithKEK(kek), registry.WithClock(g.now))
+	g.engine, err = storage.Open(ctx, cfg.Storage, cfg.Outbox, cfg.Registry.Path, registry.WithKEK(kek), registry.WithClock(g.now), registry.WithPreviousKEK(prevKEK))
 	if err != nil {
 		g.close()
 		return nil, err
@@ -295,10 +295,11 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	goBG(func() {
 		g.keys.Run(bg, g.cfg.Registry.Refresh, func(err error) {
-			g.log.Error("registry refresh failed; serving the last snapshot", zap.Error(err))
+			g.log.Error(registryRefreshFailed(err), zap.Error(err))
 		})
 	})
 	goBG(func() { g.prune(bg) })
+	goBG(func() { g.reloadKEKOnHUP(bg) })
 	goBG(func() {
 		g.engine.Listen(bg, g.forwarder.Kick, g.keys.Kick, func(err error) {
 			g.log.Warn("storage notifications lost; polling every second until they return", zap.Error(err))
@@ -493,8 +494,8 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 
 func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envelope.Envelope, rej *validate.Rejection) {
 	g.metrics.reject(rej.Reason)
-	if rej.Reason == validate.UnknownDevice {
-		g.downlink.Forget(dev) // a removed device's downlink key leaves memory
+	if rej.Reason == validate.UnknownDevice || rej.Reason == validate.KeyUnavailable {
+		g.downlink.Forget(dev) // a removed device's downlink key leaves memory, and one that no longer opens too
 	}
 	fields := []zap.Field{zap.String("device_id", dev), zap.String("reason", string(rej.Reason))}
 	if env.MessageID != nil {
@@ -512,7 +513,7 @@ func (g *Gateway) reject(ctx context.Context, ack func(), dev string, env *envel
 	} else {
 		g.log.Info("rejected", fields...)
 	}
-	if g.cfg.Validation.RejectNotices && rej.Reason != validate.UnknownDevice && dev != "" {
+	if g.cfg.Validation.RejectNotices && rej.Reason != validate.UnknownDevice && rej.Reason != validate.KeyUnavailable && dev != "" { // no key to sign with
 		if notice {
 			g.notify(ctx, dev, envelope.RejectionPayload(env.MessageID, string(rej.Reason)))
 		} else {
@@ -694,6 +695,9 @@ func (g *Gateway) routes() http.Handler {
 		}
 		if e := g.forwarder.LastError(); e != "" {
 			problems = append(problems, "storage: "+e)
+		}
+		if p := g.registryStale(); p != "" {
+			problems = append(problems, p)
 		}
 		if g.writer.Occupied() >= g.cfg.Outbox.MaxPending {
 			problems = append(problems, "outbox: full (backpressure)")

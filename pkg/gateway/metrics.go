@@ -157,6 +157,11 @@ func newMetrics(g *Gateway) *metrics {
 		broker("receive", func(rx, _ bool) bool { return rx }),
 		broker("replies", func(_, tx bool) bool { return tx }),
 		gauge("iotgw_registry_devices", "Devices in the registry cache.", func() float64 { return float64(g.keys.Len()) }),
+		gauge("iotgw_registry_stale", "1 while registry refreshes fail or leave keys unopened (/readyz says why; fail closed: see iotgw_registry_keys_unavailable).", func() float64 {
+			_, err := g.keys.Stale()
+			return b2f(err != nil)
+		}),
+		gauge("iotgw_registry_keys_unavailable", "Enabled devices rejected as key_unavailable: a key of theirs does not open with this gateway's KEK.", func() float64 { return float64(g.keys.Unavailable()) }),
 		gauge("iotgw_secrets_sealed", "1 when device secrets are sealed at rest under security.kek_file, 0 when they are stored in the clear.", func() float64 { return b2f(g.reg.Sealed()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -108,13 +108,17 @@ func (r *Registry) AddMany(ctx context.Context, devs []NewDevice, opts BulkOptio
 	// rather than per device: on PostgreSQL each statement fires the
 	// registry's change trigger, which updates one version row.
 	now := r.now().Unix()
+	kek, err := r.sealingKEK(ctx, tx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("add devices: %w", err)
+	}
 	for start := 0; start < len(added); start += bulkBatch {
 		batch := added[start:min(start+bulkBatch, len(added))]
 		devRows := make([]any, 0, 3*len(batch))
 		keyRows := make([]any, 0, 4*len(batch))
 		ids := make([]any, 0, len(batch))
 		for _, d := range batch {
-			stored, sealed, err := r.sealFor(d.ID, 1, d.Secret)
+			stored, sealed, err := sealWith(kek, d.ID, 1, d.Secret)
 			if err != nil {
 				return nil, nil, fmt.Errorf("add devices: %s: %w", d.ID, err)
 			}

@@ -35,6 +35,14 @@ type SecurityConfig struct {
 	// random bytes or 64 hex characters (iotgw kek new FILE makes one).
 	// Default "": secrets are stored in the clear and every start warns.
 	KEKFile string `mapstructure:"kek_file"`
+	// PreviousKEKFile is the KEK before kek_file, for a rotation with
+	// gateways running (docs/SECURITY.md, "Rotating the KEK"): a gateway
+	// holding both opens a registry sealed under either, so it keeps
+	// working while iotgw kek rotate re-seals the registry from this KEK
+	// to kek_file's. Same file rules as kek_file. Read by iotgw serve (at
+	// start and on SIGHUP, with kek_file) and config check; the other
+	// commands use kek_file alone. Default "".
+	PreviousKEKFile string `mapstructure:"previous_kek_file"`
 	// RequireKEK makes a missing kek_file fatal at start. Default false.
 	RequireKEK bool `mapstructure:"require_kek"`
 }
@@ -50,7 +58,25 @@ func (c SecurityConfig) Validate() error {
 	if c.RequireKEK && c.KEKFile == "" {
 		return fmt.Errorf("security.require_kek: %w", ErrNoKEK)
 	}
+	if c.PreviousKEKFile != "" && c.KEKFile == "" {
+		return errors.New("security.previous_kek_file: set only beside security.kek_file (the KEK it is the previous one of)")
+	}
 	return nil
+}
+
+// LoadKEKs returns the configured KEK and previous KEK (each nil when not
+// configured). The two must differ.
+func (c SecurityConfig) LoadKEKs() (cur, prev *KEK, err error) {
+	if cur, err = c.LoadKEK(); err != nil || c.PreviousKEKFile == "" {
+		return cur, nil, err
+	}
+	if prev, err = LoadKEK(c.PreviousKEKFile); err != nil {
+		return nil, nil, fmt.Errorf("security.previous_kek_file: %w", err)
+	}
+	if cur != nil && prev.fp == cur.fp {
+		return nil, nil, errors.New("security.previous_kek_file: holds the same KEK as security.kek_file")
+	}
+	return cur, prev, nil
 }
 
 // LoadKEK returns the configured KEK, or nil when none is configured.

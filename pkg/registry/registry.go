@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/envelope"
@@ -38,12 +39,17 @@ func (i Info) Revoked() bool { return !i.RevokedAt.IsZero() }
 
 // Registry is the device database, on any engine (see OpenDB).
 type Registry struct {
-	db     *sql.DB
-	d      sqldb.Dialect
-	owned  bool   // Close closes db
-	path   string // the SQLite file, or ""
-	name   string // path, or the engine's name, for messages
+	db    *sql.DB
+	d     sqldb.Dialect
+	owned bool   // Close closes db
+	path  string // the SQLite file, or ""
+	name  string // path, or the engine's name, for messages
+	// kek and prev are the current KEK and the previous one, also
+	// accepted (security.previous_kek_file); nil: none. Guarded by kmu:
+	// SetKEKs swaps them while the gateway runs.
+	kmu    sync.RWMutex
 	kek    *KEK
+	prev   *KEK
 	sealed bool // registry_meta holds a KEK fingerprint
 	now    func() time.Time
 }
@@ -53,6 +59,30 @@ type Option func(*Registry)
 
 // WithKEK seals new secrets and opens sealed ones with k (nil: none).
 func WithKEK(k *KEK) Option { return func(r *Registry) { r.kek = k } }
+
+// WithPreviousKEK also accepts a registry sealed under k, the KEK before
+// the current one (nil: none), and opens its secrets: a gateway given both
+// keeps working while the registry is re-sealed from k to the current KEK
+// (iotgw kek rotate), whichever it holds at each refresh. New secrets are
+// sealed under whichever of the two the registry is sealed with.
+func WithPreviousKEK(k *KEK) Option { return func(r *Registry) { r.prev = k } }
+
+// SetKEKs replaces the KEK and the previous KEK (nil: none) of a registry
+// in use, for a gateway that reloads its KEK files (SIGHUP). Secrets are
+// opened and sealed with the new pair from then on; a Cache picks them up
+// at its next reload (Cache.Reload forces one).
+func (r *Registry) SetKEKs(cur, prev *KEK) {
+	r.kmu.Lock()
+	defer r.kmu.Unlock()
+	r.kek, r.prev = cur, prev
+}
+
+// keks returns the current and previous KEK.
+func (r *Registry) keks() (cur, prev *KEK) {
+	r.kmu.RLock()
+	defer r.kmu.RUnlock()
+	return r.kek, r.prev
+}
 
 // WithClock sets the clock used for key creation and expiry (default time.Now).
 func WithClock(now func() time.Time) Option { return func(r *Registry) { r.now = now } }
@@ -167,10 +197,30 @@ func (r *Registry) checkKEK(ctx context.Context) error {
 	return nil
 }
 
-// compareKEK checks the recorded fingerprint fp against r.kek.
+// compareKEK checks the recorded fingerprint fp against r.kek (and r.prev).
 func (r *Registry) compareKEK(fp string) error {
-	if r.kek != nil && fp != "" && !hmac.Equal([]byte(fp), []byte(r.kek.fp)) {
-		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s", r.name, ErrWrongKEK, short(fp), r.kek.Short())
+	if cur, _ := r.keks(); cur != nil && fp != "" && r.kekFor(fp) == nil {
+		return fmt.Errorf("registry %s: %w: it was sealed with KEK %s, security.kek_file holds KEK %s%s", r.name, ErrWrongKEK, short(fp), cur.Short(), r.prevNote())
+	}
+	return nil
+}
+
+// prevNote names the previous KEK for messages, or is empty.
+func (r *Registry) prevNote() string {
+	_, prev := r.keks()
+	if prev == nil {
+		return ""
+	}
+	return " and security.previous_kek_file KEK " + prev.Short()
+}
+
+// kekFor returns the KEK (current or previous) whose fingerprint is fp, or nil.
+func (r *Registry) kekFor(fp string) *KEK {
+	cur, prev := r.keks()
+	for _, k := range []*KEK{cur, prev} {
+		if k != nil && hmac.Equal([]byte(fp), []byte(k.fp)) {
+			return k
+		}
 	}
 	return nil
 }
@@ -247,26 +297,66 @@ type KeyInfo struct {
 	ExpiresAt time.Time
 }
 
-// sealFor returns the stored form of secret and whether it is sealed.
-func (r *Registry) sealFor(id string, keyID int64, secret string) ([]byte, bool, error) {
-	if r.kek == nil {
+// sealFor returns the stored form of secret and whether it is sealed,
+// under the KEK the registry is sealed with as q (a transaction holding
+// the registry's lock) sees it: a re-seal committed since Open is
+// followed, never mixed with rows under the KEK it replaced.
+func (r *Registry) sealFor(ctx context.Context, q querier, id string, keyID int64, secret string) ([]byte, bool, error) {
+	k, err := r.sealingKEK(ctx, q)
+	if err != nil {
+		return nil, false, err
+	}
+	return sealWith(k, id, keyID, secret)
+}
+
+// sealingKEK returns the KEK new secrets are sealed under (nil: stored in
+// the clear, in a registry that is not sealed): the one the registry was
+// sealed with, which the gateway must hold.
+func (r *Registry) sealingKEK(ctx context.Context, q querier) (*KEK, error) {
+	k, _ := r.keks()
+	if k == nil {
 		if r.sealed {
-			return nil, false, ErrSealed
+			return nil, ErrSealed
 		}
+		return nil, nil
+	}
+	fp, err := fingerprint(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if fp != "" {
+		if k = r.kekFor(fp); k == nil {
+			return nil, r.compareKEK(fp)
+		}
+	}
+	return k, nil
+}
+
+// sealWith seals secret under k, or keeps it in the clear when k is nil.
+func sealWith(k *KEK, id string, keyID int64, secret string) ([]byte, bool, error) {
+	if k == nil {
 		return []byte(secret), false, nil
 	}
-	b, err := r.kek.seal(id, keyID, []byte(secret))
+	b, err := k.seal(id, keyID, []byte(secret))
 	return b, true, err
 }
 
-// openSecret returns the secret bytes of a stored key.
+// openSecret returns the secret bytes of a stored key, opened with the
+// current KEK or else the previous one.
 func (r *Registry) openSecret(id string, keyID int64, stored []byte, sealed bool) ([]byte, error) {
+	cur, prev := r.keks()
 	switch {
-	case sealed && r.kek == nil:
+	case sealed && cur == nil:
 		return nil, ErrSealed
 	case sealed:
-		return r.kek.open(id, keyID, stored)
-	case r.kek != nil || r.sealed:
+		p, err := cur.open(id, keyID, stored)
+		if err != nil && prev != nil {
+			if q, perr := prev.open(id, keyID, stored); perr == nil {
+				return q, nil
+			}
+		}
+		return p, err
+	case cur != nil || r.sealed:
 		return nil, fmt.Errorf("device %s key %d: %w: a secret in the clear in a sealed registry", id, keyID, ErrOpen)
 	}
 	return stored, nil
@@ -281,16 +371,16 @@ func (r *Registry) Add(ctx context.Context, id, secret string) error {
 	if !ValidSecret(secret) {
 		return ErrBadSecret
 	}
-	stored, sealed, err := r.sealFor(id, 1, secret)
-	if err != nil {
-		return fmt.Errorf("add device: %w", err)
-	}
 	now := r.now().Unix()
 	tx, err := r.begin(ctx)
 	if err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
+	stored, sealed, err := r.sealFor(ctx, tx, id, 1, secret)
+	if err != nil {
+		return fmt.Errorf("add device: %w", err)
+	}
 	_, err = tx.ExecContext(ctx, r.q(`INSERT INTO devices(device_id, enabled, created_at) VALUES(?, ?, ?)`), id, true, now)
 	if err != nil && r.d.UniqueViolation(err) {
 		return fmt.Errorf("%s: %w", id, ErrExists)
@@ -352,7 +442,7 @@ func (r *Registry) Rotate(ctx context.Context, id, secret string, overlap time.D
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}
 	k := KeyInfo{ID: last + 1, CreatedAt: time.Unix(now.Unix(), 0).UTC()}
-	stored, sealed, err := r.sealFor(id, k.ID, secret)
+	stored, sealed, err := r.sealFor(ctx, tx, id, k.ID, secret)
 	if err != nil {
 		return KeyInfo{}, fmt.Errorf("rotate key: %w", err)
 	}

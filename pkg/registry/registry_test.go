@@ -402,3 +402,39 @@ func TestCacheMissReloads(t *testing.T) {
 		t.Fatalf("after MissReloadEvery: %v", err)
 	}
 }
+
+// TestCacheRereadAfterRotate: a key rotated in by another process is
+// served by Reread before any refresh, at most once per MissReloadEvery
+// for all devices together, and not at all when nothing changed.
+func TestCacheRereadAfterRotate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.db")
+	now := time.Unix(1_700_000_000, 0)
+	gw, err := registry.Open(ctx(), path, registry.WithClock(func() time.Time { return now }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	cli := open(t, path)
+	if err := cli.Add(ctx(), "sensor_001", secret1); err != nil {
+		t.Fatal(err)
+	}
+	c, err := registry.NewCache(ctx(), gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, changed, _ := c.Reread(ctx(), "sensor_001"); changed {
+		t.Fatal("Reread with nothing changed reported a change")
+	}
+	if _, err := cli.Rotate(ctx(), "sensor_001", secret2, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, changed, _ := c.Reread(ctx(), "sensor_001"); changed {
+		t.Fatal("a second Reread within MissReloadEvery re-read the registry")
+	}
+	now = now.Add(registry.MissReloadEvery)
+	d, changed, err := c.Reread(ctx(), "sensor_001")
+	if err != nil || !changed || string(d.Secret) != secret2 || len(d.Keys) != 2 {
+		t.Fatalf("Reread after a rotate: changed %v, %d keys, newest is the new secret %v, %v", changed, len(d.Keys), string(d.Secret) == secret2, err)
+	}
+}

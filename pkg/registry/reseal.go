@@ -19,21 +19,24 @@ import (
 // under the old KEK) do not linger in free pages. It returns the number of
 // keys re-sealed.
 //
-// A gateway running on the registry keeps serving its last snapshot and
-// reports every refresh as failed (ErrWrongKEK) until it is restarted with
-// the new KEK.
+// A gateway running on the registry that holds neither next nor, as its
+// previous KEK (WithPreviousKEK), the KEK before, fails closed at its next
+// refresh: its Cache applies every change but rejects each device whose
+// key it can no longer open, until it is restarted with the new KEK.
 func (r *Registry) Reseal(ctx context.Context, next *KEK) (int, error) {
 	if next == nil {
 		return 0, errors.New("kek rotate: no new KEK")
 	}
-	if r.sealed && r.kek == nil {
+	if cur, _ := r.keks(); r.sealed && cur == nil {
 		return 0, fmt.Errorf("kek rotate: %w", ErrSealed)
 	}
 	n, err := r.reseal(ctx, next)
 	if err != nil {
 		return 0, fmt.Errorf("kek rotate: %w (nothing changed)", err)
 	}
+	r.kmu.Lock()
 	r.kek, r.sealed = next, true
+	r.kmu.Unlock()
 	if err := r.d.Compact(ctx, r.db); err != nil {
 		return n, fmt.Errorf("kek rotate: re-sealed %d keys, but %w (old rows may linger in free pages)", n, err)
 	}

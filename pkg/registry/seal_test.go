@@ -234,9 +234,14 @@ func TestSwappedRowsDoNotOpen(t *testing.T) {
 			if !errors.Is(err, ErrOpen) || !strings.Contains(err.Error(), tc.wantInErrorA) {
 				t.Fatalf("Refresh after swap: %v, want ErrOpen naming %q", err, tc.wantInErrorA)
 			}
+			// Fail closed: the device is rejected, never served the
+			// secret remembered from before the swap.
 			after, _ := c.Device(ctx, "alpha")
-			if !bytes.Equal(before.Secret, after.Secret) {
-				t.Fatal("a failed refresh changed the served key")
+			if !after.KeyUnavailable || after.Secret != nil || after.Keys != nil || bytes.Equal(before.Secret, after.Secret) {
+				t.Fatalf("alpha after a swap: unavailable %v, %d keys; want unavailable and no key", after.KeyUnavailable, len(after.Keys))
+			}
+			if _, err := c.Stale(); err == nil {
+				t.Fatal("the cache does not say it is stale")
 			}
 			if _, err := NewCache(ctx, r); !errors.Is(err, ErrOpen) {
 				t.Fatalf("NewCache after swap: %v, want ErrOpen", err)

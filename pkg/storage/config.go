@@ -48,6 +48,19 @@ func (c Config) PlaintextWarning() string {
 	return pgstore.PlaintextWarning(c.DSN)
 }
 
+// FileUnused returns an error naming setting (a flag or key that names a
+// SQLite file) when c's engine keeps no such file, and nil on SQLite.
+func (c Config) FileUnused(setting string) error {
+	if c.Engine == SQLite {
+		return nil
+	}
+	return fmt.Errorf("%s names a SQLite file, but storage.engine is %s (drop %s)", setting, c.Engine, setting)
+}
+
+// FilesLocal reports whether the registry and the outbox are files of this
+// gateway's (SQLite) rather than one database shared by several.
+func (c Config) FilesLocal() bool { return c.Engine == SQLite }
+
 // Shared reports whether the engine is shared by several gateways.
 func (c Config) Shared() bool { return c.Engine == Postgres }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/audit"
@@ -203,6 +204,34 @@ func (e *Engine) Leases(w sqlitestore.Writer, pending []*outbox.Record, budget i
 	return l
 }
 
+// OpenDeadLetters opens the outbox of cfg's engine beside a running
+// gateway (no lock), for the dead-letter admin (iotgw deadletter): on
+// SQLite the file path (outbox.path when ""), which must exist (opening
+// would create an empty one, and a typo would then list no dead letter);
+// on a shared engine its database. close releases it.
+func OpenDeadLetters(ctx context.Context, cfg Config, oc outbox.Config, path string) (Outbox, func(), error) {
+	if cfg.Engine != SQLite {
+		e, err := OpenOutbox(ctx, cfg, oc)
+		if err != nil {
+			return nil, nil, err
+		}
+		return e.Outbox, e.Close, nil
+	}
+	if path == "" {
+		path = oc.Path
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("outbox %s does not exist (give --outbox, or --config with outbox.path)", path)
+	}
+	c := outbox.DefaultConfig()
+	c.Path = path
+	st, err := sqlitestore.Open(ctx, c)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, func() { st.Close() }, nil
+}
+
 // ErrOneGateway is returned by fleet-wide settings on an engine that
 // serves one gateway (SQLite), whose settings are its own config's.
 var ErrOneGateway = errors.New("storage.engine sqlite serves one gateway: its freshness window is its own validation.max_clock_skew (change it there and restart)")
@@ -220,4 +249,96 @@ func SetFreshnessWindow(ctx context.Context, cfg Config, skew time.Duration) (ti
 	}
 	defer db.Close()
 	return db.Outbox(0).SetFreshnessWindow(ctx, skew)
+}
+
+// SchemaStatus brings the schema of cfg's engine up to date and describes
+// it, a line each: the shared database's schema version, or each SQLite
+// file (registryPath, outboxPath) migrated when it exists (iotgw migrate).
+func SchemaStatus(ctx context.Context, cfg Config, registryPath, outboxPath string) ([]string, error) {
+	if cfg.Engine != SQLite {
+		db, err := pgstore.Open(ctx, cfg.DSN)
+		if err != nil {
+			return nil, err
+		}
+		defer db.Close()
+		applied, latest, err := db.Version(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("storage.dsn: schema version: %w", err)
+		}
+		return []string{fmt.Sprintf("schema version %d (latest %d)", applied, latest)}, nil
+	}
+	lines := []string{"storage.engine sqlite: SQLite files migrate themselves when opened"}
+	for _, file := range []struct {
+		key, path string
+		open      func() (interface{ Close() error }, error)
+	}{
+		{"registry.path", registryPath, func() (interface{ Close() error }, error) {
+			r, err := registry.Open(ctx, registryPath)
+			if err != nil {
+				return nil, err
+			}
+			r.Close()
+			return audit.Open(ctx, registryPath, time.Now)
+		}},
+		{"outbox.path", outboxPath, func() (interface{ Close() error }, error) {
+			oc := outbox.DefaultConfig()
+			oc.Path = outboxPath
+			return sqlitestore.Open(ctx, oc)
+		}},
+	} {
+		if _, err := os.Stat(file.path); errors.Is(err, os.ErrNotExist) {
+			lines = append(lines, fmt.Sprintf("%s %s: does not exist yet (created at first use)", file.key, file.path))
+			continue
+		}
+		c, err := file.open()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file.key, err)
+		}
+		c.Close()
+		lines = append(lines, fmt.Sprintf("%s %s: up to date", file.key, file.path))
+	}
+	return lines, nil
+}
+
+// CopyCounts is what CopyToShared copied, and the schema version it
+// copied into.
+type CopyCounts struct {
+	pgstore.ImportCounts
+	Schema int
+}
+
+// CopyToShared copies the SQLite files registryPath and outboxPath into
+// the empty shared database of cfg (its engine is taken to be the shared
+// one whatever cfg says: the target of iotgw migrate --from --to).
+func CopyToShared(ctx context.Context, cfg Config, registryPath, outboxPath string) (CopyCounts, error) {
+	cfg.Engine = Postgres
+	if err := cfg.Validate(); err != nil {
+		return CopyCounts{}, err
+	}
+	db, err := pgstore.Open(ctx, cfg.DSN)
+	if err != nil {
+		return CopyCounts{}, err
+	}
+	defer db.Close()
+	n, err := MigrateSQLite(ctx, registryPath, outboxPath, db)
+	if err != nil {
+		return CopyCounts{}, err
+	}
+	applied, _, err := db.Version(ctx)
+	if err != nil {
+		return CopyCounts{}, fmt.Errorf("storage.dsn: schema version: %w", err)
+	}
+	return CopyCounts{ImportCounts: n, Schema: applied}, nil
+}
+
+// CheckMigration checks the engines of iotgw migrate --from from --to to:
+// the one copy there is, from SQLite files into a shared database.
+func CheckMigration(from, to string) error {
+	switch {
+	case from != SQLite:
+		return fmt.Errorf("--from: %q is not an engine migrate copies from (valid: %s)", from, SQLite)
+	case to != Postgres:
+		return fmt.Errorf("--to: %q is not an engine migrate copies to (valid: %s)", to, Postgres)
+	}
+	return nil
 }

@@ -78,4 +78,3 @@ func TestCheckNoKeys(t *testing.T) {
 		}
 	}
 }
-

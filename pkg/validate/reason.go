@@ -14,6 +14,12 @@ const (
 	UnknownDevice Reason = "unknown_device"
 	// Disabled: the device is registered but disabled.
 	Disabled Reason = "disabled"
+	// KeyUnavailable: the device is registered and enabled, but the
+	// gateway cannot open one of its keys (a row sealed under a KEK this
+	// gateway does not hold, or altered, or stored in the clear in a
+	// sealed registry). It is never judged under a key remembered from
+	// before: the registry fails closed for that device only.
+	KeyUnavailable Reason = "key_unavailable"
 	// Stale: the timestamp is further than the allowed skew from now, past or future.
 	Stale Reason = "stale"
 	// BadSignature: the HMAC does not match.
@@ -31,7 +37,7 @@ const (
 )
 
 // Reasons lists every reason code, in check order.
-var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, Stale, BadSignature, Replay, RateLimited, QuotaExceeded}
+var Reasons = []Reason{Malformed, IdentityMismatch, UnknownDevice, Disabled, KeyUnavailable, Stale, BadSignature, Replay, RateLimited, QuotaExceeded}
 
 // Rejection is the verdict on a message that failed a check. It is not an
 // error: a rejected message is acked and counted, never retried.

@@ -40,6 +40,10 @@ type Device struct {
 	// When Keys is empty, Secret is the only key (ID 0); a device with
 	// neither verifies nothing. Secret is then the newest key's secret.
 	Keys []Key
+	// KeyUnavailable reports that the KeyStore could not open one of the
+	// device's keys. Check rejects an enabled device so marked with
+	// KeyUnavailable, whatever Secret and Keys hold.
+	KeyUnavailable bool
 }
 
 // Key is one of a device's secrets.
@@ -65,6 +69,18 @@ func (d *Device) KeyList() []Key {
 // once per message, so it must answer from memory.
 type KeyStore interface {
 	Device(ctx context.Context, id string) (Device, error)
+}
+
+// Rereader is a KeyStore that can re-read a device from the registry
+// behind it. When a signature does not verify, Check calls Reread once
+// before rejecting, so a key committed a moment ago (iotgw device rotate,
+// then the device's first message under the new key) is not refused as
+// bad_signature while the store's next refresh is still pending. Reread
+// must bound its own cost (a flood of forgeries must not become a flood
+// of database reads) and report changed=false when it did not re-read or
+// nothing changed; an error is treated as no change.
+type Rereader interface {
+	Reread(ctx context.Context, id string) (dev Device, changed bool, err error)
 }
 
 // ReplayStore remembers accepted message ids.
@@ -196,6 +212,11 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		v.vmacs.Delete(env.DeviceID)
 		return reject(env, Disabled, ""), nil
 	}
+	if dev.KeyUnavailable {
+		v.dummy.verify(&env) // same cost as a known device
+		v.vmacs.Delete(env.DeviceID)
+		return reject(env, KeyUnavailable, "the registry holds a key of this device the gateway cannot open"), nil
+	}
 	// The clock is read once per Check: the rate limiter, the freshness
 	// check, key expiry and the replay store all see this instant.
 	clock := v.now()
@@ -214,7 +235,19 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	}
 	keyID, ok := v.macsFor(env.DeviceID, &dev).verify(&env, now)
 	if !ok {
-		return reject(env, BadSignature, ""), nil
+		fresh, changed := v.reread(ctx, env.DeviceID)
+		switch {
+		case !changed:
+			return reject(env, BadSignature, ""), nil
+		case !fresh.Enabled:
+			return reject(env, Disabled, ""), nil
+		case fresh.KeyUnavailable:
+			return reject(env, KeyUnavailable, "the registry holds a key of this device the gateway cannot open"), nil
+		}
+		dev = fresh
+		if keyID, ok = v.macsFor(env.DeviceID, &dev).verify(&env, now); !ok {
+			return reject(env, BadSignature, ""), nil
+		}
 	}
 	expires := msgTime.Add(v.cfg.MaxClockSkew)
 	dup, err := v.replay.Record(ctx, env.DeviceID, env.UUID(), expires, now)
@@ -237,6 +270,20 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return r, nil
 	}
 	return Result{Envelope: env, Expires: expires, KeyID: keyID, NewestKeyID: newest, Verified: true}, nil
+}
+
+// reread re-reads a device after a signature did not verify, when the
+// KeyStore can (see Rereader), and reports whether anything changed.
+func (v *Validator) reread(ctx context.Context, id string) (Device, bool) {
+	r, ok := v.keys.(Rereader)
+	if !ok {
+		return Device{}, false
+	}
+	dev, changed, err := r.Reread(ctx, id)
+	if err != nil || !changed {
+		return Device{}, false
+	}
+	return dev, true
 }
 
 func reject(env envelope.Envelope, r Reason, detail string) Result {

@@ -52,6 +52,9 @@ func defaultKeys() fakeKeys {
 		"sensor_001": {Secret: secretA, Enabled: true},
 		"sensor_002": {Secret: []byte("another-secret-of-16+"), Enabled: true},
 		"sensor_off": {Secret: secretA, Enabled: false},
+		// sensor_lost still remembers secretA, but a key of it no longer opens.
+		"sensor_lost":     {Secret: secretA, Enabled: true, KeyUnavailable: true},
+		"sensor_lost_off": {Secret: secretA, Enabled: false, KeyUnavailable: true},
 	}
 }
 
@@ -65,6 +68,10 @@ func TestCheck(t *testing.T) {
 		e := envelope.New(secretA, "ghost", t0.Unix(), defMID, []byte(defPayload))
 		return envelope.AppendJSON(nil, &e)
 	}()
+	as := func(id string) []byte {
+		e := envelope.New(secretA, id, t0.Unix(), defMID, []byte(defPayload))
+		return envelope.AppendJSON(nil, &e)
+	}
 	tests := []struct {
 		name    string
 		topic   string
@@ -80,6 +87,8 @@ func TestCheck(t *testing.T) {
 		{"identity mismatch to unknown topic", "ghost", nil, good, validate.IdentityMismatch, true},
 		{"unknown device", "ghost", nil, ghost, validate.UnknownDevice, true},
 		{"disabled", "sensor_off", nil, offMsg, validate.Disabled, true},
+		{"key unavailable, signed with the remembered key", "sensor_lost", nil, as("sensor_lost"), validate.KeyUnavailable, true},
+		{"disabled before key unavailable", "sensor_lost_off", nil, as("sensor_lost_off"), validate.Disabled, true},
 		{"stale", "sensor_001", nil, message(secretA, t0.Unix()-3600, defMID, defPayload), validate.Stale, true},
 		{"bad signature", "sensor_001", nil, message([]byte("wrong-secret-1234"), t0.Unix(), defMID, defPayload), validate.BadSignature, true},
 		{"replay", "sensor_001", good, good, validate.Replay, true},
@@ -419,5 +428,79 @@ func TestNewRequiresDependencies(t *testing.T) {
 	}
 	if _, err := validate.New(validate.Config{}, defaultKeys(), rs, clock); err == nil {
 		t.Error("New accepted a zero Config")
+	}
+}
+
+// rereadKeys serves old until Reread, then fresh; it counts Reread calls.
+type rereadKeys struct {
+	old, fresh validate.Device
+	changed    bool
+	rereads    int
+	reread     bool
+}
+
+func (k *rereadKeys) Device(context.Context, string) (validate.Device, error) {
+	if k.reread {
+		return k.fresh, nil
+	}
+	return k.old, nil
+}
+
+func (k *rereadKeys) Reread(context.Context, string) (validate.Device, bool, error) {
+	k.rereads++
+	if !k.changed {
+		return validate.Device{}, false, nil
+	}
+	k.reread = true
+	return k.fresh, true, nil
+}
+
+// TestCheckRereadsOnBadSignature: a message signed with a key the store
+// has not loaded yet is judged again after one Reread, never more; with
+// no change it stays bad_signature; a re-read that finds the device
+// disabled or its key unavailable says so.
+func TestCheckRereadsOnBadSignature(t *testing.T) {
+	newKey := []byte("the-new-secret-0123456789")
+	msg := message(newKey, t0.Unix(), defMID, defPayload)
+	old := validate.Device{Enabled: true, Keys: []validate.Key{{ID: 1, Secret: secretA}}}
+	rotated := validate.Device{Enabled: true, Keys: []validate.Key{{ID: 1, Secret: secretA}, {ID: 2, Secret: newKey}}}
+	tests := []struct {
+		name    string
+		fresh   validate.Device
+		changed bool
+		want    validate.Reason
+		keyID   int64
+	}{
+		{"new key loaded by the re-read", rotated, true, "", 2},
+		{"nothing changed", rotated, false, validate.BadSignature, 0},
+		{"changed, still no such key", old, true, validate.BadSignature, 0},
+		{"disabled meanwhile", validate.Device{Keys: rotated.Keys}, true, validate.Disabled, 0},
+		{"key unavailable meanwhile", validate.Device{Enabled: true, KeyUnavailable: true}, true, validate.KeyUnavailable, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			keys := &rereadKeys{old: old, fresh: tc.fresh, changed: tc.changed}
+			v := newValidator(t, validate.DefaultConfig(), keys, nil, t0)
+			res, err := v.Check(context.Background(), "sensor_001", msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got validate.Reason
+			if !res.Accepted() {
+				got = res.Rejection.Reason
+			}
+			if got != tc.want || res.KeyID != tc.keyID {
+				t.Fatalf("verdict %q key %d, want %q key %d", got, res.KeyID, tc.want, tc.keyID)
+			}
+			if keys.rereads != 1 {
+				t.Fatalf("%d re-reads, want 1", keys.rereads)
+			}
+		})
+	}
+	// A good signature costs no re-read.
+	keys := &rereadKeys{old: rotated, fresh: rotated, changed: true}
+	v := newValidator(t, validate.DefaultConfig(), keys, nil, t0)
+	if res, err := v.Check(context.Background(), "sensor_001", msg); err != nil || !res.Accepted() || keys.rereads != 0 {
+		t.Fatalf("good signature: %v %v, %d re-reads", res.Rejection, err, keys.rereads)
 	}
 }

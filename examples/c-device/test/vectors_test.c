@@ -197,6 +197,13 @@ static void check_reply(const struct reply_vector *r)
         (rc = iotgw_verify_reply(wrong, NULL, r->msg, r->len, &env)) != IOTGW_ERR_BAD_SIGNATURE) {
         fail(r->name, "the reply verifies with another device's K_down", rc);
     }
+    /* A device holding a wrong secret: the answer does not verify, but env
+     * is still parsed, so the device can see that it names its message
+     * (the secret is most likely wrong: PROTOCOL.md section 4). */
+    if (iotgw_verify_reply(wrong, NULL, r->msg, r->len, &env) != IOTGW_ERR_BAD_SIGNATURE ||
+        (rc = iotgw_object_member(env.payload.ptr, env.payload.len, "in_reply_to", &irt)) != IOTGW_OK) {
+        fail(r->name, "after IOTGW_ERR_BAD_SIGNATURE env.payload does not hold in_reply_to", rc);
+    }
     /* Flip each byte of the payload in turn (to another byte that keeps the
      * message well formed, or not): never IOTGW_OK. */
     if (iotgw_parse(r->msg, r->len, 0, &env) == IOTGW_OK) {
