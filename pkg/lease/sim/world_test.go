@@ -30,10 +30,12 @@ type world struct {
 	committed  map[string]int // message → rows the database inserted for it
 	inflight   map[string]int // device → POSTs in flight, fleet-wide
 	lastOrder  map[string]int64
-	posted     map[string]int // message → POSTs
-	processed  map[string]int // message → times the backend took it (2xx, final 4xx)
-	dups       map[string]int // device → messages the backend took again
-	lostAns    map[string]int // device → POSTs the backend took whose answer was lost
+	posted     map[string]int   // message → POSTs
+	processed  map[string]int   // message → times the backend took it (2xx, final 4xx)
+	dups       map[string]int   // device → messages the backend took again
+	lostFor    map[string]int   // message → answers lost after the backend took it, not yet used by a duplicate
+	takenAt    map[string]int64 // message → the epoch it was last taken under
+	dupIn      map[string]bool  // "device@epoch" → a duplicate after that takeover happened
 	attempts   map[string]int
 	events     []string // the last events, printed with a failure
 }
@@ -41,7 +43,7 @@ type world struct {
 func newWorld(ctx context.Context, p *plan) *world {
 	w := &world{p: p, start: time.Now(), ctx: ctx, calls: map[string]int{}, acked: map[*delivery]bool{},
 		committed: map[string]int{}, inflight: map[string]int{}, lastOrder: map[string]int64{}, posted: map[string]int{},
-		processed: map[string]int{}, dups: map[string]int{}, lostAns: map[string]int{}, attempts: map[string]int{}}
+		processed: map[string]int{}, dups: map[string]int{}, lostFor: map[string]int{}, takenAt: map[string]int64{}, dupIn: map[string]bool{}, attempts: map[string]int{}}
 	w.db = memstore.New(memstore.Config{Quota: p.quota, Window: p.window, OnCommit: w.onCommit})
 	w.db.SetInjector(w.fault)
 	return w
@@ -176,7 +178,7 @@ func (w *world) lost(jobs []*forward.Job, taken []bool) {
 	defer w.mu.Unlock()
 	for i, j := range jobs {
 		if taken[i] {
-			w.lostAns[j.DeviceID]++
+			w.lostFor[j.DeviceID+"/"+j.MessageID]++
 			w.event("answer to %s/%s lost (timeout)", j.DeviceID, j.MessageID)
 		}
 	}
@@ -299,22 +301,32 @@ func (b *backend) PostBatch(ctx context.Context, jobs []*forward.Job) ([]forward
 }
 
 // take records that the backend processed j: invariant "duplicates stay
-// within the at-least-once window", at most one per device per takeover
-// (a claim after the first: the device's epoch − 1) plus one per answer
-// the backend gave too late.
+// within the at-least-once window". A message taken again is allowed
+// once for each answer to it that was lost (the backend took it, the
+// gateway gave up first), or else once per device per takeover: under a
+// lease (epoch) other than the one it was last taken under, and only one
+// such duplicate per device and epoch.
 func (w *world) take(j *forward.Job, k string) {
-	_, epoch := w.db.LeaseOf(j.DeviceID)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.processed[k]++
-	if w.processed[k] == 1 {
+	last, seen := w.takenAt[k]
+	w.takenAt[k] = j.Epoch
+	if !seen {
 		return
 	}
 	w.dups[j.DeviceID]++
-	w.event("duplicate %s (device: %d duplicates, epoch %d, %d lost answers)", k, w.dups[j.DeviceID], epoch, w.lostAns[j.DeviceID])
-	if int64(w.dups[j.DeviceID]) > epoch-1+int64(w.lostAns[j.DeviceID]) {
-		w.violate("device %s: %d duplicates at the backend (the last %s), more than its %d takeovers plus %d lost answers allow",
-			j.DeviceID, w.dups[j.DeviceID], k, epoch-1, w.lostAns[j.DeviceID])
+	de := fmt.Sprintf("%s@%d", j.DeviceID, j.Epoch)
+	switch {
+	case w.lostFor[k] > 0:
+		w.lostFor[k]--
+		w.event("duplicate %s after a lost answer", k)
+	case j.Epoch != last && !w.dupIn[de]:
+		w.dupIn[de] = true
+		w.event("duplicate %s after a takeover (epoch %d, last taken at %d)", k, j.Epoch, last)
+	default:
+		w.violate("%s taken again by the backend (epoch %d, last taken at epoch %d) with no lost answer and no takeover to allow it (device %s has %d duplicates)",
+			k, j.Epoch, last, j.DeviceID, w.dups[j.DeviceID])
 	}
 }
 
