@@ -115,6 +115,10 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		g.close()
 		return nil, err
 	}
+	if err := g.engine.OpenOutbox(ctx); err != nil { // after the registry, so a bad one is reported first
+		g.close()
+		return nil, err
+	}
 	g.store = g.engine.Outbox
 	// Every gateway sharing the database prunes replay ids by one window,
 	// the fleet's: one with another skew refuses to start.

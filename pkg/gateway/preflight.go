@@ -13,14 +13,6 @@ import (
 	"github.com/iotgw/iotgw/pkg/storage"
 )
 
-// registryKey names the setting where the registry lives, for errors.
-func registryKey(c storage.Config) string {
-	if c.FilesLocal() {
-		return "registry.path"
-	}
-	return "registry (storage.dsn)"
-}
-
 // Preflight runs every start-up check of New that needs neither the
 // broker nor the backend, and returns New's error for the first that
 // fails: the settings and their files (TLS identities, secret file
@@ -38,16 +30,14 @@ func Preflight(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := cfg.Storage.RegistryExists(cfg.Registry.Path); err != nil { // not created empty: 0 devices would reject everything
-		return fmt.Errorf("registry.path: %w", err)
-	}
-	// The registry alone: the outbox's lock belongs to a running gateway.
-	reg, closeReg, err := storage.OpenRegistry(ctx, cfg.Storage, cfg.Registry.Path,
+	// As New opens it, without the outbox: its lock belongs to a running gateway.
+	e, err := storage.Open(ctx, cfg.Storage, cfg.Outbox, cfg.Registry.Path,
 		registry.WithKEK(kek), registry.WithPreviousKEK(prev), registry.WithClock(time.Now))
 	if err != nil {
-		return fmt.Errorf("%s: %w", registryKey(cfg.Storage), err)
+		return err
 	}
-	defer closeReg() //nolint:errcheck // read only
+	defer e.Close()
+	reg := e.Registry
 	if kek == nil && reg.Sealed() {
 		return fmt.Errorf("registry %s: %w", cfg.Storage.Describe(cfg.Registry.Path), registry.ErrSealed)
 	}

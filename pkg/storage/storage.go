@@ -62,6 +62,7 @@ type Engine struct {
 	Wakeups, RegistryChanges string
 	pg                       *pgstore.DB        // the shared database (nil on SQLite)
 	sqlite                   *sqlitestore.Store // the SQLite outbox (nil on PostgreSQL)
+	openOutbox               func(ctx context.Context) error
 	// audit opens the audit trail beside the registry.
 	audit   func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error)
 	closers []func()
@@ -82,15 +83,18 @@ func (e *Engine) OpenAudit(ctx context.Context, now func() time.Time) (*audit.Lo
 	return e.audit(ctx, now)
 }
 
-// Open opens everything a gateway keeps on cfg's engine, in the order
-// that reports the most useful error first: the registry (on SQLite the
-// file registryPath, which must exist: only iotgw device add creates a
-// registry, and one created empty here by a typo in the path would reject
-// every device as unknown), then the outbox (on SQLite after taking its
-// lock: one gateway per file). Each error names the setting at fault.
+// Open opens the registry of cfg's engine for a gateway, and on a shared
+// engine the database's pool, which the registry, the audit trail
+// (OpenAudit) and the outbox (Engine.OpenOutbox) then share. On SQLite the
+// registry is the file registryPath, which must exist: only iotgw device
+// add creates a registry, and one created empty here by a typo in the
+// path would reject every device as unknown. Each error names the setting
+// at fault. The outbox is opened apart, so that a gateway reports a bad
+// registry before it takes the outbox, and iotgw config check opens the
+// registry as serve does without touching a running gateway's outbox.
 func Open(ctx context.Context, cfg Config, oc outbox.Config, registryPath string, opts ...registry.Option) (*Engine, error) {
 	if cfg.Engine == Postgres {
-		e, err := OpenOutbox(ctx, cfg, oc) // first: registry, audit and outbox share its pool
+		e, err := OpenOutbox(ctx, cfg, oc) // no I/O beyond the pool: the outbox is the database's
 		if err != nil {
 			return nil, err
 		}
@@ -109,6 +113,7 @@ func Open(ctx context.Context, cfg Config, oc outbox.Config, registryPath string
 			}
 			return l, c, nil
 		}
+		e.openOutbox = func(context.Context) error { return nil }
 		return e, nil
 	}
 	if err := cfg.RegistryExists(registryPath); err != nil {
@@ -118,12 +123,7 @@ func Open(ctx context.Context, cfg Config, oc outbox.Config, registryPath string
 	if err != nil {
 		return nil, fmt.Errorf("registry.path: %w", err)
 	}
-	e, err := OpenOutbox(ctx, cfg, oc)
-	if err != nil {
-		reg.Close()
-		return nil, err
-	}
-	e.Registry = reg
+	e := &Engine{Registry: reg}
 	e.closers = append(e.closers, func() { reg.Close() }) //nolint:errcheck // closing at exit
 	e.audit = func(ctx context.Context, now func() time.Time) (*audit.Log, func() error, error) {
 		l, err := audit.Open(ctx, registryPath, now)
@@ -132,8 +132,21 @@ func Open(ctx context.Context, cfg Config, oc outbox.Config, registryPath string
 		}
 		return l, l.Close, nil
 	}
+	e.openOutbox = func(ctx context.Context) error {
+		o, err := OpenOutbox(ctx, cfg, oc)
+		if err != nil {
+			return err
+		}
+		e.Outbox, e.Local, e.sqlite = o.Outbox, o.Local, o.sqlite
+		e.closers = append(e.closers, o.Close)
+		return nil
+	}
 	return e, nil
 }
+
+// OpenOutbox opens the outbox of an engine from Open (on SQLite taking its
+// lock: one gateway per file, failing with an error naming outbox.path).
+func (e *Engine) OpenOutbox(ctx context.Context) error { return e.openOutbox(ctx) }
 
 // OpenOutbox opens the outbox of cfg's engine. On SQLite it first takes the
 // outbox lock (one gateway per file) and fails with an error naming
