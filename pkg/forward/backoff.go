@@ -100,7 +100,18 @@ func (b *Breaker) Abandon() {
 	b.mu.Unlock()
 }
 
-// Open reports whether the breaker is refusing calls.
+// Cooling reports whether the breaker is open and its cooldown not over:
+// no call, not even a probe, would be let through now. Past the cooldown
+// an open breaker waits for a call to probe the backend; work held back
+// while it is Open rather than Cooling would never come to make that call.
+func (b *Breaker) Cooling() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.failures >= b.threshold && b.now().Before(b.openUntil)
+}
+
+// Open reports whether the breaker is open (refusing calls but, past its
+// cooldown, one probe at a time).
 func (b *Breaker) Open() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -139,6 +139,10 @@ func (d *Dispatcher) PayloadBytes() int64 {
 // BreakerOpen reports whether the circuit breaker is refusing calls.
 func (d *Dispatcher) BreakerOpen() bool { return d.breaker.Open() }
 
+// BreakerCooling reports whether the circuit breaker lets no call through
+// now, not even a probe (Breaker.Cooling).
+func (d *Dispatcher) BreakerCooling() bool { return d.breaker.Cooling() }
+
 func (d *Dispatcher) signal() {
 	select {
 	case d.wake <- struct{}{}:

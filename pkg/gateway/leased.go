@@ -30,7 +30,9 @@ func (g *Gateway) newLeaseForwarder(st lease.Store) *lease.Forwarder {
 	}
 	return lease.New(st, owner, cfg, g.now, g.log.With(zap.String("component", "lease")), lease.Hooks{
 		Submit: func(j *forward.Job) { g.dispatcher.Submit(j) },
-		Paused: func() bool { return g.stopping.Load() || g.dispatcher.BreakerOpen() },
+		// Not while the breaker is open past its cooldown: only a job in
+		// the dispatcher can probe the backend and close it again.
+		Paused: func() bool { return g.stopping.Load() || g.dispatcher.BreakerCooling() },
 		Claimed: func(n int) {
 			g.metrics.claimed.Add(float64(n))
 		},

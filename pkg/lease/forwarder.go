@@ -200,7 +200,7 @@ func (f *Forwarder) Run(ctx context.Context) {
 		case <-f.wake:
 		case <-poll.C:
 		case <-renew.C:
-			f.renew(ctx)
+			f.renew(ctx) //nolint:errcheck // reported by fail; the next round retries
 		}
 		f.finish(ctx)
 		f.claim(ctx)
@@ -288,8 +288,17 @@ func (f *Forwarder) finish(ctx context.Context) {
 		return
 	}
 	f.ok()
-	if stale > 0 && f.hooks.Stale != nil {
-		f.hooks.Stale(stale)
+	// Some of done were refused (the store does not say which): renew to
+	// learn which leases moved on. A device still held at its epoch had
+	// its rows finished (epochs only rise); one found lost may have its
+	// row left, so it is dropped and the next claim decides. If the store
+	// cannot be asked, every device of done is dropped.
+	unsure := false
+	if stale > 0 {
+		if f.hooks.Stale != nil {
+			f.hooks.Stale(stale)
+		}
+		unsure = f.renew(ctx) != nil
 	}
 	var next []*forward.Job
 	f.mu.Lock()
@@ -303,7 +312,7 @@ func (f *Forwarder) finish(ctx context.Context) {
 		if h == nil || h.cur != d.Seq || d.Epoch != h.epoch { // not this lease's job
 			continue
 		}
-		if h.lost || stale > 0 { // some of done were refused (which is not said): the lease moved on, the row may be left
+		if h.lost || unsure { // the lease moved on: its row may be left
 			f.drop(d.Device)
 			continue
 		}
@@ -438,7 +447,9 @@ func (f *Forwarder) pop(h *heldDev) *forward.Job {
 	return Job(r, h.epoch)
 }
 
-func (f *Forwarder) renew(ctx context.Context) {
+// renew extends every lease held and marks those found taken over; it
+// returns the store's error, if any.
+func (f *Forwarder) renew(ctx context.Context) error {
 	f.mu.Lock()
 	leases := make([]Lease, 0, len(f.held))
 	for id, h := range f.held {
@@ -448,7 +459,7 @@ func (f *Forwarder) renew(ctx context.Context) {
 	}
 	f.mu.Unlock()
 	if len(leases) == 0 {
-		return
+		return nil
 	}
 	sort.Slice(leases, func(a, b int) bool { return leases[a].Device < leases[b].Device })
 	sent := f.now()
@@ -457,7 +468,7 @@ func (f *Forwarder) renew(ctx context.Context) {
 		if ctx.Err() == nil {
 			f.fail("renew", err)
 		}
-		return
+		return err
 	}
 	f.ok()
 	k := make(map[Lease]bool, len(kept))
@@ -481,4 +492,5 @@ func (f *Forwarder) renew(ctx context.Context) {
 			f.log.Warn("lease taken over by another gateway; dropping this device's claimed rows", zap.String("device_id", l.Device))
 		}
 	}
+	return nil
 }

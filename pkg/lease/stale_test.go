@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/iotgw/iotgw/pkg/forward"
 	"github.com/iotgw/iotgw/pkg/outbox"
 )
 
@@ -30,5 +31,32 @@ func TestForwarderStaleFinishDoesNotAdvance(t *testing.T) {
 	}
 	if s.Held() != 0 {
 		t.Fatal("the device whose Finish was refused is still held")
+	}
+}
+
+// TestForwarderStaleFinishKeepsOthers: one device's Finish refused as
+// stale does not stall the other devices finished in the same call: the
+// Forwarder renews to learn which lease moved on, drops that device only,
+// and the others go on to their next rows.
+func TestForwarderStaleFinishKeepsOthers(t *testing.T) {
+	st := &fakeStore{claims: [][]*outbox.Record{append(rows("d", 1, 2), rows("e", 3, 4)...)}}
+	s, disp := newTestForwarder(t, st)
+	ctx := context.Background()
+	s.claim(ctx)
+	for _, j := range []*forward.Job{jobOf("d", 1), jobOf("e", 3)} {
+		j.Epoch = 1
+		if err := s.admit(j); err != nil {
+			t.Fatal(err)
+		}
+		s.settled(j)
+	}
+	st.kept = []string{"d", "e"}
+	st.takeOver("d") // d's Finish is refused; e's lease is still this gateway's
+	s.finish(ctx)
+	if n := disp.Pending(); n != 3 {
+		t.Fatalf("%d jobs submitted, want 3 (d's row 1, e's rows 3 and 4; not d's row 2)", n)
+	}
+	if s.Held() != 1 {
+		t.Fatalf("%d devices held, want 1 (e)", s.Held())
 	}
 }

@@ -53,11 +53,18 @@ func (w *world) startGateway(slot, inc int) *gateway {
 	g.fwd = lease.New(tracedStore{Conn: g.conn, w: w, name: name}, name, lease.Config{Lease: p.lease, Timeout: p.timeout, MaxPayloadMemory: p.maxPayloadMemory},
 		time.Now, zap.NewNop(), lease.Hooks{
 			Submit: func(j *forward.Job) { g.disp.Submit(j) },
-			// The gateway pauses claims while the backend's breaker is
-			// open. That stalls a gateway for good once its dispatcher
-			// empties with the breaker open (nothing left to probe with):
-			// see docs/SIMULATION.md, "Found". -pause-on-breaker runs it.
-			Paused: func() bool { return *flagPauseOnBreaker && g.disp.BreakerOpen() },
+			// As the gateway (pkg/gateway/leased.go): claims pause while
+			// the backend's breaker cools down, not while it waits for a
+			// probe. -pause-on-breaker runs the old wiring, which paused
+			// while it was open and stalled a gateway for good once its
+			// dispatcher emptied with the breaker open (nothing left to
+			// probe with): see docs/SIMULATION.md, "Found".
+			Paused: func() bool {
+				if *flagPauseOnBreaker {
+					return g.disp.BreakerOpen()
+				}
+				return g.disp.BreakerCooling()
+			},
 		})
 	g.disp = forward.NewDispatcher(fcfg, &backend{w: w, owner: name}, forward.NewBreaker(5, 2*time.Second, time.Now), backoff, time.Now, forward.Hooks{
 		Settled: func(j *forward.Job, o forward.Outcome) {

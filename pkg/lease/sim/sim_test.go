@@ -19,7 +19,7 @@ var (
 	flagSeeds = flag.Int("seeds", 2000, "how many seeds to run")
 	flagFirst = flag.Int64("first", 1, "the first seed")
 	// flagPauseOnBreaker wires lease.Hooks.Paused as pkg/gateway does.
-	flagPauseOnBreaker = flag.Bool("pause-on-breaker", false, "pause claims while the breaker is open, as the gateway does (stalls: see docs/SIMULATION.md)")
+	flagPauseOnBreaker = flag.Bool("pause-on-breaker", false, "pause claims while the breaker is open, as the gateway did before the fix (stalls: see docs/SIMULATION.md)")
 )
 
 // TestSim runs the simulation for each seed, two at a time on a 2-core
