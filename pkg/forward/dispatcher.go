@@ -252,9 +252,12 @@ func (d *Dispatcher) work(ctx context.Context) {
 }
 
 // deadline returns the context of a POST that must end by until (zero:
-// no end but the client's timeout).
+// no end but the client's timeout). The client's timeout (Config.Timeout)
+// ends every POST already; a context deadline (a timer per POST) is added
+// only when until comes sooner, which an Admit that keeps its contract
+// (now + Timeout inside the lease) never lets happen.
 func (d *Dispatcher) deadline(until time.Time) (context.Context, context.CancelFunc) {
-	if until.IsZero() {
+	if until.IsZero() || time.Until(until) > d.cfg.Timeout {
 		return d.postCtx, func() {}
 	}
 	return context.WithDeadline(d.postCtx, until)
