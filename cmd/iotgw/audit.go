@@ -23,12 +23,6 @@ import (
 
 func init() { commands = append(commands, newAuditCmd) }
 
-// recordAdmin appends one admin action (e.g. "device.add") by the current
-// user to the audit trail in the SQLite registry file dbPath.
-func recordAdmin(ctx context.Context, dbPath, action, device string, count int) error {
-	return recordAdminIn(ctx, store{cfg: storage.DefaultConfig(), path: dbPath}, action, device, count)
-}
-
 // recordCmd is recordAdminIn on the store of cmd (storeOf).
 func recordCmd(cmd *cobra.Command, action, device string, count int) error {
 	s, err := storeOf(cmd)

@@ -145,8 +145,10 @@ func TestForwarderLostLease(t *testing.T) {
 	st := &fakeStore{claims: [][]*outbox.Record{rows("d", 1, 2), rows("d", 2, 3)}}
 	s, disp := newTestForwarder(t, st)
 	ctx := context.Background()
-	s.claim(ctx) // row 1 in the dispatcher, row 2 queued
-	s.renew(ctx) // kept: none → lost
+	s.claim(ctx)                         // row 1 in the dispatcher, row 2 queued
+	if err := s.renew(ctx); err != nil { // kept: none → lost
+		t.Fatal(err)
+	}
 	if err := s.admit(jobOf("d", 1)); !errors.Is(err, forward.ErrRelinquished) {
 		t.Fatalf("admit after the lease was lost: %v, want ErrRelinquished", err)
 	}
@@ -178,7 +180,9 @@ func TestForwarderAdmitNeedsLease(t *testing.T) {
 		t.Fatalf("admit with 1 s of lease left and a 2 s timeout: %v, want ErrLeaseUnconfirmed", err)
 	}
 	st.kept, st.epochs = []string{"d"}, map[string]int64{"d": 1}
-	s.renew(context.Background())
+	if err := s.renew(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.admit(jobOf("d", 1)); err != nil {
 		t.Fatalf("admit after renewal: %v", err)
 	}
@@ -262,8 +266,10 @@ func TestForwarderReclaimLostWhileSettled(t *testing.T) {
 	st := &fakeStore{claims: [][]*outbox.Record{rows("d", 1, 2), rows("d", 1, 2)}}
 	s, disp := newTestForwarder(t, st)
 	ctx := context.Background()
-	s.claim(ctx) // job 1 in the dispatcher
-	s.renew(ctx) // kept: none → lost
+	s.claim(ctx)                         // job 1 in the dispatcher
+	if err := s.renew(ctx); err != nil { // kept: none → lost
+		t.Fatal(err)
+	}
 	s.settled(jobOf("d", 1))
 	st.down = true
 	s.finish(ctx) // fails: row 1 settled, not deleted
@@ -289,8 +295,10 @@ func TestForwarderReclaimLostWhileQueued(t *testing.T) {
 	st := &fakeStore{claims: [][]*outbox.Record{rows("d", 1, 2), rows("d", 1, 2)}}
 	s, disp := newTestForwarder(t, st)
 	ctx := context.Background()
-	s.claim(ctx) // job 1 in the dispatcher
-	s.renew(ctx) // kept: none → lost; job 1 not yet retried
+	s.claim(ctx)                         // job 1 in the dispatcher
+	if err := s.renew(ctx); err != nil { // kept: none → lost; job 1 not yet retried
+		t.Fatal(err)
+	}
 	s.claim(ctx) // claimed back with rows 1 and 2
 	if n := disp.Pending(); n != 1 {
 		t.Fatalf("%d jobs submitted, want 1: row 1's job is already in the dispatcher", n)
@@ -314,8 +322,10 @@ func TestForwarderFencedAfterTakeover(t *testing.T) {
 	if err := s.admit(j); err != nil {
 		t.Fatal(err)
 	}
-	st.takeOver("d") // the POST outlives this gateway's reach of the database
-	s.renew(ctx)     // found lost
+	st.takeOver("d")                     // the POST outlives this gateway's reach of the database
+	if err := s.renew(ctx); err != nil { // found lost
+		t.Fatal(err)
+	}
 	s.settled(j)
 	s.finish(ctx)
 	done := st.finished[len(st.finished)-1]
