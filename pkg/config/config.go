@@ -187,9 +187,14 @@ func EnvName(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
 }
 
+// envTestPrefix starts the variables of iotgw's own test suite (e.g.
+// IOTGW_TEST_PG, the PostgreSQL the tests create databases on): no config
+// section is named test, so none of them is a misspelt setting.
+const envTestPrefix = EnvPrefix + "TEST_"
+
 // checkEnv refuses an IOTGW_ variable that sets no key: a misspelt one
 // would otherwise be ignored without a word. It names the closest known
-// variable.
+// variable. The test suite's variables (IOTGW_TEST_*) are not settings.
 func checkEnv(keys, environ []string) error {
 	known := make(map[string]bool, len(keys))
 	for _, k := range keys {
@@ -197,7 +202,7 @@ func checkEnv(keys, environ []string) error {
 	}
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(name, EnvPrefix) || known[name] {
+		if !strings.HasPrefix(name, EnvPrefix) || known[name] || strings.HasPrefix(name, envTestPrefix) {
 			continue
 		}
 		best, bestD := "", 4 // suggest only a near miss

@@ -15,6 +15,7 @@ func TestUnknownEnvRefused(t *testing.T) {
 		{"far from any key", "IOTGW_DEMO_DIR=x", "IOTGW_DEMO_DIR: unknown setting (variables starting IOTGW_"},
 		{"known", "IOTGW_BACKEND_URL=http://127.0.0.1:1/x", ""},
 		{"other prefix", "DEMO_DIR=x", ""},
+		{"the tests' PostgreSQL (pgtest)", "IOTGW_TEST_PG=postgres://root@127.0.0.1:5432/test", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			k, v, _ := strings.Cut(tc.env, "=")
