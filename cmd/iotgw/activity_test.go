@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/iotgw/iotgw/pkg/audit"
+	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/sqlitestore"
 )
 
 // TestDeviceActivity: audit tail filters by --device, --reason and
@@ -36,6 +39,20 @@ func TestDeviceActivity(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
+	// act_1 has one message on record in the outbox (outbox.path from the
+	// environment): device show gives when it was accepted.
+	ob := filepath.Join(t.TempDir(), "outbox.db")
+	t.Setenv("IOTGW_OUTBOX_PATH", ob)
+	st, err := sqlitestore.Open(context.Background(), outbox.Config{Path: ob, Synchronous: "normal"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acceptedAt := now.Add(-5 * time.Minute).Truncate(time.Second)
+	if _, err := st.Commit(context.Background(), []*outbox.Record{{DeviceID: "act_1", MessageID: "m1", Timestamp: fmt.Sprint(acceptedAt.Unix() - 1),
+		Payload: []byte(`{}`), ReceivedAt: acceptedAt, Expires: acceptedAt.Add(5 * time.Minute)}}, nil, -1); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
 	if r := runCLI(t, "", "device", "disable", "act_1", "--db", db); r.code != 0 { // what the quarantine did
 		t.Fatalf("disable: %v", r.err)
 	}
@@ -81,7 +98,7 @@ func TestDeviceActivity(t *testing.T) {
 		" rate_limited\n",
 		"rate-limited:   yes",
 		"quarantined:    yes, since ",
-		"last accepted:  not recorded",
+		"last accepted:  " + acceptedAt.UTC().Format(time.RFC3339),
 	} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("device show act_1 lacks %q:\n%s", want, r.stdout)
@@ -92,7 +109,7 @@ func TestDeviceActivity(t *testing.T) {
 	}
 	r = runCLI(t, "", "device", "show", "act_2", "--db", db, "--since", "1h")
 	if r.code != 0 || !strings.Contains(r.stdout, "rejections:     1 (bad_signature 1)") || !strings.Contains(r.stdout, "rate-limited:   no") ||
-		!strings.Contains(r.stdout, "quarantined:    no") {
+		!strings.Contains(r.stdout, "quarantined:    no") || !strings.Contains(r.stdout, "last accepted:  none on record") {
 		t.Errorf("device show act_2:\n%s", r.stdout)
 	}
 	r = runCLI(t, "", "device", "show", "act_1", "--db", db)

@@ -244,7 +244,14 @@ func printActivity(cmd *cobra.Command, w io.Writer, id string, info registry.Inf
 		scope = "this registry"
 	}
 	fmt.Fprintf(w, "activity: audit trail of %s since %s (--since %s)\n", scope, from.UTC().Format(time.RFC3339), window)
-	fmt.Fprintln(w, "  last accepted:  not recorded (accepted messages are in the outbox, not the audit trail)")
+	switch last, err := storage.LastAccepted(ctx, s.cfg, s.outbox, id); {
+	case err != nil:
+		fmt.Fprintf(w, "  last accepted:  unknown (%v)\n", err)
+	case last.IsZero():
+		fmt.Fprintln(w, "  last accepted:  none on record (the outbox keeps ids for the replay window, validation.max_clock_skew, and rows until forwarded)")
+	default:
+		fmt.Fprintf(w, "  last accepted:  %s\n", last.UTC().Format(time.RFC3339))
+	}
 	var rejected []string
 	var lastRej, lastRate, lastQuarantine, lastEnable audit.Tally
 	var total int64

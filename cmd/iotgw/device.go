@@ -16,6 +16,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/pki"
+	"github.com/iotgw/iotgw/pkg/outbox"
 	"github.com/iotgw/iotgw/pkg/registry"
 	"github.com/iotgw/iotgw/pkg/storage"
 )
@@ -82,6 +83,8 @@ func registryPath(cmd *cobra.Command) string {
 type store struct {
 	cfg  storage.Config
 	path string
+	// outbox is the outbox section (device show's last accepted).
+	outbox outbox.Config
 }
 
 // String names the store for messages (never a DSN).
@@ -107,7 +110,7 @@ func storeOf(cmd *cobra.Command) (store, error) {
 			return store{}, usagef("%v", err)
 		}
 	}
-	return store{cfg: c.Storage, path: registryPath(cmd)}, nil
+	return store{cfg: c.Storage, path: registryPath(cmd), outbox: c.Outbox}, nil
 }
 
 // securityConfig returns the security section from --config (if any) and

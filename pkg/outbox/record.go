@@ -118,3 +118,17 @@ type Stats struct {
 	// DeadLetters is how many rows wait in the dead-letter table.
 	DeadLetters int
 }
+
+// LastAccepted is the later of a pending row's receive time (Unix ms) and
+// a replay id's message timestamp (Unix s), zero when both are 0: what an
+// engine has on record of a device's last accepted message.
+func LastAccepted(receivedMS, idTS int64) time.Time {
+	var t time.Time
+	if receivedMS > 0 {
+		t = time.UnixMilli(receivedMS)
+	}
+	if idTS > 0 && time.Unix(idTS, 0).After(t) {
+		t = time.Unix(idTS, 0)
+	}
+	return t
+}

@@ -524,6 +524,25 @@ func buryRow(ctx context.Context, tx pgx.Tx, seq int64, attempts int, lastErr st
 	return deleteRows(ctx, tx, []int64{seq})
 }
 
+// LastAccepted returns when device's newest accepted message still on
+// record was accepted, by any gateway (see sqlitestore.Store.LastAccepted).
+func (o *Outbox) LastAccepted(ctx context.Context, device string) (time.Time, error) {
+	var ms, ts *int64
+	err := o.db.Pool.QueryRow(ctx, `SELECT (SELECT max(received_at) FROM outbox WHERE device_id = $1), (SELECT max(ts) FROM seen WHERE device_id = $1)`,
+		device).Scan(&ms, &ts)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("last accepted: %w", err)
+	}
+	var a, b int64
+	if ms != nil {
+		a = *ms
+	}
+	if ts != nil {
+		b = *ts
+	}
+	return outbox.LastAccepted(a, b), nil
+}
+
 // Payload returns the payload of row seq, or an error wrapping outbox.ErrNoRow.
 func (o *Outbox) Payload(ctx context.Context, seq int64) ([]byte, error) {
 	var p []byte

@@ -270,3 +270,23 @@ func TestReplayHorizonAcrossGateways(t *testing.T) {
 		t.Fatalf("%d rows, want only the original", n)
 	}
 }
+
+// TestLastAccepted: device show's "last accepted" on the shared database:
+// the newest pending row's receive time (or replay id), any gateway's;
+// zero for a device with nothing on record.
+func TestLastAccepted(t *testing.T) {
+	db := openTest(t)
+	ctx := context.Background()
+	o := db.Outbox(0)
+	r := rec("d", 1)
+	r.ReceivedAt = time.UnixMilli(r.ReceivedAt.UnixMilli())
+	if _, err := o.Commit(ctx, []*outbox.Record{r}, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := o.LastAccepted(ctx, "d"); err != nil || !got.Equal(r.ReceivedAt) {
+		t.Fatalf("last accepted of d = %v, %v; want %v", got, err, r.ReceivedAt)
+	}
+	if got, err := o.LastAccepted(ctx, "other"); err != nil || !got.IsZero() {
+		t.Fatalf("last accepted of a device with nothing on record = %v, %v", got, err)
+	}
+}

@@ -253,6 +253,20 @@ func (s *Store) PendingMeta(ctx context.Context) ([]*outbox.Record, error) {
 	return out, rows.Err()
 }
 
+// LastAccepted returns when device's newest accepted message still on
+// record was accepted: the later of its newest pending row's receive time
+// and its newest replay id's timestamp (ids are kept for the replay
+// window); zero when neither holds one.
+func (s *Store) LastAccepted(ctx context.Context, device string) (time.Time, error) {
+	var ms, ts sql.NullInt64
+	err := s.db.QueryRowContext(ctx, `SELECT (SELECT max(received_at) FROM outbox WHERE device_id = ?), (SELECT max(ts) FROM seen WHERE device_id = ?)`,
+		device, device).Scan(&ms, &ts)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("last accepted: %w", err)
+	}
+	return outbox.LastAccepted(ms.Int64, ts.Int64), nil
+}
+
 // Payload returns the payload of row seq, or ErrNoRow.
 func (s *Store) Payload(ctx context.Context, seq int64) ([]byte, error) {
 	var p []byte

@@ -23,6 +23,9 @@ type Outbox interface {
 	// with the engine: a shared one keeps one value for the whole fleet and
 	// refuses another; SQLite's single gateway takes whatever it is given.
 	FreshnessWindow(ctx context.Context, skew time.Duration) error
+	// LastAccepted is when a device's newest message still on record (a
+	// pending row or a replay id) was accepted, or zero.
+	LastAccepted(ctx context.Context, device string) (time.Time, error)
 	SeenHorizon(ctx context.Context) (time.Time, error)
 	PruneSeen(ctx context.Context, now time.Time, window time.Duration) (int64, error)
 	PendingMeta(ctx context.Context) ([]*outbox.Record, error)
@@ -243,6 +246,24 @@ func OpenDeadLetters(ctx context.Context, cfg Config, oc outbox.Config, path str
 		return nil, nil, err
 	}
 	return st, func() { st.Close() }, nil
+}
+
+// LastAccepted returns when device's newest accepted message still on
+// record in cfg's outbox was accepted (a pending row, or a replay id kept
+// for the replay window), or zero; on SQLite from the file oc.Path,
+// opened beside a running gateway (zero when it does not exist yet).
+func LastAccepted(ctx context.Context, cfg Config, oc outbox.Config, device string) (time.Time, error) {
+	if cfg.Engine == SQLite {
+		if _, err := os.Stat(oc.Path); errors.Is(err, os.ErrNotExist) {
+			return time.Time{}, nil
+		}
+	}
+	st, closeSt, err := OpenDeadLetters(ctx, cfg, oc, "")
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer closeSt()
+	return st.LastAccepted(ctx, device)
 }
 
 // ErrOneGateway is returned by fleet-wide settings on an engine that
