@@ -15,8 +15,8 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/envelope"
-	"github.com/iotgw/iotgw/pkg/pki"
 	"github.com/iotgw/iotgw/pkg/outbox"
+	"github.com/iotgw/iotgw/pkg/pki"
 	"github.com/iotgw/iotgw/pkg/registry"
 	"github.com/iotgw/iotgw/pkg/storage"
 )
