@@ -72,12 +72,8 @@ type Gateway struct {
 	queueFullLog, replyErrLog logEvery
 	commitErr                 atomic.Pointer[string]
 	staleFinish               atomic.Int64
-	// settleCtx ends when the shutdown grace runs out: a dead letter that
-	// cannot be written by then stays in the outbox (posted again later).
-	settleCtx  context.Context
-	stopSettle context.CancelFunc
-	http       *http.Server
-	httpLn     net.Listener
+	http                      *http.Server
+	httpLn                    net.Listener
 }
 
 // New opens the registry and the outbox, reloads the replay window and the
@@ -214,7 +210,6 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 	hooks := forward.Hooks{Settled: g.settled, Retry: g.retrying, Load: g.loadPayload, Admit: g.forwarder.Admit}
 	g.dispatcher = forward.NewDispatcher(cfg.Backend, poster, breaker,
 		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now, hooks)
-	g.settleCtx, g.stopSettle = context.WithCancel(context.Background())
 	g.metrics = newMetrics(g)
 	g.abuse.register(g.metrics.reg, now)
 	g.queues = make([]chan *mqttio.Message, cfg.Pipeline.Workers)
@@ -352,7 +347,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case <-time.After(time.Until(deadline)):
 		g.log.Warn("grace period over; aborting in-flight POSTs (they stay in the outbox)")
 		g.dispatcher.Abort()
-		g.stopSettle()
 		<-dispDone
 	}
 	stopFwd()
@@ -637,7 +631,7 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 	g.metrics.backendAnswer(o.Response.Status, nil)
 	g.metrics.latency.Observe(g.now().Sub(j.ReceivedAt).Seconds())
 	g.log.Debug("forwarded", zap.String("device_id", j.DeviceID), zap.String("message_id", j.MessageID), zap.Int("status", o.Response.Status))
-	g.notify(g.settleCtx, j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
+	g.notify(context.Background(), j.DeviceID, envelope.ReplyPayload([]byte(j.MessageID), o.Response.Status, o.Response.Body))
 	g.forwarder.Settled(j, nil)
 }
 
