@@ -78,6 +78,10 @@ INSERT INTO seen_horizon(id, ts) VALUES (1, 0);`},
 // Store is the outbox database.
 type Store struct {
 	db *sql.DB
+	// st are the writer's statements, prepared once on the one connection
+	// (each transaction used to prepare them again: a cost every commit
+	// paid, most visible at steady rates, with one message per commit).
+	st stmts
 	// leases, once Leases made it, is told every row committed or found.
 	leases *Leases
 }
@@ -100,11 +104,54 @@ func Open(ctx context.Context, cfg outbox.Config) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("migrate outbox %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db}
+	if err := s.st.prepare(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("outbox %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// stmts are the statements of the writer's commit. Multi-row inserts and
+// deletes of other sizes are prepared as they come.
+type stmts struct {
+	insOutbox *sql.Stmt // one outbox row
+	insSeen1  *sql.Stmt // one replay id
+	del1      *sql.Stmt // one settled row
+}
+
+func (st *stmts) prepare(ctx context.Context, db *sql.DB) error {
+	for _, p := range []struct {
+		to *(*sql.Stmt)
+		q  string
+	}{
+		{&st.insOutbox, `INSERT INTO outbox(device_id, message_id, timestamp, payload, received_at) VALUES(?,?,?,?,?)`},
+		{&st.insSeen1, `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)`},
+		{&st.del1, `DELETE FROM outbox WHERE seq IN (?)`},
+	} {
+		s, err := db.PrepareContext(ctx, p.q) //nolint:sqlclosecheck // kept for the Store's life: closed by Close
+		if err != nil {
+			st.close()
+			return fmt.Errorf("prepare: %w", err)
+		}
+		*p.to = s
+	}
+	return nil
+}
+
+func (st *stmts) close() {
+	for _, s := range []*sql.Stmt{st.insOutbox, st.insSeen1, st.del1} {
+		if s != nil {
+			s.Close()
+		}
+	}
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.st.close()
+	return s.db.Close()
+}
 
 // Insert stores recs and their ids in one transaction and sets each Seq.
 // Either all are durable or none is.
@@ -130,10 +177,7 @@ func (s *Store) write(ctx context.Context, recs []*outbox.Record, dels []int64, 
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // no-op after commit
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO outbox(device_id, message_id, timestamp, payload, received_at) VALUES(?,?,?,?,?)`)
-	if err != nil {
-		return nil, fmt.Errorf("prepare: %w", err)
-	}
+	ins := tx.StmtContext(ctx, s.st.insOutbox)
 	defer ins.Close()
 	for _, r := range recs {
 		res, err := ins.ExecContext(ctx, r.DeviceID, r.MessageID, r.Timestamp, r.Payload, r.ReceivedAt.UnixMilli())
@@ -145,10 +189,10 @@ func (s *Store) write(ctx context.Context, recs []*outbox.Record, dels []int64, 
 		}
 		r.DSeq = r.Seq
 	}
-	if err := insertSeen(ctx, tx, recs); err != nil {
+	if err := insertSeen(ctx, tx, s.st.insSeen1, recs); err != nil {
 		return nil, err
 	}
-	if err := deleteSeqs(ctx, tx, dels); err != nil {
+	if err := deleteSeqs(ctx, tx, s.st.del1, dels); err != nil {
 		return nil, err
 	}
 	var foreign []*outbox.Record
@@ -177,7 +221,7 @@ func (s *Store) Delete(ctx context.Context, seqs []int64) error {
 		return fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck
-	if err := deleteSeqs(ctx, tx, seqs); err != nil {
+	if err := deleteSeqs(ctx, tx, s.st.del1, seqs); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -186,7 +230,23 @@ func (s *Store) Delete(ctx context.Context, seqs []int64) error {
 	return nil
 }
 
-func deleteSeqs(ctx context.Context, tx *sql.Tx, seqs []int64) error {
+// execIn runs the prepared statement st within tx.
+func execIn(ctx context.Context, tx *sql.Tx, st *sql.Stmt, args ...any) error {
+	s := tx.StmtContext(ctx, st)
+	defer s.Close()
+	_, err := s.ExecContext(ctx, args...)
+	return err
+}
+
+// deleteSeqs deletes rows seqs, 500 per statement; one with del1 (the
+// prepared statement for one row).
+func deleteSeqs(ctx context.Context, tx *sql.Tx, del1 *sql.Stmt, seqs []int64) error {
+	if len(seqs) == 1 {
+		if err := execIn(ctx, tx, del1, seqs[0]); err != nil {
+			return fmt.Errorf("delete outbox: %w", err)
+		}
+		return nil
+	}
 	for start := 0; start < len(seqs); start += 500 {
 		chunk := seqs[start:min(start+500, len(seqs))]
 		args := make([]any, len(chunk))
@@ -446,8 +506,8 @@ func (s *Store) deadOp(ctx context.Context, seqs []int64, retry bool) (int, erro
 const seenChunk = 128
 
 // insertSeen records the ids of recs in the seen table, seenChunk rows per
-// statement.
-func insertSeen(ctx context.Context, tx *sql.Tx, recs []*outbox.Record) error {
+// statement; one with one1 (the prepared statement for one row).
+func insertSeen(ctx context.Context, tx *sql.Tx, one1 *sql.Stmt, recs []*outbox.Record) error {
 	args := make([]any, 0, 4*min(len(recs), seenChunk))
 	for len(recs) > 0 {
 		chunk := recs[:min(len(recs), seenChunk)]
@@ -460,8 +520,14 @@ func insertSeen(ctx context.Context, tx *sql.Tx, recs []*outbox.Record) error {
 			}
 			args = append(args, r.DeviceID, r.ID[:], r.Expires.Unix(), ts)
 		}
-		q := `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)` + strings.Repeat(",(?,?,?,?)", len(chunk)-1) //nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+		var err error
+		if len(chunk) == 1 {
+			err = execIn(ctx, tx, one1, args...)
+		} else {
+			q := `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)` + strings.Repeat(",(?,?,?,?)", len(chunk)-1) //nolint:gosec // G202: only "?" placeholders are concatenated; every value is a bound parameter
+			_, err = tx.ExecContext(ctx, q, args...)
+		}
+		if err != nil {
 			return fmt.Errorf("insert seen: %w", err)
 		}
 	}
