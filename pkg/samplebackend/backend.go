@@ -217,13 +217,8 @@ func (b *Backend) ingest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	arrived := b.now()
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBackendBody))
-	r.Body.Close()
-	if err != nil {
-		http.Error(w, "cannot read body: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	if !b.authorized(w, r, body) {
+	body, ok := b.readAuthorized(w, r)
+	if !ok {
 		return
 	}
 	if b.delay > 0 {
@@ -275,17 +270,23 @@ func (b *Backend) ingest(w http.ResponseWriter, r *http.Request) {
 // empty body (it signs method, target and timestamp).
 func (b *Backend) control(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBackendBody))
-		r.Body.Close()
-		if err != nil {
-			http.Error(w, "cannot read body: "+err.Error(), http.StatusBadRequest)
-			return
+		if _, ok := b.readAuthorized(w, r); ok {
+			h(w, r)
 		}
-		if !b.authorized(w, r, body) {
-			return
-		}
-		h(w, r)
 	}
+}
+
+// readAuthorized reads r's body (at most maxBackendBody) and checks the
+// request's credentials against it (authorized). It answers the request
+// itself and reports false when either fails.
+func (b *Backend) readAuthorized(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBackendBody))
+	r.Body.Close()
+	if err != nil {
+		http.Error(w, "cannot read body: "+err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	return body, b.authorized(w, r, body)
 }
 
 // authorized checks the bearer token and the signature required, if any.
