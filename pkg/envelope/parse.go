@@ -31,8 +31,15 @@ const (
 	fMessageID
 	fPayload
 	fSignature
+	fCounter
+	// fAll is every member a message must have, with fTimestamp standing
+	// for "fTimestamp or fCounter" (a message has exactly one of them).
 	fAll = fDeviceID | fTimestamp | fMessageID | fPayload | fSignature
 )
+
+// MaxCounter is the largest counter a message may carry (2^63-1): it fits
+// the signed 64-bit integers of SQLite and PostgreSQL.
+const MaxCounter = 1<<63 - 1
 
 // Parse parses one message strictly. It returns a *ParseError for anything
 // the contract calls malformed: invalid JSON or UTF-8, an unknown, missing or
@@ -93,6 +100,8 @@ func Parse(raw []byte, lim Limits) (Envelope, error) {
 			bit = fPayload
 		case "signature":
 			bit = fSignature
+		case "counter":
+			bit = fCounter
 		default:
 			return first(s.fail("", "unknown field"))
 		}
@@ -100,6 +109,9 @@ func Parse(raw []byte, lim Limits) (Envelope, error) {
 			return first(s.fail(string(key), "duplicate field"))
 		}
 		seen |= bit
+		if seen&(fTimestamp|fCounter) == fTimestamp|fCounter {
+			return first(s.fail(string(key), "a message carries a timestamp or a counter, not both"))
+		}
 		if err := s.field(bit, &e); err != nil {
 			return first(err)
 		}
@@ -116,7 +128,10 @@ func Parse(raw []byte, lim Limits) (Envelope, error) {
 	if s.i != len(s.b) {
 		return first(s.fail("", "trailing data after the object"))
 	}
-	if seen != fAll {
+	if seen&fCounter != 0 {
+		seen |= fTimestamp // the counter stands in for the timestamp
+	}
+	if seen != fAll|seen&fCounter {
 		return first(&ParseError{Field: missingField(seen), Msg: "missing field", Offset: s.i})
 	}
 	if s.soft != nil {
@@ -211,6 +226,25 @@ func (s *scanner) field(bit int, e *Envelope) error {
 		}
 		ts, _ := strconv.ParseInt(string(digits), 10, 64) // ≤12 digits: cannot fail
 		e.Timestamp, e.TimestampRaw = ts, digits
+	case fCounter:
+		start := s.i
+		for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+			s.i++
+		}
+		digits := s.b[start:s.i]
+		if len(digits) == 0 || s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E') {
+			return s.fail("counter", "must be an unsigned integer")
+		}
+		if len(digits) > 1 && digits[0] == '0' {
+			s.soft = s.fail("counter", "leading zero")
+			return nil
+		}
+		n, err := strconv.ParseInt(string(digits), 10, 64)
+		if err != nil { // more than MaxCounter
+			s.soft = s.fail("counter", "larger than 9223372036854775807")
+			return nil
+		}
+		e.Counter, e.CounterRaw = n, digits
 	case fMessageID:
 		v, err := s.plainStr(nil, "message_id")
 		if err != nil {

@@ -40,6 +40,13 @@ type Device struct {
 	// When Keys is empty, Secret is the only key (ID 0); a device with
 	// neither verifies nothing. Secret is then the newest key's secret.
 	Keys []Key
+	// Counter reports that the device proves freshness with a counter
+	// (docs/PROTOCOL.md, section 1b) instead of a timestamp. Check then
+	// accepts only counter-mode messages from it, and only timestamp-mode
+	// messages from any other device. The counter's bound is not the
+	// validator's: the outbox commit enforces it (a counter at or below
+	// the highest accepted is a replay), durably and fleet-wide.
+	Counter bool
 	// KeyUnavailable reports that the KeyStore could not open one of the
 	// device's keys. Check rejects an enabled device so marked with
 	// KeyUnavailable, whatever Secret and Keys hold.
@@ -226,6 +233,14 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 	// Whole seconds on both sides: the timestamp has no fraction, so a
 	// message exactly max_clock_skew old is inside the window all second long.
 	now := clock.Truncate(time.Second)
+	switch {
+	case dev.Counter && !env.IsCounter():
+		return reject(env, Malformed, "device uses counter freshness: the message must carry a counter, not a timestamp"), nil
+	case !dev.Counter && env.IsCounter():
+		return reject(env, Malformed, "device uses timestamp freshness: the message must carry a timestamp, not a counter"), nil
+	case dev.Counter:
+		return v.checkCounter(ctx, env, dev, now)
+	}
 	msgTime := time.Unix(env.Timestamp, 0)
 	if d := now.Sub(msgTime); d > v.cfg.MaxClockSkew || d < -v.cfg.MaxClockSkew {
 		if d < 0 {
@@ -233,21 +248,9 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		}
 		return reject(env, Stale, fmt.Sprintf("timestamp is %s old", d)), nil
 	}
-	keyID, ok := v.macsFor(env.DeviceID, &dev).verify(&env, now)
-	if !ok {
-		fresh, changed := v.reread(ctx, env.DeviceID)
-		switch {
-		case !changed:
-			return reject(env, BadSignature, ""), nil
-		case !fresh.Enabled:
-			return reject(env, Disabled, ""), nil
-		case fresh.KeyUnavailable:
-			return reject(env, KeyUnavailable, "the registry holds a key of this device the gateway cannot open"), nil
-		}
-		dev = fresh
-		if keyID, ok = v.macsFor(env.DeviceID, &dev).verify(&env, now); !ok {
-			return reject(env, BadSignature, ""), nil
-		}
+	keyID, dev, rej := v.verify(ctx, &env, dev, now)
+	if rej != nil {
+		return *rej, nil
 	}
 	expires := msgTime.Add(v.cfg.MaxClockSkew)
 	dup, err := v.replay.Record(ctx, env.DeviceID, env.UUID(), expires, now)
@@ -270,6 +273,50 @@ func (v *Validator) Check(ctx context.Context, topicDevice string, raw []byte) (
 		return r, nil
 	}
 	return Result{Envelope: env, Expires: expires, KeyID: keyID, NewestKeyID: newest, Verified: true}, nil
+}
+
+// checkCounter finishes the checks of a counter-mode message of a
+// counter-mode device: the signature only. There is no clock to check and
+// no message id to remember: the counter's bound, enforced in the outbox
+// commit, makes every earlier message a replay for ever.
+func (v *Validator) checkCounter(ctx context.Context, env envelope.Envelope, dev Device, now time.Time) (Result, error) {
+	keyID, dev, rej := v.verify(ctx, &env, dev, now)
+	if rej != nil {
+		return *rej, nil
+	}
+	var newest int64
+	for _, k := range dev.KeyList() {
+		newest = max(newest, k.ID)
+	}
+	return Result{Envelope: env, KeyID: keyID, NewestKeyID: newest, Verified: true}, nil
+}
+
+// verify checks env's signature under every key of dev, re-reading the
+// device once (see Rereader) before it rejects. It returns the key that
+// verified and the device as last read, or the rejection.
+func (v *Validator) verify(ctx context.Context, env *envelope.Envelope, dev Device, now time.Time) (int64, Device, *Result) {
+	keyID, ok := v.macsFor(env.DeviceID, &dev).verify(env, now)
+	if ok {
+		return keyID, dev, nil
+	}
+	fresh, changed := v.reread(ctx, env.DeviceID)
+	var r Result
+	switch {
+	case !changed:
+		r = reject(*env, BadSignature, "")
+	case !fresh.Enabled:
+		r = reject(*env, Disabled, "")
+	case fresh.KeyUnavailable:
+		r = reject(*env, KeyUnavailable, "the registry holds a key of this device the gateway cannot open")
+	case fresh.Counter != env.IsCounter():
+		r = reject(*env, Malformed, "the device's freshness mode changed: re-sign the message in its new mode")
+	default:
+		if keyID, ok = v.macsFor(env.DeviceID, &fresh).verify(env, now); ok {
+			return keyID, fresh, nil
+		}
+		r = reject(*env, BadSignature, "")
+	}
+	return 0, dev, &r
 }
 
 // reread re-reads a device after a signature did not verify, when the
