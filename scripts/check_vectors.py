@@ -10,6 +10,14 @@ so this also tests the example. Standard library only.
 Every downlink vector in "replies" is checked too: K_down, its signature,
 verify_reply, and that it does not verify as an uplink.
 
+Counter mode and signed time (docs/PROTOCOL.md, sections 2a and 4c): every
+"counter_vectors" entry gets its verdict as far as parsing, signing and
+verification go (accepted, replay against counter_bound, malformed,
+bad_signature) and its signature; every "time_requests" entry is parsed
+(ok with its nonce, or malformed); every "time_replies" entry is checked
+with check_time_reply (ok with its time, bad_signature, other_nonce,
+not_a_time_reply).
+
 Prints "N vectors checked" and exits 0, or lists every mismatch and exits 1.
 """
 
@@ -65,6 +73,78 @@ def check_reply(r: dict) -> list:
     return problems
 
 
+def counter_verdict(v: dict) -> str:
+    """Return the gateway's verdict on one counter vector, as far as the
+    example's scan, signing and verification can tell it."""
+    raw = message_bytes(v)
+    try:
+        fields = iotgw.split_message(raw)
+        iotgw.message_signing_bytes(fields)  # exactly one of timestamp and counter, each in its one form
+        if ("counter" in fields) != (v["freshness"] == "counter"):
+            return "malformed"  # a device has one mode at a time
+        if not iotgw.verify_message(v["secret"], raw):
+            return "bad_signature"
+    except ValueError:
+        return "malformed"
+    return "replay" if iotgw.counter_value(fields) <= v["counter_bound"] else "accepted"
+
+
+def check_counter(v: dict) -> list:
+    """Return the problems found with one counter vector."""
+    problems = []
+    got = counter_verdict(v)
+    if got != v["expected"]:
+        problems.append("verdict %s, want %s" % (got, v["expected"]))
+    if "signature" in v:
+        fields = iotgw.split_message(message_bytes(v))
+        sig = iotgw.sign(v["secret"], iotgw.message_signing_bytes(fields))
+        if not hmac.compare_digest(sig, v["signature"]):
+            problems.append("signature %s, want %s" % (sig, v["signature"]))
+        if v["expected"] == "accepted" and list(fields) == ["device_id", "counter", "message_id", "payload", "signature"]:
+            built = iotgw.build_counter_message(v["secret"], json.loads(fields["device_id"]), fields["payload"],
+                                                iotgw.counter_value(fields), json.loads(fields["message_id"]))
+            if built != message_bytes(v):
+                problems.append("build_counter_message does not rebuild the message byte for byte")
+    elif v["expected"] != "malformed":
+        problems.append("no signature")
+    return problems
+
+
+def check_time_request(v: dict) -> list:
+    """Return the problems found with one time request vector."""
+    raw = v["message"].encode("utf-8")
+    try:
+        nonce = iotgw.parse_time_request(raw)
+    except ValueError:
+        return [] if v["expected"] == "malformed" else ["parse_time_request refuses it"]
+    if v["expected"] != "ok":
+        return ["parse_time_request accepts it (nonce %s)" % nonce]
+    if nonce != v["nonce"]:
+        return ["nonce %s, want %s" % (nonce, v["nonce"])]
+    if iotgw.parse_time_request(iotgw.time_request(nonce)) != nonce:
+        return ["time_request(nonce) does not parse back"]
+    return []
+
+
+def check_time_reply(r: dict) -> list:
+    """Return the problems found with one time reply vector."""
+    raw = r["message"].encode("utf-8")
+    problems = []
+    if iotgw.downlink_key(r["secret"]) != r["downlink_key"]:
+        problems.append("downlink_key differs")
+    verdict, t = iotgw.check_time_reply(r["secret"], r["device_id"], raw, r["nonce"])
+    if verdict != r["expected"] or t != r.get("time"):
+        problems.append("check_time_reply = %s, %s; want %s, %s" % (verdict, t, r["expected"], r.get("time")))
+    if r["expected"] == "ok":
+        if iotgw.check_time_reply(r["secret"], "another_device", raw, r["nonce"])[0] != "bad_signature":
+            problems.append("accepted for another device")
+        if iotgw.check_time_reply(r["secret"], r["device_id"], raw, iotgw.new_nonce())[0] != "other_nonce":
+            problems.append("accepted for another nonce")
+        if iotgw.verify_message(r["secret"], raw):
+            problems.append("the time reply verifies as an uplink")
+    return problems
+
+
 def main() -> int:
     path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "testdata", "vectors.json")
     with open(path, encoding="utf-8") as f:
@@ -101,6 +181,20 @@ def main() -> int:
         for p in problems:
             print("%s: %s" % (v["name"], p), file=sys.stderr)
         failed += bool(problems)
+    for kind, check_one in (("counter_vectors", check_counter), ("time_requests", check_time_request),
+                            ("time_replies", check_time_reply)):
+        if not data.get(kind):
+            print("no %s in %s" % (kind, path), file=sys.stderr)
+            failed += 1
+        for v in data.get(kind, []):
+            checked += 1
+            try:
+                problems = check_one(v)
+            except (ValueError, KeyError, UnicodeDecodeError) as e:
+                problems = ["cannot check it: %s" % e]
+            for p in problems:
+                print("%s: %s" % (v["name"], p), file=sys.stderr)
+            failed += bool(problems)
     if checked == 0:
         print("no signed vectors in %s" % path, file=sys.stderr)
         return 1
