@@ -64,12 +64,15 @@ sim:
 	$(GO) test -count=1 -timeout 60m ./pkg/lease/sim -run TestSim -seeds=$(SEEDS) -first=$(FIRST)
 
 # examples: the C device library (host build, then under ASan/UBSan) and
-# the Python device against every vector in testdata/vectors.json; the
-# Python device's run against a live gateway is in e2e (TestPythonDevice).
+# the Python device against every vector in testdata/vectors.json, and the
+# Python reference's counter persistence; the devices' runs against a live
+# gateway are in e2e (TestPythonDevice, TestCDevice), and
+# scripts/check_vectors.py in unit (TestVectorsPython).
 .PHONY: examples
 examples: deps
 	@$(MAKE) --no-print-directory -C examples/c-device test
 	@python3 examples/python-device/test_device.py
+	@python3 examples/python/test_sign.py
 
 # unit-file: systemd-analyze security (exposure <= 2.0) and verify on
 # deploy/iotgw.service; skipped loudly without systemd-analyze (fails in CI).
