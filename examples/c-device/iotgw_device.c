@@ -24,6 +24,8 @@
 #define DIGEST 32
 
 static const char downlink_label[] = "iotgw/v1/downlink";
+static const char counter_label[] = "iotgw/v1/counter";
+static const char time_for_open[] = "{\"time_for\":\"";
 
 const char *iotgw_strerror(int result)
 {
@@ -36,6 +38,10 @@ const char *iotgw_strerror(int result)
     case IOTGW_ERR_IDENTITY: return "downlink for another device";
     case IOTGW_ERR_NOT_FOUND: return "member not found";
     case IOTGW_ERR_CRYPTO: return "mbedtls error";
+    case IOTGW_ERR_PERSIST: return "counter not persisted";
+    case IOTGW_ERR_EXHAUSTED: return "counter exhausted";
+    case IOTGW_ERR_OTHER_NONCE: return "time reply for another nonce";
+    case IOTGW_ERR_NOT_TIME_REPLY: return "not a time reply";
     default: return "unknown error";
     }
 }
@@ -114,10 +120,16 @@ int iotgw_sign(const uint8_t *key, size_t key_len, const iotgw_envelope *env,
                char sig[IOTGW_HEX_SIZE])
 {
     hmac_ctx h;
+    int counter = env->counter.len > 0;
     hmac_start(&h, key, key_len);
+    if (counter) { /* section 2a: the label keeps the two modes' signing bytes apart */
+        hmac_update(&h, counter_label, sizeof counter_label - 1);
+        hmac_update(&h, "\n", 1);
+    }
     hmac_update(&h, env->device_id.ptr, env->device_id.len);
     hmac_update(&h, "\n", 1);
-    hmac_update(&h, env->timestamp.ptr, env->timestamp.len);
+    if (counter) hmac_update(&h, env->counter.ptr, env->counter.len);
+    else hmac_update(&h, env->timestamp.ptr, env->timestamp.len);
     hmac_update(&h, "\n", 1);
     hmac_update(&h, env->message_id.ptr, env->message_id.len);
     hmac_update(&h, "\n", 1);
@@ -362,10 +374,24 @@ static int valid_timestamp(const char *p, size_t n)
     return 1;
 }
 
+/* valid_counter: plain digits, no leading zero, at most 2^63-1. */
+static int valid_counter(const char *p, size_t n)
+{
+    static const char max[] = "9223372036854775807";
+    size_t k;
+    if (n < 1 || n > sizeof max - 1 || (n > 1 && p[0] == '0')) return 0;
+    for (k = 0; k < n; k++) {
+        if (p[k] < '0' || p[k] > '9') return 0;
+    }
+    return n < sizeof max - 1 || memcmp(p, max, n) <= 0;
+}
+
 /* ---- parse and verify ------------------------------------------------ */
 
-enum { M_DEVICE_ID, M_TIMESTAMP, M_MESSAGE_ID, M_PAYLOAD, M_SIGNATURE, M_COUNT };
-static const char *const member_names[M_COUNT] = {"device_id", "timestamp", "message_id", "payload", "signature"};
+enum { M_DEVICE_ID, M_TIMESTAMP, M_MESSAGE_ID, M_PAYLOAD, M_SIGNATURE, M_COUNTER, M_COUNT };
+static const char *const member_names[M_COUNT] = {"device_id", "timestamp", "message_id", "payload", "signature",
+                                                  "counter"};
+#define M_REQUIRED ((1u << M_DEVICE_ID) | (1u << M_MESSAGE_ID) | (1u << M_PAYLOAD) | (1u << M_SIGNATURE))
 
 int iotgw_parse(const char *msg, size_t len, size_t max_bytes, iotgw_envelope *env)
 {
@@ -379,6 +405,7 @@ int iotgw_parse(const char *msg, size_t len, size_t max_bytes, iotgw_envelope *e
     slot[M_MESSAGE_ID] = &env->message_id;
     slot[M_PAYLOAD] = &env->payload;
     slot[M_SIGNATURE] = &env->signature;
+    slot[M_COUNTER] = &env->counter;
     memset(env, 0, sizeof *env);
     if (max_bytes == 0) max_bytes = IOTGW_MAX_MESSAGE_BYTES;
     if (msg == NULL || len > max_bytes) return IOTGW_ERR_MALFORMED;
@@ -405,7 +432,7 @@ int iotgw_parse(const char *msg, size_t len, size_t max_bytes, iotgw_envelope *e
         s.i++;
         skip_ws(&s);
         start = s.i;
-        if (m == M_PAYLOAD || m == M_TIMESTAMP) {
+        if (m == M_PAYLOAD || m == M_TIMESTAMP || m == M_COUNTER) {
             if (!scan_value(&s, 2)) return IOTGW_ERR_MALFORMED;
             slot[m]->ptr = msg + start;
             slot[m]->len = s.i - start;
@@ -423,9 +450,13 @@ int iotgw_parse(const char *msg, size_t len, size_t max_bytes, iotgw_envelope *e
     }
     s.i++;
     skip_ws(&s);
-    if (s.i != s.n || seen != (1u << M_COUNT) - 1) return IOTGW_ERR_MALFORMED;
+    /* the four members every message has, and exactly one of timestamp and counter */
+    if (s.i != s.n || (seen != (M_REQUIRED | (1u << M_TIMESTAMP)) && seen != (M_REQUIRED | (1u << M_COUNTER)))) {
+        return IOTGW_ERR_MALFORMED;
+    }
     if (!valid_device_id(env->device_id.ptr, env->device_id.len) ||
-        !valid_timestamp(env->timestamp.ptr, env->timestamp.len) ||
+        (env->counter.len > 0 ? !valid_counter(env->counter.ptr, env->counter.len)
+                              : !valid_timestamp(env->timestamp.ptr, env->timestamp.len)) ||
         !valid_uuid(env->message_id.ptr, env->message_id.len) ||
         !valid_signature(env->signature.ptr, env->signature.len)) {
         return IOTGW_ERR_MALFORMED;
@@ -457,6 +488,7 @@ int iotgw_verify_reply(const char k_down[IOTGW_HEX_SIZE], const char *device_id,
 {
     int rc = iotgw_parse(msg, len, 0, env);
     if (rc != IOTGW_OK) return rc;
+    if (env->counter.len > 0) return IOTGW_ERR_MALFORMED; /* a downlink carries the gateway's time */
     rc = iotgw_verify((const uint8_t *)k_down, 64, env);
     if (rc != IOTGW_OK) return rc;
     if (device_id != NULL &&
@@ -508,6 +540,14 @@ int iotgw_object_member(const char *obj, size_t len, const char *name, iotgw_spa
 
 /* ---- building an uplink ---------------------------------------------- */
 
+/* strnlen_ is POSIX strnlen, which C99 lacks. */
+static size_t strnlen_(const char *p, size_t max)
+{
+    size_t n = 0;
+    while (n < max && p[n] != '\0') n++;
+    return n;
+}
+
 typedef struct {
     char *buf;
     size_t cap;
@@ -528,26 +568,26 @@ static void puts_(writer *w, const char *p)
     put(w, p, strlen(p));
 }
 
-int iotgw_build_uplink(char *buf, size_t cap, size_t *len,
-                       const uint8_t *secret, size_t secret_len,
-                       const char *device_id, uint64_t timestamp,
-                       const char *message_id,
-                       const char *payload, size_t payload_len)
+/* build writes an uplink whose freshness member is "timestamp", or
+ * "counter" when counter is set, with the value v. */
+static int build(char *buf, size_t cap, size_t *len, const uint8_t *secret, size_t secret_len,
+                 const char *device_id, int counter, uint64_t v, const char *message_id,
+                 const char *payload, size_t payload_len)
 {
-    char ts[13];
+    char ts[21];
     char sig[IOTGW_HEX_SIZE];
     iotgw_envelope env;
     writer w;
     scanner s;
     int n = 0, rc;
-    uint64_t t = timestamp;
+    uint64_t t = v;
 
     *len = 0;
     if (device_id == NULL || message_id == NULL || payload == NULL || (buf == NULL && cap > 0)) {
         return IOTGW_ERR_INVALID_ARGUMENT;
     }
     if (!valid_device_id(device_id, strlen(device_id)) || !valid_uuid(message_id, strlen(message_id)) ||
-        timestamp > IOTGW_MAX_TIMESTAMP) {
+        (counter ? (v < 1 || v > IOTGW_MAX_COUNTER) : v > IOTGW_MAX_TIMESTAMP)) {
         return IOTGW_ERR_INVALID_ARGUMENT;
     }
     s.p = (const unsigned char *)payload;
@@ -569,10 +609,16 @@ int iotgw_build_uplink(char *buf, size_t cap, size_t *len,
     }
     ts[n] = '\0';
 
+    memset(&env, 0, sizeof env);
     env.device_id.ptr = device_id;
     env.device_id.len = strlen(device_id);
-    env.timestamp.ptr = ts;
-    env.timestamp.len = (size_t)n;
+    if (counter) {
+        env.counter.ptr = ts;
+        env.counter.len = (size_t)n;
+    } else {
+        env.timestamp.ptr = ts;
+        env.timestamp.len = (size_t)n;
+    }
     env.message_id.ptr = message_id;
     env.message_id.len = 36;
     env.payload.ptr = payload;
@@ -585,7 +631,7 @@ int iotgw_build_uplink(char *buf, size_t cap, size_t *len,
     w.len = 0;
     puts_(&w, "{\"device_id\":\"");
     puts_(&w, device_id);
-    puts_(&w, "\",\"timestamp\":");
+    puts_(&w, counter ? "\",\"counter\":" : "\",\"timestamp\":");
     puts_(&w, ts);
     puts_(&w, ",\"message_id\":\"");
     puts_(&w, message_id);
@@ -597,6 +643,159 @@ int iotgw_build_uplink(char *buf, size_t cap, size_t *len,
     *len = w.len;
     if (w.len > cap) return IOTGW_ERR_BUFFER_TOO_SMALL;
     if (w.len < cap) buf[w.len] = '\0';
+    return IOTGW_OK;
+}
+
+int iotgw_build_uplink(char *buf, size_t cap, size_t *len,
+                       const uint8_t *secret, size_t secret_len,
+                       const char *device_id, uint64_t timestamp,
+                       const char *message_id,
+                       const char *payload, size_t payload_len)
+{
+    return build(buf, cap, len, secret, secret_len, device_id, 0, timestamp, message_id, payload, payload_len);
+}
+
+int iotgw_build_counter_uplink(char *buf, size_t cap, size_t *len,
+                               const uint8_t *secret, size_t secret_len,
+                               const char *device_id, uint64_t counter,
+                               const char *message_id,
+                               const char *payload, size_t payload_len)
+{
+    return build(buf, cap, len, secret, secret_len, device_id, 1, counter, message_id, payload, payload_len);
+}
+
+/* ---- counter mode: the counter and its persistence (section 2a) ------- */
+
+int iotgw_counter_init(iotgw_counter *c, const uint64_t *stored, uint32_t every,
+                       iotgw_persist_fn persist, void *ctx)
+{
+    if (c == NULL || every == 0 || persist == NULL || (stored != NULL && *stored > IOTGW_MAX_COUNTER)) {
+        return IOTGW_ERR_INVALID_ARGUMENT;
+    }
+    c->every = every;
+    c->next = stored == NULL ? 1 : *stored + every; /* below 2^64: *stored < 2^63, every < 2^32 */
+    c->block_end = c->next; /* nothing of the new block is persisted yet */
+    c->persist = persist;
+    c->ctx = ctx;
+    return IOTGW_OK;
+}
+
+int iotgw_counter_next(iotgw_counter *c, uint64_t *value)
+{
+    uint64_t v = c->next;
+    if (v > IOTGW_MAX_COUNTER) return IOTGW_ERR_EXHAUSTED;
+    if (v >= c->block_end) {
+        if (c->persist(c->ctx, v) != 0) return IOTGW_ERR_PERSIST;
+        c->block_end = v + c->every;
+    }
+    c->next = v + 1;
+    *value = v;
+    return IOTGW_OK;
+}
+
+/* ---- asking the gateway for the time (section 4c) --------------------- */
+
+static int valid_nonce(const char *p, size_t n)
+{
+    size_t k;
+    if (n != IOTGW_NONCE_SIZE - 1) return 0;
+    for (k = 0; k < n; k++) {
+        if (!is_lower_hex(p[k])) return 0;
+    }
+    return 1;
+}
+
+void iotgw_format_nonce(const uint8_t random16[16], char out[IOTGW_NONCE_SIZE])
+{
+    static const char hex[] = "0123456789abcdef";
+    int k;
+    for (k = 0; k < 16; k++) {
+        out[2 * k] = hex[random16[k] >> 4];
+        out[2 * k + 1] = hex[random16[k] & 15];
+    }
+    out[32] = '\0';
+}
+
+int iotgw_build_time_request(char *buf, size_t cap, size_t *len, const char *nonce)
+{
+    writer w;
+    *len = 0;
+    if (nonce == NULL || (buf == NULL && cap > 0) || !valid_nonce(nonce, strnlen_(nonce, IOTGW_NONCE_SIZE))) {
+        return IOTGW_ERR_INVALID_ARGUMENT;
+    }
+    w.buf = buf;
+    w.cap = cap;
+    w.len = 0;
+    puts_(&w, "{\"nonce\":\"");
+    put(&w, nonce, IOTGW_NONCE_SIZE - 1);
+    puts_(&w, "\"}");
+    *len = w.len;
+    if (w.len > cap) return IOTGW_ERR_BUFFER_TOO_SMALL;
+    if (w.len < cap) buf[w.len] = '\0';
+    return IOTGW_OK;
+}
+
+/* eat consumes the literal word at s->i. */
+static int eat(scanner *s, const char *word)
+{
+    size_t k = strlen(word);
+    if (s->n - s->i < k || memcmp(s->p + s->i, word, k) != 0) return 0;
+    s->i += k;
+    return 1;
+}
+
+int iotgw_parse_time_request(const char *msg, size_t len, iotgw_span *nonce)
+{
+    scanner s;
+    if (msg == NULL || len > IOTGW_MAX_TIME_REQUEST) return IOTGW_ERR_MALFORMED;
+    s.p = (const unsigned char *)msg;
+    s.n = len;
+    s.i = 0;
+    skip_ws(&s);
+    if (!eat(&s, "{")) return IOTGW_ERR_MALFORMED;
+    skip_ws(&s);
+    if (!eat(&s, "\"nonce\"")) return IOTGW_ERR_MALFORMED; /* the one member, no escapes */
+    skip_ws(&s);
+    if (!eat(&s, ":")) return IOTGW_ERR_MALFORMED;
+    skip_ws(&s);
+    if (!eat(&s, "\"") || s.n - s.i < IOTGW_NONCE_SIZE || !valid_nonce(msg + s.i, IOTGW_NONCE_SIZE - 1)) {
+        return IOTGW_ERR_MALFORMED;
+    }
+    nonce->ptr = msg + s.i;
+    nonce->len = IOTGW_NONCE_SIZE - 1;
+    s.i += IOTGW_NONCE_SIZE - 1;
+    if (!eat(&s, "\"")) return IOTGW_ERR_MALFORMED;
+    skip_ws(&s);
+    if (!eat(&s, "}")) return IOTGW_ERR_MALFORMED;
+    skip_ws(&s);
+    if (s.i != s.n) {
+        nonce->ptr = NULL;
+        nonce->len = 0;
+        return IOTGW_ERR_MALFORMED;
+    }
+    return IOTGW_OK;
+}
+
+int iotgw_check_time_reply(const char k_down[IOTGW_HEX_SIZE], const char *device_id,
+                           const char *msg, size_t len, const char *nonce,
+                           iotgw_envelope *env, uint64_t *unix_time)
+{
+    char want[sizeof time_for_open - 1 + IOTGW_NONCE_SIZE - 1 + 2];
+    size_t k, open = sizeof time_for_open - 1;
+    int rc;
+
+    if (nonce == NULL || !valid_nonce(nonce, strnlen_(nonce, IOTGW_NONCE_SIZE))) return IOTGW_ERR_INVALID_ARGUMENT;
+    rc = iotgw_verify_reply(k_down, device_id, msg, len, env);
+    if (rc != IOTGW_OK) return rc;
+    memcpy(want, time_for_open, open);
+    memcpy(want + open, nonce, IOTGW_NONCE_SIZE - 1);
+    memcpy(want + open + IOTGW_NONCE_SIZE - 1, "\"}", 2);
+    if (env->payload.len != sizeof want) return IOTGW_ERR_NOT_TIME_REPLY;
+    if (!equal_ct(want, env->payload.ptr, sizeof want)) {
+        return memcmp(env->payload.ptr, time_for_open, open) == 0 ? IOTGW_ERR_OTHER_NONCE : IOTGW_ERR_NOT_TIME_REPLY;
+    }
+    *unix_time = 0;
+    for (k = 0; k < env->timestamp.len; k++) *unix_time = *unix_time * 10 + (uint64_t)(env->timestamp.ptr[k] - '0');
     return IOTGW_OK;
 }
 

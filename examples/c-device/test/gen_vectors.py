@@ -40,6 +40,27 @@ def main() -> int:
         lines.append("  {%s, %s, %s, (const char *)(const unsigned char[])%s, %d, %s}," % (
             cstr(r["name"]), cstr(r["secret"]), cstr(r["downlink_key"]), arr(raw), len(raw), cstr(r["signature"])))
     lines.append("};")
+    # Counter mode (section 2a) and signed time (section 4c).
+    lines.append("static const struct counter_vector counter_vectors[] = {")
+    for v in data["counter_vectors"]:
+        raw = v["message"].encode("utf-8")
+        lines.append("  {%s, %s, %s, %s, %dull, (const char *)(const unsigned char[])%s, %d, %s, %s}," % (
+            cstr(v["name"]), cstr(v["secret"]), cstr(v["topic_device"]), cstr(v["freshness"]), v["counter_bound"],
+            arr(raw), len(raw), cstr(v["expected"]), cstr(v.get("signature"))))
+    lines.append("};")
+    lines.append("static const struct time_request_vector time_requests[] = {")
+    for v in data["time_requests"]:
+        raw = v["message"].encode("utf-8")
+        lines.append("  {%s, (const char *)(const unsigned char[])%s, %d, %s, %s}," % (
+            cstr(v["name"]), arr(raw), len(raw), cstr(v["expected"]), cstr(v.get("nonce"))))
+    lines.append("};")
+    lines.append("static const struct time_reply_vector time_replies[] = {")
+    for r in data["time_replies"]:
+        raw = r["message"].encode("utf-8")
+        lines.append("  {%s, %s, %s, %s, %s, (const char *)(const unsigned char[])%s, %d, %s, %dull}," % (
+            cstr(r["name"]), cstr(r["secret"]), cstr(r["downlink_key"]), cstr(r["device_id"]), cstr(r["nonce"]),
+            arr(raw), len(raw), cstr(r["expected"]), r.get("time", 0)))
+    lines.append("};")
     with open(out, "w", encoding="ascii") as f:
         f.write("\n".join(lines) + "\n")
     return 0

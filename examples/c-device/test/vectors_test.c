@@ -16,6 +16,15 @@
  * reply not verifying as an uplink, nor with a tampered byte, nor for
  * another device; and iotgw_object_member finds in_reply_to.
  *
+ * Counter mode (section 2a): each counter vector's verdict as far as the
+ * library goes (parse, the device's registered mode, the signature, the
+ * counter against counter_bound), its signature, and
+ * iotgw_build_counter_uplink byte for byte; iotgw_counter's persistence
+ * every N values across reboots. Signed time (section 4c): each time
+ * request through iotgw_parse_time_request and iotgw_build_time_request,
+ * each time reply through iotgw_check_time_reply (ok with its time,
+ * bad_signature, other_nonce, not_a_time_reply).
+ *
  * And every prefix and seeded random mutations of every vector, each in a
  * heap buffer of its exact size, so the sanitizer run catches any read
  * past the end.
@@ -43,6 +52,27 @@ struct reply_vector {
     const char *name, *secret, *downlink_key, *msg;
     size_t len;
     const char *signature;
+};
+
+struct counter_vector {
+    const char *name, *secret, *topic_device, *freshness;
+    unsigned long long counter_bound;
+    const char *msg;
+    size_t len;
+    const char *expected, *signature;
+};
+
+struct time_request_vector {
+    const char *name, *msg;
+    size_t len;
+    const char *expected, *nonce;
+};
+
+struct time_reply_vector {
+    const char *name, *secret, *downlink_key, *device_id, *nonce, *msg;
+    size_t len;
+    const char *expected;
+    unsigned long long time;
 };
 
 #include "vectors.h"
@@ -226,6 +256,231 @@ static void check_reply(const struct reply_vector *r)
     }
 }
 
+/* ---- counter mode and signed time ------------------------------------ */
+
+static uint64_t digits_value(iotgw_span d)
+{
+    uint64_t v = 0;
+    size_t k;
+    for (k = 0; k < d.len; k++) v = v * 10 + (uint64_t)(d.ptr[k] - '0');
+    return v;
+}
+
+/* counter_verdict is the gateway's verdict on a counter vector as far as
+ * the library can tell it. */
+static const char *counter_verdict(const struct counter_vector *v, iotgw_envelope *env)
+{
+    if (iotgw_parse(v->msg, v->len, 0, env) != IOTGW_OK) return "malformed";
+    if ((env->counter.len > 0) != (strcmp(v->freshness, "counter") == 0)) return "malformed"; /* one mode at a time */
+    if (iotgw_verify(u8(v->secret), strlen(v->secret), env) != IOTGW_OK) return "bad_signature";
+    return digits_value(env->counter) <= v->counter_bound ? "replay" : "accepted";
+}
+
+static void check_counter_vector(const struct counter_vector *v)
+{
+    static char buf[1024];
+    char sig[IOTGW_HEX_SIZE], id[IOTGW_MAX_DEVICE_ID + 1], mid[IOTGW_UUID_SIZE];
+    iotgw_envelope env;
+    size_t len = 0, need, cap;
+    int rc;
+    const char *got = counter_verdict(v, &env);
+
+    if (strcmp(got, v->expected) != 0) {
+        printf("  verdict %s, want %s\n", got, v->expected);
+        fail(v->name, "counter verdict differs", 0);
+        return;
+    }
+    if (strcmp(v->expected, "malformed") == 0) return;
+    if ((rc = iotgw_sign(u8(v->secret), strlen(v->secret), &env, sig)) != IOTGW_OK || v->signature == NULL ||
+        strcmp(sig, v->signature) != 0) {
+        fail(v->name, "counter-mode signature differs", rc);
+        return;
+    }
+    if (strcmp(v->expected, "accepted") != 0) return;
+    if (!copy_span(id, sizeof id, env.device_id) || !copy_span(mid, sizeof mid, env.message_id)) {
+        fail(v->name, "device_id or message_id too long to copy", 0);
+        return;
+    }
+    rc = iotgw_build_counter_uplink(buf, sizeof buf, &len, u8(v->secret), strlen(v->secret), id,
+                                    digits_value(env.counter), mid, env.payload.ptr, env.payload.len);
+    if (rc != IOTGW_OK) {
+        fail(v->name, "iotgw_build_counter_uplink refuses the vector's members", rc);
+        return;
+    }
+    if (strstr(v->name, "any_order") == NULL && (len != v->len || memcmp(buf, v->msg, len) != 0)) {
+        fail(v->name, "iotgw_build_counter_uplink does not rebuild the vector byte for byte", 0);
+    }
+    if (strstr(v->name, "any_order") != NULL) {
+        iotgw_envelope b;
+        if (iotgw_parse(buf, len, 0, &b) != IOTGW_OK || b.signature.len != 64 || memcmp(b.signature.ptr, v->signature, 64) != 0) {
+            fail(v->name, "the rebuilt uplink's signature differs", 0);
+        }
+    }
+    need = len;
+    for (cap = 0; cap < need; cap++) {
+        memset(buf, 'X', need + 1);
+        rc = iotgw_build_counter_uplink(cap ? buf : NULL, cap, &len, u8(v->secret), strlen(v->secret), id,
+                                        digits_value(env.counter), mid, env.payload.ptr, env.payload.len);
+        if (rc != IOTGW_ERR_BUFFER_TOO_SMALL || len != need || buf[cap] != 'X') {
+            fail(v->name, "a too-small buffer: not reported, or written past", rc);
+            return;
+        }
+    }
+}
+
+static void check_time_request(const struct time_request_vector *v)
+{
+    char buf[64];
+    iotgw_span nonce = {0, 0};
+    size_t len;
+    int rc = iotgw_parse_time_request(v->msg, v->len, &nonce);
+
+    if (strcmp(v->expected, "malformed") == 0) {
+        if (rc != IOTGW_ERR_MALFORMED) fail(v->name, "iotgw_parse_time_request accepts a malformed request", rc);
+        return;
+    }
+    if (rc != IOTGW_OK || v->nonce == NULL || nonce.len != strlen(v->nonce) || memcmp(nonce.ptr, v->nonce, nonce.len) != 0) {
+        fail(v->name, "iotgw_parse_time_request does not read the nonce", rc);
+        return;
+    }
+    rc = iotgw_build_time_request(buf, sizeof buf, &len, v->nonce);
+    if (rc != IOTGW_OK || iotgw_parse_time_request(buf, len, &nonce) != IOTGW_OK ||
+        (strcmp(v->name, "time_request_basic") == 0 && (len != v->len || memcmp(buf, v->msg, len) != 0))) {
+        fail(v->name, "iotgw_build_time_request does not build the request", rc);
+    }
+}
+
+static void check_time_reply(const struct time_reply_vector *r)
+{
+    char k_down[IOTGW_HEX_SIZE];
+    iotgw_envelope env;
+    uint64_t t = 0;
+    int rc, want;
+
+    if ((rc = iotgw_downlink_key(u8(r->secret), strlen(r->secret), k_down)) != IOTGW_OK || strcmp(k_down, r->downlink_key) != 0) {
+        fail(r->name, "K_down differs", rc);
+        return;
+    }
+    want = strcmp(r->expected, "ok") == 0              ? IOTGW_OK
+           : strcmp(r->expected, "bad_signature") == 0 ? IOTGW_ERR_BAD_SIGNATURE
+           : strcmp(r->expected, "other_nonce") == 0   ? IOTGW_ERR_OTHER_NONCE
+           : strcmp(r->expected, "not_a_time_reply") == 0 ? IOTGW_ERR_NOT_TIME_REPLY
+                                                          : 1;
+    rc = iotgw_check_time_reply(k_down, r->device_id, r->msg, r->len, r->nonce, &env, &t);
+    if (rc != want || (want == IOTGW_OK && t != r->time)) {
+        printf("  got %s, time %llu; want %s, time %llu\n", iotgw_strerror(rc), (unsigned long long)t, r->expected, r->time);
+        fail(r->name, "iotgw_check_time_reply verdict differs", rc);
+        return;
+    }
+    if (want != IOTGW_OK) return;
+    if ((rc = iotgw_check_time_reply(k_down, "another_device", r->msg, r->len, r->nonce, &env, &t)) != IOTGW_ERR_IDENTITY) {
+        fail(r->name, "a time reply for another device is accepted", rc);
+    }
+    if ((rc = iotgw_check_time_reply(k_down, r->device_id, r->msg, r->len, "ffeeddccbbaa99887766554433221100", &env, &t)) !=
+        IOTGW_ERR_OTHER_NONCE) {
+        fail(r->name, "a time reply is accepted for another nonce", rc);
+    }
+    if ((rc = iotgw_check_time_reply(k_down, r->device_id, r->msg, r->len, "00112233445566778899AABBCCDDEEFF", &env, &t)) !=
+        IOTGW_ERR_INVALID_ARGUMENT) {
+        fail(r->name, "an uppercase nonce is taken", rc);
+    }
+    if (iotgw_parse(r->msg, r->len, 0, &env) != IOTGW_OK ||
+        (rc = iotgw_verify(u8(r->secret), strlen(r->secret), &env)) != IOTGW_ERR_BAD_SIGNATURE) {
+        fail(r->name, "the time reply verifies as an uplink", rc);
+    }
+}
+
+/* persisted records every value the counter's callback was asked to store. */
+static uint64_t persisted[16];
+static size_t n_persisted;
+static int persist_fails;
+
+static int record(void *ctx, uint64_t value)
+{
+    (void)ctx;
+    if (persist_fails || n_persisted == COUNT(persisted)) return -1;
+    persisted[n_persisted++] = value;
+    return 0;
+}
+
+static void check_counter_units(void)
+{
+    iotgw_counter c;
+    uint64_t v = 0, stored, k, last = 0;
+    char buf[512];
+    size_t len;
+    const char *mid = "550e8400-e29b-41d4-a716-446655440000";
+    int rc;
+
+    /* First boot (nothing stored): 1, 2, ...; each block persisted before its first value. */
+    if (iotgw_counter_init(&c, NULL, 100, record, NULL) != IOTGW_OK) fail("counter", "init", 0);
+    for (k = 1; k <= 250; k++) {
+        if ((rc = iotgw_counter_next(&c, &v)) != IOTGW_OK || v != k) {
+            fail("counter", "first boot does not count 1, 2, ...", rc);
+            return;
+        }
+    }
+    if (n_persisted != 3 || persisted[0] != 1 || persisted[1] != 101 || persisted[2] != 201) {
+        fail("counter", "not persisted once per 100 values, before the first of each block", 0);
+    }
+    /* Reboot: continue from the stored value + N, persisting that first. */
+    stored = persisted[n_persisted - 1];
+    last = v;
+    if (iotgw_counter_init(&c, &stored, 100, record, NULL) != IOTGW_OK || iotgw_counter_next(&c, &v) != IOTGW_OK ||
+        v != 301 || persisted[n_persisted - 1] != 301) {
+        fail("counter", "a reboot does not continue from stored + N, persisted first", 0);
+    }
+    if (v <= last || v - last - 1 > 100) fail("counter", "a reboot reuses a value or skips more than N", 0);
+    /* A failing persist hands out nothing, and the next call tries again. */
+    n_persisted = 0;
+    stored = 7;
+    iotgw_counter_init(&c, &stored, 3, record, NULL);
+    persist_fails = 1;
+    if ((rc = iotgw_counter_next(&c, &v)) != IOTGW_ERR_PERSIST) fail("counter", "a failed persist hands out a value", rc);
+    persist_fails = 0;
+    if (iotgw_counter_next(&c, &v) != IOTGW_OK || v != 10 || n_persisted != 1 || persisted[0] != 10) {
+        fail("counter", "after a failed persist the next call does not retry the same value", 0);
+    }
+    /* The end of the range. */
+    stored = IOTGW_MAX_COUNTER - 1;
+    iotgw_counter_init(&c, &stored, 1, record, NULL);
+    if (iotgw_counter_next(&c, &v) != IOTGW_OK || v != IOTGW_MAX_COUNTER ||
+        (rc = iotgw_counter_next(&c, &v)) != IOTGW_ERR_EXHAUSTED) {
+        fail("counter", "not exhausted after 2^63-1", rc);
+    }
+    stored = IOTGW_MAX_COUNTER + 1;
+    if (iotgw_counter_init(&c, NULL, 0, record, NULL) != IOTGW_ERR_INVALID_ARGUMENT ||
+        iotgw_counter_init(&c, NULL, 1, NULL, NULL) != IOTGW_ERR_INVALID_ARGUMENT ||
+        iotgw_counter_init(&c, &stored, 1, record, NULL) != IOTGW_ERR_INVALID_ARGUMENT) {
+        fail("counter", "init takes every 0, no callback or a stored value past 2^63-1", 0);
+    }
+    if (iotgw_build_counter_uplink(buf, sizeof buf, &len, u8("s"), 1, "d", 0, mid, "{}", 2) != IOTGW_ERR_INVALID_ARGUMENT ||
+        iotgw_build_counter_uplink(buf, sizeof buf, &len, u8("s"), 1, "d", IOTGW_MAX_COUNTER + 1, mid, "{}", 2) !=
+            IOTGW_ERR_INVALID_ARGUMENT) {
+        fail("counter", "iotgw_build_counter_uplink takes 0 or 2^63", 0);
+    }
+    {
+        char k_down[IOTGW_HEX_SIZE];
+        iotgw_envelope env;
+        /* A downlink always carries a timestamp: one signed with a counter is refused. */
+        iotgw_downlink_key(u8("s"), 1, k_down);
+        if (iotgw_build_counter_uplink(buf, sizeof buf, &len, u8(k_down), 64, "d", 5, mid, "{}", 2) != IOTGW_OK ||
+            (rc = iotgw_verify_reply(k_down, "d", buf, len, &env)) != IOTGW_ERR_MALFORMED) {
+            fail("counter", "a counter-mode downlink is accepted as a reply", rc);
+        }
+    }
+    {
+        const uint8_t rnd[16] = {0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
+                                 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff};
+        char nonce[IOTGW_NONCE_SIZE];
+        iotgw_format_nonce(rnd, nonce);
+        if (strcmp(nonce, "00112233445566778899aabbccddeeff") != 0) fail("time", "iotgw_format_nonce", 0);
+        if (iotgw_build_time_request(buf, sizeof buf, &len, "0011") != IOTGW_ERR_INVALID_ARGUMENT) {
+            fail("time", "iotgw_build_time_request takes a short nonce", 0);
+        }
+    }
+}
+
 /* check_units covers what no vector does: argument checks and helpers. */
 static void check_units(void)
 {
@@ -263,7 +518,7 @@ static void check_units(void)
         }
     }
     rc = iotgw_build_uplink(buf, sizeof buf, &len, u8("s"), 1, "d", 0, mid, "7", 1);
-    if (rc != IOTGW_OK || iotgw_parse(buf, len, 0, &(iotgw_envelope){{0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}}) != IOTGW_OK) {
+    if (rc != IOTGW_OK || iotgw_parse(buf, len, 0, &(iotgw_envelope){{0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}}) != IOTGW_OK) {
         fail("units", "timestamp 0 and a number payload", rc);
     }
     iotgw_format_uuid(rnd, uuid);
@@ -321,11 +576,18 @@ static void check_bounds(void)
     size_t k, n, j;
     iotgw_envelope env;
     iotgw_span v;
+    const size_t total = COUNT(vectors) + COUNT(replies) + COUNT(counter_vectors) + COUNT(time_requests) + COUNT(time_replies);
     iotgw_downlink_key(u8("s"), 1, k_down);
-    for (k = 0; k < COUNT(vectors) + COUNT(replies); k++) {
-        const char *msg = k < COUNT(vectors) ? vectors[k].msg : replies[k - COUNT(vectors)].msg;
-        size_t len = k < COUNT(vectors) ? vectors[k].len : replies[k - COUNT(vectors)].len;
+    for (k = 0; k < total; k++) {
+        const char *msg;
+        size_t len, i = k;
         int basic = k < COUNT(vectors) && strcmp(vectors[k].name, "accepted_basic") == 0;
+        uint64_t t;
+        if (i < COUNT(vectors)) msg = vectors[i].msg, len = vectors[i].len;
+        else if ((i -= COUNT(vectors)) < COUNT(replies)) msg = replies[i].msg, len = replies[i].len;
+        else if ((i -= COUNT(replies)) < COUNT(counter_vectors)) msg = counter_vectors[i].msg, len = counter_vectors[i].len;
+        else if ((i -= COUNT(counter_vectors)) < COUNT(time_requests)) msg = time_requests[i].msg, len = time_requests[i].len;
+        else i -= COUNT(time_requests), msg = time_replies[i].msg, len = time_replies[i].len;
         for (n = 0; n <= (len ? len + 200 : 0); n++) {
             size_t cut = n <= len ? n : len;
             char *b = malloc(cut ? cut : 1);
@@ -345,6 +607,8 @@ static void check_bounds(void)
             }
             (void)iotgw_verify_reply(k_down, NULL, b, cut, &env);
             (void)iotgw_object_member(b, cut, "payload", &v);
+            (void)iotgw_parse_time_request(b, cut, &v);
+            (void)iotgw_check_time_reply(k_down, NULL, b, cut, "00112233445566778899aabbccddeeff", &env, &t);
             free(b);
         }
     }
@@ -356,8 +620,13 @@ int main(void)
     check_bounds();
     for (k = 0; k < COUNT(vectors); k++) check_uplink(&vectors[k]);
     for (k = 0; k < COUNT(replies); k++) check_reply(&replies[k]);
+    for (k = 0; k < COUNT(counter_vectors); k++) check_counter_vector(&counter_vectors[k]);
+    for (k = 0; k < COUNT(time_requests); k++) check_time_request(&time_requests[k]);
+    for (k = 0; k < COUNT(time_replies); k++) check_time_reply(&time_replies[k]);
     check_units();
-    if (COUNT(vectors) == 0 || COUNT(replies) == 0) {
+    check_counter_units();
+    if (COUNT(vectors) == 0 || COUNT(replies) == 0 || COUNT(counter_vectors) == 0 || COUNT(time_requests) == 0 ||
+        COUNT(time_replies) == 0) {
         printf("FAIL: no vectors\n");
         return 1;
     }
@@ -366,7 +635,10 @@ int main(void)
         printf("%d failure(s)\n", failures);
         return 1;
     }
-    printf("%u vectors checked (%u uplinks, %u replies; %d uplinks rebuilt byte for byte)\n",
-           (unsigned)(COUNT(vectors) + COUNT(replies)), (unsigned)COUNT(vectors), (unsigned)COUNT(replies), exact);
+    printf("%u vectors checked (%u uplinks, %u replies, %u counter-mode uplinks, %u time requests, %u time replies; "
+           "%d uplinks rebuilt byte for byte)\n",
+           (unsigned)(COUNT(vectors) + COUNT(replies) + COUNT(counter_vectors) + COUNT(time_requests) + COUNT(time_replies)),
+           (unsigned)COUNT(vectors), (unsigned)COUNT(replies), (unsigned)COUNT(counter_vectors),
+           (unsigned)COUNT(time_requests), (unsigned)COUNT(time_replies), exact);
     return EXIT_SUCCESS;
 }
