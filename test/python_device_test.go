@@ -44,8 +44,9 @@ func pythonWithPaho(t *testing.T) string {
 }
 
 // pyDevice runs examples/python-device/device.py as id with the secret in
-// a 0600 file, and returns its exit code, stdout and stderr.
-func (f *fixture) pyDevice(t *testing.T, py, id, secret, payload string, timeout time.Duration) (int, string, string) {
+// a 0600 file, and extra flags, and returns its exit code, stdout and
+// stderr.
+func (f *fixture) pyDevice(t *testing.T, py, id, secret, payload string, timeout time.Duration, extra ...string) (int, string, string) {
 	t.Helper()
 	secretFile := filepath.Join(f.dir, id+".secret")
 	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
@@ -54,11 +55,12 @@ func (f *fixture) pyDevice(t *testing.T, py, id, secret, payload string, timeout
 	crt, key := pki.DeviceCert(f.certs, id)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, py, filepath.Join(harness.RepoRoot(t), "examples", "python-device", "device.py"),
+	args := append([]string{filepath.Join(harness.RepoRoot(t), "examples", "python-device", "device.py"),
 		"--host", "127.0.0.1", "--port", strconv.Itoa(f.broker.Port),
 		"--ca", pki.Paths(f.certs).CACert, "--cert", crt, "--key", key,
 		"--device", id, "--secret-file", secretFile,
-		"--payload", payload, "--timeout", strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64))
+		"--payload", payload, "--timeout", strconv.FormatFloat(timeout.Seconds(), 'f', -1, 64)}, extra...)
+	cmd := exec.CommandContext(ctx, py, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
