@@ -53,17 +53,21 @@ func (s *secretSource) read(cmd *cobra.Command) ([]byte, io.Reader, error) {
 func newSignCmd() *cobra.Command {
 	var (
 		device, payload, messageID string
-		timestamp                  int64
+		timestamp, counter         int64
 		secret                     secretSource
 		reply                      bool
 	)
 	cmd := &cobra.Command{
-		Use:   "sign --device ID (--secret-stdin | --secret-file PATH) [--reply] [--payload JSON] [--timestamp N] [--message-id UUID]",
+		Use:   "sign --device ID (--secret-stdin | --secret-file PATH) [--reply] [--payload JSON] [--timestamp N | --counter N] [--message-id UUID]",
 		Short: "Print a signed uplink message, as a device would publish it",
 		Long: `sign prints one signed message on one line, ready to publish (QoS 1) on
 device/<ID>/data. The payload is signed and sent byte for byte as given
 (surrounding whitespace removed); it must be valid JSON. The timestamp
 defaults to now and the message id to a random UUID. See docs/PROTOCOL.md.
+
+--counter N signs a counter-mode message (docs/PROTOCOL.md, section 2a)
+with counter N instead of a timestamp, for a device registered with
+--freshness counter.
 
 --reply signs a downlink instead, as the gateway signs replies and notices
 (with the downlink key derived from the secret), for testing a device's
@@ -79,7 +83,15 @@ reply verifier.`,
 			if !json.Valid(body) {
 				return usagef("--payload is not valid JSON")
 			}
-			if !cmd.Flags().Changed("timestamp") {
+			useCounter := cmd.Flags().Changed("counter")
+			switch {
+			case useCounter && cmd.Flags().Changed("timestamp"):
+				return usagef("--counter and --timestamp exclude each other: a message carries one of them")
+			case useCounter && reply:
+				return usagef("--counter: a downlink carries the gateway's timestamp, never a counter")
+			case useCounter && (counter < 0 || counter > envelope.MaxCounter):
+				return usagef("--counter: want 0 to %d, got %d", int64(envelope.MaxCounter), counter)
+			case !cmd.Flags().Changed("timestamp"):
 				timestamp = time.Now().Unix()
 			}
 			if timestamp < 0 || timestamp > 999_999_999_999 {
@@ -98,6 +110,9 @@ reply verifier.`,
 				key = envelope.DownlinkKey(key)
 			}
 			e := envelope.New(key, device, timestamp, messageID, body)
+			if useCounter {
+				e = envelope.NewCounter(key, device, counter, messageID, body)
+			}
 			raw := envelope.AppendJSON(nil, &e)
 			// The strict parser catches what json.Valid allows (invalid UTF-8);
 			// size and depth are the gateway's settings, not checked here.
@@ -113,6 +128,7 @@ reply verifier.`,
 	f.StringVar(&device, "device", "", "device id (required)")
 	f.StringVar(&payload, "payload", "{}", "payload JSON, signed and sent byte for byte")
 	f.Int64Var(&timestamp, "timestamp", 0, "timestamp in Unix seconds (default now)")
+	f.Int64Var(&counter, "counter", 0, "sign a counter-mode message with this counter instead of a timestamp")
 	f.StringVar(&messageID, "message-id", "", "message id, a lowercase UUID (default a random one)")
 	secret.addFlags(cmd, "read the secret from the first line of stdin")
 	f.BoolVar(&reply, "reply", false, "sign a downlink (reply or notice) with the downlink key, as the gateway does")

@@ -52,6 +52,12 @@ func TestSign(t *testing.T) {
 		{"negative timestamp", cliSecret, []string{"--secret-stdin", "--device", "d", "--timestamp", "-1"}, 2, "", "--timestamp"},
 		{"milliseconds timestamp", cliSecret, []string{"--secret-stdin", "--device", "d", "--timestamp", "1727712000000"}, 2, "", "--timestamp"},
 		{"non-numeric timestamp", cliSecret, []string{"--secret-stdin", "--device", "d", "--timestamp", "soon"}, 2, "", "invalid argument"},
+		{"counter mode (vector accepted_counter_next)", cliSecret, []string{"--secret-stdin", "--device", "sensor_001", "--counter", "42",
+			"--message-id", "550e8400-e29b-41d4-a716-446655440000", "--payload", `{"temperature":22.5}`}, 0,
+			`{"device_id":"sensor_001","counter":42,"message_id":"550e8400-e29b-41d4-a716-446655440000","payload":{"temperature":22.5},"signature":"df658a8d14ee8c104848ccf0c12a0a733ed23383b20dbee965626073044b7405"}` + "\n", ""},
+		{"counter and timestamp", cliSecret, append(fixed, "--secret-stdin", "--counter", "1"), 2, "", "exclude each other"},
+		{"negative counter", cliSecret, []string{"--secret-stdin", "--device", "d", "--counter", "-1"}, 2, "", "--counter"},
+		{"counter in a reply", cliSecret, []string{"--secret-stdin", "--device", "d", "--counter", "1", "--reply"}, 2, "", "never a counter"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,17 +16,19 @@ import (
 
 func init() { commands = append(commands, newVerifyCmd) }
 
-// oneDevice is a KeyStore holding a single enabled device.
+// oneDevice is a KeyStore holding a single enabled device, in counter
+// mode when counter is set.
 type oneDevice struct {
-	id     string
-	secret []byte
+	id      string
+	secret  []byte
+	counter bool
 }
 
 func (k oneDevice) Device(_ context.Context, id string) (validate.Device, error) {
 	if id != k.id {
 		return validate.Device{}, validate.ErrUnknownDevice
 	}
-	return validate.Device{Secret: k.secret, Enabled: true}, nil
+	return validate.Device{Secret: k.secret, Enabled: true, Counter: k.counter}, nil
 }
 
 // rejectedError is a verdict other than valid, already printed on stdout
@@ -85,18 +87,20 @@ without --reply, or an uplink checked with it, is bad_signature.`,
 				return fmt.Errorf("read message from stdin: %w", err)
 			}
 			raw = bytes.TrimSuffix(bytes.TrimSuffix(raw, []byte("\n")), []byte("\r"))
+			// The message's own device (a malformed message has none, and
+			// Check reports it as malformed), and its mode: a counter-mode
+			// message is checked as from a counter-mode device (its bound
+			// is the gateway's, not known here).
+			e, _ := envelope.Parse(raw, envelope.Limits{MaxBytes: cfg.MaxMessageBytes, MaxDepth: cfg.MaxDepth})
 			topic := device
 			if topic == "" {
-				// The message's own device; a malformed message has none and
-				// Check reports it as malformed.
-				e, _ := envelope.Parse(raw, envelope.Limits{MaxBytes: cfg.MaxMessageBytes, MaxDepth: cfg.MaxDepth})
 				topic = e.DeviceID
 			}
 			clock := time.Now
 			if cmd.Flags().Changed("now") {
 				clock = func() time.Time { return time.Unix(now, 0) }
 			}
-			v, err := validate.New(cfg, oneDevice{topic, key}, replay.NewMemory(1, clock), clock)
+			v, err := validate.New(cfg, oneDevice{topic, key, e.IsCounter() && !reply}, replay.NewMemory(1, clock), clock)
 			if err != nil {
 				return err
 			}
@@ -105,7 +109,11 @@ without --reply, or an uplink checked with it, is bad_signature.`,
 				return err
 			}
 			if res.Accepted() {
-				_, err := fmt.Fprintln(cmd.OutOrStdout(), "valid")
+				valid := "valid"
+				if res.Envelope.IsCounter() {
+					valid = fmt.Sprintf("valid (counter %d: the gateway accepts it only above the device's highest accepted counter)", res.Envelope.Counter)
+				}
+				_, err := fmt.Fprintln(cmd.OutOrStdout(), valid)
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), res.Rejection.String())

@@ -257,3 +257,43 @@ func FuzzVerifyRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestVerifyRequestCounter: a counter-mode message's X-Device-Counter is
+// signed under v2 in X-Device-Timestamp's place, as "counter:" and the
+// value: tampering with it, moving it into X-Device-Timestamp, or sending
+// both headers is refused.
+func TestVerifyRequestCounter(t *testing.T) {
+	key := []byte(testKey)
+	ts := int64(1727712005)
+	body := []byte(`{"temperature":22.5}`)
+	signed := backendsig.Signed{DeviceID: "sensor_001", IdempotencyKey: "550e8400-e29b-41d4-a716-446655440000", DeviceCounter: "42", Seq: "7"}
+	req := func(edit func(h http.Header)) *http.Request {
+		r := httptest.NewRequest("POST", "/ingest/sensor_001", nil)
+		r.Header.Set("X-Device-Id", signed.DeviceID)
+		r.Header.Set("Idempotency-Key", signed.IdempotencyKey)
+		r.Header.Set("X-Device-Counter", signed.DeviceCounter)
+		r.Header.Set("X-Iotgw-Seq", signed.Seq)
+		r.Header.Set(backendsig.TimestampHeader, fmt.Sprint(ts))
+		r.Header.Set(backendsig.SignatureHeader, backendsig.Sign(key, backendsig.SchemeV2, "POST", "/ingest/sensor_001", signed, ts, body))
+		if edit != nil {
+			edit(r.Header)
+		}
+		return r
+	}
+	now := time.Unix(ts, 0)
+	if err := backendsig.VerifyRequest(key, backendsig.SchemeV2, req(nil), body, now, 5*time.Minute); err != nil {
+		t.Fatalf("genuine counter-mode request: %v", err)
+	}
+	if got := string(backendsig.SigningBytes(backendsig.SchemeV2, "POST", "/ingest/sensor_001", signed, ts, body)); !strings.Contains(got, "\ncounter:42\n7\n") {
+		t.Fatalf("signing bytes %q lack field 6 \"counter:42\"", got)
+	}
+	for name, edit := range map[string]func(h http.Header){
+		"tampered counter":          func(h http.Header) { h.Set("X-Device-Counter", "43") },
+		"counter moved to the time": func(h http.Header) { h.Del("X-Device-Counter"); h.Set("X-Device-Timestamp", "42") },
+		"both headers":              func(h http.Header) { h.Set("X-Device-Timestamp", "1727712000") },
+	} {
+		if err := backendsig.VerifyRequest(key, backendsig.SchemeV2, req(edit), body, now, 5*time.Minute); !errors.Is(err, backendsig.ErrSignatureInvalid) {
+			t.Errorf("%s: %v, want ErrSignatureInvalid", name, err)
+		}
+	}
+}

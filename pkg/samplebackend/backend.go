@@ -175,6 +175,7 @@ type Record struct {
 	DeviceID       string          `json:"device_id"`
 	MessageID      string          `json:"message_id"`
 	Timestamp      string          `json:"timestamp"`
+	Counter        string          `json:"counter,omitempty"` // a counter-mode message's, instead of a timestamp
 	IdempotencyKey string          `json:"idempotency_key"`
 	Status         int             `json:"status"`
 	Body           json.RawMessage `json:"body"`
@@ -238,6 +239,7 @@ func (b *Backend) ingest(w http.ResponseWriter, r *http.Request) {
 		// one, but not a missing one).
 		MessageID:      cmp.Or(r.Header.Get("Idempotency-Key"), r.Header.Get("X-Message-ID")),
 		Timestamp:      r.Header.Get("X-Device-Timestamp"),
+		Counter:        r.Header.Get("X-Device-Counter"),
 		IdempotencyKey: r.Header.Get("Idempotency-Key"),
 		Body:           body,
 	}
@@ -363,6 +365,7 @@ func (b *Backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
 		DeviceID  string          `json:"device_id"`
 		MessageID string          `json:"message_id"`
 		Timestamp json.Number     `json:"timestamp"`
+		Counter   json.Number     `json:"counter"`
 		Payload   json.RawMessage `json:"payload"`
 	}
 	if err := json.Unmarshal(body, &items); err != nil {
@@ -383,7 +386,7 @@ func (b *Backend) ingestBatch(w http.ResponseWriter, r *http.Request) {
 	out := make([]result, len(items))
 	for i, it := range items {
 		rec := Record{Time: arrived.UTC().Format(time.RFC3339Nano), DeviceID: it.DeviceID, MessageID: it.MessageID,
-			Timestamp: it.Timestamp.String(), IdempotencyKey: it.MessageID, Body: it.Payload}
+			Timestamp: it.Timestamp.String(), Counter: it.Counter.String(), IdempotencyKey: it.MessageID, Body: it.Payload}
 		if err := b.record(&rec, arrived); err != nil {
 			http.Error(w, "cannot write request log: "+err.Error(), http.StatusInternalServerError)
 			return

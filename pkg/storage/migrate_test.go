@@ -78,6 +78,9 @@ func buildGateway(t *testing.T) gatewayFiles {
 	if err := reg.Revoke(ctx, "sensor_c"); err != nil {
 		t.Fatal(err)
 	}
+	if err := reg.AddDevice(ctx, registry.NewDevice{ID: "meter_d", Secret: "secret-of-meter_d-0123456789", Freshness: registry.FreshnessCounter}); err != nil {
+		t.Fatal(err)
+	}
 	reg.Close()
 	al, err := audit.Open(ctx, g.registry, time.Now)
 	if err != nil {
@@ -109,6 +112,18 @@ func buildGateway(t *testing.T) gatewayFiles {
 	}
 	if n, err := st.PruneSeen(ctx, now, 10*time.Minute); err != nil || n != 1 {
 		t.Fatalf("prune: %d %v", n, err)
+	}
+	// A counter-mode device whose messages were forwarded: only its bound
+	// (9) is left, and it must move with the rest.
+	ctrs := []*outbox.Record{
+		{DeviceID: "meter_d", MessageID: "c3", Timestamp: outbox.CounterTimestamp([]byte("3")), ID: outbox.CounterID(3), Payload: []byte(`{}`), ReceivedAt: now},
+		{DeviceID: "meter_d", MessageID: "c9", Timestamp: outbox.CounterTimestamp([]byte("9")), ID: outbox.CounterID(9), Payload: []byte(`{}`), ReceivedAt: now},
+	}
+	if err := st.Insert(ctx, ctrs); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Delete(ctx, []int64{ctrs[0].Seq, ctrs[1].Seq}); err != nil {
+		t.Fatal(err)
 	}
 	// Two devices' rows interleaved, over two commits.
 	var all []*outbox.Record
@@ -224,8 +239,8 @@ func TestMigrateSQLite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := pgstore.ImportCounts{Devices: 3, DeviceKeys: 4, RegistryMeta: 1, AuditLog: 4, AuditHead: 1,
-		Outbox: 5, OutboxDevices: 2, DeadLetters: 1, Seen: 6, SeenHorizon: 1}
+	want := pgstore.ImportCounts{Devices: 4, DeviceKeys: 5, RegistryMeta: 1, AuditLog: 4, AuditHead: 1,
+		Outbox: 5, OutboxDevices: 2, DeadLetters: 1, Seen: 6, SeenHorizon: 1, CounterBounds: 1}
 	if n != want {
 		t.Fatalf("counts %+v\nwant   %+v", n, want)
 	}
@@ -240,7 +255,9 @@ func TestMigrateSQLite(t *testing.T) {
 
 	// Tables copied exactly (booleans 0/1 on SQLite, BOOLEAN here).
 	for _, tc := range []struct{ table, sqlite, pg string }{
-		{"devices", `SELECT device_id, enabled, created_at, revoked_at FROM devices ORDER BY device_id`, ""},
+		{"devices", `SELECT device_id, enabled, created_at, revoked_at, freshness FROM devices ORDER BY device_id`, ""},
+		{"counter_bound", `SELECT device_id, bound FROM counter_bound ORDER BY device_id`,
+			`SELECT device_id, counter_bound FROM outbox_device WHERE counter_bound > 0 ORDER BY device_id`},
 		{"device_keys", `SELECT device_id, key_id, CAST(secret AS BLOB), sealed, created_at, expires_at FROM device_keys ORDER BY device_id, key_id`,
 			`SELECT device_id, key_id, secret, sealed, created_at, expires_at FROM device_keys ORDER BY device_id, key_id`},
 		{"registry_meta", `SELECT name, value FROM registry_meta ORDER BY name`, ""},
@@ -254,7 +271,7 @@ func TestMigrateSQLite(t *testing.T) {
 			pgq = tc.sqlite
 		}
 		file := g.registry
-		if strings.HasPrefix(tc.table, "seen") {
+		if strings.HasPrefix(tc.table, "seen") || tc.table == "counter_bound" {
 			file = g.outbox
 		}
 		src := sqliteDump(t, file, tc.sqlite)
@@ -312,7 +329,7 @@ func TestMigrateSQLite(t *testing.T) {
 	if !slices.Equal(gotRows, wantRows) {
 		t.Fatalf("outbox:\n got %q\nwant %q", gotRows, wantRows)
 	}
-	if dev := pgDump(t, db, `SELECT device_id, next_dseq, pending FROM outbox_device ORDER BY device_id`); !slices.Equal(dev, []string{"sensor_a|3|3|", "sensor_b|2|2|"}) {
+	if dev := pgDump(t, db, `SELECT device_id, next_dseq, pending FROM outbox_device ORDER BY device_id`); !slices.Equal(dev, []string{"meter_d|0|0|", "sensor_a|3|3|", "sensor_b|2|2|"}) {
 		t.Fatalf("outbox_device %q", dev)
 	}
 	dead := sqliteDump(t, g.outbox, `SELECT seq, device_id, message_id, timestamp, payload, received_at, attempts, last_error, dead_at FROM deadletter`)

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -149,6 +150,13 @@ func Rec(dev string, n int, ts time.Time, window time.Duration) *outbox.Record {
 		ReceivedAt: time.UnixMilli(time.Now().UnixMilli()), Expires: ts.Add(window)}
 }
 
+// CounterRec returns a counter-mode record of dev with counter c.
+func CounterRec(dev string, c int64) *outbox.Record {
+	digits := strconv.FormatInt(c, 10)
+	return &outbox.Record{DeviceID: dev, MessageID: "ctr-" + digits, Timestamp: outbox.CounterTimestamp([]byte(digits)),
+		ID: outbox.CounterID(c), Payload: []byte(`{"c":` + digits + `}`), ReceivedAt: time.Now()}
+}
+
 func recs(dev string, from, to int) []*outbox.Record {
 	var out []*outbox.Record
 	for n := from; n <= to; n++ {
@@ -255,6 +263,46 @@ var cases = []kase{
 		}
 		if n := count(t, e); n != 2 {
 			t.Fatalf("count %d, want 2", n)
+		}
+	}},
+	{name: "CommitCounterBound", run: func(t *testing.T, e *Engine, _ Driver) {
+		// Counter mode: on every engine the commit is the replay
+		// authority (the device's bound), in order within one commit.
+		res := commit(t, e, CounterRec("d", 5), CounterRec("d", 5), CounterRec("d", 3), CounterRec("d", 7), CounterRec("e", 1))
+		if len(res.Refused) != 2 || !res.Refused[0].Counter || !res.Refused[1].Counter || res.Refused[1].Rec.Timestamp != "c3" {
+			t.Fatalf("refused %+v, want the second 5 and the 3 as counter replays", res.Refused)
+		}
+		for _, c := range []int64{7, 6} {
+			if res := commit(t, e, CounterRec("d", c)); len(res.Refused) != 1 || !res.Refused[0].Counter {
+				t.Fatalf("counter %d at or below 7: refused %+v", c, res.Refused)
+			}
+		}
+		if res := commit(t, e, CounterRec("d", 8)); len(res.Refused) != 0 {
+			t.Fatalf("counter 8: refused %+v", res.Refused)
+		}
+		if n := count(t, e); n != 4 {
+			t.Fatalf("count %d, want 4", n)
+		}
+	}},
+	{name: "CommitCounterConcurrent", run: func(t *testing.T, e *Engine, _ Driver) {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		won := 0
+		for range 8 {
+			wg.Go(func() {
+				res, err := e.Commit(bg, []*outbox.Record{CounterRec("d", 7)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				won += 1 - len(res.Refused)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if n := count(t, e); won != 1 || n != 1 {
+			t.Fatalf("%d commits won, %d rows; want exactly one", won, n)
 		}
 	}},
 	{name: "CommitReplayConcurrent", needs: func(e *Engine) bool { return e.ReplayAuthority }, run: func(t *testing.T, e *Engine, _ Driver) {

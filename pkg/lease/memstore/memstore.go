@@ -67,6 +67,7 @@ var ErrAnswerLost = errors.New("memstore: injected fault (answer lost after comm
 
 type device struct {
 	next, pending int64
+	bound         int64 // counter mode: the highest counter accepted
 	owner         string
 	until         time.Time // zero: no lease
 	epoch         int64
@@ -195,21 +196,33 @@ func (c *Conn) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _ i
 	var won []outbox.Record
 	for _, r := range recs {
 		d := db.dev(r.DeviceID)
+		c, counted := r.Counter()
 		ts := unixTS(r)
-		if ts <= db.horizon {
+		switch {
+		case counted && c <= d.bound: // counter mode: the bound is the authority, no seen row, no horizon
+			res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Counter: true})
+			continue
+		case counted && db.cfg.Quota > 0 && d.pending >= int64(db.cfg.Quota):
+			res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Quota: true})
+			continue
+		case counted:
+			d.bound = c
+		case ts <= db.horizon:
 			res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Old: true})
 			continue
 		}
-		if db.cfg.Quota > 0 && d.pending >= int64(db.cfg.Quota) {
-			res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Quota: true})
-			continue
+		if !counted {
+			if db.cfg.Quota > 0 && d.pending >= int64(db.cfg.Quota) {
+				res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Quota: true})
+				continue
+			}
+			k := seenKey{r.DeviceID, r.ID}
+			if _, dup := db.seen[k]; dup {
+				res.Refused = append(res.Refused, outbox.Refusal{Rec: r})
+				continue
+			}
+			db.seen[k] = seenRow{ts: ts, expires: r.Expires}
 		}
-		k := seenKey{r.DeviceID, r.ID}
-		if _, dup := db.seen[k]; dup {
-			res.Refused = append(res.Refused, outbox.Refusal{Rec: r})
-			continue
-		}
-		db.seen[k] = seenRow{ts: ts, expires: r.Expires}
 		db.seq++
 		d.next++
 		d.pending++
