@@ -12,7 +12,6 @@ import (
 
 	"github.com/iotgw/iotgw/pkg/pki"
 	"github.com/iotgw/iotgw/pkg/registry"
-	"github.com/iotgw/iotgw/test/harness"
 )
 
 // The Python and C device programs without a clock, against a live
@@ -31,23 +30,6 @@ type sdkOutput struct {
 		InReplyTo string `json:"in_reply_to"`
 		Status    int    `json:"status"`
 	} `json:"reply"`
-}
-
-// addCounterDeviceCLI issues a certificate for id and registers it in
-// counter mode with the CLI, as an operator does:
-// iotgw device add ID --freshness counter.
-func (f *fixture) addCounterDeviceCLI(t *testing.T, id string) string {
-	t.Helper()
-	harness.IssueDevice(t, f.certs, id)
-	secret, err := registry.NewSecret()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := runCLI(f.bin, secret+"\n", "device", "add", id, "--secret-stdin", "--freshness", "counter", "--db", f.db); err != nil {
-		t.Fatalf("device add %s --freshness counter: %v\n%s", id, err, out)
-	}
-	f.secrets[id] = secret
-	return secret
 }
 
 // checkSDKCounter drives a counter-mode device program through a
@@ -171,7 +153,7 @@ func checkSDKTime(t *testing.T, f *fixture, id string, run sdkRun) {
 func TestPythonDeviceCounter(t *testing.T) {
 	py := pythonWithPaho(t)
 	f := newFixture(t)
-	f.addCounterDeviceCLI(t, "py_meter")
+	f.addCounterDevice("py_meter")
 	f.startGateway(gatewayOpts{})
 	checkSDKCounter(t, f, "py_meter", func(t *testing.T, secret string, extra ...string) (int, string, string) {
 		return f.pyDevice(t, py, "py_meter", secret, `{"kwh":1.5}`, 15*time.Second, extra...)
@@ -194,7 +176,7 @@ func TestPythonDeviceTime(t *testing.T) {
 func TestCDeviceCounter(t *testing.T) {
 	bin := buildCDevice(t)
 	f := newFixture(t)
-	f.addCounterDeviceCLI(t, "c_meter")
+	f.addCounterDevice("c_meter")
 	f.startGateway(gatewayOpts{})
 	crt, key := pki.DeviceCert(f.certs, "c_meter")
 	checkSDKCounter(t, f, "c_meter", func(t *testing.T, secret string, extra ...string) (int, string, string) {
