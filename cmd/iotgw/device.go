@@ -30,7 +30,7 @@ const defaultRegistryPath = "iotgw.db"
 func newDeviceCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "device",
-		Short: "Manage the device registry: add, import, export, list, show, rotate, disable, enable, revoke, remove",
+		Short: "Manage the device registry: add, import, export, list, show, rotate, disable, enable, revoke, remove, set-freshness, reset-counter",
 		Long: `device manages the device registry the gateway reads its devices and
 shared secrets from. A running gateway picks up every change within its
 registry refresh interval.
@@ -220,6 +220,7 @@ func newDeviceAddCmd() *cobra.Command {
 		issueCert bool
 		certsDir  string
 		csr       deviceCSR
+		freshness string
 	)
 	cmd := &cobra.Command{
 		Use:   "add ID",
@@ -243,13 +244,19 @@ nothing but the key is taken from the request), valid for --days (default
 it. The CSR is checked before the device is registered; if the
 certificate cannot be signed, the device is not registered either.
 
+--freshness counter registers a device without a clock: it proves that a
+message is new with a counter instead of a timestamp (docs/PROTOCOL.md,
+section 2a). The default is timestamp; "iotgw device set-freshness"
+changes it later.
+
 The id "gateway" is reserved: it is the gateway's own identity at the
 broker.`,
 		Example: `  iotgw device add sensor_001 --db /var/lib/iotgw/registry.db
   SECRET=$(iotgw device add sensor_002)
   iotgw device add sensor_003 --secret-stdin < sensor_003.secret
   iotgw device add sensor_004 --issue-cert --certs /etc/iotgw/certs
-  iotgw device add sensor_005 --csr sensor_005.csr --certs /etc/iotgw/certs`,
+  iotgw device add sensor_005 --csr sensor_005.csr --certs /etc/iotgw/certs
+  iotgw device add meter_001 --freshness counter`,
 		Args: deviceIDArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
@@ -264,6 +271,10 @@ broker.`,
 			}
 			if !csr.set() && cmd.Flags().Changed("days") {
 				return usagef("--days needs --csr")
+			}
+			fresh, err := registry.CheckFreshness(freshness)
+			if err != nil {
+				return usagef("--freshness: %v", err)
 			}
 			if csr.set() {
 				if err := csr.check(id, certsDir); err != nil {
@@ -288,7 +299,7 @@ broker.`,
 			}
 			err = withRegistry(cmd, true, func(ctx context.Context, r *registry.Registry) error {
 				warnUnsealed(cmd, r)
-				if err := r.Add(ctx, id, secret); err != nil {
+				if err := r.AddDevice(ctx, registry.NewDevice{ID: id, Secret: secret, Freshness: fresh}); err != nil {
 					return err
 				}
 				if csr.set() {
@@ -321,6 +332,9 @@ broker.`,
 			// The secret is printed even if the audit entry fails: it is
 			// registered and would otherwise be lost. The failure still exits 1.
 			auditErr := recordCmd(cmd, "device.add", id, 1)
+			if fresh == registry.FreshnessCounter {
+				auditErr = errors.Join(auditErr, recordCmdReason(cmd, "device.set_freshness", id, fresh))
+			}
 			if csr.set() {
 				auditErr = errors.Join(auditErr, recordCmd(cmd, "pki.sign", id, 1))
 			}
@@ -338,6 +352,7 @@ broker.`,
 	cmd.Flags().BoolVar(&fromStdin, "secret-stdin", false, "read the secret from the first line of stdin instead of generating one")
 	cmd.Flags().BoolVar(&issueCert, "issue-cert", false, "also issue the device's client certificate from the CA in --certs")
 	cmd.Flags().StringVar(&certsDir, "certs", "certs", "PKI directory made by \"iotgw pki init\" (with --issue-cert or --csr)")
+	cmd.Flags().StringVar(&freshness, "freshness", registry.FreshnessTimestamp, "how the device proves a message is new: timestamp or counter")
 	csr.addFlags(cmd.Flags())
 	return cmd
 }
@@ -385,6 +400,7 @@ func newDeviceShowCmd() *cobra.Command {
 				if d.Revoked() {
 					fmt.Fprintf(out, "revoked: %s\n", d.RevokedAt.Format(time.RFC3339))
 				}
+				printFreshness(cmd, out, d)
 				fmt.Fprintf(out, "sealed:  %s\n", map[bool]string{true: "yes", false: "no (set security.kek_file)"}[r.Sealed()])
 				now := time.Now()
 				for _, k := range keys {

@@ -259,11 +259,11 @@ func checkRows(rows []importRow) ([]importDevice, []lineError, error) {
 			bad("device %s is revoked (revoked_at %s): a revoked device is not imported; register it under a new id", id, row.revokedAt)
 			ok = false
 		}
-		switch strings.ToLower(strings.TrimSpace(row.freshness)) {
-		case "", "timestamp":
-		default:
-			bad("device %s: freshness %q: only \"timestamp\" exists (counter mode is not implemented yet, issue 17)", id, row.freshness)
+		if fresh, err := registry.CheckFreshness(strings.ToLower(strings.TrimSpace(row.freshness))); err != nil {
+			bad("device %s: freshness %q: must be empty, \"timestamp\" or \"counter\"", id, row.freshness)
 			ok = false
+		} else {
+			d.dev.Freshness = fresh
 		}
 		if row.csr != "" {
 			if _, _, err := pki.CheckCSR([]byte(row.csr), id); err != nil {
@@ -306,7 +306,8 @@ JSON keys):
   enabled     true (default) or false
   created_at  ignored (written by export; the registry stamps the import time)
   revoked_at  must be empty: a revoked device is not imported
-  freshness   empty or "timestamp" (counter mode does not exist yet)
+  freshness   empty or "timestamp" (the default), or "counter" (the device
+              proves freshness with a counter: docs/PROTOCOL.md, section 2a)
 
 Generated secrets are written to --secrets-out, a new file created 0600
 (in FILE's format: id,secret), never to the terminal; it is required when
@@ -654,8 +655,8 @@ func newDeviceExportCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export",
 		Short: "Write the device list (never secrets) as CSV or JSON lines",
-		Long: `export writes every device as id, enabled, created_at and revoked_at (RFC
-3339, empty when never revoked), as CSV with a header row (default) or as
+		Long: `export writes every device as id, enabled, created_at, revoked_at (RFC
+3339, empty when never revoked) and freshness (timestamp or counter), as CSV with a header row (default) or as
 JSON lines, to stdout or --out. It never writes secrets. The output is
 accepted by "iotgw device import" (which generates new secrets for it,
 ignores created_at and refuses revoked devices).`,
@@ -696,6 +697,7 @@ type exportRow struct {
 	Enabled   bool   `json:"enabled"`
 	CreatedAt string `json:"created_at,omitempty"`
 	RevokedAt string `json:"revoked_at,omitempty"`
+	Freshness string `json:"freshness"`
 }
 
 // writeExport writes devices in format.
@@ -709,9 +711,9 @@ func writeExport(w io.Writer, format string, devices []registry.Info) error {
 	bw := bufio.NewWriter(w)
 	if format == formatCSV {
 		cw := csv.NewWriter(bw)
-		_ = cw.Write([]string{"id", "enabled", "created_at", "revoked_at"})
+		_ = cw.Write([]string{"id", "enabled", "created_at", "revoked_at", "freshness"})
 		for _, d := range devices {
-			_ = cw.Write([]string{d.ID, fmt.Sprint(d.Enabled), ts(d.CreatedAt), ts(d.RevokedAt)})
+			_ = cw.Write([]string{d.ID, fmt.Sprint(d.Enabled), ts(d.CreatedAt), ts(d.RevokedAt), d.Freshness})
 		}
 		cw.Flush()
 		if err := cw.Error(); err != nil {
@@ -720,7 +722,7 @@ func writeExport(w io.Writer, format string, devices []registry.Info) error {
 	} else {
 		enc := json.NewEncoder(bw)
 		for _, d := range devices {
-			if err := enc.Encode(exportRow{ID: d.ID, Enabled: d.Enabled, CreatedAt: ts(d.CreatedAt), RevokedAt: ts(d.RevokedAt)}); err != nil {
+			if err := enc.Encode(exportRow{ID: d.ID, Enabled: d.Enabled, CreatedAt: ts(d.CreatedAt), RevokedAt: ts(d.RevokedAt), Freshness: d.Freshness}); err != nil {
 				return err
 			}
 		}

@@ -111,7 +111,7 @@ func TestDeviceImport(t *testing.T) {
 				"good_1,,,",
 				"off,,maybe,",
 				"gateway,,,",
-				"counter,,,counter",
+				"counter,,,sometimes",
 				"good_2,,,timestamp",
 				"a,b",
 			}, "\n")+"\n")
@@ -121,7 +121,7 @@ func TestDeviceImport(t *testing.T) {
 				t.Fatalf("bad import: %+v", r)
 			}
 			for _, line := range []string{":3: bad device id", ":4: device short: secret must be", ":5: device good_1 is listed twice (first on line 2)",
-				":6: device off: enabled must be", ":7: device id \"gateway\" is reserved", ":8: device counter: freshness \"counter\"", ":10: 2 fields"} {
+				":6: device off: enabled must be", ":7: device id \"gateway\" is reserved", ":8: device counter: freshness \"sometimes\"", ":10: 2 fields"} {
 				if !strings.Contains(r.stderr, bad+line) {
 					t.Errorf("stderr lacks %q:\n%s", line, r.stderr)
 				}
@@ -170,7 +170,7 @@ func TestDeviceImport(t *testing.T) {
 
 			// export: never secrets; CSV and JSON lines.
 			exp := run("device", "export")
-			if exp.code != 0 || !strings.HasPrefix(exp.stdout, "id,enabled,created_at,revoked_at\n") || !strings.Contains(exp.stdout, "\nd2,false,") {
+			if exp.code != 0 || !strings.HasPrefix(exp.stdout, "id,enabled,created_at,revoked_at,freshness\n") || !strings.Contains(exp.stdout, "\nd2,false,") {
 				t.Fatalf("export: %+v", exp)
 			}
 			expJ := run("device", "export", "--format", "jsonl")

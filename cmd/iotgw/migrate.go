@@ -104,6 +104,7 @@ func migrateCopy(ctx context.Context, out io.Writer, f config.File) error {
 		{"deadletter", n.DeadLetters, ""},
 		{"seen", n.Seen, "replay ids"},
 		{"seen_horizon", n.SeenHorizon, ""},
+		{"counter_bound", n.CounterBounds, "counter-mode devices' highest accepted counters"},
 	} {
 		if row.note == "" {
 			fmt.Fprintf(w, "  %s\t%d\n", row.table, row.n)

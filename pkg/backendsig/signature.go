@@ -50,7 +50,19 @@ type Signed struct {
 	DeviceID        string // X-Device-Id
 	IdempotencyKey  string // Idempotency-Key
 	DeviceTimestamp string // X-Device-Timestamp (v2)
-	Seq             string // X-Iotgw-Seq (v2)
+	// DeviceCounter is X-Device-Counter, which a counter-mode message has
+	// in place of X-Device-Timestamp (v2 signs "counter:" and it in
+	// DeviceTimestamp's place, so a counter never passes for a time).
+	DeviceCounter string
+	Seq           string // X-Iotgw-Seq (v2)
+}
+
+// deviceFresh is the v2 signing field of the device's freshness proof.
+func (h Signed) deviceFresh() string {
+	if h.DeviceCounter != "" {
+		return "counter:" + h.DeviceCounter
+	}
+	return h.DeviceTimestamp
 }
 
 // Errors of VerifyRequest.
@@ -73,7 +85,7 @@ var (
 func SigningBytes(scheme, method, target string, h Signed, ts int64, body []byte) []byte {
 	fields := []string{method, target, h.DeviceID, h.IdempotencyKey}
 	if scheme == SchemeV2 {
-		fields = append(fields, h.DeviceTimestamp, h.Seq)
+		fields = append(fields, h.deviceFresh(), h.Seq)
 	}
 	label := signatureLabel(scheme)
 	n := len(label) + 21 + len(body)
@@ -124,10 +136,13 @@ func VerifyRequest(key []byte, scheme string, r *http.Request, body []byte, now 
 	}
 	sig, tsRaw := one(SignatureHeader), one(TimestampHeader)
 	h := Signed{DeviceID: one("X-Device-Id"), IdempotencyKey: one("Idempotency-Key"),
-		DeviceTimestamp: one("X-Device-Timestamp"), Seq: one("X-Iotgw-Seq")}
+		DeviceTimestamp: one("X-Device-Timestamp"), DeviceCounter: one("X-Device-Counter"), Seq: one("X-Iotgw-Seq")}
 	msgID := one("X-Message-Id")
 	if bad {
 		return fmt.Errorf("%w: a signed header is repeated or holds a line break", ErrSignatureInvalid)
+	}
+	if h.DeviceTimestamp != "" && h.DeviceCounter != "" {
+		return fmt.Errorf("%w: both X-Device-Timestamp and X-Device-Counter", ErrSignatureInvalid)
 	}
 	// X-Message-Id is not signed on its own: the gateway sends it equal to
 	// the signed Idempotency-Key, so any other value was changed on the way.

@@ -75,6 +75,11 @@ type Config struct {
 	// the gateway's time plus the time elapsed on Now since. Nil means
 	// time.Now.
 	Now func() time.Time
+	// Counter, when set, makes the device a counter-mode device
+	// (registered with "iotgw device add --freshness counter";
+	// docs/PROTOCOL.md, section 2a): Publish and Request sign the next
+	// counter instead of the time, and Now is not used for signing.
+	Counter *Counter
 	// PublishOnly skips the subscription to the response topic: the
 	// device only publishes, Request fails with ErrPublishOnly and
 	// OnDownlink is never called (for load generators that do not read

@@ -46,6 +46,8 @@ type Device struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	counter *Counter // Config.Counter: counter mode
 }
 
 // result is what a Request waits for.
@@ -74,6 +76,7 @@ func Dial(ctx context.Context, cfg Config) (*Device, error) {
 	d := &Device{
 		id:          cfg.DeviceID,
 		now:         cfg.Now,
+		counter:     cfg.Counter,
 		onDown:      cfg.OnDownlink,
 		signMAC:     envelope.NewMAC(secret),
 		downMAC:     envelope.NewDownlinkMAC(secret),
@@ -234,7 +237,10 @@ func (d *Device) Send(m Message) *Pending {
 // It returns the message id. The PUBACK means the broker has the message,
 // not that the gateway accepted it: use Request for the verdict.
 func (d *Device) Publish(ctx context.Context, payload []byte) (string, error) {
-	m := d.Sign(d.Now(), payload)
+	m, err := d.next(payload)
+	if err != nil {
+		return "", err
+	}
 	return m.ID, d.Send(m).Wait(ctx)
 }
 
@@ -250,7 +256,11 @@ func (d *Device) PublishRaw(ctx context.Context, topic string, raw []byte) error
 // downlink that answers it (in_reply_to = its message id) and returns it
 // verified. It is RequestMessage with a new message signed at Now.
 func (d *Device) Request(ctx context.Context, payload []byte) (*Reply, error) {
-	return d.RequestMessage(ctx, d.Sign(d.Now(), payload))
+	m, err := d.next(payload)
+	if err != nil {
+		return nil, err
+	}
+	return d.RequestMessage(ctx, m)
 }
 
 // RequestMessage publishes m (from Sign) at QoS 1 and waits for the

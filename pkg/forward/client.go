@@ -164,6 +164,10 @@ type Job struct {
 	Epoch int64
 	// DeviceID, MessageID and Timestamp (raw digits) go into headers.
 	DeviceID, MessageID, Timestamp string
+	// Counter is a counter-mode message's counter (raw digits), sent as
+	// X-Device-Counter in place of X-Device-Timestamp; "" for a
+	// timestamp-mode message, whose Timestamp is then set.
+	Counter string
 	// Payload is POSTed verbatim. The Dispatcher may drop it while the Job
 	// waits (see Config.MaxPayloadMemory) and read it back with Hooks.Load.
 	Payload []byte
@@ -299,7 +303,7 @@ func (c *Client) authenticate(req *http.Request, body []byte) {
 			return ""
 		}
 		h := backendsig.Signed{DeviceID: first("X-Device-Id"), IdempotencyKey: first("Idempotency-Key"),
-			DeviceTimestamp: first("X-Device-Timestamp"), Seq: first("X-Iotgw-Seq")}
+			DeviceTimestamp: first("X-Device-Timestamp"), DeviceCounter: first("X-Device-Counter"), Seq: first("X-Iotgw-Seq")}
 		ts := c.now().Unix()
 		req.Header[backendsig.TimestampHeader] = []string{strconv.FormatInt(ts, 10)}
 		req.Header[backendsig.SignatureHeader] = []string{backendsig.Sign(c.cred.signingKey, c.cfg.SignatureScheme, req.Method, req.URL.RequestURI(), h, ts, body)}
@@ -319,7 +323,11 @@ func (c *Client) Post(ctx context.Context, j *Job) (Response, error) {
 	h["Content-Type"] = []string{"application/json"}
 	h["X-Device-Id"] = []string{j.DeviceID}
 	h["X-Message-Id"] = []string{j.MessageID}
-	h["X-Device-Timestamp"] = []string{j.Timestamp}
+	if j.Counter != "" {
+		h["X-Device-Counter"] = []string{j.Counter} // a counter-mode message: no device time
+	} else {
+		h["X-Device-Timestamp"] = []string{j.Timestamp}
+	}
 	h["Idempotency-Key"] = []string{j.MessageID}
 	if j.Order > 0 {
 		h["X-Iotgw-Seq"] = []string{strconv.FormatInt(j.Order, 10)}
@@ -373,8 +381,13 @@ func (c *Client) PostBatch(ctx context.Context, jobs []*Job) ([]Response, error)
 		buf.WriteString(j.DeviceID)
 		buf.WriteString(`","message_id":"`)
 		buf.WriteString(j.MessageID)
-		buf.WriteString(`","timestamp":`)
-		buf.WriteString(j.Timestamp)
+		if j.Counter != "" {
+			buf.WriteString(`","counter":`)
+			buf.WriteString(j.Counter)
+		} else {
+			buf.WriteString(`","timestamp":`)
+			buf.WriteString(j.Timestamp)
+		}
 		buf.WriteString(`,"payload":`)
 		buf.Write(j.Payload)
 		buf.WriteByte('}')

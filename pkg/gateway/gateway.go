@@ -484,6 +484,15 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 	}
 	rec := &outbox.Record{DeviceID: env.DeviceID, MessageID: string(env.MessageID), Timestamp: string(env.TimestampRaw),
 		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires}
+	if env.IsCounter() {
+		// Counter mode: the outbox commit judges replays (the device's
+		// bound); in flight, copies are matched by their counter.
+		rec.Timestamp, rec.ID = outbox.CounterTimestamp(env.CounterRaw), outbox.CounterID(env.Counter)
+		if !g.inflight.begin(env.DeviceID, rec.ID, m.Ack) {
+			g.metrics.redelivered.Inc()
+			return // our own redelivery: acked when the original commits
+		}
+	}
 	if !g.hold(rec, m.Ack) {
 		// The device holds its share of the outbox: refuse this message
 		// (acked, counted, answered), forget its id so a resend is
@@ -570,9 +579,10 @@ func (g *Gateway) committed(batch []*outbox.Record) {
 	g.forwarder.Kick() // the engine has them: claim
 }
 
-// refused runs on the Writer's goroutine for records the shared database
-// refused at commit: a replay another gateway committed first, or a device
-// at its fleet-wide quota. Each is acked and answered like any rejection.
+// refused runs on the Writer's goroutine for records the database
+// refused at commit: a replay another gateway committed first, a
+// counter-mode message at or below its device's bound (any engine), or a
+// device at its fleet-wide quota. Each is acked and answered like any rejection.
 func (g *Gateway) refused(rs []outbox.Refusal) {
 	ctx := context.Background()
 	for _, r := range rs {
@@ -584,6 +594,8 @@ func (g *Gateway) refused(rs []outbox.Refusal) {
 			how |= undoForget
 		case r.Old:
 			rej.Detail = "timestamped at or below the fleet's replay horizon (its id may have been pruned)"
+		case r.Counter:
+			rej.Detail = "counter at or below the highest this device had accepted"
 		}
 		acks := g.undo(r.Rec, how)
 		env := &envelope.Envelope{DeviceID: r.Rec.DeviceID, MessageID: []byte(r.Rec.MessageID)}

@@ -42,6 +42,23 @@ func (r *inflightReplay) Record(ctx context.Context, deviceID string, id [16]byt
 	return dup, err
 }
 
+// begin marks a counter-mode message in flight, which the validator does
+// not (it keeps no replay id for it: the commit's bound is the authority),
+// keyed by its counter (outbox.CounterID). It reports false, with ack
+// attached to the copy already in flight, when one is: a redelivery
+// waits for the first copy's commit, as a timestamp-mode one does.
+func (r *inflightReplay) begin(deviceID string, id [16]byte, ack func()) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := inflightKey(deviceID, id)
+	if p, ok := r.pending[k]; ok {
+		p.acks = append(p.acks, ack)
+		return false
+	}
+	r.pending[k] = &inflight{}
+	return true
+}
+
 // addAck attaches ack to the in-flight id; it reports false when the id is
 // not in flight (already durable, or never accepted).
 func (r *inflightReplay) addAck(deviceID string, id [16]byte, ack func()) bool {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,8 +119,12 @@ func New(st Store, owner string, cfg Config, now func() time.Time, log *zap.Logg
 // Job returns the dispatcher's job for row r, claimed under epoch (0 for
 // a row not leased).
 func Job(r *outbox.Record, epoch int64) *forward.Job {
-	return &forward.Job{Seq: r.Seq, Order: r.DSeq, Epoch: epoch, DeviceID: r.DeviceID, MessageID: r.MessageID,
+	j := &forward.Job{Seq: r.Seq, Order: r.DSeq, Epoch: epoch, DeviceID: r.DeviceID, MessageID: r.MessageID,
 		Timestamp: r.Timestamp, Payload: r.Payload, ReceivedAt: r.ReceivedAt}
+	if c, ok := strings.CutPrefix(r.Timestamp, outbox.CounterMark); ok {
+		j.Timestamp, j.Counter = "", c
+	}
+	return j
 }
 
 // Owner returns the owner name this Forwarder claims as.

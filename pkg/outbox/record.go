@@ -1,8 +1,10 @@
 package outbox
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -61,9 +63,14 @@ type Record struct {
 	// (on SQLite it is Seq; on PostgreSQL a per-device counter). The
 	// backend sees it as X-Iotgw-Seq.
 	DSeq int64
-	// DeviceID, MessageID and Timestamp (raw digits) as received.
+	// DeviceID and MessageID as received. Timestamp is the message's
+	// freshness proof as received: the timestamp's digits, or, for a
+	// counter-mode message, CounterMark and the counter's digits (see
+	// Counter). Every engine stores it as it is, in its timestamp column.
 	DeviceID, MessageID, Timestamp string
-	// ID is the message id as 16 bytes, for the seen table.
+	// ID is the message id as 16 bytes, for the seen table; a
+	// counter-mode message has no seen row, and ID is CounterID of its
+	// counter (the key its copies in flight are matched by).
 	ID [16]byte
 	// Payload is the exact payload bytes.
 	Payload []byte
@@ -71,6 +78,46 @@ type Record struct {
 	ReceivedAt time.Time
 	// Expires is when the id leaves the replay window.
 	Expires time.Time
+}
+
+// CounterMark opens Record.Timestamp of a counter-mode message: "c42" is
+// counter 42. A timestamp is digits only, so the two never mix.
+const CounterMark = "c"
+
+// CounterTimestamp returns Record.Timestamp for a counter-mode message
+// whose counter's digits are digits.
+func CounterTimestamp(digits []byte) string { return CounterMark + string(digits) }
+
+// Counter returns the record's counter and true for a counter-mode
+// message, or 0 and false for a timestamp-mode one.
+func (r *Record) Counter() (int64, bool) { return ParseCounter(r.Timestamp) }
+
+// ParseCounter reads a stored freshness proof (Record.Timestamp): the
+// counter and true for CounterMark and digits, else 0 and false.
+func ParseCounter(ts string) (int64, bool) {
+	digits, ok := strings.CutPrefix(ts, CounterMark)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(digits, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+// CounterID is the in-flight key of a counter-mode message (Record.ID):
+// its copies carry the same counter, whatever their message id. Keys are
+// per device, and a device has one freshness mode, so it meets no
+// timestamp-mode id (eight 0xff bytes do not open a random UUID but once
+// in 2^64).
+func CounterID(counter int64) [16]byte {
+	var id [16]byte
+	for i := range 8 {
+		id[i] = 0xff
+	}
+	binary.BigEndian.PutUint64(id[8:], uint64(counter)) //nolint:gosec // G115: a bit pattern, not arithmetic
+	return id
 }
 
 // Dead is a dead-lettered message.

@@ -28,11 +28,14 @@ type Result struct {
 // id was committed first by another gateway sharing the database); with
 // Old, a message timestamped at or below the replay horizon, whose id may
 // have been pruned (a copy cannot be told from a new message); or, with
-// Quota, its device is at outbox.max_pending_per_device fleet-wide.
+// Quota, its device is at outbox.max_pending_per_device fleet-wide; or,
+// with Counter, a counter-mode message whose counter is at or below the
+// highest its device had accepted (a replay, for ever, on every engine).
 type Refusal struct {
-	Rec   *Record
-	Quota bool
-	Old   bool
+	Rec     *Record
+	Quota   bool
+	Old     bool
+	Counter bool
 }
 
 // WriterHooks are the Writer's callbacks, called from its one goroutine.

@@ -16,6 +16,7 @@ type Device struct {
 	Enabled   bool
 	CreatedAt int64
 	RevokedAt *int64 // nil: never revoked
+	Freshness string // "timestamp" or "counter"; "" is "timestamp"
 }
 
 // DeviceKey is a device_keys row as stored: Secret is copied byte for
@@ -52,6 +53,8 @@ type ImportCounts struct {
 	Outbox, OutboxDevices, DeadLetters int64
 	// Seen is distinct ids stored (the SQLite seen table may hold an id twice).
 	Seen, SeenHorizon int64
+	// CounterBounds is counter-mode devices whose bound was copied.
+	CounterBounds int64
 }
 
 // ErrNotEmpty is returned by BeginImport for a database that already holds
@@ -130,10 +133,14 @@ func (im *Import) copyRows(ctx context.Context, table string, cols []string, row
 func (im *Import) Devices(ctx context.Context, ds []Device) error {
 	rows := make([][]any, len(ds))
 	for i, d := range ds {
-		rows[i] = []any{d.ID, d.Enabled, d.CreatedAt, d.RevokedAt}
+		fresh := d.Freshness
+		if fresh == "" {
+			fresh = "timestamp"
+		}
+		rows[i] = []any{d.ID, d.Enabled, d.CreatedAt, d.RevokedAt, fresh}
 	}
 	im.n.Devices += int64(len(ds))
-	return im.copyRows(ctx, "devices", []string{"device_id", "enabled", "created_at", "revoked_at"}, rows)
+	return im.copyRows(ctx, "devices", []string{"device_id", "enabled", "created_at", "revoked_at", "freshness"}, rows)
 }
 
 // Keys copies device_keys rows.
@@ -206,6 +213,17 @@ func (im *Import) Pending(ctx context.Context, recs []*outbox.Record) error {
 		}
 	}
 	im.n.Outbox += int64(len(recs))
+	return nil
+}
+
+// CounterBound copies a counter-mode device's bound (the highest counter
+// it had accepted).
+func (im *Import) CounterBound(ctx context.Context, id string, bound int64) error {
+	if _, err := im.tx.Exec(ctx, `INSERT INTO outbox_device(device_id, counter_bound) VALUES ($1, $2)
+		ON CONFLICT (device_id) DO UPDATE SET counter_bound = excluded.counter_bound`, id, bound); err != nil {
+		return fmt.Errorf("import counter bound: %w", err)
+	}
+	im.n.CounterBounds++
 	return nil
 }
 

@@ -131,4 +131,14 @@ CREATE TABLE fleet (
 	id                 INTEGER PRIMARY KEY CHECK (id = 1),
 	max_clock_skew_ms  BIGINT NOT NULL
 );`,
+	// 3: counter mode (issue 17). devices.freshness is a device's mode
+	// ('timestamp' or 'counter'); outbox_device.counter_bound is the
+	// highest counter accepted from a counter-mode device, raised under
+	// the device row's lock in the transaction that inserts the message,
+	// so two gateways never both accept one counter. A counter-mode
+	// message keeps its counter in outbox.timestamp (outbox.CounterMark)
+	// and has no seen row.
+	3: `
+ALTER TABLE devices ADD COLUMN freshness TEXT NOT NULL DEFAULT 'timestamp';
+ALTER TABLE outbox_device ADD COLUMN counter_bound BIGINT NOT NULL DEFAULT 0;`,
 }

@@ -35,6 +35,8 @@ func (db *DB) Outbox(quota int) *Outbox { return &Outbox{db: db, quota: int64(qu
 type devState struct {
 	next, pending int64
 	taken         int64 // rows of this commit so far
+	bound         int64 // counter_bound, raised by this commit's counter-mode rows
+	raised        bool
 }
 
 // Commit implements outbox.Committer. In one transaction it locks the
@@ -65,7 +67,25 @@ func (o *Outbox) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _
 			return err
 		}
 		cand := make([]*outbox.Record, 0, len(recs))
+		var counted []*outbox.Record // counter-mode rows that raised their device's bound
 		for _, r := range recs {
+			if c, ok := r.Counter(); ok {
+				// Counter mode: the bound, read under the device row's
+				// lock, is the replay authority; no seen row, no horizon.
+				st := state[r.DeviceID]
+				if c <= st.bound {
+					res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Counter: true})
+					continue
+				}
+				if o.quota > 0 && st.pending+st.taken >= o.quota {
+					res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Quota: true})
+					continue
+				}
+				st.taken++
+				st.bound, st.raised = c, true
+				counted = append(counted, r)
+				continue
+			}
 			if recordTS(r) <= horizon { // its id may have been pruned: a copy cannot be told from a new message
 				res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Old: true})
 				continue
@@ -90,6 +110,12 @@ func (o *Outbox) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _
 				continue
 			}
 			rows = append(rows, r)
+		}
+		if len(counted) > 0 {
+			if err := raiseBounds(ctx, tx, state); err != nil {
+				return err
+			}
+			rows = inOrder(recs, rows, counted)
 		}
 		return insertRows(ctx, tx, rows, state)
 	})
@@ -119,7 +145,7 @@ func lockDevices(ctx context.Context, tx pgx.Tx, devs []string) (map[string]*dev
 	if _, err := tx.Exec(ctx, `INSERT INTO outbox_device(device_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, devs); err != nil {
 		return nil, fmt.Errorf("device rows: %w", err)
 	}
-	rows, err := tx.Query(ctx, `SELECT device_id, next_dseq, pending FROM outbox_device WHERE device_id = ANY($1) ORDER BY device_id FOR UPDATE`, devs)
+	rows, err := tx.Query(ctx, `SELECT device_id, next_dseq, pending, counter_bound FROM outbox_device WHERE device_id = ANY($1) ORDER BY device_id FOR UPDATE`, devs)
 	if err != nil {
 		return nil, fmt.Errorf("lock devices: %w", err)
 	}
@@ -128,12 +154,84 @@ func lockDevices(ctx context.Context, tx pgx.Tx, devs []string) (map[string]*dev
 	for rows.Next() {
 		var id string
 		st := &devState{}
-		if err := rows.Scan(&id, &st.next, &st.pending); err != nil {
+		if err := rows.Scan(&id, &st.next, &st.pending, &st.bound); err != nil {
 			return nil, fmt.Errorf("lock devices: %w", err)
 		}
 		state[id] = st
 	}
 	return state, rows.Err()
+}
+
+// raiseBounds writes the counter bounds this commit raised.
+func raiseBounds(ctx context.Context, tx pgx.Tx, state map[string]*devState) error {
+	var ids []string
+	var bounds []int64
+	for id, st := range state {
+		if st.raised {
+			ids, bounds = append(ids, id), append(bounds, st.bound)
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE outbox_device d SET counter_bound = u.b
+		FROM unnest($1::text[], $2::int8[]) AS u(id, b) WHERE d.device_id = u.id`, ids, bounds); err != nil {
+		return fmt.Errorf("raise counter bounds: %w", err)
+	}
+	return nil
+}
+
+// inOrder returns the records of a and b (both subsequences of all) in
+// all's order, so that a device's rows get their sequence in the order
+// the gateway accepted them.
+func inOrder(all, a, b []*outbox.Record) []*outbox.Record {
+	in := make(map[*outbox.Record]bool, len(a)+len(b))
+	for _, r := range a {
+		in[r] = true
+	}
+	for _, r := range b {
+		in[r] = true
+	}
+	out := make([]*outbox.Record, 0, len(in))
+	for _, r := range all {
+		if in[r] {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// CounterBound returns the highest counter accepted from device id (0 when
+// none was).
+func (o *Outbox) CounterBound(ctx context.Context, id string) (int64, error) {
+	var b int64
+	err := o.db.Pool.QueryRow(ctx, `SELECT counter_bound FROM outbox_device WHERE device_id = $1`, id).Scan(&b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("counter bound: %w", err)
+	}
+	return b, nil
+}
+
+// ResetCounter sets device id's bound back to 0 (iotgw device
+// reset-counter) under its row's lock and returns the bound it had.
+func (o *Outbox) ResetCounter(ctx context.Context, id string) (int64, error) {
+	var old int64
+	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `SELECT counter_bound FROM outbox_device WHERE device_id = $1 FOR UPDATE`, id).Scan(&old)
+		if errors.Is(err, pgx.ErrNoRows) {
+			old = 0
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE outbox_device SET counter_bound = 0 WHERE device_id = $1`, id)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reset counter: %w", err)
+	}
+	return old, nil
 }
 
 // recordTS is r's timestamp in Unix seconds; for a record whose timestamp

@@ -18,6 +18,9 @@ type NewDevice struct {
 	// Disabled registers the device disabled; its messages are rejected
 	// as "disabled" until it is enabled.
 	Disabled bool
+	// Freshness is its mode: FreshnessTimestamp (or "") or
+	// FreshnessCounter.
+	Freshness string
 }
 
 // ExistingError is AddMany's refusal of devices that are already
@@ -79,6 +82,9 @@ func (r *Registry) AddMany(ctx context.Context, devs []NewDevice, opts BulkOptio
 		if seen[d.ID] {
 			return nil, nil, fmt.Errorf("add devices: %s is listed twice", d.ID)
 		}
+		if _, err := CheckFreshness(d.Freshness); err != nil {
+			return nil, nil, fmt.Errorf("add devices: %s: %w", d.ID, err)
+		}
 		seen[d.ID] = true
 	}
 	tx, err := r.begin(ctx)
@@ -114,7 +120,7 @@ func (r *Registry) AddMany(ctx context.Context, devs []NewDevice, opts BulkOptio
 	}
 	for start := 0; start < len(added); start += bulkBatch {
 		batch := added[start:min(start+bulkBatch, len(added))]
-		devRows := make([]any, 0, 3*len(batch))
+		devRows := make([]any, 0, 4*len(batch))
 		keyRows := make([]any, 0, 4*len(batch))
 		ids := make([]any, 0, len(batch))
 		for _, d := range batch {
@@ -122,11 +128,12 @@ func (r *Registry) AddMany(ctx context.Context, devs []NewDevice, opts BulkOptio
 			if err != nil {
 				return nil, nil, fmt.Errorf("add devices: %s: %w", d.ID, err)
 			}
-			devRows = append(devRows, d.ID, !d.Disabled, now)
+			fresh, _ := CheckFreshness(d.Freshness) // checked above
+			devRows = append(devRows, d.ID, !d.Disabled, now, fresh)
 			keyRows = append(keyRows, d.ID, stored, sealed, now)
 			ids = append(ids, d.ID)
 		}
-		if _, err := tx.ExecContext(ctx, r.q(`INSERT INTO devices(device_id, enabled, created_at) VALUES `+placeholders(len(batch), "(?, ?, ?)")), devRows...); err != nil {
+		if _, err := tx.ExecContext(ctx, r.q(`INSERT INTO devices(device_id, enabled, created_at, freshness) VALUES `+placeholders(len(batch), "(?, ?, ?, ?)")), devRows...); err != nil {
 			return nil, nil, fmt.Errorf("add devices: %w", err)
 		}
 		// Keys left over from removed devices of the same ids go first, as

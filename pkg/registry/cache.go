@@ -302,7 +302,7 @@ func (c *Cache) load(ctx context.Context) (*snapshot, error) {
 		s.wrong = fmt.Errorf("registry cache: %w: the registry is now sealed with KEK %s, this gateway holds KEK %s%s (put the new KEK in security.kek_file and send SIGHUP, or restart)",
 			ErrWrongKEK, short(fp), cur.Short(), c.r.prevNote())
 	}
-	rows, err := c.conn.QueryContext(ctx, `SELECT d.device_id, d.enabled, k.key_id, k.secret, k.sealed, k.expires_at
+	rows, err := c.conn.QueryContext(ctx, `SELECT d.device_id, d.enabled, d.freshness, k.key_id, k.secret, k.sealed, k.expires_at
 		FROM devices d LEFT JOIN device_keys k ON k.device_id = d.device_id ORDER BY d.device_id, k.key_id`)
 	if err != nil {
 		return nil, fmt.Errorf("registry cache: load: %w", err)
@@ -311,14 +311,16 @@ func (c *Cache) load(ctx context.Context) (*snapshot, error) {
 	for rows.Next() {
 		var id string
 		var enabled bool
+		var fresh string
 		var keyID, expires sql.NullInt64
 		var stored []byte
 		var sealed sql.NullBool
-		if err := rows.Scan(&id, &enabled, &keyID, &stored, &sealed, &expires); err != nil {
+		if err := rows.Scan(&id, &enabled, &fresh, &keyID, &stored, &sealed, &expires); err != nil {
 			return nil, fmt.Errorf("registry cache: load: %w", err)
 		}
 		d := s.devices[id]
 		d.Enabled = enabled
+		d.Counter = fresh == FreshnessCounter
 		if keyID.Valid {
 			secret, err := c.r.openSecret(id, keyID.Int64, stored, sealed.Bool)
 			if err != nil {

@@ -31,4 +31,7 @@ var migrations = []sqlitex.Migration{
 		name  TEXT PRIMARY KEY NOT NULL,
 		value TEXT NOT NULL
 	) WITHOUT ROWID`},
+	// 3: counter mode (issue 17): a device's freshness mode, 'timestamp'
+	// or 'counter' (docs/PROTOCOL.md, section 2a).
+	{Version: 3, SQL: `ALTER TABLE devices ADD COLUMN freshness TEXT NOT NULL DEFAULT 'timestamp'`},
 }

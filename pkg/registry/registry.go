@@ -32,6 +32,35 @@ type Info struct {
 	CreatedAt time.Time
 	// RevokedAt is when Revoke was called; zero if never.
 	RevokedAt time.Time
+	// Freshness is how the device proves a message is new:
+	// FreshnessTimestamp or FreshnessCounter.
+	Freshness string
+}
+
+// The freshness modes (docs/PROTOCOL.md, sections 1 and 2a).
+const (
+	// FreshnessTimestamp: a message carries a timestamp within
+	// validation.max_clock_skew, and its id is remembered that long.
+	FreshnessTimestamp = "timestamp"
+	// FreshnessCounter: a message carries a counter above the highest the
+	// device had accepted.
+	FreshnessCounter = "counter"
+)
+
+// ErrBadFreshness is returned for a freshness mode that is neither
+// "timestamp" nor "counter".
+var ErrBadFreshness = errors.New(`freshness must be "timestamp" or "counter"`)
+
+// CheckFreshness returns mode, "" standing for FreshnessTimestamp, or
+// ErrBadFreshness.
+func CheckFreshness(mode string) (string, error) {
+	switch mode {
+	case "", FreshnessTimestamp:
+		return FreshnessTimestamp, nil
+	case FreshnessCounter:
+		return FreshnessCounter, nil
+	}
+	return "", fmt.Errorf("%q: %w", mode, ErrBadFreshness)
 }
 
 // Revoked reports whether the device was revoked.
@@ -363,13 +392,24 @@ func (r *Registry) openSecret(id string, keyID int64, stored []byte, sealed bool
 }
 
 // Add registers a new enabled device with secret as its key 1, sealed
-// when the registry has a KEK.
+// when the registry has a KEK, in timestamp mode.
 func (r *Registry) Add(ctx context.Context, id, secret string) error {
+	return r.AddDevice(ctx, NewDevice{ID: id, Secret: secret})
+}
+
+// AddDevice registers d (see NewDevice) with d.Secret as its key 1,
+// sealed when the registry has a KEK.
+func (r *Registry) AddDevice(ctx context.Context, d NewDevice) error {
+	id, secret := d.ID, d.Secret
 	if !envelope.ValidDeviceID(id) {
 		return ErrBadID
 	}
 	if !ValidSecret(secret) {
 		return ErrBadSecret
+	}
+	fresh, err := CheckFreshness(d.Freshness)
+	if err != nil {
+		return err
 	}
 	now := r.now().Unix()
 	tx, err := r.begin(ctx)
@@ -381,7 +421,7 @@ func (r *Registry) Add(ctx context.Context, id, secret string) error {
 	if err != nil {
 		return fmt.Errorf("add device: %w", err)
 	}
-	_, err = tx.ExecContext(ctx, r.q(`INSERT INTO devices(device_id, enabled, created_at) VALUES(?, ?, ?)`), id, true, now)
+	_, err = tx.ExecContext(ctx, r.q(`INSERT INTO devices(device_id, enabled, created_at, freshness) VALUES(?, ?, ?, ?)`), id, !d.Disabled, now, fresh)
 	if err != nil && r.d.UniqueViolation(err) {
 		return fmt.Errorf("%s: %w", id, ErrExists)
 	}
@@ -501,7 +541,7 @@ func (r *Registry) Keys(ctx context.Context, id string) ([]KeyInfo, error) {
 
 // List returns every device, ordered by id.
 func (r *Registry) List(ctx context.Context) ([]Info, error) {
-	rows, err := r.db.QueryContext(ctx, `SELECT device_id, enabled, created_at, revoked_at FROM devices ORDER BY device_id`)
+	rows, err := r.db.QueryContext(ctx, `SELECT device_id, enabled, created_at, revoked_at, freshness FROM devices ORDER BY device_id`)
 	if err != nil {
 		return nil, fmt.Errorf("list devices: %w", err)
 	}
@@ -521,7 +561,7 @@ func scanInfo(scan func(...any) error) (Info, error) {
 	var i Info
 	var ts int64
 	var revoked sql.NullInt64
-	if err := scan(&i.ID, &i.Enabled, &ts, &revoked); err != nil {
+	if err := scan(&i.ID, &i.Enabled, &ts, &revoked, &i.Freshness); err != nil {
 		return i, err
 	}
 	i.CreatedAt = time.Unix(ts, 0).UTC()
@@ -533,7 +573,7 @@ func scanInfo(scan func(...any) error) (Info, error) {
 
 // Get returns one device.
 func (r *Registry) Get(ctx context.Context, id string) (Info, error) {
-	i, err := scanInfo(r.db.QueryRowContext(ctx, r.q(`SELECT device_id, enabled, created_at, revoked_at FROM devices WHERE device_id = ?`), id).Scan)
+	i, err := scanInfo(r.db.QueryRowContext(ctx, r.q(`SELECT device_id, enabled, created_at, revoked_at, freshness FROM devices WHERE device_id = ?`), id).Scan)
 	if errors.Is(err, sql.ErrNoRows) {
 		return i, fmt.Errorf("%s: %w", id, ErrNotFound)
 	}
@@ -556,6 +596,17 @@ func (r *Registry) SetEnabled(ctx context.Context, id string, enabled bool) erro
 		}
 	}
 	return err
+}
+
+// SetFreshness changes device id's freshness mode (FreshnessTimestamp or
+// FreshnessCounter). A counter-mode device's bound is the outbox's and is
+// kept: switching back to counters later reopens no counter.
+func (r *Registry) SetFreshness(ctx context.Context, id, mode string) error {
+	fresh, err := CheckFreshness(mode)
+	if err != nil {
+		return err
+	}
+	return r.change(ctx, id, `UPDATE devices SET freshness = ? WHERE device_id = ?`, fresh, id)
 }
 
 // Revoke disables a device for good and records when: Info.RevokedAt is

@@ -73,6 +73,16 @@ CREATE TABLE seen_horizon (
 	ts INTEGER NOT NULL
 );
 INSERT INTO seen_horizon(id, ts) VALUES (1, 0);`},
+	// v4: counter mode (issue 17). counter_bound holds, per counter-mode
+	// device, the highest counter accepted; Commit raises it in the
+	// transaction that inserts the message, and refuses a counter at or
+	// below it. A counter-mode message's outbox row keeps its counter in
+	// the timestamp column (outbox.CounterMark), and it has no seen row.
+	{Version: 4, SQL: `
+CREATE TABLE counter_bound (
+	device_id TEXT PRIMARY KEY NOT NULL,
+	bound     INTEGER NOT NULL
+) WITHOUT ROWID;`},
 }
 
 // Store is the outbox database.
@@ -118,6 +128,7 @@ type stmts struct {
 	insOutbox *sql.Stmt // one outbox row
 	insSeen1  *sql.Stmt // one replay id
 	del1      *sql.Stmt // one settled row
+	raise     *sql.Stmt // a counter-mode device's bound, raised if below
 }
 
 func (st *stmts) prepare(ctx context.Context, db *sql.DB) error {
@@ -128,6 +139,8 @@ func (st *stmts) prepare(ctx context.Context, db *sql.DB) error {
 		{&st.insOutbox, `INSERT INTO outbox(device_id, message_id, timestamp, payload, received_at) VALUES(?,?,?,?,?)`},
 		{&st.insSeen1, `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)`},
 		{&st.del1, `DELETE FROM outbox WHERE seq IN (?)`},
+		{&st.raise, `INSERT INTO counter_bound(device_id, bound) VALUES(?1, ?2)
+			ON CONFLICT(device_id) DO UPDATE SET bound = excluded.bound WHERE bound < excluded.bound`},
 	} {
 		s, err := db.PrepareContext(ctx, p.q) //nolint:sqlclosecheck // kept for the Store's life: closed by Close
 		if err != nil {
@@ -140,7 +153,7 @@ func (st *stmts) prepare(ctx context.Context, db *sql.DB) error {
 }
 
 func (st *stmts) close() {
-	for _, s := range []*sql.Stmt{st.insOutbox, st.insSeen1, st.del1} {
+	for _, s := range []*sql.Stmt{st.insOutbox, st.insSeen1, st.del1, st.raise} {
 		if s != nil {
 			s.Close()
 		}
@@ -156,59 +169,144 @@ func (s *Store) Close() error {
 // Insert stores recs and their ids in one transaction and sets each Seq.
 // Either all are durable or none is.
 func (s *Store) Insert(ctx context.Context, recs []*outbox.Record) error {
-	_, err := s.write(ctx, recs, nil, -1)
+	res, err := s.write(ctx, recs, nil, -1)
+	if err == nil && len(res.Refused) > 0 {
+		return fmt.Errorf("insert: %d counter-mode records at or below their device's bound", len(res.Refused))
+	}
 	return err
 }
 
-// Commit implements Committer: SQLite's single gateway refuses nothing
-// (its replay store in memory is the authority).
+// Commit implements Committer. SQLite's single gateway refuses only a
+// counter-mode message whose counter is at or below its device's bound
+// (Refusal.Counter); for timestamp-mode messages its replay store in
+// memory is the authority.
 func (s *Store) Commit(ctx context.Context, recs []*outbox.Record, dels []int64, lastSeq int64) (outbox.Result, error) {
-	foreign, err := s.write(ctx, recs, dels, lastSeq)
-	return outbox.Result{Foreign: foreign}, err
+	return s.write(ctx, recs, dels, lastSeq)
 }
 
 // write inserts recs and deletes the settled rows dels in one transaction.
-// When lastSeq ≥ 0 it also returns, read in the same transaction, rows
-// another process inserted after lastSeq and before recs (a dead letter
-// retried by the CLI).
-func (s *Store) write(ctx context.Context, recs []*outbox.Record, dels []int64, lastSeq int64) ([]*outbox.Record, error) {
+// A counter-mode record goes in only if it raises its device's bound
+// (else it is refused, and the others still go in). When lastSeq ≥ 0 it
+// also returns, read in the same transaction, rows another process
+// inserted after lastSeq and before recs (a dead letter retried by the
+// CLI).
+func (s *Store) write(ctx context.Context, recs []*outbox.Record, dels []int64, lastSeq int64) (outbox.Result, error) {
+	var res outbox.Result
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, fmt.Errorf("begin: %w", err)
+		return res, fmt.Errorf("begin: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // no-op after commit
+	recs, seen, err := s.raiseBounds(ctx, tx, recs, &res)
+	if err != nil {
+		return outbox.Result{}, err
+	}
 	ins := tx.StmtContext(ctx, s.st.insOutbox)
 	defer ins.Close()
 	for _, r := range recs {
-		res, err := ins.ExecContext(ctx, r.DeviceID, r.MessageID, r.Timestamp, r.Payload, r.ReceivedAt.UnixMilli())
+		r2, err := ins.ExecContext(ctx, r.DeviceID, r.MessageID, r.Timestamp, r.Payload, r.ReceivedAt.UnixMilli())
 		if err != nil {
-			return nil, fmt.Errorf("insert outbox: %w", err)
+			return outbox.Result{}, fmt.Errorf("insert outbox: %w", err)
 		}
-		if r.Seq, err = res.LastInsertId(); err != nil {
-			return nil, fmt.Errorf("insert outbox: %w", err)
+		if r.Seq, err = r2.LastInsertId(); err != nil {
+			return outbox.Result{}, fmt.Errorf("insert outbox: %w", err)
 		}
 		r.DSeq = r.Seq
 	}
-	if err := insertSeen(ctx, tx, s.st.insSeen1, recs); err != nil {
-		return nil, err
+	if err := insertSeen(ctx, tx, s.st.insSeen1, seen); err != nil {
+		return outbox.Result{}, err
 	}
 	if err := deleteSeqs(ctx, tx, s.st.del1, dels); err != nil {
-		return nil, err
+		return outbox.Result{}, err
 	}
-	var foreign []*outbox.Record
 	if lastSeq >= 0 && len(recs) > 0 && recs[0].Seq != lastSeq+1 {
-		if foreign, err = pendingBetween(ctx, tx, lastSeq, recs[0].Seq); err != nil {
-			return nil, err
+		if res.Foreign, err = pendingBetween(ctx, tx, lastSeq, recs[0].Seq); err != nil {
+			return outbox.Result{}, err
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+		return outbox.Result{}, fmt.Errorf("commit: %w", err)
 	}
 	if s.leases != nil { // in seq order: another process's rows came before recs
-		s.leases.Add(foreign)
+		s.leases.Add(res.Foreign)
 		s.leases.Add(recs)
 	}
-	return foreign, nil
+	return res, nil
+}
+
+// raiseBounds raises the bound of each counter-mode record's device to
+// its counter, in order, and returns the records to insert (the refused
+// ones left out, and added to res.Refused) and, of those, the
+// timestamp-mode ones, whose ids go into the seen table. With no
+// counter-mode record it returns recs as they are.
+func (s *Store) raiseBounds(ctx context.Context, tx *sql.Tx, recs []*outbox.Record, res *outbox.Result) (keep, seen []*outbox.Record, err error) {
+	n := 0
+	for _, r := range recs {
+		if _, ok := r.Counter(); ok {
+			n++
+		}
+	}
+	if n == 0 {
+		return recs, recs, nil
+	}
+	raise := tx.StmtContext(ctx, s.st.raise)
+	defer raise.Close()
+	keep = make([]*outbox.Record, 0, len(recs))
+	seen = make([]*outbox.Record, 0, len(recs)-n)
+	for _, r := range recs {
+		c, ok := r.Counter()
+		if !ok {
+			keep, seen = append(keep, r), append(seen, r)
+			continue
+		}
+		up, err := raise.ExecContext(ctx, r.DeviceID, c)
+		if err != nil {
+			return nil, nil, fmt.Errorf("raise counter bound: %w", err)
+		}
+		if changed, err := up.RowsAffected(); err != nil {
+			return nil, nil, fmt.Errorf("raise counter bound: %w", err)
+		} else if changed == 0 {
+			res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Counter: true})
+			continue
+		}
+		keep = append(keep, r)
+	}
+	return keep, seen, nil
+}
+
+// CounterBound returns the highest counter accepted from device id (0 when
+// none was).
+func (s *Store) CounterBound(ctx context.Context, id string) (int64, error) {
+	var b int64
+	err := s.db.QueryRowContext(ctx, `SELECT bound FROM counter_bound WHERE device_id = ?`, id).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("counter bound: %w", err)
+	}
+	return b, nil
+}
+
+// ResetCounter sets device id's bound back to 0 (iotgw device
+// reset-counter) and returns the bound it had.
+func (s *Store) ResetCounter(ctx context.Context, id string) (int64, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("reset counter: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after commit
+	var old int64
+	if err := tx.QueryRowContext(ctx, `SELECT bound FROM counter_bound WHERE device_id = ?`, id).Scan(&old); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("reset counter: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM counter_bound WHERE device_id = ?`, id); err != nil {
+		return 0, fmt.Errorf("reset counter: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("reset counter: %w", err)
+	}
+	return old, nil
 }
 
 // Delete removes settled rows in one transaction.

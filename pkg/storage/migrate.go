@@ -22,9 +22,9 @@ import (
 // by opening it (iotgw migrate with storage.engine sqlite), a newer one
 // needs a newer iotgw.
 const (
-	sqliteRegistryVersion = 2
+	sqliteRegistryVersion = 3
 	sqliteAuditVersion    = 1
-	sqliteOutboxVersion   = 3
+	sqliteOutboxVersion   = 4
 )
 
 // importBatch is how many rows one statement copies.
@@ -229,11 +229,11 @@ func nullable(n sql.NullInt64) *int64 {
 
 func copyRegistry(ctx context.Context, tx *snapshot, im *pgstore.Import) error {
 	devs := &batcher[pgstore.Device]{flush: func(d []pgstore.Device) error { return im.Devices(ctx, d) }}
-	err := each(ctx, tx, `SELECT device_id, enabled, created_at, revoked_at FROM devices ORDER BY device_id`, func(r *sql.Rows) error {
+	err := each(ctx, tx, `SELECT device_id, enabled, created_at, revoked_at, freshness FROM devices ORDER BY device_id`, func(r *sql.Rows) error {
 		var d pgstore.Device
 		var enabled int64
 		var revoked sql.NullInt64
-		if err := r.Scan(&d.ID, &enabled, &d.CreatedAt, &revoked); err != nil {
+		if err := r.Scan(&d.ID, &enabled, &d.CreatedAt, &revoked, &d.Freshness); err != nil {
 			return err
 		}
 		d.Enabled, d.RevokedAt = enabled != 0, nullable(revoked)
@@ -334,6 +334,19 @@ func copyOutbox(ctx context.Context, tx *snapshot, im *pgstore.Import) error {
 	})
 	if err := finish("deadletter", err, dead); err != nil {
 		return err
+	}
+	// Counter-mode bounds: without them every counter a device ever sent
+	// would be accepted again after the move.
+	err = each(ctx, tx, `SELECT device_id, bound FROM counter_bound ORDER BY device_id`, func(r *sql.Rows) error {
+		var id string
+		var b int64
+		if err := r.Scan(&id, &b); err != nil {
+			return err
+		}
+		return im.CounterBound(ctx, id, b)
+	})
+	if err != nil {
+		return fmt.Errorf("counter_bound: %w", err)
 	}
 	seen := &batcher[pgstore.SeenID]{flush: func(s []pgstore.SeenID) error { return im.Seen(ctx, s) }}
 	err = each(ctx, tx, `SELECT device_id, message_id, expires, ts FROM seen`, func(r *sql.Rows) error {

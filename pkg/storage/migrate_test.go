@@ -442,11 +442,11 @@ func TestMigrateSQLiteFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := raw.Exec(`DELETE FROM schema_migrations WHERE version = 3`); err != nil {
+	if _, err := raw.Exec(`DELETE FROM schema_migrations WHERE version >= 3`); err != nil {
 		t.Fatal(err)
 	}
 	raw.Close()
-	if _, err := MigrateSQLite(ctx, g.registry, g.outbox, db); err == nil || !strings.Contains(err.Error(), "outbox schema version 2, older than 3") {
+	if _, err := MigrateSQLite(ctx, g.registry, g.outbox, db); err == nil || !strings.Contains(err.Error(), "outbox schema version 2, older than 4") {
 		t.Fatalf("old outbox: %v", err)
 	}
 }

@@ -36,6 +36,11 @@ type Outbox interface {
 	DeadLetters(ctx context.Context) ([]outbox.Dead, error)
 	RetryDead(ctx context.Context, seqs []int64) (int, error)
 	DropDead(ctx context.Context, seqs []int64) (int, error)
+	// CounterBound is the highest counter a counter-mode device had
+	// accepted (0: none), and ResetCounter sets it back to 0, returning
+	// the old bound (iotgw device reset-counter).
+	CounterBound(ctx context.Context, device string) (int64, error)
+	ResetCounter(ctx context.Context, device string) (int64, error)
 }
 
 // Shared is what an engine shared by several gateways adds: rows are not
@@ -264,6 +269,39 @@ func LastAccepted(ctx context.Context, cfg Config, oc outbox.Config, device stri
 	}
 	defer closeSt()
 	return st.LastAccepted(ctx, device)
+}
+
+// CounterBound returns the highest counter device had accepted in cfg's
+// outbox (0 when none, or when the SQLite file does not exist yet).
+func CounterBound(ctx context.Context, cfg Config, oc outbox.Config, device string) (int64, error) {
+	if cfg.Engine == SQLite {
+		if _, err := os.Stat(oc.Path); errors.Is(err, os.ErrNotExist) {
+			return 0, nil
+		}
+	}
+	st, closeSt, err := OpenDeadLetters(ctx, cfg, oc, "")
+	if err != nil {
+		return 0, err
+	}
+	defer closeSt()
+	return st.CounterBound(ctx, device)
+}
+
+// ResetCounter sets device's counter bound in cfg's outbox back to 0,
+// beside a running gateway, and returns the bound it had (0, touching
+// nothing, when the SQLite file does not exist yet).
+func ResetCounter(ctx context.Context, cfg Config, oc outbox.Config, device string) (int64, error) {
+	if cfg.Engine == SQLite {
+		if _, err := os.Stat(oc.Path); errors.Is(err, os.ErrNotExist) {
+			return 0, nil
+		}
+	}
+	st, closeSt, err := OpenDeadLetters(ctx, cfg, oc, "")
+	if err != nil {
+		return 0, err
+	}
+	defer closeSt()
+	return st.ResetCounter(ctx, device)
 }
 
 // ErrOneGateway is returned by fleet-wide settings on an engine that
