@@ -16,6 +16,9 @@ bin=${DEMO_BIN:-$root/bin/iotgw}
 work=${DEMO_DIR:-$root/demo-run}
 devices=(sensor_001 sensor_002)
 intruder=intruder
+# A device without a clock that proves freshness with a counter
+# (docs/PROTOCOL.md, section 2a).
+counter_device=meter_001
 
 die() { echo "demo: $*" >&2; exit 1; }
 step() { printf '  %s\n' "$*"; }
@@ -134,15 +137,16 @@ db=$work/iotgw.db
 export IOTGW_SECURITY_KEK_FILE=$work/kek
 "$bin" kek new "$IOTGW_SECURITY_KEK_FILE" >/dev/null
 "$bin" pki init --dir "$certs" >/dev/null
-for id in "${devices[@]}" "$intruder"; do
+for id in "${devices[@]}" "$counter_device" "$intruder"; do
   "$bin" pki issue "$id" --dir "$certs" >/dev/null
 done
-step "PKI: a new CA, broker and gateway certificates, device certificates for ${devices[*]} and $intruder"
+step "PKI: a new CA, broker and gateway certificates, device certificates for ${devices[*]}, $counter_device and $intruder"
 for id in "${devices[@]}"; do
   # The generated secret is printed once; the registry keeps it and sim reads it there.
   err=$("$bin" device add "$id" --db "$db" 2>&1 >/dev/null) || die "iotgw device add $id: $err"
 done
-step "registry: ${devices[*]} registered with fresh secrets, sealed under the KEK in $(basename "$IOTGW_SECURITY_KEK_FILE"); $intruder has a certificate but is not registered"
+err=$("$bin" device add "$counter_device" --db "$db" --freshness counter 2>&1 >/dev/null) || die "iotgw device add $counter_device --freshness counter: $err"
+step "registry: ${devices[*]} and $counter_device (counter mode) registered with fresh secrets, sealed under the KEK in $(basename "$IOTGW_SECURITY_KEK_FILE"); $intruder has a certificate but is not registered"
 
 free_port ops_port
 # Mosquitto cannot report a port it picked: if another listener took one
@@ -219,6 +223,7 @@ set +e
   --db "$db" \
   --devices "$(IFS=,; echo "${devices[*]}")" \
   --intruder "$intruder" \
+  --counter-device "$counter_device" \
   --gateway-client-id iotgw:gateway \
   --backend-log "$backend_log" \
   --metrics "http://127.0.0.1:$ops_port/metrics"

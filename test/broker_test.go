@@ -119,16 +119,19 @@ func TestBrokerDeviceToGatewayAndBack(t *testing.T) {
 	tests := []struct {
 		name   string
 		filter string
+		topic  string
 	}{
-		{"plain subscription", "device/+/data"},
-		{"shared subscription", "$share/gateways/device/+/data"},
+		{"plain subscription", "device/+/data", "device/d1/data"},
+		{"shared subscription", "$share/gateways/device/+/data", "device/d1/data"},
+		{"time request, plain subscription", "device/+/time", "device/d1/time"},
+		{"time request, shared subscription", "$share/gateways/device/+/time", "device/d1/time"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			data := mustSubscribe(t, gw, tc.filter)
 			defer func() { gw.Unsubscribe(tc.filter).WaitTimeout(wait) }()
-			publish(t, d1, "device/d1/data", "hello "+tc.name)
-			expect(t, data, "device/d1/data", "hello "+tc.name)
+			publish(t, d1, tc.topic, "hello "+tc.name)
+			expect(t, data, tc.topic, "hello "+tc.name)
 		})
 	}
 
@@ -145,6 +148,7 @@ func TestBrokerACLDeniesOtherDevicesTopics(t *testing.T) {
 	d1 := harness.NewDeviceClient(t, b, certs, "d1")
 	d2 := harness.NewDeviceClient(t, b, certs, "d2")
 	gwData := mustSubscribe(t, gw, "device/+/data")
+	gwTime := mustSubscribe(t, gw, "device/+/time")
 	d2Replies := mustSubscribe(t, d2, "device/d2/response")
 
 	// Each forbidden publish is followed by an allowed one from the same
@@ -161,6 +165,7 @@ func TestBrokerACLDeniesOtherDevicesTopics(t *testing.T) {
 		{"publish as another device", "device/d2/data", gwData, "device/d1/data", d1},
 		{"forge a reply to another device", "device/d2/response", d2Replies, "device/d2/response", gw},
 		{"publish on a topic outside the scheme", "device/d1/other", gwData, "device/d1/data", d1},
+		{"ask for the time as another device", "device/d2/time", gwTime, "device/d1/time", d1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -184,6 +189,7 @@ func TestBrokerACLDeniesDeviceSubscriptions(t *testing.T) {
 	d1 := harness.NewDeviceClient(t, b, certs, "d1")
 	d2 := harness.NewDeviceClient(t, b, certs, "d2")
 	gwData := mustSubscribe(t, gw, "device/+/data")
+	gwTime := mustSubscribe(t, gw, "device/+/time")
 
 	tests := []struct {
 		name, filter string
@@ -193,6 +199,8 @@ func TestBrokerACLDeniesDeviceSubscriptions(t *testing.T) {
 		{"another device's replies", "device/d2/response"},
 		{"all replies", "device/+/response"},
 		{"shared data", "$share/g/device/+/data"},
+		{"all time requests", "device/+/time"},
+		{"another device's time requests", "device/d2/time"},
 		{"everything", "#"},
 		{"broker status", "$SYS/#"},
 	}
@@ -203,8 +211,10 @@ func TestBrokerACLDeniesDeviceSubscriptions(t *testing.T) {
 				t.Errorf("subscribe %s: SUBACK %#x, want %#x or %#x", tc.filter, code, subFailure, subGranted)
 			}
 			publish(t, d2, "device/d2/data", "secret")
+			publish(t, d2, "device/d2/time", "secret time request")
 			publish(t, gw, "device/d2/response", "secret reply")
 			expect(t, gwData, "device/d2/data", "secret")
+			expect(t, gwTime, "device/d2/time", "secret time request")
 			expectNone(t, msgs, "subscription "+tc.filter)
 		})
 	}

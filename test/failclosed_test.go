@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/pgstore/pgtest"
 	"github.com/iotgw/iotgw/pkg/registry"
 	"github.com/iotgw/iotgw/test/harness"
@@ -214,6 +215,17 @@ func TestRevocationAfterKEKRotation(t *testing.T) {
 			}
 			if n := g.metric(`iotgw_messages_rejected_total{reason="key_unavailable"}`); n != 1 {
 				t.Fatalf("key_unavailable rejections counted: %v, want 1", n)
+			}
+			// Nor is its time request answered (there is no key to sign
+			// with): refused, and no rejection.
+			d2.publish(envelope.TimeTopic("fc_d2"), envelope.TimeRequest([]byte("00112233445566778899aabbccddeeff")))
+			g.waitMetric(`iotgw_time_requests_total{result="refused"}`, 1, 5*time.Second)
+			time.Sleep(quiet)
+			if len(d2.replies) != 0 {
+				t.Fatalf("fc_d2, whose key the gateway cannot open, got %d downlinks", len(d2.replies))
+			}
+			if n := g.metric(`iotgw_messages_rejected_total{reason="key_unavailable"}`); n != 1 {
+				t.Fatalf("key_unavailable rejections counted after a time request: %v, want 1", n)
 			}
 			code, body := readyz(t, g)
 			if code != http.StatusServiceUnavailable || !strings.Contains(body, "registry: stale since ") {

@@ -419,6 +419,7 @@ func newDeviceShowCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&window, "since", 24*time.Hour, "activity window")
+	outboxFlag(cmd) // read by printFreshness
 	return cmd
 }
 

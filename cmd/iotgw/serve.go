@@ -23,7 +23,8 @@ func newServeCmd() *cobra.Command {
 		Long: `serve subscribes to device/+/data on the broker, validates every message
 (shape, identity, freshness, HMAC signature, replay), stores accepted ones
 durably, forwards them to backend.url and publishes a signed reply to
-device/<id>/response.
+device/<id>/response. It also answers time requests on device/+/time with
+the gateway's time, signed (docs/PROTOCOL.md, section 4c).
 
 Configuration comes from --config (YAML) and IOTGW_<SECTION>_<KEY>
 environment variables, e.g. IOTGW_BACKEND_URL. See examples/iotgw.yaml.

@@ -116,7 +116,7 @@ func newSimDemoCmd(so *simOptions) *cobra.Command {
 	var o sim.DemoOptions
 	var devices string
 	cmd := &cobra.Command{
-		Use:   "demo --db FILE|--secrets-file FILE [--devices A,B] [--intruder ID] [--backend-log FILE|--backend-stats URL] [--metrics URL]",
+		Use:   "demo --db FILE|--secrets-file FILE [--devices A,B] [--intruder ID] [--counter-device ID] [--backend-log FILE|--backend-stats URL] [--metrics URL]",
 		Short: "Send valid readings, then each attack one at a time, and print a verdict table",
 		Long: `demo connects the first two --devices (their certificates and registered
 secrets are needed), sends --readings valid readings from each, then runs
@@ -153,6 +153,9 @@ fails. docs/DEMO.md explains each row.`,
 			if o.Intruder != "" && !envelope.ValidDeviceID(o.Intruder) {
 				return usagef("sim demo: --intruder %q is not a device id", o.Intruder)
 			}
+			if o.CounterDevice != "" && !envelope.ValidDeviceID(o.CounterDevice) {
+				return usagef("sim demo: --counter-device %q is not a device id", o.CounterDevice)
+			}
 			if err := so.loadSecrets(cmd.Context()); err != nil {
 				return err
 			}
@@ -171,6 +174,7 @@ fails. docs/DEMO.md explains each row.`,
 	f.BoolVar(&o.JSON, "json", false, "print the rows as one JSON object instead of a table")
 	f.IntVar(&o.Flood, "flood", 2000, "validly signed messages the first device floods in the last row (0 skips it)")
 	f.StringVar(&o.GatewayClientID, "gateway-client-id", mqttio.DefaultClientID, "the gateway's mqtt.client_id, which the takeover row asks for with the --intruder's certificate")
+	f.StringVar(&o.CounterDevice, "counter-device", "", "a device registered with --freshness counter, for the counter-mode replay row (\"\" skips it)")
 	return cmd
 }
 

@@ -61,7 +61,7 @@ var Bounds = []Bound{
 	{"pipeline.queue_depth", 1, 1 << 20, "per worker"},
 	{"limits.device_rate", 0, 1_000_000, "messages/s; 0 = off"},
 	{"limits.device_burst", 0, 1_000_000, "at least 1 while limits.device_rate is on"},
-	{"limits.notice_interval", 0, dur(time.Hour), "0 = a notice for every rejection"},
+	{"limits.notice_interval", 0, dur(time.Hour), "0 = a notice for every rejection and an answer to every time request"},
 	{"limits.quarantine_after", 0, 10_000, "0 = off"},
 	{"limits.quarantine_window", 0, dur(24 * time.Hour), "positive while limits.quarantine_after is on"},
 	{"shutdown_grace", dur(100 * time.Millisecond), dur(time.Hour), ""},

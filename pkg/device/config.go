@@ -70,7 +70,10 @@ type Config struct {
 	MaxReconnectInterval time.Duration
 	// Now is the clock that timestamps messages. The gateway accepts
 	// timestamps within its freshness window (±5 minutes by default), so
-	// the device's clock must be set (NTP). Nil means time.Now.
+	// the device's clock must be set: by NTP, or, for a device without
+	// one, by Device.SyncTime, after which messages are timestamped with
+	// the gateway's time plus the time elapsed on Now since. Nil means
+	// time.Now.
 	Now func() time.Time
 	// Counter, when set, makes the device a counter-mode device
 	// (registered with "iotgw device add --freshness counter";

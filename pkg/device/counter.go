@@ -174,10 +174,10 @@ func (d *Device) SignCounter(payload []byte) (Message, error) {
 var ErrNoCounter = errors.New("device: no Config.Counter: the device signs timestamps")
 
 // next signs payload in the device's mode: a counter when Config.Counter
-// is set, else the current time.
+// is set, else the device's time (Now).
 func (d *Device) next(payload []byte) (Message, error) {
 	if d.counter != nil {
 		return d.SignCounter(payload)
 	}
-	return d.Sign(d.now(), payload), nil
+	return d.Sign(d.Now(), payload), nil
 }

@@ -7,6 +7,7 @@ import (
 	"hash"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -37,8 +38,11 @@ type Device struct {
 	downMu  sync.Mutex // guards downMAC
 	downMAC hash.Hash
 
-	mu      sync.Mutex // guards waiters
-	waiters map[string]chan result
+	mu          sync.Mutex // guards waiters and timeWaiters
+	waiters     map[string]chan result
+	timeWaiters map[string]chan timeAnswer // by nonce (SyncTime)
+
+	clock atomic.Pointer[clockSync] // the gateway's time, once SyncTime got it
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -77,6 +81,7 @@ func Dial(ctx context.Context, cfg Config) (*Device, error) {
 		signMAC:     envelope.NewMAC(secret),
 		downMAC:     envelope.NewDownlinkMAC(secret),
 		waiters:     map[string]chan result{},
+		timeWaiters: map[string]chan timeAnswer{},
 		publishOnly: cfg.PublishOnly,
 		closed:      make(chan struct{}),
 	}
@@ -228,7 +233,7 @@ func (d *Device) Send(m Message) *Pending {
 }
 
 // Publish signs payload (one JSON value) with the device's secret and the
-// current time, publishes it at QoS 1 and waits for the broker's PUBACK.
+// device's time (Now), publishes it at QoS 1 and waits for the broker's PUBACK.
 // It returns the message id. The PUBACK means the broker has the message,
 // not that the gateway accepted it: use Request for the verdict.
 func (d *Device) Publish(ctx context.Context, payload []byte) (string, error) {
@@ -249,7 +254,7 @@ func (d *Device) PublishRaw(ctx context.Context, topic string, raw []byte) error
 
 // Request signs and publishes payload like Publish, then waits for the
 // downlink that answers it (in_reply_to = its message id) and returns it
-// verified. It is RequestMessage with a new message signed now.
+// verified. It is RequestMessage with a new message signed at Now.
 func (d *Device) Request(ctx context.Context, payload []byte) (*Reply, error) {
 	m, err := d.next(payload)
 	if err != nil {
@@ -306,9 +311,14 @@ func (d *Device) RequestMessage(ctx context.Context, m Message) (*Reply, error) 
 // received handles one downlink. It runs on Paho's goroutines and never
 // blocks: a waiter's channel has room for its one result.
 func (d *Device) received(_ mqtt.Client, msg mqtt.Message) {
-	r, err := d.parse(msg.Payload(), d.now())
+	at := d.now()
+	r, err := d.parse(msg.Payload(), at)
 	if d.onDown != nil {
 		d.onDown(r, err)
+	}
+	if r.TimeFor != "" {
+		d.timeReply(r.Raw, at)
+		return
 	}
 	if r.InReplyTo == "" {
 		return

@@ -64,7 +64,7 @@ func newTestDevice(t *testing.T, answer func(d *Device, topic string, raw []byte
 	d := &Device{
 		id: testID, now: func() time.Time { return testNow },
 		signMAC: envelope.NewMAC([]byte(testSecret)), downMAC: envelope.NewDownlinkMAC([]byte(testSecret)),
-		waiters: map[string]chan result{}, closed: make(chan struct{}),
+		waiters: map[string]chan result{}, timeWaiters: map[string]chan timeAnswer{}, closed: make(chan struct{}),
 	}
 	d.client = &fakeClient{answer: func(topic string, raw []byte) { answer(d, topic, raw) }}
 	return d

@@ -13,7 +13,9 @@
 // verifies its signature with the downlink key K_down
 // (envelope.DownlinkKey) and returns it; a rejection notice comes back as a
 // *RejectedError carrying the stable reason code, a downlink that does not
-// verify as ErrBadReplySignature.
+// verify as ErrBadReplySignature. A device without a clock calls SyncTime
+// first: it asks the gateway for the time on device/<id>/time, bound to a
+// fresh nonce, and signs its messages with that time from then on (Now).
 //
 // The wire format, the keys and the reason codes are in docs/PROTOCOL.md
 // ("Connecting a device"). The package imports only pkg/envelope from this

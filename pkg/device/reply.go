@@ -10,7 +10,8 @@ import (
 )
 
 // Reply is one downlink from the gateway on device/<id>/response: the
-// backend's answer to a forwarded message, or a rejection notice.
+// backend's answer to a forwarded message, a rejection notice, or the
+// answer to a time request (SyncTime).
 type Reply struct {
 	// InReplyTo is the uplink message id it answers; "" when the gateway
 	// could not read one (a notice about a malformed message).
@@ -24,6 +25,10 @@ type Reply struct {
 	Truncated bool
 	// Reason is the rejection reason code in a notice, "" after a forward.
 	Reason string
+	// TimeFor is the nonce a time reply answers (docs/PROTOCOL.md,
+	// section 4c), "" in any other downlink. SyncTime checks a time reply
+	// byte for byte (envelope.CheckTimeReply) before it trusts its time.
+	TimeFor string
 	// MessageID is the downlink's own message id.
 	MessageID string
 	// ReceivedAt is when it arrived, by Config.Now.
@@ -51,6 +56,7 @@ func parseDownlink(id string, mac hash.Hash, raw []byte, at time.Time) (*Reply, 
 		Body      json.RawMessage `json:"body"`
 		Truncated bool            `json:"truncated"`
 		Error     string          `json:"error"`
+		TimeFor   string          `json:"time_for"`
 	}
 	if err := json.Unmarshal(e.Payload, &p); err != nil {
 		return r, fmt.Errorf("%w: payload: %w", ErrMalformedReply, err)
@@ -58,15 +64,15 @@ func parseDownlink(id string, mac hash.Hash, raw []byte, at time.Time) (*Reply, 
 	if p.InReplyTo != nil {
 		r.InReplyTo = *p.InReplyTo
 	}
-	r.Status, r.Body, r.Truncated, r.Reason = p.Status, p.Body, p.Truncated, p.Error
+	r.Status, r.Body, r.Truncated, r.Reason, r.TimeFor = p.Status, p.Body, p.Truncated, p.Error, p.TimeFor
 	if e.DeviceID != id {
 		return r, fmt.Errorf("%w: it names device %q", ErrBadReplySignature, e.DeviceID)
 	}
 	if !envelope.Verify(mac, &e) {
 		return r, ErrBadReplySignature
 	}
-	if r.Reason == "" && r.Status == 0 {
-		return r, fmt.Errorf("%w: neither status nor error", ErrMalformedReply)
+	if r.Reason == "" && r.Status == 0 && r.TimeFor == "" {
+		return r, fmt.Errorf("%w: neither status, error nor time_for", ErrMalformedReply)
 	}
 	return r, nil
 }

@@ -7,4 +7,8 @@
 // and its replay id are committed. Infrastructure faults are retried while
 // the message stays unacked, so nothing is dropped and nothing is rejected
 // for the gateway's own failure.
+//
+// Beside the pipeline, the workers answer devices' time requests
+// (device/<id>/time, timereq.go): a signed time, no validation, no outbox,
+// no rejection.
 package gateway

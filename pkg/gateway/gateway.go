@@ -61,6 +61,7 @@ type Gateway struct {
 	mqtt       *mqttio.Client
 	metrics    *metrics
 	abuse      *abuse // rate limits, notice limits, quarantine, audit trail
+	times      *timeRequests
 
 	downlink *downlink.Signer // signs replies and notices with the key the device uses
 	pendingQ *deviceQuota     // outbox rows per device (outbox.max_pending_per_device)
@@ -212,11 +213,12 @@ func New(ctx context.Context, cfg Config, log *zap.Logger, now func() time.Time)
 		forward.ExponentialJitter(cfg.Backend.BackoffInitial, cfg.Backend.BackoffMax), now, hooks)
 	g.metrics = newMetrics(g)
 	g.abuse.register(g.metrics.reg, now)
+	g.times = newTimeRequests(cfg.Limits.NoticeInterval, g.metrics.reg)
 	g.queues = make([]chan *mqttio.Message, cfg.Pipeline.Workers)
 	for i := range g.queues {
 		g.queues[i] = make(chan *mqttio.Message, cfg.Pipeline.QueueDepth)
 	}
-	if g.mqtt, err = mqttio.New(cfg.MQTT, g.receive, base.With(zap.String("component", "mqtt"))); err != nil {
+	if g.mqtt, err = mqttio.New(cfg.MQTT, g.receive, base.With(zap.String("component", "mqtt")), envelope.TimeSubscription); err != nil {
 		g.close()
 		return nil, err
 	}
@@ -387,18 +389,22 @@ func (g *Gateway) close() {
 	}
 }
 
-// receive is the Paho handler: it only hands the message to its device's
-// worker. It blocks only when that worker's queue is full; that is
-// backpressure, not loss: Paho stops reading, TCP fills and the broker
-// holds the messages. (Mosquitto's max_inflight_messages should keep the
+// receive is the Paho handler: it only hands the message (an uplink, or a
+// time request) to its device's worker. It blocks only when that worker's
+// queue is full; that is backpressure, not loss: Paho stops reading, TCP
+// fills and the broker holds the messages. (Mosquitto's max_inflight_messages should keep the
 // unacked total below pipeline.queue_depth, but under load we have seen
 // full queues anyway, so the wait is counted and logged, rate-limited.)
 func (g *Gateway) receive(m *mqttio.Message) {
 	if g.stopping.Load() {
 		return // unacked: redelivered after restart
 	}
-	g.metrics.received.Inc()
 	dev := envelope.DataTopicDevice(m.Topic)
+	if t := envelope.TimeTopicDevice(m.Topic); t != "" {
+		dev = t // a time request, not an uplink: not counted as received
+	} else {
+		g.metrics.received.Inc()
+	}
 	q := g.queues[maphash.String(g.seed, dev)%uint64(len(g.queues))]
 	select {
 	case q <- m:
@@ -431,6 +437,10 @@ func (g *Gateway) work(ctx context.Context, q chan *mqttio.Message) {
 		case <-ctx.Done():
 			return
 		case m := <-q:
+			if isTimeRequest(m) {
+				g.timeRequest(ctx, m)
+				continue
+			}
 			g.handle(ctx, m)
 		}
 	}

@@ -16,8 +16,10 @@ type Config struct {
 	DeviceBurst int `mapstructure:"device_burst"`
 	// NoticeInterval is the least time between two rejection notices to one
 	// device for one reason; the rejections between are counted, not
-	// answered, so a flood cannot turn the gateway into an amplifier.
-	// Default 1s; 0 answers every rejection.
+	// answered, so a flood cannot turn the gateway into an amplifier. It
+	// is also the least time between two answers to one device's time
+	// requests (docs/PROTOCOL.md, section 4c), limited apart from the
+	// notices. Default 1s; 0 answers every rejection and time request.
 	NoticeInterval time.Duration `mapstructure:"notice_interval"`
 	// QuarantineAfter disables a device in the registry after this many
 	// bad_signature rejections within QuarantineWindow. 0 (the default)

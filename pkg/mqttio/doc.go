@@ -1,5 +1,6 @@
 // Package mqttio is the Paho adapter: it connects to the broker over mutual
-// TLS with a persistent session, subscribes to device uplinks, hands each
+// TLS with a persistent session, subscribes to device uplinks (and time
+// requests), hands each
 // message to a Handler with a manual Ack, and publishes replies. It knows
 // nothing of validation.
 //

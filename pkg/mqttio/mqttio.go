@@ -240,8 +240,12 @@ type Client struct {
 // ReplyClientSuffix is appended to mqtt.client_id for the reply connection.
 const ReplyClientSuffix = "-replies"
 
-// New prepares a client; Run connects it.
-func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
+// New prepares a client; Run connects it. The session subscribes to
+// cfg.Topic and to each topic in also (the time requests,
+// envelope.TimeSubscription), all at QoS 1 and, with cfg.ShareGroup, as
+// $share/<group>/<topic>; h gets the messages of every one of them
+// (Message.Topic tells them apart).
+func New(cfg Config, h Handler, log *zap.Logger, also ...string) (*Client, error) {
 	tlsCfg, err := cfg.TLSConfig()
 	if err != nil {
 		return nil, err
@@ -254,11 +258,18 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 		h(&Message{Topic: m.Topic(), Payload: m.Payload(), Duplicate: m.Duplicate(), ack: m.Ack})
 	}
 	// logTopic is the subscription as logged: the group name is a secret.
-	topic, logTopic := cfg.Topic, cfg.Topic
-	if cfg.ShareGroup != "" {
-		topic = "$share/" + cfg.ShareGroup + "/" + cfg.Topic
-		logTopic = "$share/<mqtt.share_group>/" + cfg.Topic
+	filters := make(map[string]byte, 1+len(also))
+	var logTopics []string
+	for _, t := range append([]string{cfg.Topic}, also...) {
+		if cfg.ShareGroup != "" {
+			filters["$share/"+cfg.ShareGroup+"/"+t] = 1
+			logTopics = append(logTopics, "$share/<mqtt.share_group>/"+t)
+			continue
+		}
+		filters[t] = 1
+		logTopics = append(logTopics, t)
 	}
+	logTopic := strings.Join(logTopics, ",")
 	// What both connections share: broker, TLS with write coalescing,
 	// keep-alive, reconnection.
 	base := func(clientID string) *mqtt.ClientOptions {
@@ -290,7 +301,7 @@ func New(cfg Config, h Handler, log *zap.Logger) (*Client, error) {
 		}).
 		SetOnConnectHandler(func(c mqtt.Client) {
 			cl.links.up(linkSession)
-			t := c.Subscribe(topic, 1, handler)
+			t := c.SubscribeMultiple(filters, handler)
 			go func() {
 				if !t.WaitTimeout(cfg.ConnectTimeout) || t.Error() != nil {
 					log.Error("subscribe failed; reconnecting", zap.String("topic", logTopic), zap.Error(t.Error()))

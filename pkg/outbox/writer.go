@@ -236,8 +236,10 @@ func (w *Writer) commit(ctx context.Context, recs []*Record, dels []int64) bool 
 	for {
 		res, err := w.s.Commit(ctx, recs, dels, w.lastSeq)
 		if err == nil {
-			if len(recs) > 0 && recs[len(recs)-1].Seq > w.lastSeq {
-				w.lastSeq = recs[len(recs)-1].Seq
+			// The highest seq inserted: a refused record (the last, say)
+			// has none, and must not hide the rows before it.
+			for _, r := range recs {
+				w.lastSeq = max(w.lastSeq, r.Seq)
 			}
 			if len(res.Foreign) > 0 && w.hooks.Foreign != nil {
 				w.hooks.Foreign(res.Foreign)

@@ -55,6 +55,9 @@ type DemoOptions struct {
 	// GatewayClientID is the gateway's mqtt.client_id, which the takeover
 	// row asks for with the intruder's certificate.
 	GatewayClientID string
+	// CounterDevice is a device registered with --freshness counter, for
+	// the counter-mode replay row ("": skip that row).
+	CounterDevice string
 }
 
 // demoRow is one line of the verdict table.
@@ -89,6 +92,8 @@ type reply struct {
 	Status int
 	// Error is the rejection reason after a rejection, "" otherwise.
 	Error string
+	// TimeFor is the nonce a time reply answers, "" otherwise.
+	TimeFor string
 	// Raw is the downlink exactly as received.
 	Raw []byte
 }
@@ -105,6 +110,9 @@ type demo struct {
 	// gateway sends at most one per limits.notice_interval (1 s), so a row
 	// expecting the same reason again waits out the rest of that second.
 	noticeAt map[string]time.Time
+	// clockless is the second device reconnected without a clock (row
+	// (q)), whose time reply row (r) reflects.
+	clockless *demoDevice
 }
 
 // Demo connects devices ids[0] and ids[1], sends o.Readings valid
@@ -130,6 +138,11 @@ func Demo(ctx context.Context, so *Options, o DemoOptions, ids []string, out io.
 		return err
 	}
 	defer d.b.Close()
+	defer func() {
+		if d.clockless != nil {
+			d.clockless.Close()
+		}
+	}()
 
 	accepted := d.valid(ctx)
 	steps := []func(context.Context) demoRow{
@@ -147,7 +160,10 @@ func Demo(ctx context.Context, so *Options, o DemoOptions, ids []string, out io.
 		d.reflectedNotice,
 		d.reflectedReply,
 		d.takeover,
-		d.flooding, // last: it empties the first device's rate-limit bucket
+		d.flooding, // it empties the first device's rate-limit bucket: the rows after use other devices
+		d.noClock,
+		d.reflectedTime,
+		d.counterReplay,
 	}
 	for _, step := range steps {
 		if ctx.Err() != nil {
@@ -180,10 +196,10 @@ func Demo(ctx context.Context, so *Options, o DemoOptions, ids []string, out io.
 
 // connect connects id through pkg/device and records its downlinks,
 // which pkg/device verifies with secret's downlink key.
-func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevice, error) {
+func (d *demo) connect(ctx context.Context, id string, secret []byte, opts ...func(*device.Config)) (*demoDevice, error) {
 	dev := &demoDevice{id: id, notify: make(chan struct{}, 1)}
 	var err error
-	dev.Device, err = d.f.device(ctx, id, secret, false, dev.received)
+	dev.Device, err = d.f.device(ctx, id, secret, false, dev.received, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s to %s: %w", id, d.so.Broker, err)
 	}
@@ -191,7 +207,7 @@ func (d *demo) connect(ctx context.Context, id string, secret []byte) (*demoDevi
 }
 
 func (dev *demoDevice) received(r *device.Reply, err error) {
-	rep := reply{Verified: err == nil, InReplyTo: r.InReplyTo, Status: r.Status, Error: r.Reason, Raw: r.Raw}
+	rep := reply{Verified: err == nil, InReplyTo: r.InReplyTo, Status: r.Status, Error: r.Reason, TimeFor: r.TimeFor, Raw: r.Raw}
 	if err != nil {
 		rep.Problem = strings.TrimPrefix(err.Error(), "device: ")
 	}
@@ -219,14 +235,15 @@ func (dev *demoDevice) mark() int {
 }
 
 // replyTo waits up to d for a reply after mark whose in_reply_to is id
-// ("" matches a null in_reply_to).
+// ("" matches a null in_reply_to; a time reply, which has none, matches
+// nothing).
 func (dev *demoDevice) replyTo(ctx context.Context, mark int, id string, d time.Duration) (reply, bool) {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
 	for {
 		dev.mu.Lock()
 		for _, r := range dev.replies[mark:] {
-			if r.InReplyTo == id {
+			if r.InReplyTo == id && r.TimeFor == "" {
 				dev.mu.Unlock()
 				return r, true
 			}

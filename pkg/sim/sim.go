@@ -141,12 +141,12 @@ func (f *fleet) tlsConfig(id string) (*tls.Config, error) {
 // every downlink verified with the device's downlink key and passed to
 // onDownlink; with a nil onDownlink the device only publishes (no
 // subscription). reconnect lets Paho reconnect after a lost connection.
-func (f *fleet) device(ctx context.Context, id string, secret []byte, reconnect bool, onDownlink func(*device.Reply, error)) (*device.Device, error) {
+func (f *fleet) device(ctx context.Context, id string, secret []byte, reconnect bool, onDownlink func(*device.Reply, error), opts ...func(*device.Config)) (*device.Device, error) {
 	cfg, err := f.tlsConfig(id)
 	if err != nil {
 		return nil, err
 	}
-	return device.Dial(ctx, device.Config{
+	c := device.Config{
 		Broker:               f.opts.Broker,
 		TLS:                  cfg,
 		DeviceID:             id,
@@ -159,7 +159,11 @@ func (f *fleet) device(ctx context.Context, id string, secret []byte, reconnect 
 		// Batches each connection's packets into fewer TLS records and
 		// system calls under load, as the gateway does.
 		OpenConnection: mqttio.OpenTLS(cfg, f.opts.ConnectTimeout),
-	})
+	}
+	for _, o := range opts {
+		o(&c)
+	}
+	return device.Dial(ctx, c)
 }
 
 // connectOptions configures dial, the raw Paho connection of the demo

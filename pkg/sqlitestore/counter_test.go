@@ -75,3 +75,26 @@ func fmtList(s []string) string {
 	}
 	return out + "]"
 }
+
+// TestWriterRefusedLastKeepsSeq: a batch whose last record is refused (a
+// counter-mode copy) still advances the Writer's last seq to the rows it
+// inserted: before, the next commit took the batch's own rows for rows
+// another process had added (Result.Foreign) and handed them to the
+// forwarder a second time.
+func TestWriterRefusedLastKeepsSeq(t *testing.T) {
+	cfg := testConfig(t, nil)
+	s := openStore(t, cfg)
+	r := newWriter(s, cfg, 0, 0)
+	appendOK(t, r.w, counterRec("c1", 1), counterRec("c1", 1)) // one batch: the copy is refused
+	r.start(t)
+	if b := r.nextCommit(t); len(b) != 1 || b[0].Timestamp != "c1" {
+		t.Fatalf("first commit %+v, want counter 1 alone", b)
+	}
+	appendOK(t, r.w, counterRec("c1", 2))
+	if b := r.nextCommit(t); len(b) != 1 || b[0].Timestamp != "c2" {
+		t.Fatalf("second commit %+v, want counter 2", b)
+	}
+	if n := len(r.foreign); n != 0 {
+		t.Fatalf("%d Foreign calls: the Writer's own rows were taken for another process's", n)
+	}
+}

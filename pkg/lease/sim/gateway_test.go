@@ -135,14 +135,18 @@ func (g *gateway) accept() {
 		ts := g.w.start.Add(m.ts).Truncate(time.Second)
 		now := g.now()
 		verdict := ""
+		counted := m.counter > 0 // counter mode: no clock, no memory filter; the commit's bound judges
 		switch {
-		case ts.Before(now.Add(-g.w.p.window)) || ts.After(now.Add(g.w.p.window)):
+		case !counted && (ts.Before(now.Add(-g.w.p.window)) || ts.After(now.Add(g.w.p.window))):
 			verdict = "stale"
-		case !g.seen[m.key].IsZero() && g.seen[m.key].After(now):
+		case !counted && !g.seen[m.key].IsZero() && g.seen[m.key].After(now):
 			verdict = "replay (memory)"
 		default:
 			rec := &outbox.Record{DeviceID: m.dev, MessageID: m.id, Timestamp: strconv.FormatInt(ts.Unix(), 10), ID: m.key,
 				Payload: m.payload, ReceivedAt: now, Expires: ts.Add(g.w.p.window)}
+			if counted {
+				rec.Timestamp, rec.Expires = outbox.CounterTimestamp(strconv.AppendInt(nil, m.counter, 10)), time.Time{}
+			}
 			delay := 50 * time.Millisecond
 			for {
 				res, err := g.conn.Commit(g.ctx, []*outbox.Record{rec}, nil, -1)
@@ -153,6 +157,8 @@ func (g *gateway) accept() {
 						g.w.kickAll() // the NOTIFY every commit sends
 					case res.Refused[0].Quota:
 						verdict = "quota"
+					case res.Refused[0].Counter:
+						verdict = "replay (counter bound)"
 					default:
 						verdict = "replay (database)"
 					}
@@ -163,7 +169,7 @@ func (g *gateway) accept() {
 				}
 				delay = min(2*delay, 5*time.Second)
 			}
-			if verdict != "quota" {
+			if verdict != "quota" && !counted {
 				g.seen[m.key] = rec.Expires
 			}
 		}

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"github.com/iotgw/iotgw/pkg/outbox"
 	"hash/fnv"
 	"math/rand/v2"
 	"time"
@@ -61,6 +62,7 @@ type crash struct {
 type message struct {
 	dev, id string
 	key     [16]byte
+	counter int64         // a counter-mode device's counter; 0 for timestamp mode
 	ts      time.Duration // the device's clock at publish, from the start
 	payload []byte
 }
@@ -117,11 +119,18 @@ func newPlan(seed int64) *plan {
 		devClock := dur(-3*time.Second, 3*time.Second)
 		at := time.Duration(0)
 		gap := []time.Duration{2 * time.Second, 6 * time.Second, 15 * time.Second}[r.IntN(3)] // bursts build backlogs
+		// A third of the devices use counter mode (chosen by hash, so the
+		// random stream, and every seed's plan otherwise, stays as it was).
+		counted := p.hash("counter mode", d) < 1.0/3
 		for k := range 3 + r.IntN(10) {
 			at += dur(0, gap)
 			n++
 			m := &message{dev: dev, id: fmt.Sprintf("m%d", k), ts: at + devClock, payload: fmt.Appendf(nil, `{"dev":%q,"k":%d}`, dev, k)}
 			copy(m.key[:], fmt.Sprintf("%s-%d", dev, k))
+			if counted {
+				m.counter = int64(k + 1)
+				m.key = outbox.CounterID(m.counter)
+			}
 			p.msgs = append(p.msgs, m)
 			p.deliveries = append(p.deliveries, &delivery{msg: m, gw: r.IntN(p.gateways), at: at})
 			if r.IntN(5) == 0 { // a copy reaches another gateway (MQTT redelivery, a device's resend)
