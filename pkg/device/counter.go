@@ -43,7 +43,8 @@ type Counter struct {
 // NewCounter loads st and returns a Counter that continues after
 // everything a previous run may have used: at the stored block's start +
 // every, or at 1 when nothing was stored. every 0 means
-// DefaultCounterEvery.
+// DefaultCounterEvery. Keep every the same across runs (or only raise
+// it): a smaller one could hand out counters of the previous run's block.
 func NewCounter(st CounterStore, every int64) (*Counter, error) {
 	if st == nil {
 		return nil, fmt.Errorf("%w: counter: no CounterStore", ErrConfig)

@@ -40,7 +40,7 @@ type Envelope struct {
 	// counter-mode message.
 	TimestampRaw []byte
 	// Counter is a counter-mode message's counter (docs/PROTOCOL.md,
-	// section 1b); zero for a timestamp-mode message.
+	// section 2a); zero for a timestamp-mode message.
 	Counter int64
 	// CounterRaw is the counter's digits exactly as sent; nil for a
 	// timestamp-mode message. A message carries a timestamp or a
@@ -153,7 +153,7 @@ func New(secret []byte, deviceID string, timestamp int64, messageID string, payl
 }
 
 // NewCounter builds a signed counter-mode envelope (docs/PROTOCOL.md,
-// section 1b). counter must be positive for the gateway to accept it.
+// section 2a). counter must be positive for the gateway to accept it.
 func NewCounter(secret []byte, deviceID string, counter int64, messageID string, payload []byte) Envelope {
 	e := Envelope{
 		DeviceID:   deviceID,

@@ -41,7 +41,7 @@ type Device struct {
 	// neither verifies nothing. Secret is then the newest key's secret.
 	Keys []Key
 	// Counter reports that the device proves freshness with a counter
-	// (docs/PROTOCOL.md, section 1b) instead of a timestamp. Check then
+	// (docs/PROTOCOL.md, section 2a) instead of a timestamp. Check then
 	// accepts only counter-mode messages from it, and only timestamp-mode
 	// messages from any other device. The counter's bound is not the
 	// validator's: the outbox commit enforces it (a counter at or below
