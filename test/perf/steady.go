@@ -47,7 +47,8 @@ type SteadyPoint struct {
 
 // DefaultSteadyPlan is the steady-rate part of `make bench` (`make
 // bench-steady` alone): 100 and 1,000 msg/s from 10 and from 1,000
-// devices, 30 s each (BENCH_STEADY_SECONDS), and 60 s of an idle gateway
+// devices, 30 s each (BENCH_STEADY_SECONDS; BENCH_STEADY_POINTS other
+// rates, e.g. "10x100,1000x1000"), and 60 s of an idle gateway
 // with 10,000 devices registered. About 7 minutes on the 2-core machine of
 // docs/PERFORMANCE.md; twice the gateway part with BENCH_BASELINE.
 func DefaultSteadyPlan() SteadyPlan {
@@ -62,7 +63,26 @@ func DefaultSteadyPlan() SteadyPlan {
 	if v, err := strconv.ParseFloat(os.Getenv("BENCH_STEADY_SECONDS"), 64); err == nil && v > 0 {
 		p.Seconds = v
 	}
+	if pts := parsePoints(os.Getenv("BENCH_STEADY_POINTS")); len(pts) > 0 {
+		p.Points = pts
+	}
 	return p
+}
+
+// parsePoints reads BENCH_STEADY_POINTS: comma-separated
+// <devices>x<rate>, e.g. "10x100,1000x1000"; nil when empty or malformed.
+func parsePoints(v string) []SteadyPoint {
+	var out []SteadyPoint
+	for f := range strings.SplitSeq(v, ",") {
+		d, r, ok := strings.Cut(strings.TrimSpace(f), "x")
+		n, err1 := strconv.Atoi(d)
+		rate, err2 := strconv.ParseFloat(r, 64)
+		if !ok || err1 != nil || err2 != nil || n < 1 || rate <= 0 {
+			return nil
+		}
+		out = append(out, SteadyPoint{Devices: n, Rate: rate})
+	}
+	return out
 }
 
 // SmokeSteadyPlan runs every measurement of the steady plan at a tiny
