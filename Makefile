@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-.PHONY: all build release demo test unit unit-file e2e bench bench-scale fuzz vet lint fmt deps deps-demo clean
+.PHONY: all build release demo test unit unit-file e2e bench bench-scale bench-steady fuzz vet lint fmt deps deps-demo clean
 
 all: build
 
@@ -92,9 +92,10 @@ test-compose:
 	trap 'scripts/docker-engine.sh stop' EXIT; \
 	test/compose/base-images.sh && $(GO) test -count=1 -v -timeout 30m ./test/compose/
 
-# bench: the packages' micro-benchmarks, then the end-to-end benchmark
-# and the scale-out one (test/perf, about 7 minutes): markdown tables on
-# stdout, results in bench/results/<date>.json; see docs/PERFORMANCE.md.
+# bench: the packages' micro-benchmarks, then the end-to-end benchmark,
+# the steady-rate one and the scale-out one (test/perf, about 14
+# minutes): markdown tables on stdout, results in
+# bench/results/<date>.json; see docs/PERFORMANCE.md.
 bench: deps build
 	@GO=$(GO) scripts/bench.sh
 
@@ -102,6 +103,11 @@ bench: deps build
 # machine's PostgreSQL next to one on SQLite; about 2 minutes).
 bench-scale: deps build
 	@GO=$(GO) scripts/bench.sh scale
+
+# bench-steady: the steady-rate part of bench alone (100 and 1,000 msg/s
+# from 10 and 1,000 devices, an idle gateway; about 7 minutes).
+bench-steady: deps build
+	@GO=$(GO) scripts/bench.sh steady
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 60s ./pkg/envelope

@@ -43,6 +43,7 @@ var Bounds = []Bound{
 	{"outbox.max_pending", 1, 10_000_000, ""},
 	{"outbox.max_pending_per_device", 0, 10_000_000, "0 = off; at most outbox.max_pending"},
 	{"outbox.batch_max", 1, 10_000, ""},
+	{"outbox.commit_linger", 0, dur(100 * time.Millisecond), "0 = commit at once; the longest a message waits for company at steady rates"},
 	{"outbox.prune_interval", sec(1), dur(time.Hour), ""},
 	{"backend.timeout", dur(100 * time.Millisecond), dur(10 * time.Minute), ""},
 	{"backend.workers", 1, 4096, ""},

@@ -24,6 +24,10 @@ type Config struct {
 	MaxPendingPerDevice int `mapstructure:"max_pending_per_device"`
 	// BatchMax is the most messages committed in one transaction. Default 512.
 	BatchMax int `mapstructure:"batch_max"`
+	// CommitLinger is the longest a message waits for others to share its
+	// commit (and its fsync) with, while messages arrive closer together
+	// than this (see Writer). 0 commits every batch at once. Default 2ms.
+	CommitLinger time.Duration `mapstructure:"commit_linger"`
 	// PruneInterval is how often expired seen ids are deleted. Default 30s.
 	PruneInterval time.Duration `mapstructure:"prune_interval"`
 	// Synchronous is SQLite's PRAGMA synchronous: "full" (default) makes a
@@ -33,7 +37,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, MaxPendingPerDevice: 10000, BatchMax: 512, PruneInterval: 30 * time.Second, Synchronous: "full"}
+	return Config{Path: "iotgw-outbox.db", MaxPending: 100000, MaxPendingPerDevice: 10000, BatchMax: 512, CommitLinger: 2 * time.Millisecond, PruneInterval: 30 * time.Second, Synchronous: "full"}
 }
 
 // Validate checks the settings.
@@ -47,6 +51,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("outbox.max_pending_per_device: must be 0 (off) or 1..outbox.max_pending (%d), got %d", c.MaxPending, c.MaxPendingPerDevice)
 	case c.BatchMax < 1 || c.BatchMax > 10000:
 		return fmt.Errorf("outbox.batch_max: must be 1..10000, got %d", c.BatchMax)
+	case c.CommitLinger < 0 || c.CommitLinger > 100*time.Millisecond:
+		return fmt.Errorf("outbox.commit_linger: must be 0..100ms, got %s", c.CommitLinger)
 	case c.PruneInterval <= 0:
 		return errors.New("outbox.prune_interval: must be positive")
 	case !strings.EqualFold(c.Synchronous, "full") && !strings.EqualFold(c.Synchronous, "normal"):

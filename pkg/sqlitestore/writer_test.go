@@ -503,3 +503,76 @@ func TestWriterCancelDropsUncommitted(t *testing.T) {
 		t.Errorf("%d batches acknowledged", n)
 	}
 }
+
+// TestWriterLingerGroups: records arriving one at a time, closer together
+// than outbox.commit_linger, share commits instead of paying one each
+// (with commit_linger 0 this stream made about one commit per record).
+// It counts commits; it asserts no timing.
+func TestWriterLingerGroups(t *testing.T) {
+	const n = 30
+	cfg := testConfig(t, func(c *outbox.Config) { c.CommitLinger = 100 * time.Millisecond; c.Synchronous = "normal" })
+	s := openStore(t, cfg)
+	r := newWriter(s, cfg, 0, 0)
+	r.start(t)
+	in := recs("d", 1, n)
+	for _, rc := range in {
+		appendOK(t, r.w, rc)
+		time.Sleep(2 * time.Millisecond) // a steady stream, one record at a time
+	}
+	batches := r.commits(t, n)
+	if len(batches) > n/3 {
+		t.Errorf("%d commits for %d records arriving closer together than the linger, want at most %d", len(batches), n, n/3)
+	}
+	var all []*outbox.Record
+	for _, b := range batches {
+		all = append(all, b...)
+	}
+	for i, got := range all {
+		if got != in[i] || got.Seq == 0 {
+			t.Fatalf("ack %d: %s seq %d, want %s in Append order", i, got.MessageID, got.Seq, in[i].MessageID)
+		}
+	}
+}
+
+// TestWriterLingerBounded: a record that lingers for company commits
+// without any: once the linger is over, no further record or deletion is
+// needed to commit and acknowledge it.
+func TestWriterLingerBounded(t *testing.T) {
+	cfg := testConfig(t, func(c *outbox.Config) { c.CommitLinger = 100 * time.Millisecond; c.Synchronous = "normal" })
+	s := openStore(t, cfg)
+	r := newWriter(s, cfg, 0, 0)
+	r.start(t)
+	in := recs("d", 1, 3)
+	for _, rc := range in { // close together: the next batch lingers
+		appendOK(t, r.w, rc)
+		time.Sleep(time.Millisecond)
+	}
+	r.commits(t, len(in))
+	last := rec("d", 100, t0.Add(time.Hour))
+	appendOK(t, r.w, last)
+	if b := r.nextCommit(t); len(b) != 1 || b[0] != last || b[0].Seq == 0 {
+		t.Fatalf("lone lingering record: committed %v, want it alone with its seq", b)
+	}
+}
+
+// TestWriterSettleFlushCount: settled rows are deleted without waiting
+// for a commit of new rows once delFlushCount of them are held, and
+// after delFlushDelay otherwise; no new record is needed for either.
+func TestWriterSettleFlushCount(t *testing.T) {
+	cfg := testConfig(t, func(c *outbox.Config) { c.Synchronous = "normal" })
+	s := openStore(t, cfg)
+	r := newWriter(s, cfg, 0, 0)
+	r.start(t)
+	in := recs("d", 1, 600)
+	appendOK(t, r.w, in...)
+	r.commits(t, len(in))
+	for _, rc := range in[:512] {
+		r.w.Settle(rc.Seq)
+	}
+	waitFor(t, "512 slots freed", func() bool { return r.w.Occupied() == len(in)-512 })
+	r.w.Settle(in[512].Seq)
+	waitFor(t, "the 513th slot freed", func() bool { return r.w.Occupied() == len(in)-513 })
+	if got := pendingSeqs(t, s, 0); len(got) != len(in)-513 || got[0] != in[513].Seq {
+		t.Errorf("%d rows pending, first %v; want %d from seq %d", len(got), got[:1], len(in)-513, in[513].Seq)
+	}
+}

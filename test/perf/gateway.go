@@ -3,6 +3,7 @@ package perf
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -48,6 +49,7 @@ type Gateway struct {
 
 	t        testing.TB
 	rig      *Rig
+	bin      string
 	dir      string
 	cfgPath  string
 	clientID string
@@ -98,6 +100,9 @@ type GatewayOpts struct {
 	// MQTTExtra, BackendExtra and Extra are YAML lines added to the mqtt
 	// section, to the backend section (indented) and at the top level.
 	MQTTExtra, BackendExtra, Extra string
+	// Bin is the gateway's binary; "" is the rig's (BenchmarkSteady's
+	// BENCH_BASELINE runs an earlier build beside it).
+	Bin string
 }
 
 // StartGateway starts `iotgw serve` with the registry of registered
@@ -135,7 +140,7 @@ func (r *Rig) StartGatewayOpts(t testing.TB, o GatewayOpts) *Gateway {
 		t.Fatal(err)
 	}
 	g := &Gateway{HTTP: "127.0.0.1:" + strconv.Itoa(port), LogPath: filepath.Join(dir, "gateway.log"), Registered: o.Registered,
-		t: t, rig: r, dir: dir, cfgPath: cfgPath, clientID: o.ClientID}
+		t: t, rig: r, bin: cmp.Or(o.Bin, r.Bin), dir: dir, cfgPath: cfgPath, clientID: o.ClientID}
 	t.Cleanup(func() {
 		if err := g.Stop(); err != nil {
 			t.Error(err)
@@ -157,7 +162,7 @@ func (g *Gateway) start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(g.rig.Bin, "serve", "--config", g.cfgPath)
+	cmd := exec.Command(g.bin, "serve", "--config", g.cfgPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

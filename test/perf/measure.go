@@ -43,6 +43,10 @@ type RunSpec struct {
 	Chunks      int
 	BeforeChunk func() error
 	Postgres    func() time.Duration
+	// Started, if set, is called (on another goroutine) once the first
+	// message of the first chunk arrived: BenchmarkSteady starts a CPU
+	// profile of the gateway then.
+	Started func()
 }
 
 // Run is a measurement's result.
@@ -105,6 +109,9 @@ type CPU struct {
 	LoadGeneratorTotal float64 `json:"load_generator_total"`
 	// WallSeconds is the wall time the figures above cover.
 	WallSeconds float64 `json:"wall_seconds"`
+	// GatewaySwitches is the context switches of every gateway's threads
+	// over the same time (procSwitches): its wake-ups.
+	GatewaySwitches int64 `json:"gateway_context_switches,omitempty"`
 }
 
 func (c CPU) add(d CPU) CPU {
@@ -122,6 +129,7 @@ func (c CPU) add(d CPU) CPU {
 	c.Other += d.Other
 	c.LoadGeneratorTotal += d.LoadGeneratorTotal
 	c.WallSeconds += d.WallSeconds
+	c.GatewaySwitches += d.GatewaySwitches
 	return c
 }
 
@@ -172,6 +180,7 @@ type GatewayStats struct {
 type cpuSample struct {
 	at                                   time.Time
 	gateways                             []time.Duration
+	switches                             int64 // every gateway's
 	broker, self, sim, postgres, machine time.Duration
 }
 
@@ -181,6 +190,8 @@ func (r *Rig) sampleCPU(gws []*Gateway, simPID int, postgres func() time.Duratio
 	for _, gw := range gws {
 		d, _ := procCPU(gw.PID)
 		s.gateways = append(s.gateways, d)
+		n, _ := procSwitches(gw.PID)
+		s.switches += n
 	}
 	if simPID != 0 {
 		s.sim, _ = procCPU(simPID)
@@ -246,6 +257,9 @@ func (r *Rig) MeasureFleet(ctx context.Context, spec RunSpec, c consumer, gws []
 				}
 			}
 			first <- r.sampleCPU(gws, int(simPID.Load()), spec.Postgres)
+			if i == 0 && spec.Started != nil {
+				spec.Started()
+			}
 		}()
 		res, err := r.load(ctx, spec.Load, func(pid int) { simPID.Store(int64(pid)) })
 		if err != nil {
@@ -271,7 +285,8 @@ func (r *Rig) MeasureFleet(ctx context.Context, spec RunSpec, c consumer, gws []
 		run.Counts = addCounts(run.Counts, snap.Counts)
 		latencies = append(latencies, snap.latencies...)
 		cpu := CPU{Broker: (a.broker - b.broker).Seconds(), Bench: (a.self - b.self).Seconds(), Postgres: (a.postgres - b.postgres).Seconds(),
-			LoadGenerator: (a.sim - b.sim).Seconds(), LoadGeneratorTotal: res.CPU.Seconds(), WallSeconds: a.at.Sub(b.at).Seconds()}
+			LoadGenerator: (a.sim - b.sim).Seconds(), LoadGeneratorTotal: res.CPU.Seconds(), WallSeconds: a.at.Sub(b.at).Seconds(),
+			GatewaySwitches: a.switches - b.switches}
 		for i := range gws {
 			d := (a.gateways[i] - b.gateways[i]).Seconds()
 			cpu.Gateway += d

@@ -98,6 +98,77 @@ func BenchmarkScaleOut(b *testing.B) {
 	}
 }
 
+// BenchmarkSteady is the steady-rate benchmark (issue 18), run by `make
+// bench` after BenchmarkEndToEnd and alone by `make bench-steady`:
+//
+//	go test -run '^$' -bench Steady -benchtime 1x -timeout 30m ./test/perf
+//
+// It writes $BENCH_OUT with .json replaced by .steady.json (and
+// .steady.md). BENCH_STEADY_SECONDS sets each rate's length (default 30);
+// BENCH_BASELINE names another iotgw binary (an earlier commit's build)
+// whose gateway is measured alternately with this tree's, for a before
+// and after in one run; BENCH_STEADY_PROFILE names a directory for a CPU
+// profile of the gateway at each rate; BENCH_PLAN=smoke runs
+// TestSteadySmoke's plan.
+func BenchmarkSteady(b *testing.B) {
+	plan := DefaultSteadyPlan()
+	if os.Getenv("BENCH_PLAN") == "smoke" {
+		plan = SmokeSteadyPlan()
+	}
+	out := strings.TrimSuffix(benchOut(b), ".json") + ".steady.json"
+	plain, _ := json.Marshal(plan)
+	os.Stdout.WriteString("steady plan: " + string(plain) + "\n")
+	res := RunSteady(b, plan, os.Getenv("BENCH_BASELINE"), os.Stdout)
+	saveResults(b, out, res, res.Markdown())
+	for _, bd := range res.Builds {
+		b.ReportMetric(bd.Unpaced.MicrosPerMessage(), bd.Name+"-unpaced-µs/msg")
+		for i, pt := range plan.Points {
+			b.ReportMetric(bd.Points[i].MicrosPerMessage(), fmt.Sprintf("%s-%gmsg/s-%ddev-µs/msg", bd.Name, pt.Rate, pt.Devices))
+		}
+		b.ReportMetric(bd.Idle.CorePercent(), bd.Name+"-idle-%core")
+	}
+}
+
+// TestSteadySmoke runs every measurement of the steady-rate benchmark at
+// a tiny scale, with this tree's build as its own baseline (so that the
+// alternation runs too), and checks the counts. It asserts no timing.
+func TestSteadySmoke(t *testing.T) {
+	var progress bytes.Buffer
+	p := SmokeSteadyPlan()
+	res := RunSteady(t, p, harness.BuildIotgw(t), &progress)
+	t.Log("\n" + progress.String())
+	if len(res.Broker) != len(p.Points) || len(res.Builds) != 2 {
+		t.Fatalf("%d broker runs and %d builds, want %d and 2", len(res.Broker), len(res.Builds), len(p.Points))
+	}
+	for _, bd := range res.Builds {
+		if got, want := bd.Unpaced.Counts.Unique, int64(p.UnpacedDevices*p.UnpacedMessages); got != want || bd.Unpaced.Counts.Duplicates != 0 {
+			t.Errorf("%s unpaced: counts %+v, want %d once", bd.Name, bd.Unpaced.Counts, want)
+		}
+		if len(bd.Points) != len(p.Points) || len(bd.Added) != len(p.Points) {
+			t.Fatalf("%s: %d points, %d added latencies, want %d", bd.Name, len(bd.Points), len(bd.Added), len(p.Points))
+		}
+		for i, pt := range p.Points {
+			r := bd.Points[i]
+			want := int64(pt.Devices * p.perDevice(pt))
+			if r.Counts.Unique != want || r.Counts.Duplicates != 0 || r.Latency.Samples != int(want) {
+				t.Errorf("%s %+v: counts %+v, %d latency samples, want %d once", bd.Name, pt, r.Counts, r.Latency.Samples, want)
+			}
+			if r.CPU.GatewaySwitches <= 0 {
+				t.Errorf("%s %+v: no gateway context switches counted", bd.Name, pt)
+			}
+		}
+		if bd.Idle.Seconds <= 0 || bd.Idle.Registered != p.Registered {
+			t.Errorf("%s: idle %+v", bd.Name, bd.Idle)
+		}
+	}
+	md := res.Markdown()
+	for _, h := range []string{"### 7. Steady rates", "× unpaced", "added p99", "**Idle:**", "baseline"} {
+		if !strings.Contains(md, h) {
+			t.Errorf("markdown lacks %q", h)
+		}
+	}
+}
+
 // postgresDSN returns $BENCH_PG or DefaultPostgres.
 func postgresDSN() string {
 	if dsn := os.Getenv("BENCH_PG"); dsn != "" {

@@ -146,3 +146,32 @@ func machineBusy() time.Duration {
 	}
 	return time.Duration(ticks) * time.Second / clockTicks
 }
+
+// procSwitches returns the context switches (voluntary and not) of every
+// thread of process pid so far: how often its threads went to sleep or
+// were preempted, a count of its wake-ups. Threads that exited are not
+// counted (the Go runtime keeps its threads).
+func procSwitches(pid int) (int64, error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/[0-9]*/status", pid))
+	if err != nil || len(tasks) == 0 {
+		return 0, fmt.Errorf("context switches of %d: no tasks", pid)
+	}
+	var n int64
+	for _, path := range tasks {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		for line := range strings.Lines(string(b)) {
+			for _, key := range []string{"voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"} {
+				if v, ok := strings.CutPrefix(line, key); ok {
+					c, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+					if err == nil {
+						n += c
+					}
+				}
+			}
+		}
+	}
+	return n, nil
+}
