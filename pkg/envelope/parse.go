@@ -205,20 +205,9 @@ func (s *scanner) field(bit int, e *Envelope) error {
 		}
 		e.DeviceID = string(v)
 	case fTimestamp:
-		start := s.i
-		for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
-			s.i++
-		}
-		digits := s.b[start:s.i]
-		if len(digits) == 0 || s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E') {
-			return s.fail("timestamp", "must be an unsigned integer of Unix seconds")
-		}
-		// Past a whole number, a bad one is noted and the parse reads on
-		// (soft), so that the message_id after it still reaches the
-		// rejection notice.
-		if len(digits) > 1 && digits[0] == '0' {
-			s.soft = s.fail("timestamp", "leading zero")
-			return nil
+		digits, ok, err := s.unsigned("timestamp", "must be an unsigned integer of Unix seconds")
+		if !ok {
+			return err
 		}
 		if len(digits) > 12 { // year 33658; anything longer is nonsense (e.g. milliseconds)
 			s.soft = s.fail("timestamp", "out of range")
@@ -227,17 +216,9 @@ func (s *scanner) field(bit int, e *Envelope) error {
 		ts, _ := strconv.ParseInt(string(digits), 10, 64) // ≤12 digits: cannot fail
 		e.Timestamp, e.TimestampRaw = ts, digits
 	case fCounter:
-		start := s.i
-		for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
-			s.i++
-		}
-		digits := s.b[start:s.i]
-		if len(digits) == 0 || s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E') {
-			return s.fail("counter", "must be an unsigned integer")
-		}
-		if len(digits) > 1 && digits[0] == '0' {
-			s.soft = s.fail("counter", "leading zero")
-			return nil
+		digits, ok, err := s.unsigned("counter", "must be an unsigned integer")
+		if !ok {
+			return err
 		}
 		n, err := strconv.ParseInt(string(digits), 10, 64)
 		if err != nil { // more than MaxCounter
@@ -276,6 +257,28 @@ func (s *scanner) field(bit int, e *Envelope) error {
 		e.Payload = s.b[start:s.i]
 	}
 	return nil
+}
+
+// unsigned reads the plain digits of an unsigned integer member at s.i.
+// It returns them and ok, or ok false and the error to return: a hard one
+// (no digits, a fraction or an exponent: msg), or nil after noting a
+// leading zero as the soft error. Past a whole number, a bad one is noted
+// and the parse reads on (soft), so that the message_id after it still
+// reaches the rejection notice.
+func (s *scanner) unsigned(field, msg string) ([]byte, bool, error) {
+	start := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	digits := s.b[start:s.i]
+	if len(digits) == 0 || s.i < len(s.b) && (s.b[s.i] == '.' || s.b[s.i] == 'e' || s.b[s.i] == 'E') {
+		return nil, false, s.fail(field, msg)
+	}
+	if len(digits) > 1 && digits[0] == '0' {
+		s.soft = s.fail(field, "leading zero")
+		return nil, false, nil
+	}
+	return digits, true, nil
 }
 
 // str reads a JSON string at s.i. When the string has no escapes the result

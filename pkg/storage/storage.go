@@ -258,50 +258,38 @@ func OpenDeadLetters(ctx context.Context, cfg Config, oc outbox.Config, path str
 // for the replay window), or zero; on SQLite from the file oc.Path,
 // opened beside a running gateway (zero when it does not exist yet).
 func LastAccepted(ctx context.Context, cfg Config, oc outbox.Config, device string) (time.Time, error) {
-	if cfg.Engine == SQLite {
-		if _, err := os.Stat(oc.Path); errors.Is(err, os.ErrNotExist) {
-			return time.Time{}, nil
-		}
-	}
-	st, closeSt, err := OpenDeadLetters(ctx, cfg, oc, "")
-	if err != nil {
-		return time.Time{}, err
-	}
-	defer closeSt()
-	return st.LastAccepted(ctx, device)
+	return besideGateway(ctx, cfg, oc, func(st Outbox) (time.Time, error) { return st.LastAccepted(ctx, device) })
 }
 
 // CounterBound returns the highest counter device had accepted in cfg's
 // outbox (0 when none, or when the SQLite file does not exist yet).
 func CounterBound(ctx context.Context, cfg Config, oc outbox.Config, device string) (int64, error) {
-	if cfg.Engine == SQLite {
-		if _, err := os.Stat(oc.Path); errors.Is(err, os.ErrNotExist) {
-			return 0, nil
-		}
-	}
-	st, closeSt, err := OpenDeadLetters(ctx, cfg, oc, "")
-	if err != nil {
-		return 0, err
-	}
-	defer closeSt()
-	return st.CounterBound(ctx, device)
+	return besideGateway(ctx, cfg, oc, func(st Outbox) (int64, error) { return st.CounterBound(ctx, device) })
 }
 
 // ResetCounter sets device's counter bound in cfg's outbox back to 0,
 // beside a running gateway, and returns the bound it had (0, touching
 // nothing, when the SQLite file does not exist yet).
 func ResetCounter(ctx context.Context, cfg Config, oc outbox.Config, device string) (int64, error) {
+	return besideGateway(ctx, cfg, oc, func(st Outbox) (int64, error) { return st.ResetCounter(ctx, device) })
+}
+
+// besideGateway runs fn on cfg's outbox opened beside a running gateway
+// (OpenDeadLetters), or returns T's zero value when the SQLite file does
+// not exist yet (nothing was ever accepted).
+func besideGateway[T any](ctx context.Context, cfg Config, oc outbox.Config, fn func(Outbox) (T, error)) (T, error) {
+	var zero T
 	if cfg.Engine == SQLite {
 		if _, err := os.Stat(oc.Path); errors.Is(err, os.ErrNotExist) {
-			return 0, nil
+			return zero, nil
 		}
 	}
 	st, closeSt, err := OpenDeadLetters(ctx, cfg, oc, "")
 	if err != nil {
-		return 0, err
+		return zero, err
 	}
 	defer closeSt()
-	return st.ResetCounter(ctx, device)
+	return fn(st)
 }
 
 // ErrOneGateway is returned by fleet-wide settings on an engine that

@@ -150,6 +150,30 @@ func Rec(dev string, n int, ts time.Time, window time.Duration) *outbox.Record {
 		ReceivedAt: time.UnixMilli(time.Now().UnixMilli()), Expires: ts.Add(window)}
 }
 
+// oneWins commits eight copies of rec() at once; exactly one may win.
+func oneWins(t *testing.T, e *Engine, rec func() *outbox.Record) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won := 0
+	for range 8 {
+		wg.Go(func() {
+			res, err := e.Commit(bg, []*outbox.Record{rec()})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			won += 1 - len(res.Refused)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if n := count(t, e); won != 1 || n != 1 {
+		t.Fatalf("%d commits won, %d rows; want exactly one", won, n)
+	}
+}
+
 // CounterRec returns a counter-mode record of dev with counter c.
 func CounterRec(dev string, c int64) *outbox.Record {
 	digits := strconv.FormatInt(c, 10)
@@ -285,46 +309,10 @@ var cases = []kase{
 		}
 	}},
 	{name: "CommitCounterConcurrent", run: func(t *testing.T, e *Engine, _ Driver) {
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		won := 0
-		for range 8 {
-			wg.Go(func() {
-				res, err := e.Commit(bg, []*outbox.Record{CounterRec("d", 7)})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				won += 1 - len(res.Refused)
-				mu.Unlock()
-			})
-		}
-		wg.Wait()
-		if n := count(t, e); won != 1 || n != 1 {
-			t.Fatalf("%d commits won, %d rows; want exactly one", won, n)
-		}
+		oneWins(t, e, func() *outbox.Record { return CounterRec("d", 7) })
 	}},
 	{name: "CommitReplayConcurrent", needs: func(e *Engine) bool { return e.ReplayAuthority }, run: func(t *testing.T, e *Engine, _ Driver) {
-		var wg sync.WaitGroup
-		var mu sync.Mutex
-		won := 0
-		for range 8 {
-			wg.Go(func() {
-				res, err := e.Commit(bg, []*outbox.Record{Rec("d", 7, time.Now(), time.Minute)})
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				mu.Lock()
-				won += 1 - len(res.Refused)
-				mu.Unlock()
-			})
-		}
-		wg.Wait()
-		if n := count(t, e); won != 1 || n != 1 {
-			t.Fatalf("%d commits won, %d rows; want exactly one", won, n)
-		}
+		oneWins(t, e, func() *outbox.Record { return Rec("d", 7, time.Now(), time.Minute) })
 	}},
 	{name: "CommitQuota", opt: Options{Quota: 3}, needs: func(e *Engine) bool { return e.QuotaRefusal }, run: func(t *testing.T, e *Engine, _ Driver) {
 		commit(t, e, recs("d", 1, 2)...)
