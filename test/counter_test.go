@@ -281,38 +281,48 @@ func TestCounterKill9Stream(t *testing.T) {
 	g := f.startGateway(gatewayOpts{})
 	p := f.publisher("meter-3")
 	const n = 300
+	var restarts []time.Time
 	for c := int64(1); c <= n; c++ {
 		p.send(t, counterMsg("meter-3", secret, fmt.Sprintf(`{"c":%d}`, c), c))
 		if c == n/3 || c == 2*n/3 {
 			g.kill()
+			restarts = append(restarts, time.Now())
 			g = f.startGateway(gatewayOpts{})
 		}
 	}
 	deadline := time.Now().Add(60 * time.Second)
-	var seen map[string]int
+	var arrivals map[string][]time.Time
 	for {
-		seen = map[string]int{}
+		arrivals = map[string][]time.Time{}
 		for _, r := range f.backend.requests() {
-			seen[r.Header.Get("X-Device-Counter")]++
+			c := r.Header.Get("X-Device-Counter")
+			arrivals[c] = append(arrivals[c], r.At)
 		}
-		if len(seen) >= n || time.Now().After(deadline) {
+		if len(arrivals) >= n || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// Nothing lost, and a counter posted twice only in the documented
+	// at-least-once window (docs/RELIABILITY.md, as in TestFaultKill9): a
+	// POST answered just before a kill whose row's delete had not yet
+	// committed, posted again by the restarted process. A counter accepted
+	// twice would show as a second POST with no restart between, or a
+	// third. How many fall in the window depends on the commit linger and
+	// the batched deletes, so the count is reported, not bounded.
 	dup := 0
 	for c := 1; c <= n; c++ {
-		switch k := seen[strconv.Itoa(c)]; {
-		case k == 0:
+		at := arrivals[strconv.Itoa(c)]
+		switch {
+		case len(at) == 0:
 			t.Errorf("counter %d lost", c)
-		case k > 1:
-			dup += k - 1
+		case len(at) == 2 && straddles(at[0], at[1], restarts):
+			dup++
+		case len(at) > 1:
+			t.Errorf("counter %d reached the backend %d times outside a crash window: %v (restarts %v)", c, len(at), at, restarts)
 		}
 	}
-	fmt.Printf("scenario %-28s sent=%d forwarded=%d duplicate=%d lost=%d\n", "counter kill -9 x2", n, len(seen), dup, n-len(seen))
-	if dup > 2*4 { // at most the few messages in a crash's POST window each time
-		t.Errorf("%d duplicates after 2 crashes", dup)
-	}
+	fmt.Printf("scenario %-28s sent=%d forwarded=%d duplicate=%d lost=%d\n", "counter kill -9 x2", n, len(arrivals), dup, n-len(arrivals))
 	p.c.Disconnect(100) // one connection per device: the next one would take over
 	d := f.device("meter-3")
 	for _, c := range []int64{1, n / 3, n} {
@@ -321,4 +331,17 @@ func TestCounterKill9Stream(t *testing.T) {
 			t.Fatalf("counter %d after the crashes: %s, want replay", c, v)
 		}
 	}
+}
+
+// straddles reports whether a restart falls between two arrivals: the
+// first from the killed process (its bytes may reach the backend a moment
+// after SIGKILL, so the bound is the restart, not the kill), the second
+// from its successor.
+func straddles(first, second time.Time, restarts []time.Time) bool {
+	for _, r := range restarts {
+		if first.Before(r) && second.After(r) {
+			return true
+		}
+	}
+	return false
 }
