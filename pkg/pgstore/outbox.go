@@ -422,12 +422,18 @@ func (o *Outbox) Claim(ctx context.Context, owner string, devices, rows int, lea
 const claimPayloadBytes = 8 << 20
 
 // headRows returns up to n of the oldest rows of each device in ids, with
-// payloads up to claimPayloadBytes in all.
+// payloads up to claimPayloadBytes in all. Each device's rows are read
+// through the (device_id, dseq) key with a LIMIT: a claim reads at most n
+// rows per device however deep its backlog. (Numbering all of a device's
+// rows with a window and keeping the first n read and sorted its whole
+// backlog on every claim: under an unpaced load that was a third of
+// PostgreSQL's CPU.)
 func headRows(ctx context.Context, tx pgx.Tx, ids []string, n int) ([]*outbox.Record, error) {
 	r, err := tx.Query(ctx, `SELECT seq, device_id, dseq, message_id, timestamp,
-			CASE WHEN sum(length(payload)) OVER (ORDER BY device_id, dseq) <= $3 THEN payload END, received_at FROM (
-			SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY dseq) AS rn FROM outbox WHERE device_id = ANY($1)
-		) x WHERE rn <= $2 ORDER BY device_id, dseq`, ids, n, claimPayloadBytes)
+			CASE WHEN sum(length(payload)) OVER (ORDER BY device_id, dseq) <= $3 THEN payload END, received_at
+		FROM unnest($1::text[]) AS d(id) CROSS JOIN LATERAL (
+			SELECT * FROM outbox o WHERE o.device_id = d.id ORDER BY o.dseq LIMIT $2) x
+		ORDER BY device_id, dseq`, ids, n, claimPayloadBytes)
 	if err != nil {
 		return nil, err
 	}
