@@ -268,6 +268,62 @@ func TestCounterTwoGateways(t *testing.T) {
 	}
 }
 
+// TestCounterResetWhileCached: reset-counter issues a new key and sets
+// the bound back to 0 while a running gateway still holds the old key in
+// its registry cache (registry.refresh 1m here, the longest allowed).
+// The old key's messages must stay dead: a captured one replayed, and a
+// new one from the old key's holder (the lost or cloned board) trying to
+// push the bound to the top, are both replays, and the device's new key
+// then starts at counter 1. Without the reset floor (the key the reset
+// issued, kept with the bound), the replays were accepted and the bound
+// poisoned.
+func TestCounterResetWhileCached(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	f := newFixture(t)
+	secret := f.addCounterDevice("meter-4")
+	f.startGateway(gatewayOpts{edit: func(cfg string) string {
+		return strings.Replace(cfg, "refresh: 200ms", "refresh: 1m", 1) // the longest allowed
+	}})
+	d := f.device("meter-4")
+	var captured [][]byte
+	for c := int64(1); c <= 3; c++ {
+		raw := counterMsg("meter-4", secret, fmt.Sprintf(`{"c":%d}`, c), c)
+		captured = append(captured, raw)
+		d.publish("", raw)
+		if v := d.verdict(secret, 10*time.Second); v != "ok" {
+			t.Fatalf("counter %d: %s", c, v)
+		}
+	}
+	out, err := exec.Command(f.bin, "device", "reset-counter", "meter-4", "--db", f.db, "--outbox", f.outbox()).Output()
+	if err != nil {
+		t.Fatalf("reset-counter: %v", err)
+	}
+	fresh := strings.TrimSpace(string(out))
+	for i, raw := range captured {
+		d.publish("", raw)
+		if v := d.verdict(secret, 10*time.Second); v != "replay" {
+			t.Fatalf("captured counter %d replayed right after the reset, old key still cached: %s, want replay", i+1, v)
+		}
+	}
+	d.publish("", counterMsg("meter-4", secret, `{"c":"poison"}`, envelope.MaxCounter))
+	if v := d.verdict(secret, 10*time.Second); v != "replay" {
+		t.Fatalf("the old key's holder sending the top counter after the reset: %s, want replay", v)
+	}
+	d.publish("", counterMsg("meter-4", fresh, `{"c":"new board"}`, 1))
+	if v := d.verdict(fresh, 10*time.Second); v != "ok" {
+		t.Fatalf("counter 1 under the new key: %s", v)
+	}
+	if n := len(f.backend.waitCount(t, 4, 10*time.Second)); n != 4 {
+		t.Fatalf("backend got %d requests, want 4", n)
+	}
+	time.Sleep(300 * time.Millisecond) // a wrongly accepted message would land meanwhile
+	if n := len(f.backend.requests()); n != 4 {
+		t.Fatalf("backend got %d requests, want 4 (counters 1-3, then the new key's 1)", n)
+	}
+}
+
 // TestCounterKill9Stream: a counter-mode device streams while the gateway
 // is killed with SIGKILL twice and restarted: every counter reaches the
 // backend (nothing lost), and afterwards every counter is a replay (the

@@ -177,7 +177,7 @@ from --config), which this command opens beside a running gateway.`,
 			if err != nil {
 				return err
 			}
-			old, resetErr := storage.ResetCounter(cmd.Context(), s.cfg, s.outbox, id)
+			old, resetErr := storage.ResetCounter(cmd.Context(), s.cfg, s.outbox, id, k.ID)
 			reason := fmt.Sprintf("bound %d reset to 0; new secret (key %d)", old, k.ID)
 			if resetErr != nil {
 				reason = fmt.Sprintf("new secret (key %d); bound NOT reset: %v", k.ID, resetErr)

@@ -70,8 +70,8 @@ func TestMigrateCommand(t *testing.T) {
 		stdout  []string // substrings of stdout
 		errText string
 	}{
-		{"schema on postgres", []string{"migrate", "--config", pgCfg}, 0, []string{"schema version 3 (latest 3)\n"}, ""},
-		{"schema again", []string{"migrate", "--config", pgCfg}, 0, []string{"schema version 3 (latest 3)\n"}, ""},
+		{"schema on postgres", []string{"migrate", "--config", pgCfg}, 0, []string{"schema version 4 (latest 4)\n"}, ""},
+		{"schema again", []string{"migrate", "--config", pgCfg}, 0, []string{"schema version 4 (latest 4)\n"}, ""},
 		{"sqlite", []string{"migrate", "--config", sqliteCfg}, 0, []string{"SQLite files migrate themselves when opened",
 			"registry.path " + reg + ": up to date", "outbox.path " + ob + ": up to date"}, ""},
 		{"unknown source", []string{"migrate", "--from", "mysql", "--to", "postgres", "--config", pgCfg}, 2, nil, `--from: "mysql" is not an engine migrate copies from (valid: sqlite)`},
@@ -82,7 +82,7 @@ func TestMigrateCommand(t *testing.T) {
 		{"unreachable postgres", []string{"migrate", "--config", badCfg}, 1, nil, "storage.dsn: postgres: failed to connect"},
 		{"unreachable postgres, copy", []string{"migrate", "--from", "sqlite", "--to", "postgres", "--config", badCfg}, 1, nil, "storage.dsn: postgres: failed to connect"},
 		{"copy", []string{"migrate", "--from", "sqlite", "--to", "postgres", "--config", pgCfg}, 0, []string{
-			"into PostgreSQL (schema version 3):", "devices", "  outbox         3  pending rows of 1 device(s)", "seen           3"}, ""},
+			"into PostgreSQL (schema version 4):", "devices", "  outbox         3  pending rows of 1 device(s)", "seen           3"}, ""},
 		{"copy again", []string{"migrate", "--from", "sqlite", "--to", "postgres", "--config", pgCfg}, 1, nil, "not empty (table devices has 2 rows)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

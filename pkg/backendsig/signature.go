@@ -144,6 +144,14 @@ func VerifyRequest(key []byte, scheme string, r *http.Request, body []byte, now 
 	if h.DeviceTimestamp != "" && h.DeviceCounter != "" {
 		return fmt.Errorf("%w: both X-Device-Timestamp and X-Device-Counter", ErrSignatureInvalid)
 	}
+	// Both are decimal digits as the gateway sends them. Anything else is
+	// refused before the signature is checked: v2 signs a counter as
+	// "counter:<n>" in the timestamp's field, so "X-Device-Timestamp:
+	// counter:42" would otherwise verify as the counter-mode request it
+	// was relabelled from.
+	if !decimal(h.DeviceTimestamp) || !decimal(h.DeviceCounter) {
+		return fmt.Errorf("%w: X-Device-Timestamp or X-Device-Counter is not decimal digits", ErrSignatureInvalid)
+	}
 	// X-Message-Id is not signed on its own: the gateway sends it equal to
 	// the signed Idempotency-Key, so any other value was changed on the way.
 	if msgID != "" && msgID != h.IdempotencyKey {
@@ -177,4 +185,14 @@ func VerifyRequest(key []byte, scheme string, r *http.Request, body []byte, now 
 		return fmt.Errorf("%w: signed %s from now, allowed ±%s", ErrSignatureStale, -d.Round(time.Second), maxSkew)
 	}
 	return nil
+}
+
+// decimal reports whether v is empty or decimal digits only.
+func decimal(v string) bool {
+	for i := range len(v) {
+		if v[i] < '0' || v[i] > '9' {
+			return false
+		}
+	}
+	return true
 }

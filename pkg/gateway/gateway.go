@@ -483,7 +483,7 @@ func (g *Gateway) handle(ctx context.Context, m *mqttio.Message) {
 		return
 	}
 	rec := &outbox.Record{DeviceID: env.DeviceID, MessageID: string(env.MessageID), Timestamp: string(env.TimestampRaw),
-		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires}
+		ID: env.UUID(), Payload: env.Payload, ReceivedAt: g.now(), Expires: res.Expires, KeyID: res.KeyID}
 	if env.IsCounter() {
 		// Counter mode: the outbox commit judges replays (the device's
 		// bound); in flight, copies are matched by their counter.

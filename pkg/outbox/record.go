@@ -84,6 +84,12 @@ type Record struct {
 	ReceivedAt time.Time
 	// Expires is when the id leaves the replay window.
 	Expires time.Time
+	// KeyID is the id of the device key the message verified with. A
+	// counter-mode record whose KeyID is below its device's reset floor
+	// (the key that `iotgw device reset-counter` issued) is refused as a
+	// replay: a gateway whose registry cache still holds the old key must
+	// not accept the old key's messages against the reset bound.
+	KeyID int64
 }
 
 // CounterMark opens Record.Timestamp of a counter-mode message: "c42" is

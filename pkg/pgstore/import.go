@@ -217,10 +217,10 @@ func (im *Import) Pending(ctx context.Context, recs []*outbox.Record) error {
 }
 
 // CounterBound copies a counter-mode device's bound (the highest counter
-// it had accepted).
-func (im *Import) CounterBound(ctx context.Context, id string, bound int64) error {
-	if _, err := im.tx.Exec(ctx, `INSERT INTO outbox_device(device_id, counter_bound) VALUES ($1, $2)
-		ON CONFLICT (device_id) DO UPDATE SET counter_bound = excluded.counter_bound`, id, bound); err != nil {
+// it had accepted) and its reset floor (the key of its last reset).
+func (im *Import) CounterBound(ctx context.Context, id string, bound, minKey int64) error {
+	if _, err := im.tx.Exec(ctx, `INSERT INTO outbox_device(device_id, counter_bound, counter_min_key) VALUES ($1, $2, $3)
+		ON CONFLICT (device_id) DO UPDATE SET counter_bound = excluded.counter_bound, counter_min_key = excluded.counter_min_key`, id, bound, minKey); err != nil {
 		return fmt.Errorf("import counter bound: %w", err)
 	}
 	im.n.CounterBounds++

@@ -141,4 +141,11 @@ CREATE TABLE fleet (
 	3: `
 ALTER TABLE devices ADD COLUMN freshness TEXT NOT NULL DEFAULT 'timestamp';
 ALTER TABLE outbox_device ADD COLUMN counter_bound BIGINT NOT NULL DEFAULT 0;`,
+	// 4: the reset floor (issue 17). counter_min_key is the key that
+	// `iotgw device reset-counter` issued with the reset: a counter-mode
+	// message verified with an older key is refused however high its
+	// counter (a gateway may still hold the old key in its registry cache
+	// for a moment after the reset).
+	4: `
+ALTER TABLE outbox_device ADD COLUMN counter_min_key BIGINT NOT NULL DEFAULT 0;`,
 }

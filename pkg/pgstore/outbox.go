@@ -36,6 +36,7 @@ type devState struct {
 	next, pending int64
 	taken         int64 // rows of this commit so far
 	bound         int64 // counter_bound, raised by this commit's counter-mode rows
+	minKey        int64 // counter_min_key: the reset floor
 	raised        bool
 }
 
@@ -73,7 +74,7 @@ func (o *Outbox) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _
 				// Counter mode: the bound, read under the device row's
 				// lock, is the replay authority; no seen row, no horizon.
 				st := state[r.DeviceID]
-				if c <= st.bound {
+				if c <= st.bound || r.KeyID < st.minKey {
 					res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Counter: true})
 					continue
 				}
@@ -145,7 +146,7 @@ func lockDevices(ctx context.Context, tx pgx.Tx, devs []string) (map[string]*dev
 	if _, err := tx.Exec(ctx, `INSERT INTO outbox_device(device_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING`, devs); err != nil {
 		return nil, fmt.Errorf("device rows: %w", err)
 	}
-	rows, err := tx.Query(ctx, `SELECT device_id, next_dseq, pending, counter_bound FROM outbox_device WHERE device_id = ANY($1) ORDER BY device_id FOR UPDATE`, devs)
+	rows, err := tx.Query(ctx, `SELECT device_id, next_dseq, pending, counter_bound, counter_min_key FROM outbox_device WHERE device_id = ANY($1) ORDER BY device_id FOR UPDATE`, devs)
 	if err != nil {
 		return nil, fmt.Errorf("lock devices: %w", err)
 	}
@@ -154,7 +155,7 @@ func lockDevices(ctx context.Context, tx pgx.Tx, devs []string) (map[string]*dev
 	for rows.Next() {
 		var id string
 		st := &devState{}
-		if err := rows.Scan(&id, &st.next, &st.pending, &st.bound); err != nil {
+		if err := rows.Scan(&id, &st.next, &st.pending, &st.bound, &st.minKey); err != nil {
 			return nil, fmt.Errorf("lock devices: %w", err)
 		}
 		state[id] = st
@@ -212,20 +213,19 @@ func (o *Outbox) CounterBound(ctx context.Context, id string) (int64, error) {
 	return b, nil
 }
 
-// ResetCounter sets device id's bound back to 0 (iotgw device
-// reset-counter) under its row's lock and returns the bound it had.
-func (o *Outbox) ResetCounter(ctx context.Context, id string) (int64, error) {
+// ResetCounter sets device id's bound back to 0 and its reset floor to
+// minKey, the key the reset issued (iotgw device reset-counter), under its
+// row's lock, and returns the bound it had.
+func (o *Outbox) ResetCounter(ctx context.Context, id string, minKey int64) (int64, error) {
 	var old int64
 	err := pgx.BeginFunc(ctx, o.db.Pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `SELECT counter_bound FROM outbox_device WHERE device_id = $1 FOR UPDATE`, id).Scan(&old)
-		if errors.Is(err, pgx.ErrNoRows) {
-			old = 0
-			return nil
-		}
-		if err != nil {
+		if _, err := tx.Exec(ctx, `INSERT INTO outbox_device(device_id) VALUES ($1) ON CONFLICT DO NOTHING`, id); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE outbox_device SET counter_bound = 0 WHERE device_id = $1`, id)
+		if err := tx.QueryRow(ctx, `SELECT counter_bound FROM outbox_device WHERE device_id = $1 FOR UPDATE`, id).Scan(&old); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE outbox_device SET counter_bound = 0, counter_min_key = $2 WHERE device_id = $1`, id, minKey)
 		return err
 	})
 	if err != nil {

@@ -83,6 +83,14 @@ CREATE TABLE counter_bound (
 	device_id TEXT PRIMARY KEY NOT NULL,
 	bound     INTEGER NOT NULL
 ) WITHOUT ROWID;`},
+	// v5: the reset floor (issue 17). min_key is the key that `iotgw
+	// device reset-counter` issued with the reset: a counter-mode message
+	// verified with an older key is refused however high its counter (a
+	// running gateway may still hold the old key in its registry cache for
+	// a moment after the reset, and must not accept the old key's
+	// messages, replayed or new, against the reset bound).
+	{Version: 5, SQL: `
+ALTER TABLE counter_bound ADD COLUMN min_key INTEGER NOT NULL DEFAULT 0;`},
 }
 
 // Store is the outbox database.
@@ -139,8 +147,10 @@ func (st *stmts) prepare(ctx context.Context, db *sql.DB) error {
 		{&st.insOutbox, `INSERT INTO outbox(device_id, message_id, timestamp, payload, received_at) VALUES(?,?,?,?,?)`},
 		{&st.insSeen1, `INSERT INTO seen(device_id, message_id, expires, ts) VALUES (?,?,?,?)`},
 		{&st.del1, `DELETE FROM outbox WHERE seq IN (?)`},
-		{&st.raise, `INSERT INTO counter_bound(device_id, bound) VALUES(?1, ?2)
-			ON CONFLICT(device_id) DO UPDATE SET bound = excluded.bound WHERE bound < excluded.bound`},
+		// A counter above the bound (which starts at 0, so counter 0 is
+		// never accepted), from a key at or above the reset floor.
+		{&st.raise, `INSERT INTO counter_bound(device_id, bound) SELECT ?1, ?2 WHERE ?2 > 0
+			ON CONFLICT(device_id) DO UPDATE SET bound = excluded.bound WHERE bound < excluded.bound AND min_key <= ?3`},
 	} {
 		s, err := db.PrepareContext(ctx, p.q) //nolint:sqlclosecheck // kept for the Store's life: closed by Close
 		if err != nil {
@@ -259,7 +269,7 @@ func (s *Store) raiseBounds(ctx context.Context, tx *sql.Tx, recs []*outbox.Reco
 			keep, seen = append(keep, r), append(seen, r)
 			continue
 		}
-		up, err := raise.ExecContext(ctx, r.DeviceID, c)
+		up, err := raise.ExecContext(ctx, r.DeviceID, c, r.KeyID)
 		if err != nil {
 			return nil, nil, fmt.Errorf("raise counter bound: %w", err)
 		}
@@ -288,9 +298,10 @@ func (s *Store) CounterBound(ctx context.Context, id string) (int64, error) {
 	return b, nil
 }
 
-// ResetCounter sets device id's bound back to 0 (iotgw device
-// reset-counter) and returns the bound it had.
-func (s *Store) ResetCounter(ctx context.Context, id string) (int64, error) {
+// ResetCounter sets device id's bound back to 0 and its reset floor to
+// minKey, the key the reset issued (iotgw device reset-counter), and
+// returns the bound it had.
+func (s *Store) ResetCounter(ctx context.Context, id string, minKey int64) (int64, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, fmt.Errorf("reset counter: %w", err)
@@ -300,7 +311,8 @@ func (s *Store) ResetCounter(ctx context.Context, id string) (int64, error) {
 	if err := tx.QueryRowContext(ctx, `SELECT bound FROM counter_bound WHERE device_id = ?`, id).Scan(&old); err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("reset counter: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM counter_bound WHERE device_id = ?`, id); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO counter_bound(device_id, bound, min_key) VALUES(?1, 0, ?2)
+		ON CONFLICT(device_id) DO UPDATE SET bound = 0, min_key = excluded.min_key`, id, minKey); err != nil {
 		return 0, fmt.Errorf("reset counter: %w", err)
 	}
 	if err := tx.Commit(); err != nil {

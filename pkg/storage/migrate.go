@@ -24,7 +24,7 @@ import (
 const (
 	sqliteRegistryVersion = 3
 	sqliteAuditVersion    = 1
-	sqliteOutboxVersion   = 4
+	sqliteOutboxVersion   = 5
 )
 
 // importBatch is how many rows one statement copies.
@@ -337,13 +337,13 @@ func copyOutbox(ctx context.Context, tx *snapshot, im *pgstore.Import) error {
 	}
 	// Counter-mode bounds: without them every counter a device ever sent
 	// would be accepted again after the move.
-	err = each(ctx, tx, `SELECT device_id, bound FROM counter_bound ORDER BY device_id`, func(r *sql.Rows) error {
+	err = each(ctx, tx, `SELECT device_id, bound, min_key FROM counter_bound ORDER BY device_id`, func(r *sql.Rows) error {
 		var id string
-		var b int64
-		if err := r.Scan(&id, &b); err != nil {
+		var b, minKey int64
+		if err := r.Scan(&id, &b, &minKey); err != nil {
 			return err
 		}
-		return im.CounterBound(ctx, id, b)
+		return im.CounterBound(ctx, id, b, minKey)
 	})
 	if err != nil {
 		return fmt.Errorf("counter_bound: %w", err)

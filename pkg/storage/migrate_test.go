@@ -463,7 +463,7 @@ func TestMigrateSQLiteFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw.Close()
-	if _, err := MigrateSQLite(ctx, g.registry, g.outbox, db); err == nil || !strings.Contains(err.Error(), "outbox schema version 2, older than 4") {
+	if _, err := MigrateSQLite(ctx, g.registry, g.outbox, db); err == nil || !strings.Contains(err.Error(), "outbox schema version 2, older than 5") {
 		t.Fatalf("old outbox: %v", err)
 	}
 }

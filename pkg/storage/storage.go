@@ -37,10 +37,11 @@ type Outbox interface {
 	RetryDead(ctx context.Context, seqs []int64) (int, error)
 	DropDead(ctx context.Context, seqs []int64) (int, error)
 	// CounterBound is the highest counter a counter-mode device had
-	// accepted (0: none), and ResetCounter sets it back to 0, returning
-	// the old bound (iotgw device reset-counter).
+	// accepted (0: none), and ResetCounter sets it back to 0 and the
+	// device's reset floor to minKey (messages verified with an older key
+	// are refused), returning the old bound (iotgw device reset-counter).
 	CounterBound(ctx context.Context, device string) (int64, error)
-	ResetCounter(ctx context.Context, device string) (int64, error)
+	ResetCounter(ctx context.Context, device string, minKey int64) (int64, error)
 }
 
 // Shared is what an engine shared by several gateways adds: rows are not
@@ -267,11 +268,13 @@ func CounterBound(ctx context.Context, cfg Config, oc outbox.Config, device stri
 	return besideGateway(ctx, cfg, oc, func(st Outbox) (int64, error) { return st.CounterBound(ctx, device) })
 }
 
-// ResetCounter sets device's counter bound in cfg's outbox back to 0,
-// beside a running gateway, and returns the bound it had (0, touching
-// nothing, when the SQLite file does not exist yet).
-func ResetCounter(ctx context.Context, cfg Config, oc outbox.Config, device string) (int64, error) {
-	return besideGateway(ctx, cfg, oc, func(st Outbox) (int64, error) { return st.ResetCounter(ctx, device) })
+// ResetCounter sets device's counter bound in cfg's outbox back to 0 and
+// its reset floor to minKey (the key issued with the reset), beside a
+// running gateway, and returns the bound it had (0, touching nothing, when
+// the SQLite file does not exist yet: a gateway that creates it starts
+// with no bound, and no key older than the registry's can verify).
+func ResetCounter(ctx context.Context, cfg Config, oc outbox.Config, device string, minKey int64) (int64, error) {
+	return besideGateway(ctx, cfg, oc, func(st Outbox) (int64, error) { return st.ResetCounter(ctx, device, minKey) })
 }
 
 // besideGateway runs fn on cfg's outbox opened beside a running gateway
