@@ -16,10 +16,13 @@ import (
 // PUBACK, each reply PUBLISH) with its own Write, and on a TLS connection
 // each Write is one TLS record and one write(2). Under load that is two
 // system calls per message on the gateway and two record decryptions and
-// reads in the broker. Here Write only appends to a buffer and wakes a
+// reads in the broker. Here a Write only appends to a buffer and wakes a
 // flusher goroutine, which writes everything that accumulated meanwhile in
-// one call: when idle, a packet goes out at once (one goroutine hand-off
-// later); when busy, many packets share one record and one system call.
+// one call: when busy, many packets share one record and one system call.
+// But a Write to a connection that has been quiet for inlineAfter goes out
+// at once, from the caller's goroutine: at steady rates, where packets come
+// one at a time, the hand-off to the flusher's parked thread was a context
+// switch or two per packet and batched nothing (issue 18).
 //
 // A Write that returned nil is not yet on the wire. That changes nothing
 // for the gateway's guarantees: a PUBACK the broker never received (lost in
@@ -38,6 +41,8 @@ type coalescingConn struct {
 	buf     []byte     // pending bytes
 	err     error      // first write error; sticky
 	closing bool
+	writing bool      // a write is on the wire (a Write's own or the flusher's): bytes go out in order
+	last    time.Time // when the last write started
 
 	kick chan struct{} // capacity 1: "buf is not empty"
 	done chan struct{} // closed when the flusher has exited
@@ -51,6 +56,10 @@ const (
 	// closeFlushTimeout bounds how long Close spends writing what is still
 	// buffered (a DISCONNECT, last PUBACKs).
 	closeFlushTimeout = 2 * time.Second
+	// inlineAfter is how long a connection must have been quiet for a
+	// Write to go out from its caller: packets that come closer together
+	// go through the flusher, which batches them.
+	inlineAfter = 2 * time.Millisecond
 )
 
 func newCoalescingConn(c net.Conn, writeTimeout time.Duration) *coalescingConn {
@@ -84,17 +93,64 @@ func (c *coalescingConn) Write(p []byte) (int, error) {
 		c.mu.Unlock()
 		return 0, net.ErrClosed
 	}
+	if now := time.Now(); !c.writing && len(c.buf) == 0 && now.Sub(c.last) >= inlineAfter {
+		// Quiet: write it now. Writes that come meanwhile queue behind
+		// it and the flusher sends them once it is done.
+		c.writing, c.last = true, now
+		c.mu.Unlock()
+		err := c.send(p, false)
+		c.mu.Lock()
+		c.writing = false
+		queued := len(c.buf) > 0
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		if queued {
+			c.wake()
+		}
+		if err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	c.buf = append(c.buf, p...)
 	c.mu.Unlock()
+	c.wake()
+	return len(p), nil
+}
+
+func (c *coalescingConn) wake() {
 	select {
 	case c.kick <- struct{}{}:
 	default:
 	}
-	return len(p), nil
 }
 
-// SetWriteDeadline is a no-op: Write never blocks on the network. The
-// flusher puts its own deadline (writeTimeout) on every write instead.
+// send writes b within the write timeout (bounded by closeFlushTimeout
+// while closing). A failure is sticky: it fails every later Write and the
+// reader too, so Paho notices and reconnects.
+func (c *coalescingConn) send(b []byte, closing bool) error {
+	timeout := c.writeTimeout
+	if closing && (timeout <= 0 || timeout > closeFlushTimeout) {
+		timeout = closeFlushTimeout
+	}
+	if timeout > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
+	}
+	if _, err := c.Conn.Write(b); err != nil {
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = err
+		}
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		_ = c.Conn.Close()
+		return err
+	}
+	return nil
+}
+
+// SetWriteDeadline is a no-op: every write, a Write's own or the
+// flusher's, gets its own deadline (writeTimeout) instead.
 func (c *coalescingConn) SetWriteDeadline(time.Time) error { return nil }
 
 // SetDeadline sets the read deadline only, for the same reason.
@@ -105,25 +161,28 @@ func (c *coalescingConn) flusher() {
 	var out []byte
 	for range c.kick {
 		c.mu.Lock()
+		for c.writing && c.err == nil {
+			c.cond.Wait() // a Write's own write is on the wire: ours follows it
+		}
+		if c.err != nil {
+			c.mu.Unlock()
+			return
+		}
 		out, c.buf = c.buf, out[:0]
 		closing := c.closing
+		c.writing = len(out) > 0
+		if c.writing {
+			c.last = time.Now()
+		}
 		c.cond.Broadcast()
 		c.mu.Unlock()
 		if len(out) > 0 {
-			timeout := c.writeTimeout
-			if closing && (timeout <= 0 || timeout > closeFlushTimeout) {
-				timeout = closeFlushTimeout
-			}
-			if timeout > 0 {
-				_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
-			}
-			if _, err := c.Conn.Write(out); err != nil {
-				c.mu.Lock()
-				c.err = err
-				c.cond.Broadcast()
-				c.mu.Unlock()
-				// Fail the reader too, so Paho notices and reconnects.
-				_ = c.Conn.Close()
+			err := c.send(out, closing)
+			c.mu.Lock()
+			c.writing = false
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			if err != nil {
 				return
 			}
 		}
