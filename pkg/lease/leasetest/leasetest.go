@@ -61,6 +61,10 @@ type Engine struct {
 	Seen *Seen
 	// Dead is the dead-letter part; nil: not checked.
 	Dead *Dead
+	// ResetCounter sets a counter-mode device's bound back to 0 and its
+	// reset floor to minKey, returning the old bound (iotgw device
+	// reset-counter); nil: not checked.
+	ResetCounter func(ctx context.Context, device string, minKey int64) (int64, error)
 }
 
 // Seen is the replay-id part of an engine.
@@ -179,6 +183,12 @@ func CounterRec(dev string, c int64) *outbox.Record {
 	digits := strconv.FormatInt(c, 10)
 	return &outbox.Record{DeviceID: dev, MessageID: "ctr-" + digits, Timestamp: outbox.CounterTimestamp([]byte(digits)),
 		ID: outbox.CounterID(c), Payload: []byte(`{"c":` + digits + `}`), ReceivedAt: time.Now()}
+}
+
+// keyed sets the key r verified with.
+func keyed(r *outbox.Record, key int64) *outbox.Record {
+	r.KeyID = key
+	return r
 }
 
 func recs(dev string, from, to int) []*outbox.Record {
@@ -306,6 +316,36 @@ var cases = []kase{
 		}
 		if n := count(t, e); n != 4 {
 			t.Fatalf("count %d, want 4", n)
+		}
+		// Counter 0 is never above the bound, not even a new device's.
+		if res := commit(t, e, CounterRec("zero", 0)); len(res.Refused) != 1 || !res.Refused[0].Counter {
+			t.Fatalf("counter 0 of a new device: refused %+v, want it refused", res.Refused)
+		}
+	}},
+	{name: "CounterResetFloor", needs: func(e *Engine) bool { return e.ResetCounter != nil }, run: func(t *testing.T, e *Engine, _ Driver) {
+		// iotgw device reset-counter: the bound goes back to 0 and the key
+		// the reset issued (2) becomes the device's reset floor. A message
+		// verified with key 1 (a gateway's registry cache may still hold
+		// it) is refused however high its counter, and cannot raise the
+		// bound; the new key starts at 1, and a later key (a rotation,
+		// which keeps the counter) goes on from there.
+		commit(t, e, keyed(CounterRec("d", 8), 1))
+		if old, err := e.ResetCounter(bg, "d", 2); err != nil || old != 8 {
+			t.Fatalf("ResetCounter = %d, %v; want 8", old, err)
+		}
+		for _, c := range []int64{1, 9, 1<<63 - 1} {
+			if res := commit(t, e, keyed(CounterRec("d", c), 1)); len(res.Refused) != 1 || !res.Refused[0].Counter {
+				t.Fatalf("counter %d under the key before the reset: refused %+v, want it refused", c, res.Refused)
+			}
+		}
+		if res := commit(t, e, keyed(CounterRec("d", 1), 2)); len(res.Refused) != 0 {
+			t.Fatalf("counter 1 under the reset's key: refused %+v", res.Refused)
+		}
+		if res := commit(t, e, keyed(CounterRec("d", 2), 3)); len(res.Refused) != 0 {
+			t.Fatalf("counter 2 under a later key: refused %+v", res.Refused)
+		}
+		if res := commit(t, e, keyed(CounterRec("d", 2), 3)); len(res.Refused) != 1 || !res.Refused[0].Counter {
+			t.Fatalf("counter 2 again: refused %+v, want it refused", res.Refused)
 		}
 	}},
 	{name: "CommitCounterConcurrent", run: func(t *testing.T, e *Engine, _ Driver) {

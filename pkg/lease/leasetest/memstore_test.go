@@ -28,6 +28,7 @@ func TestMemstore(t *testing.T) {
 				Payload:         c.Payload,
 				Seen:            &leasetest.Seen{Prune: c.PruneSeen, Horizon: c.SeenHorizon, IDs: c.Seen, HorizonRefusal: true},
 				Dead:            &leasetest.Dead{List: c.DeadLetters, Retry: c.RetryDead, Drop: c.DropDead},
+				ResetCounter:    c.ResetCounter,
 			}
 		},
 	})

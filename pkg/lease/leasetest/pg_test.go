@@ -46,7 +46,8 @@ func TestPostgres(t *testing.T) {
 					HorizonRefusal: true,
 				},
 				// Leased rows are buried by Finish, under their lease.
-				Dead: &leasetest.Dead{List: o.DeadLetters, Retry: o.RetryDead, Drop: o.DropDead},
+				Dead:         &leasetest.Dead{List: o.DeadLetters, Retry: o.RetryDead, Drop: o.DropDead},
+				ResetCounter: o.ResetCounter,
 			}
 		},
 	})

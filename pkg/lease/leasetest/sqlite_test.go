@@ -44,7 +44,8 @@ func TestSQLite(t *testing.T) {
 					},
 				},
 				// Leased rows are buried by Finish, under their lease.
-				Dead: &leasetest.Dead{List: s.DeadLetters, Retry: s.RetryDead, Drop: s.DropDead},
+				Dead:         &leasetest.Dead{List: s.DeadLetters, Retry: s.RetryDead, Drop: s.DropDead},
+				ResetCounter: s.ResetCounter,
 			}
 		},
 	})

@@ -68,6 +68,7 @@ var ErrAnswerLost = errors.New("memstore: injected fault (answer lost after comm
 type device struct {
 	next, pending int64
 	bound         int64 // counter mode: the highest counter accepted
+	minKey        int64 // counter mode: the reset floor (the key the last reset issued)
 	owner         string
 	until         time.Time // zero: no lease
 	epoch         int64
@@ -199,7 +200,7 @@ func (c *Conn) Commit(ctx context.Context, recs []*outbox.Record, _ []int64, _ i
 		c, counted := r.Counter()
 		ts := unixTS(r)
 		switch {
-		case counted && c <= d.bound: // counter mode: the bound is the authority, no seen row, no horizon
+		case counted && (c <= d.bound || r.KeyID < d.minKey): // counter mode: the bound (and the reset floor) is the authority, no seen row, no horizon
 			res.Refused = append(res.Refused, outbox.Refusal{Rec: r, Counter: true})
 			continue
 		case counted && db.cfg.Quota > 0 && d.pending >= int64(db.cfg.Quota):
@@ -527,6 +528,18 @@ func (c *Conn) Count(context.Context) (int, error) {
 	c.db.mu.Lock()
 	defer c.db.mu.Unlock()
 	return len(c.db.rows), nil
+}
+
+// ResetCounter sets device id's counter bound back to 0 and its reset
+// floor to minKey, and returns the bound it had (iotgw device
+// reset-counter).
+func (c *Conn) ResetCounter(_ context.Context, id string, minKey int64) (int64, error) {
+	c.db.mu.Lock()
+	defer c.db.mu.Unlock()
+	d := c.db.dev(id)
+	old := d.bound
+	d.bound, d.minKey = 0, minKey
+	return old, nil
 }
 
 // LeaseOf returns dev's lease as the store holds it now: its owner (""
