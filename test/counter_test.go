@@ -342,6 +342,11 @@ func TestCounterKill9Stream(t *testing.T) {
 		p.send(t, counterMsg("meter-3", secret, fmt.Sprintf(`{"c":%d}`, c), c))
 		if c == n/3 || c == 2*n/3 {
 			g.kill()
+			// As in TestFaultKill9: a POST of the killed process may still be
+			// read by the backend a moment after SIGKILL, so the line
+			// between the two processes is drawn a while later, right
+			// before the next one starts.
+			time.Sleep(200 * time.Millisecond)
 			restarts = append(restarts, time.Now())
 			g = f.startGateway(gatewayOpts{})
 		}
