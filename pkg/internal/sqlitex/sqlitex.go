@@ -41,7 +41,11 @@ func OpenSync(path, synchronous string) (*sql.DB, error) {
 			f.Close()
 		}
 	}
-	dsn := "file:" + path + "?_journal_mode=WAL&_busy_timeout=5000&_synchronous=" + synchronous + "&_txlock=immediate"
+	// _stmt_cache_size keeps each connection's prepared statements for
+	// reuse: the same few statements run again and again (the writer's
+	// commit, the registry's change check every second), and preparing one
+	// cost as much as running it (docs/PERFORMANCE.md, "Idle").
+	dsn := "file:" + path + "?_journal_mode=WAL&_busy_timeout=5000&_synchronous=" + synchronous + "&_txlock=immediate&_stmt_cache_size=32"
 	db, err := sql.Open("sqlite3", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
