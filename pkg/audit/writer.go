@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/iotgw/iotgw/pkg/internal/tick"
 )
 
 // FlushEvery is how often a Writer appends what it has folded.
@@ -77,8 +79,8 @@ func (w *Writer) Record(e Entry) {
 // Run flushes every FlushEvery until ctx is cancelled, then flushes
 // everything left (with a fresh context: the last second still counts).
 func (w *Writer) Run(ctx context.Context) {
-	t := time.NewTicker(FlushEvery)
-	defer t.Stop()
+	t, stop := tick.Aligned(FlushEvery)
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():

@@ -19,6 +19,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/downlink"
 	"github.com/iotgw/iotgw/pkg/envelope"
 	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/internal/tick"
 	"github.com/iotgw/iotgw/pkg/lease"
 	"github.com/iotgw/iotgw/pkg/mqttio"
 	"github.com/iotgw/iotgw/pkg/outbox"
@@ -659,8 +660,8 @@ func (g *Gateway) settled(j *forward.Job, o forward.Outcome) {
 
 // prune deletes expired replay ids from the outbox database.
 func (g *Gateway) prune(ctx context.Context) {
-	t := time.NewTicker(g.cfg.Outbox.PruneInterval)
-	defer t.Stop()
+	t, stop := tick.Aligned(g.cfg.Outbox.PruneInterval)
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():

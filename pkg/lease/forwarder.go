@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/iotgw/iotgw/pkg/forward"
+	"github.com/iotgw/iotgw/pkg/internal/tick"
 	"github.com/iotgw/iotgw/pkg/outbox"
 )
 
@@ -192,10 +193,10 @@ func (f *Forwarder) LastError() string {
 
 // Run claims, finishes and renews until ctx ends.
 func (f *Forwarder) Run(ctx context.Context) {
-	poll := time.NewTicker(f.cfg.Poll)
-	defer poll.Stop()
-	renew := time.NewTicker(f.cfg.Lease / 4)
-	defer renew.Stop()
+	poll, stopPoll := tick.Aligned(f.cfg.Poll)
+	defer stopPoll()
+	renew, stopRenew := tick.Aligned(f.cfg.Lease / 4)
+	defer stopRenew()
 	pace := time.NewTimer(0)
 	defer pace.Stop()
 	for {

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/iotgw/iotgw/pkg/internal/tick"
 )
 
 // The gateway's two broker connections, as linkState counts them.
@@ -154,8 +156,8 @@ func (c *Client) Watch(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	t := time.NewTicker(max(min(time.Second, limit/4), time.Millisecond))
-	defer t.Stop()
+	t, stop := tick.Aligned(max(min(time.Second, limit/4), time.Millisecond))
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/iotgw/iotgw/pkg/internal/tick"
 )
 
 // Committer is the database the Writer commits to: *Store on SQLite, the
@@ -265,8 +267,8 @@ func (w *Writer) Run(ctx context.Context) {
 	defer w.delTimer.Stop()
 	recs := make([]*Record, 0, w.cfg.BatchMax)
 	var dels []int64
-	tick := time.NewTicker(w.poll)
-	defer tick.Stop()
+	poll, stopPoll := tick.Aligned(w.poll)
+	defer stopPoll()
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
 	defer linger.Stop()
@@ -286,7 +288,7 @@ func (w *Writer) Run(ctx context.Context) {
 			}
 		case <-w.delDue:
 			due = true
-		case <-tick.C:
+		case <-poll.C:
 			w.pollForeign(ctx)
 			continue
 		case <-ctx.Done():

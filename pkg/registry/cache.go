@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/iotgw/iotgw/pkg/internal/tick"
 	"github.com/iotgw/iotgw/pkg/validate"
 )
 
@@ -370,8 +371,8 @@ func (c *Cache) Reload() {
 // cancelled. A failed or incomplete refresh is reported to onErr (see
 // Refresh for what still applies).
 func (c *Cache) Run(ctx context.Context, interval time.Duration, onErr func(error)) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	t, stop := tick.Aligned(interval)
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():
