@@ -174,6 +174,8 @@ type gatewayOpts struct {
 	limits string
 	// edit, when set, rewrites the whole YAML config before it is written.
 	edit func(cfg string) string
+	// env is added to the gateway's environment (KEY=value).
+	env []string
 }
 
 // limitsOr returns o.limits, or the limits the functional tests run with:
@@ -239,6 +241,9 @@ func (f *fixture) startGatewayNoWait(o gatewayOpts) *gatewayProc {
 	}
 	cmd := exec.Command(f.bin, "serve", "--config", cfgPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if o.env != nil {
+		cmd.Env = append(os.Environ(), o.env...)
+	}
 	if err := cmd.Start(); err != nil {
 		f.t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/iotgw/iotgw/pkg/config"
 	"github.com/iotgw/iotgw/pkg/gateway"
 	"github.com/iotgw/iotgw/pkg/mqttio"
+	"github.com/iotgw/iotgw/pkg/procs"
 )
 
 func init() { commands = append(commands, newServeCmd) }
@@ -48,6 +49,9 @@ it.`,
 			g, err := gateway.New(ctx, cfg.Config, log, time.Now)
 			if err != nil {
 				return err
+			}
+			if cfg.Pipeline.AdaptiveProcs {
+				go procs.Run(ctx, procs.DefaultConfig(), log.With(zap.String("component", "procs")))
 			}
 			if a := g.HTTPAddr(); a != "" {
 				log.Info("operations endpoint", zap.String("addr", a))

@@ -60,6 +60,13 @@ type PipelineConfig struct {
 	// QueueDepth is each worker's queue. Keep Workers×QueueDepth above the
 	// broker's max_inflight_messages so Paho's router never blocks. Default 1024.
 	QueueDepth int `mapstructure:"queue_depth"`
+	// AdaptiveProcs runs `iotgw serve` on one P (GOMAXPROCS=1) while the
+	// process uses less than half a core, and on the runtime's default as
+	// soon as it uses more or goroutines queue for the one P: at steady
+	// rates one P saves a thread wake-up per hand-off between goroutines
+	// (docs/PERFORMANCE.md, "Steady rates"). Off when the GOMAXPROCS
+	// environment variable is set. Default true.
+	AdaptiveProcs bool `mapstructure:"adaptive_procs"`
 }
 
 // DefaultConfig returns every default.
@@ -73,7 +80,7 @@ func DefaultConfig() Config {
 		Outbox:        outbox.DefaultConfig(),
 		Backend:       forward.DefaultConfig(),
 		HTTP:          HTTPConfig{Listen: "127.0.0.1:9464", ReadyMaxPendingAge: 5 * time.Minute},
-		Pipeline:      PipelineConfig{Workers: 4, QueueDepth: 1024},
+		Pipeline:      PipelineConfig{Workers: 4, QueueDepth: 1024, AdaptiveProcs: true},
 		Limits:        limit.DefaultConfig(),
 		Security:      registry.DefaultSecurityConfig(),
 		ShutdownGrace: 10 * time.Second,

@@ -1,0 +1,160 @@
+package test
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/iotgw/iotgw/test/harness"
+)
+
+// gomaxprocs is the Go collector's series of the current GOMAXPROCS.
+const gomaxprocs = "go_sched_gomaxprocs_threads"
+
+// TestAdaptiveProcs: a real `iotgw serve` (pipeline.adaptive_procs, the
+// default) goes to one P when idle and back to the runtime's default under
+// an unpaced stream, without losing or repeating a message across the
+// changes; with GOMAXPROCS set by the environment it leaves it alone.
+func TestAdaptiveProcs(t *testing.T) {
+	devs := []string{"procs_1", "procs_2", "procs_3", "procs_4"}
+	f := newFixture(t, devs...)
+
+	t.Run("adapts", func(t *testing.T) {
+		g := f.startGateway(gatewayOpts{})
+		def := waitLogInt(t, g, regexp.MustCompile(`adaptive GOMAXPROCS[^\n]*"default":(\d+)`))
+		if def < 2 {
+			t.Skipf("SKIPPED: the runtime's default GOMAXPROCS here is %d; nothing to adapt", def)
+		}
+		waitGauge(t, g, 1, 30*time.Second) // idle: one P after the Hold
+
+		// An unpaced stream from four devices until the gateway is back
+		// on the default (or the deadline: then the test fails below).
+		var sent atomic.Int64
+		ids := sync.Map{}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for _, id := range devs {
+			c := harness.NewDeviceClient(t, f.broker, f.certs, id)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var toks []mqtt.Token
+				for n := 0; ; n++ {
+					select {
+					case <-stop:
+						waitTokens(t, toks)
+						return
+					default:
+					}
+					raw, msgID := signAs(id, f.secrets[id], fmt.Sprintf(`{"n":%d}`, n), time.Now().Unix())
+					ids.Store(msgID, true)
+					toks = append(toks, c.Publish("device/"+id+"/data", 1, false, raw))
+					sent.Add(1)
+					if len(toks) == 200 {
+						waitTokens(t, toks)
+						toks = toks[:0]
+					}
+				}
+			}()
+		}
+		rose := waitGaugeOK(g, float64(def), 60*time.Second)
+		close(stop)
+		wg.Wait()
+		if !rose {
+			t.Fatalf("%s stayed below the default %d under an unpaced stream (%d messages sent)", gomaxprocs, def, sent.Load())
+		}
+		t.Logf("back on %d Ps after %d messages", def, sent.Load())
+
+		// Nothing lost or repeated across the changes.
+		n := int(sent.Load())
+		reqs := f.backend.waitCount(t, n, 60*time.Second)
+		seen := map[string]bool{}
+		for _, r := range reqs {
+			id := r.Header.Get("X-Message-ID")
+			if _, ok := ids.Load(id); !ok || seen[id] {
+				t.Fatalf("backend got message %q: sent by the test %v, seen before %v", id, ok, seen[id])
+			}
+			seen[id] = true
+		}
+		if len(reqs) != n {
+			t.Fatalf("backend got %d requests, %d sent", len(reqs), n)
+		}
+		g.signal(syscall.SIGINT, 15*time.Second)
+	})
+
+	t.Run("GOMAXPROCS set by the operator", func(t *testing.T) {
+		g := f.startGateway(gatewayOpts{env: []string{"GOMAXPROCS=2"}})
+		waitLog(t, g, "GOMAXPROCS set by the environment; pipeline.adaptive_procs stays off")
+		// Idle for longer than the Hold (2 s): still 2.
+		time.Sleep(4 * time.Second)
+		if v := g.metric(gomaxprocs); v != 2 {
+			t.Fatalf("%s = %v with GOMAXPROCS=2 in the environment", gomaxprocs, v)
+		}
+		g.signal(syscall.SIGINT, 15*time.Second)
+	})
+}
+
+func waitTokens(t *testing.T, toks []mqtt.Token) {
+	for _, tok := range toks {
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			t.Errorf("publish: %v", tok.Error())
+			return
+		}
+	}
+}
+
+// waitGauge waits until series gomaxprocs equals want.
+func waitGauge(t *testing.T, g *gatewayProc, want float64, timeout time.Duration) {
+	t.Helper()
+	if !waitGaugeOK(g, want, timeout) {
+		t.Fatalf("%s = %v, want %v within %s", gomaxprocs, g.metric(gomaxprocs), want, timeout)
+	}
+}
+
+func waitGaugeOK(g *gatewayProc, want float64, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if g.metric(gomaxprocs) == want {
+			return true
+		}
+	}
+	return false
+}
+
+// waitLog waits until the gateway's log contains s.
+func waitLog(t *testing.T, g *gatewayProc, s string) {
+	t.Helper()
+	waitLogMatch(t, g, regexp.MustCompile(regexp.QuoteMeta(s)))
+}
+
+// waitLogInt waits for re in the gateway's log and returns its first
+// group as an integer.
+func waitLogInt(t *testing.T, g *gatewayProc, re *regexp.Regexp) int {
+	t.Helper()
+	m := waitLogMatch(t, g, re)
+	n, err := strconv.Atoi(m[1])
+	if err != nil {
+		t.Fatalf("%s: %v", re, err)
+	}
+	return n
+}
+
+func waitLogMatch(t *testing.T, g *gatewayProc, re *regexp.Regexp) []string {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		b, _ := os.ReadFile(g.logPath)
+		if m := re.FindStringSubmatch(string(b)); m != nil {
+			return m
+		}
+	}
+	b, _ := os.ReadFile(g.logPath)
+	t.Fatalf("gateway log has no %s:\n%s", re, lastBytes(b, 4096))
+	return nil
+}
