@@ -357,7 +357,15 @@ func (s *steady) idle(b *SteadyBuild) {
 	}
 	time.Sleep(time.Second) // settled rows' deletes and the last timers
 	cpu0, sw0, t0 := gw.CPU(), mustSwitches(s.t, gw), time.Now()
-	time.Sleep(time.Duration(p.IdleSeconds * float64(time.Second)))
+	idleFor := time.Duration(p.IdleSeconds * float64(time.Second))
+	if s.prof != "" && p.IdleSeconds >= 5 {
+		// The profile spans the idle period (less a second's margin).
+		path := filepath.Join(s.prof, b.Name+"-idle.pprof")
+		if err := gw.Profile(path, idleFor-time.Second); err != nil {
+			s.problem("%s: profile: %v", name, err)
+		}
+	}
+	time.Sleep(time.Until(t0.Add(idleFor)))
 	cpu1, sw1, t1 := gw.CPU(), mustSwitches(s.t, gw), time.Now()
 	b.Idle = Idle{Registered: p.Registered, Seconds: t1.Sub(t0).Seconds(), CPUSeconds: (cpu1 - cpu0).Seconds(), Switches: sw1 - sw0}
 	s.logf("%s: %d registered, %.0f s without traffic: %.2f CPU-s, %.3f%% of a core, %.1f context switches/s",
