@@ -51,7 +51,7 @@ it.`,
 				return err
 			}
 			if cfg.Pipeline.AdaptiveProcs {
-				go procs.Run(ctx, procs.DefaultConfig(), log.With(zap.String("component", "procs")))
+				go procs.Run(ctx, procs.DefaultConfig(), log.With(zap.String("component", "procs")), g.Backlog)
 			}
 			if a := g.HTTPAddr(); a != "" {
 				log.Info("operations endpoint", zap.String("addr", a))

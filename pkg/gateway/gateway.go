@@ -420,6 +420,18 @@ func (g *Gateway) receive(m *mqttio.Message) {
 	}
 }
 
+// Backlog is how many received messages wait for a validation worker or
+// for the outbox writer: near 0 while the gateway keeps up, hundreds when
+// it does not (the broker keeps up to max_inflight_messages in flight).
+// Cheap enough to ask once a second (procs.Run does).
+func (g *Gateway) Backlog() int {
+	n := g.writer.Queued()
+	for _, q := range g.queues {
+		n += len(q)
+	}
+	return n
+}
+
 // logEvery lets a repeated warning through at most once per
 // warnEvery; the metric beside it counts every occurrence.
 type logEvery struct{ last atomic.Int64 } // Unix ns of the last one let through

@@ -116,6 +116,10 @@ func NewWriter(s Committer, cfg Config, lastSeq int64, occupied int, hooks Write
 // (default 2s). Call it before Run.
 func (w *Writer) SetForeignPoll(d time.Duration) { w.poll = d }
 
+// Queued is how many appended records wait for the writer to take them
+// into a commit: a backlog, not the outbox's size.
+func (w *Writer) Queued() int { return len(w.in) }
+
 // Append queues rec for the next commit. It blocks while the outbox is full
 // (backpressure) and returns ctx's error if ctx ends first. It must not be
 // called after Close.
