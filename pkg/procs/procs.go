@@ -51,11 +51,13 @@ type Config struct {
 	// UpBacklog gives the default back too when, at the end of a window
 	// on one P, at least this many messages wait to be worked on (Run's
 	// backlog function): the one P does not keep up, whatever the CPU
-	// says. When the machine's cores are taken by other processes, a
-	// process on one P gets a single thread's share of them, and neither
-	// its CPU nor its goroutines' scheduling latency show that it is
-	// behind (measured: 0.35 cores and a p90 of 20 µs under two busy
-	// loops, with the broker's queue growing).
+	// says. Meant for a machine whose cores other processes take: a
+	// process on one P then gets a single thread's share of them, and
+	// neither its CPU nor its goroutines' scheduling latency show that it
+	// is behind (measured: 0.35 cores and a p90 of 20 µs under two busy
+	// loops, the broker's queue growing). Not enough there: the messages
+	// may wait in the broker and the sockets instead, as in one CI run
+	// (docs/PERFORMANCE.md, "not finished").
 	UpBacklog int
 	// UpLatency gives the default back too when, in one window on one P,
 	// the 90th percentile of the time goroutines waited to run
