@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,21 @@ const gomaxprocs = "go_sched_gomaxprocs_threads"
 // an unpaced stream, without losing or repeating a message across the
 // changes.
 func TestAdaptiveProcs(t *testing.T) {
+	adaptiveFlood(t, false)
+}
+
+// TestAdaptiveProcsBusyMachine: the same flood while busy loops take the
+// machine's cores. On one P the gateway then gets a single thread's share
+// of them: its CPU stays low (0.35–0.42 cores here), its goroutines'
+// scheduling latency short, and the messages wait in the broker, not in
+// the gateway. What shows it is the kernel's run-queue wait of its
+// threads (procs.Config.UpWait; without that rule this test fails, still
+// one P after a minute, as it did in CI with only the backlog rule).
+func TestAdaptiveProcsBusyMachine(t *testing.T) {
+	adaptiveFlood(t, true)
+}
+
+func adaptiveFlood(t *testing.T, busy bool) {
 	devs := []string{"procs_1", "procs_2", "procs_3", "procs_4"}
 	f := newFixture(t, devs...)
 	// At info, not the fixture's debug: a line per message would make the
@@ -44,6 +60,23 @@ func TestAdaptiveProcs(t *testing.T) {
 	var sent atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	if busy {
+		for range runtime.NumCPU() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for x := 0; ; x++ {
+					if x%1_000_000 == 0 {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+					}
+				}
+			}()
+		}
+	}
 	ids := sync.Map{}
 	for _, id := range devs {
 		c := harness.NewDeviceClient(t, f.broker, f.certs, id)

@@ -62,8 +62,8 @@ type PipelineConfig struct {
 	QueueDepth int `mapstructure:"queue_depth"`
 	// AdaptiveProcs runs `iotgw serve` on one P (GOMAXPROCS=1) while the
 	// process uses less than half a core, and on the runtime's default as
-	// soon as it uses more, messages wait (Backlog) or goroutines queue for
-	// the one P: at steady
+	// soon as it uses more, messages wait (Backlog), its threads wait for
+	// a CPU or goroutines queue for the one P: at steady
 	// rates one P saves a thread wake-up per hand-off between goroutines
 	// (docs/PERFORMANCE.md, "Steady rates"). Off when the GOMAXPROCS
 	// environment variable is set. Default true.

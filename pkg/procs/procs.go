@@ -22,8 +22,11 @@ package procs
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/metrics"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -56,9 +59,18 @@ type Config struct {
 	// neither its CPU nor its goroutines' scheduling latency show that it
 	// is behind (measured: 0.35 cores and a p90 of 20 µs under two busy
 	// loops, the broker's queue growing). Not enough there: the messages
-	// may wait in the broker and the sockets instead, as in one CI run
-	// (docs/PERFORMANCE.md, "not finished").
+	// may wait in the broker and the sockets instead, as in one CI run;
+	// UpWait covers that case.
 	UpBacklog int
+	// UpWait gives the default back too when, in one window on one P, the
+	// process's threads spent more than this share of it runnable but
+	// waiting for a CPU (the kernel's run-queue delay, summed over
+	// threads, /proc/self/task/*/schedstat): other processes hold the
+	// cores, and one thread's share of them is too little. Measured on
+	// one P: 0.25–0.30 at 1,000 msg/s on the benchmark rig (its load
+	// generator and broker on the same two cores), 0.60 under a flood
+	// with two busy loops on the machine. Read only above 0.1 cores.
+	UpWait float64
 	// UpLatency gives the default back too when, in one window on one P,
 	// the 90th percentile of the time goroutines waited to run
 	// (/sched/latencies:seconds) exceeds it: the one P is a queue.
@@ -79,6 +91,7 @@ func DefaultConfig() Config {
 		Hold:      2 * time.Second,
 		Up:        0.6,
 		UpBacklog: 128,
+		UpWait:    0.5,
 		UpLatency: time.Millisecond,
 		Dwell:     30 * time.Second,
 	}
@@ -93,6 +106,17 @@ type Sample struct {
 	SchedP90 time.Duration
 	// Backlog is the work waiting at the window's end (messages).
 	Backlog int
+	// Waited is how long the process's threads waited for a CPU in the
+	// window (summed over threads); 0 when not read.
+	Waited time.Duration
+}
+
+// WaitShare is Waited as a share of the window.
+func (s Sample) WaitShare() float64 {
+	if s.Elapsed <= 0 {
+		return 0
+	}
+	return float64(s.Waited) / float64(s.Elapsed)
 }
 
 // Cores is the CPU the process used in the window, in cores.
@@ -123,7 +147,8 @@ func (g *Governor) One() bool { return g.one }
 func (g *Governor) Next(s Sample) bool {
 	cores := s.Cores()
 	if g.one {
-		if cores > g.cfg.Up || (g.cfg.UpLatency > 0 && s.SchedP90 > g.cfg.UpLatency) || (g.cfg.UpBacklog > 0 && s.Backlog >= g.cfg.UpBacklog) {
+		if cores > g.cfg.Up || (g.cfg.UpLatency > 0 && s.SchedP90 > g.cfg.UpLatency) || (g.cfg.UpBacklog > 0 && s.Backlog >= g.cfg.UpBacklog) ||
+			(g.cfg.UpWait > 0 && s.WaitShare() > g.cfg.UpWait) {
 			g.one, g.low, g.dwell = false, 0, g.cfg.Dwell
 		}
 		return g.one
@@ -132,7 +157,8 @@ func (g *Governor) Next(s Sample) bool {
 		g.dwell -= s.Elapsed
 		return false
 	}
-	if cores >= g.cfg.Down || (g.cfg.UpBacklog > 0 && s.Backlog >= g.cfg.UpBacklog) {
+	if cores >= g.cfg.Down || (g.cfg.UpBacklog > 0 && s.Backlog >= g.cfg.UpBacklog) ||
+		(g.cfg.UpWait > 0 && s.WaitShare() > g.cfg.UpWait) {
 		g.low = 0 // busy, or behind on a machine whose cores are taken
 		return false
 	}
@@ -163,6 +189,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger, backlog func() int) {
 	g := NewGovernor(cfg)
 	lat := newSchedLatency()
 	last, lastCPU := time.Now(), processCPU()
+	var wait runqWait
 	t, stop := tick.Aligned(cfg.Window)
 	defer stop()
 	defer func() {
@@ -184,6 +211,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger, backlog func() int) {
 				// Idle, nothing queues: the histogram is not worth a
 				// read (it spans the idle windows when read next).
 				s.SchedP90 = lat.p90()
+				s.Waited = wait.since()
+			} else {
+				wait.reset()
 			}
 			last, lastCPU = now, cpu
 			was := g.One()
@@ -204,6 +234,57 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger, backlog func() int) {
 // scheduling latency: nothing waits for a P that is idle nine tenths of
 // the time.
 const latencyFloor = 0.1
+
+// runqWait reads the process's threads' run-queue delay (the second field
+// of /proc/self/task/*/schedstat, in ns) and reports what was added since
+// the last read.
+type runqWait struct {
+	last  int64
+	valid bool
+}
+
+// since returns the wait added since the last read, 0 on the first read
+// after reset (or when it cannot be read: no schedstat, a thread gone).
+func (w *runqWait) since() time.Duration {
+	now, ok := threadsWaited()
+	if !ok {
+		w.valid = false
+		return 0
+	}
+	d := now - w.last
+	prev := w.valid
+	w.last, w.valid = now, true
+	if !prev || d < 0 {
+		return 0
+	}
+	return time.Duration(d)
+}
+
+func (w *runqWait) reset() { w.valid = false }
+
+func threadsWaited() (int64, bool) {
+	paths, err := filepath.Glob("/proc/self/task/[0-9]*/schedstat")
+	if err != nil || len(paths) == 0 {
+		return 0, false
+	}
+	var sum int64
+	for _, p := range paths {
+		b, err := os.ReadFile(p) //nolint:gosec // G304: a /proc path made here
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		f := strings.Fields(string(b))
+		if len(f) < 2 {
+			return 0, false
+		}
+		v, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			return 0, false
+		}
+		sum += v
+	}
+	return sum, true
+}
 
 // processCPU is the process's user + system CPU time so far.
 func processCPU() time.Duration {
