@@ -61,7 +61,7 @@ type PipelineConfig struct {
 	// broker's max_inflight_messages so Paho's router never blocks. Default 1024.
 	QueueDepth int `mapstructure:"queue_depth"`
 	// AdaptiveProcs runs `iotgw serve` on one P (GOMAXPROCS=1) while the
-	// process uses less than half a core, and on the runtime's default as
+	// process uses less than 0.55 cores, and on the runtime's default as
 	// soon as it uses more, messages wait (Backlog), its threads wait for
 	// a CPU or goroutines queue for the one P: at steady
 	// rates one P saves a thread wake-up per hand-off between goroutines
