@@ -2,10 +2,7 @@ package test
 
 import (
 	"fmt"
-	"os"
-	"regexp"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,7 +43,15 @@ func adaptiveFlood(t *testing.T, busy bool) {
 	// At info, not the fixture's debug: a line per message would make the
 	// flood's backlog slow to drain on a busy machine.
 	g := f.startGateway(gatewayOpts{edit: func(cfg string) string { return strings.Replace(cfg, "level: debug", "level: info", 1) }})
-	def := waitLogInt(t, g, regexp.MustCompile(`adaptive GOMAXPROCS[^\n]*"default":(\d+)`))
+	start := g.waitLog("adaptive GOMAXPROCS: …", func(l map[string]any) bool {
+		msg, _ := l["msg"].(string)
+		return strings.HasPrefix(msg, "adaptive GOMAXPROCS")
+	})
+	d, ok := start["default"].(float64)
+	if !ok {
+		t.Fatalf("start line without an integer default: %v", start)
+	}
+	def := int(d)
 	if def < 2 {
 		t.Skipf("SKIPPED: the runtime's default GOMAXPROCS here is %d; nothing to adapt", def)
 	}
@@ -145,7 +150,7 @@ func adaptiveFlood(t *testing.T, busy bool) {
 func TestAdaptiveProcsOperatorGOMAXPROCS(t *testing.T) {
 	f := newFixture(t, "procs_env")
 	g := f.startGateway(gatewayOpts{env: []string{"GOMAXPROCS=2"}})
-	waitLog(t, g, "GOMAXPROCS set by the environment; pipeline.adaptive_procs stays off")
+	g.waitLog("GOMAXPROCS set by the environment", msgIs("GOMAXPROCS set by the environment; pipeline.adaptive_procs stays off"))
 	// Idle for longer than the Hold (2 s): still 2.
 	time.Sleep(4 * time.Second)
 	if v := g.metric(gomaxprocs); v != 2 {
@@ -178,35 +183,4 @@ func waitGaugeOK(g *gatewayProc, want float64, timeout time.Duration) bool {
 		}
 	}
 	return false
-}
-
-// waitLog waits until the gateway's log contains s.
-func waitLog(t *testing.T, g *gatewayProc, s string) {
-	t.Helper()
-	waitLogMatch(t, g, regexp.MustCompile(regexp.QuoteMeta(s)))
-}
-
-// waitLogInt waits for re in the gateway's log and returns its first
-// group as an integer.
-func waitLogInt(t *testing.T, g *gatewayProc, re *regexp.Regexp) int {
-	t.Helper()
-	m := waitLogMatch(t, g, re)
-	n, err := strconv.Atoi(m[1])
-	if err != nil {
-		t.Fatalf("%s: %v", re, err)
-	}
-	return n
-}
-
-func waitLogMatch(t *testing.T, g *gatewayProc, re *regexp.Regexp) []string {
-	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		b, _ := os.ReadFile(g.logPath)
-		if m := re.FindStringSubmatch(string(b)); m != nil {
-			return m
-		}
-	}
-	b, _ := os.ReadFile(g.logPath)
-	t.Fatalf("gateway log has no %s:\n%s", re, lastBytes(b, 4096))
-	return nil
 }

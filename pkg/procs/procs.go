@@ -13,8 +13,8 @@
 // the unpaced throughput, hence the adaptation instead of a fixed value.
 //
 // The decision is Governor's alone (pure, table-tested); Run only feeds
-// it the process's CPU time and the scheduler's latency and applies its
-// answer with runtime.GOMAXPROCS(1) and runtime.SetDefaultGOMAXPROCS.
+// it the process's CPU time, the gateway's backlog, its threads' run-queue
+// wait and the scheduler's latency, and applies its answer with runtime.GOMAXPROCS(1) and runtime.SetDefaultGOMAXPROCS.
 // It never goes above the default, and stays off when the operator set
 // GOMAXPROCS or the default is already 1.
 package procs
@@ -147,7 +147,8 @@ func (g *Governor) One() bool { return g.one }
 func (g *Governor) Next(s Sample) bool {
 	cores := s.Cores()
 	if g.one {
-		if cores > g.cfg.Up || (g.cfg.UpLatency > 0 && s.SchedP90 > g.cfg.UpLatency) || (g.cfg.UpBacklog > 0 && s.Backlog >= g.cfg.UpBacklog) ||
+		if cores > g.cfg.Up || g.behind(s) ||
+			(g.cfg.UpLatency > 0 && s.SchedP90 > g.cfg.UpLatency) ||
 			(g.cfg.UpWait > 0 && s.WaitShare() > g.cfg.UpWait) {
 			g.one, g.low, g.dwell = false, 0, g.cfg.Dwell
 		}
@@ -159,8 +160,8 @@ func (g *Governor) Next(s Sample) bool {
 	}
 	// The run-queue wait is no reason to stay: on the default it counts
 	// more threads (at 1,000 msg/s on the rig it kept two Ps).
-	if cores >= g.cfg.Down || (g.cfg.UpBacklog > 0 && s.Backlog >= g.cfg.UpBacklog) {
-		g.low = 0 // busy, or behind
+	if cores >= g.cfg.Down || g.behind(s) {
+		g.low = 0
 		return false
 	}
 	g.low += s.Elapsed
@@ -168,6 +169,12 @@ func (g *Governor) Next(s Sample) bool {
 		g.one, g.low = true, 0
 	}
 	return g.one
+}
+
+// behind reports whether at least UpBacklog messages wait: a reason to
+// rise on one P, and to stay on the default.
+func (g *Governor) behind(s Sample) bool {
+	return g.cfg.UpBacklog > 0 && s.Backlog >= g.cfg.UpBacklog
 }
 
 // Run samples the process every cfg.Window and applies the Governor's
@@ -209,11 +216,12 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger, backlog func() int) {
 				s.Backlog = backlog()
 			}
 			if s.Cores() >= latencyFloor {
-				// Idle, nothing queues: the histogram is not worth a
-				// read (it spans the idle windows when read next).
 				s.SchedP90 = lat.p90()
 				s.Waited = wait.since()
 			} else {
+				// Idle, nothing queues: neither is worth a read (the
+				// histogram's next read spans the idle windows; the
+				// run-queue wait starts again from its next read).
 				wait.reset()
 			}
 			last, lastCPU = now, cpu
@@ -225,15 +233,17 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger, backlog func() int) {
 					runtime.SetDefaultGOMAXPROCS()
 				}
 				log.Debug("GOMAXPROCS changed", zap.Int("gomaxprocs", runtime.GOMAXPROCS(0)),
-					zap.Float64("cores", s.Cores()), zap.Duration("sched_p90", s.SchedP90), zap.Int("backlog", s.Backlog))
+					zap.Float64("cores", s.Cores()), zap.Duration("sched_p90", s.SchedP90), zap.Int("backlog", s.Backlog),
+					zap.Float64("run_queue_wait", s.WaitShare()))
 			}
 		}
 	}
 }
 
-// latencyFloor is the load, in cores, below which Run does not read the
-// scheduling latency: nothing waits for a P that is idle nine tenths of
-// the time.
+// latencyFloor is the load, in cores, below which Run reads neither the
+// scheduling latency nor the run-queue wait: nothing waits for a P that
+// is idle nine tenths of the time, and an idle gateway is spared the
+// reads.
 const latencyFloor = 0.1
 
 // runqWait reads the process's threads' run-queue delay (the second field
